@@ -1,0 +1,33 @@
+# ncsniffer: `make demo` replays the bundled sample, `make test` runs the suite.
+# Both set everything up first (Debian packages, .venv); run them as root.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-quick bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg setup.py tools/ensure-system
+	./tools/ensure-system
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(PY) samples/demo.py
+
+test: setup
+	$(PY) -m pytest -q
+
+test-quick: setup
+	$(PY) -m pytest -q -m "not integration and not slow"
+
+bench: setup
+	$(PY) bench/replay_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,88 @@
+"""Packet sources: a live interface or a capture file, through libpcap (pcapy-ng).
+
+pcapy-ng rather than pypcap because the byte counts must be the wire length
+(``pkthdr.len``), which pypcap's callbacks do not expose.  This is the only
+module that imports the capture library.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pcapy
+
+from ncsniffer.errors import CaptureError
+
+# Decoding needs the link header (up to 22 bytes with two VLAN tags) plus the
+# 40-byte IPv6 header, whatever smaller snaplen the match window asks for.
+MIN_CAPTURE = 64
+BUFFER_BYTES = 64 << 20
+
+PacketHandler = Callable[[int, int, bytes], None]   # (now, wire length, data)
+
+
+class Capture:
+    """An open, filtered libpcap handle."""
+
+    def __init__(self, handle, source: str):
+        self._p = handle
+        self.source = source
+        self.linktype = handle.datalink()
+
+    def dispatch(self, count: int, packet: PacketHandler) -> int:
+        """Feed up to ``count`` packets to ``packet(now, wirelen, data)``; return how many."""
+        def on_packet(hdr, data):
+            packet(hdr.getts()[0], hdr.getlen(), data)
+        try:
+            return self._p.dispatch(count, on_packet)
+        except pcapy.PcapError as exc:
+            raise CaptureError(f"{self.source}: {exc}") from exc
+
+    def fileno(self) -> int:
+        return self._p.getfd()
+
+    def stats(self) -> tuple[int, int, int]:
+        """(received, dropped by the kernel, dropped by the interface)."""
+        try:
+            return tuple(self._p.stats())
+        except pcapy.PcapError:
+            return (0, 0, 0)
+
+    def close(self) -> None:
+        try:
+            self._p.close()
+        except (pcapy.PcapError, AttributeError):
+            pass
+
+
+def _setfilter(handle, bpf: str, source: str) -> None:
+    try:
+        handle.setfilter(bpf)
+    except pcapy.PcapError as exc:
+        raise CaptureError(f"{source}: bad bpf filter '{bpf}': {exc}") from exc
+
+
+def open_offline(path: str, bpf: str) -> Capture:
+    """Open a pcap or pcapng file with the bpf filter applied."""
+    try:
+        handle = pcapy.open_offline(path)
+    except pcapy.PcapError as exc:
+        raise CaptureError(f"{path}: cannot read capture file: {exc}") from exc
+    _setfilter(handle, bpf, path)
+    return Capture(handle, path)
+
+
+def open_live(interface: str, snaplen: int, promiscuous: bool, bpf: str) -> Capture:
+    """Open an interface, non-blocking, with a large kernel buffer against drops."""
+    try:
+        handle = pcapy.create(interface)
+        handle.set_snaplen(max(snaplen, MIN_CAPTURE))
+        handle.set_promisc(1 if promiscuous else 0)
+        handle.set_timeout(100)
+        handle.set_buffer_size(BUFFER_BYTES)
+        handle.activate()
+    except pcapy.PcapError as exc:
+        raise CaptureError(f"cannot capture on '{interface}': {exc}") from exc
+    _setfilter(handle, bpf, interface)
+    handle.setnonblock(1)
+    return Capture(handle, interface)

@@ -1,0 +1,219 @@
+"""``nc.sniffer [-c CONFIG] [-r FILE] [-d] start|stop|restart|status|dump|config``.
+
+Exit codes: 0 ok, 1 usage or configuration error, 2 runtime failure,
+3 for ``status`` when the daemon is not running (the LSB convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import IO
+
+from ncsniffer import __version__, config as configmod, pidfile
+from ncsniffer.errors import ConfigError, NcSnifferError, UsageError
+
+VERBS = ("start", "stop", "restart", "status", "dump", "config")
+STOP_WAIT = 15.0
+EXIT_OK, EXIT_USAGE, EXIT_RUNTIME, EXIT_NOT_RUNNING = 0, 1, 2, 3
+
+USAGE = """\
+usage: {prog} [-c CONFIG] [-r FILE] [-d] [-q] [--name NAME] COMMAND
+
+commands:
+  start     start the daemon unless it runs, write the pid file
+            (with -r FILE: replay the capture file in the foreground)
+  stop      stop the daemon: SIGTERM, SIGKILL after 15 s
+  restart   stop, then start
+  status    tell whether the daemon is running
+  dump      have the daemon rewrite its stats file (SIGUSR1)
+  config    print the effective configuration
+
+options:
+  -c FILE   configuration file (default /etc/nc.sniffer/NAME.conf); a Python
+            dict literal, or an old nc.sniffer.pl script
+  -r FILE   read packets from a pcap/pcapng file instead of an interface
+  -d        stay in the foreground and write dumps to stderr
+  -q        no progress lines while replaying a file
+  --name N  instance name (default: the program name, e.g. nc.sniffer1)
+"""
+
+
+@dataclass
+class Env:
+    """What the CLI touches of the outside world, so tests can drive it in-process."""
+
+    stdout: IO[str] = field(default_factory=lambda: sys.stdout)
+    stderr: IO[str] = field(default_factory=lambda: sys.stderr)
+    program: str = field(default_factory=lambda: sys.argv[0] if sys.argv else "nc.sniffer")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("-c", "--config")
+    p.add_argument("-r", "--read")
+    p.add_argument("-d", "--debug", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--name")
+    p.add_argument("-h", "--help", action="store_true")
+    p.add_argument("--version", action="store_true")
+    p.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("verbs", nargs="*")
+    return p
+
+
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = _parser()
+
+    def error(message: str):
+        raise UsageError(message)
+    parser.error = error  # type: ignore[method-assign]
+    args = parser.parse_args(argv)
+    if args.help or args.version:
+        return args
+    if not args.verbs:
+        raise UsageError("missing command argument(s)")
+    if len(args.verbs) > 1:
+        raise UsageError("too many command arguments")
+    if args.verbs[0] not in VERBS:
+        raise UsageError(f"unknown command argument '{args.verbs[0]}'")
+    if args.read and args.verbs[0] not in ("start", "config"):
+        raise UsageError(f"-r works with 'start' (and 'config'), not '{args.verbs[0]}'")
+    return args
+
+
+def main(argv: list[str] | None = None, env: Env | None = None) -> int:
+    """Entry point of ``nc.sniffer``."""
+    return _run(argv, env, config=None)
+
+
+def main_with_config(config: dict, argv=None, name: str | None = None, env: Env | None = None) -> int:
+    """Entry point of ``ncsniffer.gather(config)``: the config comes from the caller."""
+    if name is not None:
+        argv = list(sys.argv[1:] if argv is None else argv) + ["--name", name]
+    return _run(argv, env, config=config)
+
+
+def _run(argv, env, config) -> int:
+    env = env or Env()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = os.path.basename(env.program)
+    debug = "--traceback" in argv
+    try:
+        args = parse_args(argv)
+        if args.help:
+            env.stdout.write(USAGE.format(prog=prog))
+            return EXIT_OK
+        if args.version:
+            env.stdout.write(f"ncsniffer {__version__}\n")
+            return EXIT_OK
+        name = args.name or configmod.instance_name(env.program)
+        return dispatch(args, name, config, env)
+    except UsageError as exc:
+        env.stderr.write(f"{exc}\n\n" + USAGE.format(prog=prog))
+        return EXIT_USAGE
+    except ConfigError as exc:
+        env.stderr.write(f"{exc}\n")
+        return EXIT_USAGE
+    except NcSnifferError as exc:
+        env.stderr.write(f"{prog}: {exc}\n")
+        if debug:
+            traceback.print_exc(file=env.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+
+
+def dispatch(args, name: str, config: dict | None, env: Env) -> int:
+    verb = args.verbs[0]
+    if config is None:
+        path = args.config or f"/etc/nc.sniffer/{name}.conf"
+        config = configmod.load_file(path)
+    if args.read:
+        settings = configmod.validate(config, name, offline=True, to_stderr=args.debug)
+        if verb == "config":
+            env.stdout.write(configmod.describe(settings))
+            return EXIT_OK
+        from ncsniffer import replay
+        lookups = _offline_lookups(settings)
+        return replay.replay(settings, args.read, env.stderr, quiet=args.quiet, lookups=lookups)
+
+    piddir = configmod.check_piddir(config)
+    pid_path = os.path.join(piddir, name + ".pid")
+    if verb == "status":
+        pid = pidfile.running_pid(pid_path, name)
+        if pid:
+            env.stderr.write(f"{pid} {name} is running\n")
+            return EXIT_OK
+        env.stderr.write(f"{name} not running\n")
+        return EXIT_NOT_RUNNING
+    if verb == "dump":
+        pid = pidfile.running_pid(pid_path, name)
+        if not pid:
+            env.stderr.write(f"{name} not running\n")
+            return EXIT_OK
+        os.kill(pid, signal.SIGUSR1)
+        return EXIT_OK
+    if verb == "stop":
+        if not stop(pid_path, name):
+            env.stderr.write(f"{name}: not running\n")
+        return EXIT_OK
+    settings = configmod.validate(config, name, to_stderr=args.debug)
+    if verb == "config":
+        env.stdout.write(configmod.describe(settings))
+        return EXIT_OK
+    if verb == "restart":
+        stop(pid_path, name)
+    elif pidfile.running_pid(pid_path, name):
+        env.stderr.write("already running\n")
+        return EXIT_OK
+    from ncsniffer import daemon
+    return daemon.start(settings, foreground=args.debug, log=env.stderr)
+
+
+def _offline_lookups(settings):
+    """Name lookups while replaying, when the resolver is available and wanted."""
+    if not settings.resolve:
+        return None
+    try:
+        from ncsniffer import resolver
+    except ImportError:
+        return None
+    return resolver.offline_lookups(settings)
+
+
+def stop(pid_path: str, name: str, wait: float = STOP_WAIT) -> bool:
+    """SIGTERM the daemon, wait for it to exit, SIGKILL it after ``wait`` seconds.
+
+    Returns False if it was not running.
+    """
+    pid = pidfile.running_pid(pid_path, name)
+    if not pid:
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    from ncsniffer import host
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if not host.process_exists(pid):
+            return True
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    for _ in range(100):
+        if not host.process_exists(pid):
+            break
+        time.sleep(0.05)
+    pidfile.remove_pid(pid_path, pid)
+    return True

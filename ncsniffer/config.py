@@ -1,0 +1,337 @@
+"""Configuration: load a config file (Python dict or old Perl script) and validate it.
+
+Validation follows the original's order and messages exactly (SPEC 1.1), so
+an operator migrating from Net::Connection::Sniffer sees the errors they know.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from dataclasses import dataclass, field
+
+from ncsniffer import host, perlval
+from ncsniffer.errors import ConfigError
+
+DEFAULT_SNAPLEN = 14 + 20 + 4
+MAX_SNAPLEN = 65535
+FORMATS = ("python", "perl", "json")
+
+KNOWN_KEYS = {
+    "piddir", "sniffer", "bpf", "snaplen", "match", "nomatch", "payload", "port",
+    "host", "allowed", "nameserver", "resolve", "dump_format", "user", "group",
+    "max_hosts", "interface", "dns_max_outstanding", "dns_max_qps",
+}
+
+_BPF_HOST = re.compile(r"host\s+([\w.:-]+)", re.IGNORECASE)
+
+
+@dataclass
+class Settings:
+    """A validated configuration, with everything derived from it resolved once."""
+
+    name: str
+    raw: dict
+    piddir: str | None
+    sniffer: str
+    stats_file: str | None
+    bpf: str
+    me_name: str
+    me: str
+    me_packed: bytes
+    interface: str | None
+    promiscuous: bool
+    snaplen: int
+    match: bytes | None = None
+    nomatch: bytes | None = None
+    payload: int | None = None
+    port: int | None = None
+    listen_host: str = "127.0.0.1"
+    allowed: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    nameserver: str | None = None
+    resolve: bool = True
+    dump_format: str = "python"
+    user: str | None = None
+    group: str | None = None
+    max_hosts: int | None = None
+    dns_max_outstanding: int = 500
+    dns_max_qps: int = 50
+
+    @property
+    def pid_file(self) -> str | None:
+        return os.path.join(self.piddir, self.name + ".pid") if self.piddir else None
+
+
+def fail(message: str) -> None:
+    raise ConfigError(f"config: {message}")
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_file(path: str) -> dict:
+    """Read a config file: a Python dict literal, or a Perl script with ``my $config``."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(1 << 20)
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read '{path}': {exc.strerror}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    if re.search(r"^[^#\n]*\$config\s*=\s*\{", text, re.MULTILINE):
+        try:
+            config = perlval.extract_config_hash(text)
+        except perlval.PerlSyntaxError as exc:
+            raise ConfigError(f"config: '{path}' {exc}") from exc
+    else:
+        config = _literal(text, path)
+    if not isinstance(config, dict):
+        raise ConfigError(f"config: '{path}' must hold a dict {{...}} of settings")
+    return config
+
+
+def _literal(text: str, path: str) -> object:
+    try:
+        tree = ast.parse(text, filename=path, mode="eval")
+    except SyntaxError as exc:
+        raise ConfigError(f"config: '{path}' line {exc.lineno}: {exc.msg}") from exc
+    try:
+        return ast.literal_eval(tree)
+    except ValueError as exc:
+        line = _first_non_literal_line(tree)
+        raise ConfigError(
+            f"config: '{path}' line {line}: only plain values (strings, numbers, lists, "
+            f"True/False/None) are allowed") from exc
+
+
+def _first_non_literal_line(tree: ast.AST) -> int:
+    allowed = (ast.Expression, ast.Dict, ast.List, ast.Tuple, ast.Set, ast.Constant,
+               ast.UnaryOp, ast.UAdd, ast.USub, ast.Load, ast.BinOp, ast.Add, ast.Sub)
+    for node in ast.walk(tree):
+        if not isinstance(node, allowed):
+            return getattr(node, "lineno", 1)
+    return 1
+
+
+# --------------------------------------------------------------------------- helpers
+
+def to_bytes(value) -> bytes:
+    """Match strings are bytes; text from a config maps characters 0-255 to bytes."""
+    if isinstance(value, bytes):
+        return value
+    text = str(value)
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
+
+
+def _int(value, message: str) -> int:
+    if isinstance(value, bool):
+        fail(message)
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if not text.isdigit():
+        fail(message)
+    return int(text)
+
+
+def instance_name(program: str) -> str:
+    """``/usr/sbin/nc.sniffer1.pl`` -> ``nc.sniffer1``."""
+    base = os.path.basename(program)
+    for suffix in (".pl", ".py"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def check_piddir(config: dict) -> str:
+    piddir = config.get("piddir")
+    if not piddir or not os.path.isdir(piddir) or not os.access(piddir, os.W_OK):
+        raise ConfigError("pid directory not specified or not writable")
+    return piddir
+
+
+# --------------------------------------------------------------------------- validation
+
+def validate(config: dict, name: str, offline: bool = False, to_stderr: bool = False) -> Settings:
+    """Check a config dict in the original's order; return Settings or raise ConfigError."""
+    if not isinstance(config, dict):
+        fail("the configuration must be a dict")
+
+    # 1-3: bpf host, its address, its interface
+    bpf = config.get("bpf") or ""
+    m = _BPF_HOST.search(str(bpf))
+    if not m:
+        fail("missing hostname in bpf string")
+    me_name = m.group(1)
+    me = host.resolve_address(me_name)
+    if me is None:
+        fail(f"bad hostname '{me_name}' in bpf filter string")
+    interface, promiscuous = None, False
+    if config.get("interface"):
+        interface = str(config["interface"])
+        found = host.find_interface(me, {k: v for k, v in host.interface_addresses().items()
+                                         if k == interface})
+        promiscuous = not (found and not found[1])
+    elif not offline:
+        found = host.find_interface(me)
+        if not found:
+            fail(f"could not find interface for '{me_name}' in bpf string")
+        interface, promiscuous = found
+
+    # 4: the stats directory and file
+    sniffer = "STDERR" if to_stderr else (config.get("sniffer") or "")
+    if not sniffer:
+        fail("sniffer directory missing from configuration")
+    stats_file = None
+    if sniffer != "STDERR":
+        if not os.path.isdir(sniffer) or not os.access(sniffer, os.W_OK):
+            fail(f"sniffer directory '{sniffer}' missing or not writable")
+        stats_file = os.path.join(sniffer, name + ".stats")
+        if os.path.exists(stats_file) and not os.access(stats_file, os.W_OK):
+            fail(f"'{stats_file}' not writable")
+
+    # 5: snaplen
+    snaplen = DEFAULT_SNAPLEN
+    if config.get("snaplen"):
+        snaplen = _int(config["snaplen"], f"invalid snaplen '{config['snaplen']}'")
+    snaplen = min(snaplen, MAX_SNAPLEN)
+
+    # 6: payload window for match / nomatch
+    match = to_bytes(config["match"]).lower() if config.get("match") else None
+    nomatch = to_bytes(config["nomatch"]).lower() if config.get("nomatch") else None
+    payload = config.get("payload")
+    if match or nomatch:
+        if isinstance(payload, bool) or not isinstance(payload, int) and not str(payload).isdigit():
+            fail("invalid payload length")
+        payload = int(payload)
+        if not payload or payload >= snaplen:
+            fail("invalid payload length")
+    else:
+        payload = None
+
+    settings = Settings(
+        name=name, raw=config, piddir=config.get("piddir"), sniffer=sniffer,
+        stats_file=stats_file, bpf=str(bpf), me_name=me_name, me=me,
+        me_packed=host.pack_address(me), interface=interface, promiscuous=promiscuous,
+        snaplen=snaplen, match=match, nomatch=nomatch, payload=payload,
+    )
+
+    # 7: the UDP dump listener
+    if config.get("port") not in (None, "", 0, "0"):
+        port = str(config["port"]).strip()
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            fail(f"invalid port number '{config['port']}'")
+        settings.port = int(port)
+        listen = config.get("host") or "127.0.0.1"
+        listen = {"INADDR_LOOPBACK": "127.0.0.1", "INADDR_ANY": "0.0.0.0"}.get(listen, listen)
+        address = host.resolve_address(listen)
+        if address is None:
+            fail(f"bad dump host '{config.get('host')}'")
+        settings.listen_host = address
+        allowed = config.get("allowed") or ["127.0.0.1"]
+        if isinstance(allowed, str):
+            allowed = [allowed]
+        settings.allowed = []
+        for entry in allowed:
+            address = host.resolve_address(entry)
+            if address is None:
+                fail(f"invalid 'allowed' host or IP '{entry}'")
+            settings.allowed.append(address)
+
+    _validate_new_keys(config, settings)
+    return settings
+
+
+def _validate_new_keys(config: dict, settings: Settings) -> None:
+    """Keys the original did not have, then keys nobody knows (typos)."""
+    for key in sorted(set(config) - KNOWN_KEYS):
+        fail(f"unknown configuration key '{key}'")
+    resolve = config.get("resolve", True)
+    if not isinstance(resolve, (bool, int)):
+        fail(f"invalid resolve '{resolve}': use True or False")
+    settings.resolve = bool(resolve)
+
+    fmt = config.get("dump_format", "python") or "python"
+    if fmt not in FORMATS:
+        fail(f"invalid dump_format '{fmt}': use one of {', '.join(FORMATS)}")
+    settings.dump_format = fmt
+
+    ns = config.get("nameserver")
+    if ns:
+        addr, port = parse_nameserver(str(ns))
+        if addr is None:
+            fail(f"invalid nameserver '{ns}': use 'IP' or 'IP:port'")
+        settings.nameserver = str(ns)
+
+    if config.get("max_hosts") not in (None, 0):
+        settings.max_hosts = _int(config["max_hosts"], f"invalid max_hosts '{config['max_hosts']}'")
+    for key in ("dns_max_outstanding", "dns_max_qps"):
+        if config.get(key) is not None:
+            value = _int(config[key], f"invalid {key} '{config[key]}'")
+            if value < 1:
+                fail(f"invalid {key} '{config[key]}'")
+            setattr(settings, key, value)
+    for key in ("user", "group"):
+        if config.get(key):
+            setattr(settings, key, str(config[key]))
+
+
+def parse_nameserver(text: str) -> tuple[str | None, int]:
+    """``'IP'``, ``'IP:port'``, ``'[v6]:port'`` or a bare IPv6 address -> (IP, port)."""
+    text = text.strip()
+    port = 53
+    m = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?$", text)
+    if m:
+        addr, port = m.group(1), int(m.group(2) or 53)
+    elif text.count(":") == 1:
+        addr, _, p = text.partition(":")
+        if not p.isdigit():
+            return None, port
+        port = int(p)
+    else:
+        addr = text
+    if not 0 < port < 65536:
+        return None, port
+    try:
+        import ipaddress
+        return str(ipaddress.ip_address(addr)), port
+    except ValueError:
+        return None, port
+
+
+def describe(settings: Settings) -> str:
+    """The effective configuration, as the ``config`` verb prints it (a Python literal)."""
+    effective = {
+        "piddir": settings.piddir,
+        "sniffer": settings.sniffer,
+        "bpf": settings.bpf,
+        "snaplen": settings.snaplen,
+        "interface": settings.interface,
+        "promiscuous": settings.promiscuous,
+        "resolve": settings.resolve,
+        "dump_format": settings.dump_format,
+    }
+    if settings.match is not None or settings.nomatch is not None:
+        effective["payload"] = settings.payload
+    if settings.match is not None:
+        effective["match"] = settings.match
+    if settings.nomatch is not None:
+        effective["nomatch"] = settings.nomatch
+    if settings.port:
+        effective.update(port=settings.port, host=settings.listen_host, allowed=settings.allowed)
+    for key in ("nameserver", "user", "group", "max_hosts"):
+        if getattr(settings, key) is not None:
+            effective[key] = getattr(settings, key)
+    if settings.resolve:
+        effective["dns_max_outstanding"] = settings.dns_max_outstanding
+        effective["dns_max_qps"] = settings.dns_max_qps
+    lines = ["{"]
+    for key, value in effective.items():
+        lines.append(f"    {key!r}: {value!r},")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

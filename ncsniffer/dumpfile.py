@@ -1,0 +1,438 @@
+"""The stats file: write it in Python, Perl or JSON format, and read any of them safely.
+
+Python format: '#' header lines, then a dict literal with one record per line.
+Each record line is also a JSON fragment, so reading 100,000 records needs no
+``eval`` and no big AST (``ast.literal_eval`` remains the fallback for files a
+person edited).  Perl format: the original daemon's exact layout.  JSON: one
+object, header fields included, for other tools.
+"""
+
+from __future__ import annotations
+
+import ast
+import ipaddress
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import IO, Iterable
+
+from ncsniffer import __version__, perlval
+from ncsniffer.errors import DumpFileError
+
+FIELDS = ("B", "C", "E", "N", "R", "S", "T", "W")
+MAX_FILE_BYTES = 512 << 20
+MAX_LITERAL_BYTES = 64 << 20
+MAX_LINE = 1 << 20
+
+Row = tuple  # (ip_text, B, C, E, N, R, S, T, W)
+
+
+@dataclass
+class Header:
+    """What the '#' header lines say."""
+
+    start: int
+    current: int
+    hits: float            # per minute
+    bytes: float           # per second
+    users: int
+    device: str
+    promiscuous: bool
+    bpf: str
+    payload: int | None = None
+    snaplen: int | None = None
+    match: bytes | None = None
+    nomatch: bytes | None = None
+    evicted: int | None = None
+    extra: list[str] = field(default_factory=list)   # further lines, without '# '
+    version: str = __version__
+
+
+# --------------------------------------------------------------------------- writing
+
+def escape_match(value: bytes) -> str:
+    """Show a match string with unprintable bytes as ``\\x{hex}``, as the original did."""
+    out = []
+    for b in value:
+        if b < 0x20 or b > 0xFE or 0x7E < b < 0xA8:
+            out.append("\\x{%x}" % b)
+        else:
+            out.append(chr(b))
+    return "".join(out)
+
+
+def header_text(h: Header) -> str:
+    """The header block; it starts with an empty line, each line begins with '#'."""
+    lines = [
+        "",
+        f"# ncsniffer version {h.version}",
+        f"# start:\t{h.start},\t{time.ctime(h.start)}",
+        f"# current:\t{h.current},\t{time.ctime(h.current)}",
+        "# hits:\t\t%.0f per minute" % h.hits,
+        "# bytes:\t%.0f per second" % h.bytes,
+        f"# users:\t{h.users}",
+        f"# device:\t{h.device}\t{'promiscuous' if h.promiscuous else 'non-promiscuous'}",
+        f"# bpf:\t\t{h.bpf}",
+    ]
+    if h.match or h.nomatch:
+        lines.append(f"# fragment:\t{h.payload} - {h.snaplen}")
+        if h.match:
+            lines.append(f"# contains:\t{escape_match(h.match)}")
+        if h.nomatch:
+            lines.append(f"# excludes:\t{escape_match(h.nomatch)}")
+    if h.evicted is not None:
+        lines.append(f"# evicted:\t{h.evicted}")
+    lines.extend("# " + line for line in h.extra)
+    return "\n".join(lines) + "\n"
+
+
+def address_text(key: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(key) == 4 else socket.AF_INET6, key)
+
+
+def rows_from_records(records: dict) -> list[Row]:
+    """Snapshot accounting records as rows in numeric address order, IPv4 first."""
+    rows = []
+    for key in sorted(records, key=lambda k: (len(k), k)):
+        r = records[key]
+        rows.append((address_text(key), r.B, r.C, r.E, list(r.N), r.R, r.S, r.T, r.W))
+    return rows
+
+
+def rows_from_dicts(records: dict[str, dict]) -> list[Row]:
+    """Rows from records as read from a file (ip text -> field dict), sorted numerically."""
+    def order(ip: str):
+        a = ipaddress.ip_address(ip)
+        return a.version, a.packed
+    rows = []
+    for ip in sorted(records, key=order):
+        r = records[ip]
+        rows.append((ip, r["B"], r["C"], r["E"], list(r["N"]), r["R"], r["S"], r["T"], r["W"]))
+    return rows
+
+
+def _python_body(rows: Iterable[Row]) -> Iterable[str]:
+    yield "{\n"
+    dumps = json.dumps
+    for ip, b, c, e, n, r, s, t, w in rows:
+        yield ('"%s": {"B": %.0f, "C": %.0f, "E": %.0f, "N": %s, "R": %.0f, "S": %.0f, '
+               '"T": %.0f, "W": %.0f},\n' % (ip, b, c, e, dumps(n), r, s, t, w))
+    yield "}\n"
+
+
+def _perl_quote(name: str) -> str:
+    return "'" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _perl_body(rows: Iterable[Row]) -> Iterable[str]:
+    yield "{\n  my $dump = {\n"
+    for ip, b, c, e, n, r, s, t, w in rows:
+        names = "".join(_perl_quote(x) + "," for x in n)
+        yield ("\t'%s%s=> {\n\t\tB\t=> %.0f,\n\t\tC\t=> %.0f,\n\t\tE\t=> %.0f,\n"
+               "\t\tN\t=> [%s],\n\t\tR\t=> %.0f,\n\t\tS\t=> %.0f,\n\t\tT\t=> %.0f,\n"
+               "\t\tW\t=> %.0f,\n\t},\n"
+               % (ip, "' " if len(ip) > 13 else "'\t", b, c, e, names, r, s, t, w))
+    yield "  };\n}\n"
+
+
+def _json_document(h: Header, rows: Iterable[Row]) -> Iterable[str]:
+    head = {
+        "ncsniffer": h.version, "start": h.start, "current": h.current,
+        "hits": round(h.hits), "bytes": round(h.bytes), "users": h.users,
+        "device": h.device, "promiscuous": h.promiscuous, "bpf": h.bpf,
+    }
+    if h.match or h.nomatch:
+        head["fragment"] = [h.payload, h.snaplen]
+        if h.match:
+            head["contains"] = escape_match(h.match)
+        if h.nomatch:
+            head["excludes"] = escape_match(h.nomatch)
+    if h.evicted is not None:
+        head["evicted"] = h.evicted
+    if h.extra:
+        head["extra"] = list(h.extra)
+    yield json.dumps(head)[:-1] + ', "records": {\n'
+    first = True
+    for ip, b, c, e, n, r, s, t, w in rows:
+        yield ('%s"%s": {"B": %.0f, "C": %.0f, "E": %.0f, "N": %s, "R": %.0f, "S": %.0f, '
+               '"T": %.0f, "W": %.0f}' % ("" if first else ",\n", ip, b, c, e, json.dumps(n),
+                                          r, s, t, w))
+        first = False
+    yield "\n}}\n"
+
+
+def render(h: Header, rows: Iterable[Row], fmt: str = "python") -> Iterable[str]:
+    """The stats file's text, in pieces."""
+    if fmt == "json":
+        yield from _json_document(h, rows)
+        return
+    yield header_text(h)
+    yield from (_perl_body(rows) if fmt == "perl" else _python_body(rows))
+
+
+def write_stream(stream: IO[str], h: Header, rows: Iterable[Row], fmt: str = "python") -> None:
+    for piece in render(h, rows, fmt):
+        stream.write(piece)
+    stream.flush()
+
+
+def write_file(path: str, h: Header, rows: Iterable[Row], fmt: str = "python") -> None:
+    """Write atomically: ``FILE.tmp``, fsync, rename over ``FILE``.
+
+    A reader never sees half a file; a crash or a full disk leaves the previous
+    file as it was.
+    """
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            buf = []
+            size = 0
+            for piece in render(h, rows, fmt):
+                buf.append(piece)
+                size += len(piece)
+                if size > 1 << 20:
+                    fh.write("".join(buf))
+                    buf, size = [], 0
+            fh.write("".join(buf))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise DumpFileError(f"cannot write '{path}': {exc.strerror or exc}") from exc
+    try:
+        dirfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- reading
+
+@dataclass
+class StatsFile:
+    """A stats file as read: header lines (without newline) and records by IP text."""
+
+    path: str
+    header: list[str]
+    records: dict[str, dict]
+    format: str
+
+    def header_value(self, name: str) -> str | None:
+        """The text after ``# name:`` in the header, stripped; None if absent."""
+        prefix = f"# {name}:"
+        for line in self.header:
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+        return None
+
+    def header_number(self, name: str) -> float:
+        """The leading number of a header value (``hits``, ``bytes``, ``start``...); 0 if none."""
+        value = self.header_value(name) or ""
+        m = re.match(r"-?\d+(?:\.\d+)?", value)
+        return float(m.group()) if m else 0.0
+
+
+def _bad(path: str, problem: str) -> DumpFileError:
+    return DumpFileError(f"{path}: not a readable stats file: {problem}")
+
+
+_PERL_OPEN = re.compile(r"^\t'([^']+)'\s*=> \{\n$")
+_PERL_NUM = re.compile(r"^\t\t([BCERSTW])\t=> (-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?),\n$")
+_PERL_NAMES = re.compile(r"^\t\tN\t=> \[((?:'(?:[^'\\]|\\.)*',)*)\],\n$")
+_PERL_NAME = re.compile(r"'((?:[^'\\]|\\.)*)',")
+
+
+def read_stats(path: str) -> StatsFile:
+    """Read a stats file in any format, written by ncsniffer or by the Perl daemon.
+
+    Nothing in the file is executed; anything that is not a stats file raises
+    DumpFileError naming the file.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            raise _bad(path, f"{size} bytes is more than a stats file may hold "
+                             f"({MAX_FILE_BYTES >> 20} MiB)")
+        with open(path, "rb") as fh:
+            return _read(path, fh)
+    except OSError as exc:
+        raise DumpFileError(f"{path}: {exc.strerror or exc}") from exc
+
+
+def _readline(fh, path: str) -> str:
+    line = fh.readline(MAX_LINE)
+    if len(line) >= MAX_LINE and not line.endswith(b"\n"):
+        raise _bad(path, "a line is longer than 1 MiB")
+    return line.decode("utf-8", errors="replace")
+
+
+def _read(path: str, fh) -> StatsFile:
+    header: list[str] = []
+    line = _readline(fh, path)
+    while line and (line.startswith("#") or not line.strip()):
+        if line.startswith("#"):
+            header.append(line.rstrip("\n"))
+        line = _readline(fh, path)
+    if not line:
+        raise _bad(path, "no records section" if header else "the file is empty")
+    if line.startswith('{"ncsniffer"'):
+        return _read_json(path, line + fh.read().decode("utf-8", errors="replace"))
+    if line.rstrip("\n").strip() != "{":
+        raise _bad(path, f"unexpected text {line[:40]!r}")
+    line = _readline(fh, path)
+    if line.strip().startswith("my $dump"):
+        return StatsFile(path, header, _read_perl(path, fh), "perl")
+    return StatsFile(path, header, _read_python(path, fh, line), "python")
+
+
+def _read_python(path: str, fh, line: str) -> dict[str, dict]:
+    records: dict[str, dict] = {}
+    pending = [line]
+    loads = json.loads
+    while line and line.strip() != "}":
+        text = line.strip().rstrip(",")
+        if text:
+            try:
+                item = loads("{" + text + "}")
+            except ValueError:
+                return _read_python_literal(path, fh, pending)
+            for ip, rec in item.items():
+                records[ip] = _check_record(path, ip, rec)
+        line = _readline(fh, path)
+        pending.append(line)
+    if not line:
+        raise _bad(path, "the records section is not closed (truncated file?)")
+    if fh.read(1024).strip():
+        raise _bad(path, "unexpected text after the records")
+    return records
+
+
+def _read_python_literal(path: str, fh, seen: list[str]) -> dict[str, dict]:
+    """Slow path: a hand-edited Python dict literal, parsed without evaluation."""
+    rest = fh.read(MAX_LITERAL_BYTES + 1)
+    if len(rest) > MAX_LITERAL_BYTES:
+        raise _bad(path, "records are not in the one-per-line layout and too large to parse")
+    text = "{\n" + "".join(seen) + rest.decode("utf-8", errors="replace")
+    try:
+        data = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+        raise _bad(path, f"not a plain dict literal ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise _bad(path, "the records section is not a dict")
+    return {ip: _check_record(path, ip, rec) for ip, rec in data.items()}
+
+
+def _read_perl(path: str, fh) -> dict[str, dict]:
+    records: dict[str, dict] = {}
+    rest_start = fh.tell()
+    line = _readline(fh, path)
+    current: dict | None = None
+    ip = None
+    while line:
+        if current is None:
+            m = _PERL_OPEN.match(line)
+            if m:
+                ip, current = m.group(1), {}
+            elif line == "  };\n":
+                tail = fh.read(1024).decode("utf-8", errors="replace")
+                if tail.strip() != "}":
+                    raise _bad(path, "unexpected text after the records")
+                return records
+            else:
+                return _read_perl_general(path, fh, rest_start)
+        else:
+            m = _PERL_NUM.match(line)
+            if m:
+                current[m.group(1)] = _number(m.group(2))
+            elif (m := _PERL_NAMES.match(line)) is not None:
+                current["N"] = [re.sub(r"\\([\\'])", r"\1", x) for x in _PERL_NAME.findall(m.group(1))]
+            elif line == "\t},\n":
+                records[ip] = _check_record(path, ip, current)
+                current = None
+            else:
+                return _read_perl_general(path, fh, rest_start)
+        line = _readline(fh, path)
+    raise _bad(path, "the records section is not closed (truncated file?)")
+
+
+def _read_perl_general(path: str, fh, start: int) -> dict[str, dict]:
+    """Slow path: any Perl hash literal layout (Data::Dumper and friends)."""
+    fh.seek(start)
+    rest = fh.read(MAX_LITERAL_BYTES + 1)
+    if len(rest) > MAX_LITERAL_BYTES:
+        raise _bad(path, "records are not in the original layout and too large to parse")
+    text = "{ my $dump = " + rest.decode("utf-8", errors="replace")
+    try:
+        data = perlval.parse_dump(text)
+    except perlval.PerlSyntaxError as exc:
+        raise _bad(path, f"Perl records: {exc}") from None
+    return {ip: _check_record(path, ip, rec) for ip, rec in data.items()}
+
+
+def _read_json(path: str, text: str) -> StatsFile:
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise _bad(path, f"invalid JSON ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("records"), dict):
+        raise _bad(path, "JSON without a 'records' object")
+    try:
+        h = Header(start=int(doc["start"]), current=int(doc["current"]), hits=float(doc["hits"]),
+                   bytes=float(doc["bytes"]), users=int(doc["users"]), device=str(doc["device"]),
+                   promiscuous=bool(doc["promiscuous"]), bpf=str(doc["bpf"]),
+                   evicted=doc.get("evicted"), version=str(doc.get("ncsniffer", "?")),
+                   extra=[str(x) for x in doc.get("extra", [])])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _bad(path, f"JSON header field missing or wrong ({exc})") from None
+    lines = header_text(h).splitlines()[1:]
+    if "fragment" in doc:
+        at = next(i for i, x in enumerate(lines) if x.startswith("# bpf:")) + 1
+        extra = [f"# fragment:\t{doc['fragment'][0]} - {doc['fragment'][1]}"]
+        extra += [f"# contains:\t{doc['contains']}"] if "contains" in doc else []
+        extra += [f"# excludes:\t{doc['excludes']}"] if "excludes" in doc else []
+        lines[at:at] = extra
+    records = {ip: _check_record(path, ip, rec) for ip, rec in doc["records"].items()}
+    return StatsFile(path, lines, records, "json")
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _check_record(path: str, ip, rec) -> dict:
+    """A record must be an IP address mapping to numbers and a list of names."""
+    try:
+        ipaddress.ip_address(ip)
+    except (ValueError, TypeError):
+        raise _bad(path, f"{str(ip)[:60]!r} is not an IP address") from None
+    if not isinstance(rec, dict):
+        raise _bad(path, f"the record of {ip} is not a mapping")
+    out = {}
+    for key in FIELDS:
+        value = rec.get(key, [] if key == "N" else 0)
+        if key == "N":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+                raise _bad(path, f"the names of {ip} are not a list of strings")
+            value = list(value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _bad(path, f"{key} of {ip} is not a number")
+        out[key] = value
+    unknown = set(rec) - set(FIELDS)
+    if unknown:
+        raise _bad(path, f"the record of {ip} has unknown keys {sorted(unknown)}")
+    return out

@@ -1,0 +1,112 @@
+"""Facts about this machine: name resolution, interfaces, processes.
+
+The one module that imports psutil; everything here is a thin, testable edge.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+
+import psutil
+
+_NUMERIC = re.compile(r"^[\d.]+$")
+
+
+def resolve_address(name: str) -> str | None:
+    """Return the first address of ``name`` as text, or None if it does not resolve.
+
+    Dotted numbers follow inet_aton (as the Perl original did), so ``1.2.3.4.5``
+    fails at once instead of waiting for a DNS answer.
+    """
+    name = str(name).strip()
+    if not name:
+        return None
+    if _NUMERIC.match(name):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(name))
+        except OSError:
+            return None
+    if ":" in name:
+        try:
+            return str(ipaddress.ip_address(name.split("%")[0]))
+        except ValueError:
+            return None
+    try:
+        infos = socket.getaddrinfo(name, None, 0, socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return None
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            return sockaddr[0].split("%")[0]
+    return None
+
+
+def pack_address(text: str) -> bytes:
+    """The address in network byte order: 4 bytes for IPv4, 16 for IPv6."""
+    return ipaddress.ip_address(text).packed
+
+
+def interface_addresses() -> dict[str, list[tuple[str, str]]]:
+    """Map each interface (alias suffix ``:N`` removed) to its (address, netmask) pairs."""
+    result: dict[str, list[tuple[str, str]]] = {}
+    for name, addrs in psutil.net_if_addrs().items():
+        base = name.split(":")[0]
+        for addr in addrs:
+            if addr.family not in (socket.AF_INET, socket.AF_INET6) or not addr.netmask:
+                continue
+            result.setdefault(base, []).append((addr.address.split("%")[0], addr.netmask))
+    return result
+
+
+def find_interface(address: str, table: dict[str, list[tuple[str, str]]] | None = None):
+    """Pick the capture interface for ``address``: (name, promiscuous) or None.
+
+    The interface owning the address is used as is; otherwise the alphabetically
+    first interface whose subnet contains it, in promiscuous mode, because that
+    traffic is not addressed to us.
+    """
+    table = interface_addresses() if table is None else table
+    target = ipaddress.ip_address(address)
+    within = []
+    for name in sorted(table):
+        for addr, mask in table[name]:
+            try:
+                ifaddr = ipaddress.ip_address(addr)
+                if ifaddr.version != target.version:
+                    continue
+                if ifaddr == target:
+                    return name, False
+                net = ipaddress.ip_network(f"{addr}/{mask}", strict=False)
+            except ValueError:
+                continue
+            if target in net:
+                within.append(name)
+    if within:
+        return sorted(within)[0], True
+    return None
+
+
+def process_cmdline(pid: int) -> list[str] | None:
+    """The command line of a live process, or None if there is no such process."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return []
+
+
+def process_exists(pid: int) -> bool:
+    """True while ``pid`` is a live (non-zombie) process."""
+    return process_cmdline(pid) is not None
+
+
+def current_pid() -> int:
+    return os.getpid()
