@@ -62,12 +62,28 @@ def _setfilter(handle, bpf: str, source: str) -> None:
         raise CaptureError(f"{source}: bad bpf filter '{bpf}': {exc}") from exc
 
 
+def vlan_aware(bpf: str) -> str:
+    """The filter, also applied inside up to two VLAN tags.
+
+    A live Linux capture filters the frame with its tag stripped, so ``host X``
+    sees tagged traffic; a file keeps the tags, and the same filter would miss
+    it.  Replaying must count what a live run counts.
+    """
+    return f"({bpf}) or (vlan and (({bpf}) or (vlan and ({bpf}))))"
+
+
 def open_offline(path: str, bpf: str) -> Capture:
     """Open a pcap or pcapng file with the bpf filter applied."""
     try:
         handle = pcapy.open_offline(path)
     except pcapy.PcapError as exc:
         raise CaptureError(f"{path}: cannot read capture file: {exc}") from exc
+    if handle.datalink() == 1 and "vlan" not in bpf.lower():   # DLT_EN10MB
+        try:
+            handle.setfilter(vlan_aware(bpf))
+            return Capture(handle, path)
+        except pcapy.PcapError:
+            pass    # the plain filter below reports the user's own mistake
     _setfilter(handle, bpf, path)
     return Capture(handle, path)
 

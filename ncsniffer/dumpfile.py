@@ -289,9 +289,10 @@ def _read(path: str, fh) -> StatsFile:
         return _read_json(path, line + fh.read().decode("utf-8", errors="replace"))
     if line.rstrip("\n").strip() != "{":
         raise _bad(path, f"unexpected text {line[:40]!r}")
+    body_start = fh.tell()
     line = _readline(fh, path)
     if line.strip().startswith("my $dump"):
-        return StatsFile(path, header, _read_perl(path, fh), "perl")
+        return StatsFile(path, header, _read_perl(path, fh, body_start, line), "perl")
     return StatsFile(path, header, _read_python(path, fh, line), "python")
 
 
@@ -332,9 +333,10 @@ def _read_python_literal(path: str, fh, seen: list[str]) -> dict[str, dict]:
     return {ip: _check_record(path, ip, rec) for ip, rec in data.items()}
 
 
-def _read_perl(path: str, fh) -> dict[str, dict]:
+def _read_perl(path: str, fh, body_start: int, first: str) -> dict[str, dict]:
     records: dict[str, dict] = {}
-    rest_start = fh.tell()
+    if first != "  my $dump = {\n":
+        return _read_perl_general(path, fh, body_start)
     line = _readline(fh, path)
     current: dict | None = None
     ip = None
@@ -349,7 +351,7 @@ def _read_perl(path: str, fh) -> dict[str, dict]:
                     raise _bad(path, "unexpected text after the records")
                 return records
             else:
-                return _read_perl_general(path, fh, rest_start)
+                return _read_perl_general(path, fh, body_start)
         else:
             m = _PERL_NUM.match(line)
             if m:
@@ -360,7 +362,7 @@ def _read_perl(path: str, fh) -> dict[str, dict]:
                 records[ip] = _check_record(path, ip, current)
                 current = None
             else:
-                return _read_perl_general(path, fh, rest_start)
+                return _read_perl_general(path, fh, body_start)
         line = _readline(fh, path)
     raise _bad(path, "the records section is not closed (truncated file?)")
 
@@ -371,7 +373,7 @@ def _read_perl_general(path: str, fh, start: int) -> dict[str, dict]:
     rest = fh.read(MAX_LITERAL_BYTES + 1)
     if len(rest) > MAX_LITERAL_BYTES:
         raise _bad(path, "records are not in the original layout and too large to parse")
-    text = "{ my $dump = " + rest.decode("utf-8", errors="replace")
+    text = "{\n" + rest.decode("utf-8", errors="replace")
     try:
         data = perlval.parse_dump(text)
     except perlval.PerlSyntaxError as exc:

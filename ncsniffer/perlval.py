@@ -36,6 +36,8 @@ _TOKEN = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 
+MAX_DEPTH = 32
+
 _DQ_ESCAPE = re.compile(r"\\(x\{([0-9a-fA-F]*)\}|x([0-9a-fA-F]{0,2})|([0-7]{1,3})|(.))", re.DOTALL)
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "a": "\a", "e": "\x1b", "0": "\0"}
 
@@ -109,12 +111,14 @@ class _Parser:
         self.i += 1
         return tok
 
-    def value(self) -> Any:
+    def value(self, depth: int = 0) -> Any:
         kind, text, pos = self.peek()
+        if depth > MAX_DEPTH:
+            raise PerlSyntaxError("data nested too deeply", self.line_of(pos))
         if text == "{":
-            return self.hash()
+            return self.hash(depth + 1)
         if text == "[":
-            return self.array()
+            return self.array(depth + 1)
         self.i += 1
         if kind == "sq":
             return re.sub(r"\\([\\'])", r"\1", text[1:-1])
@@ -136,7 +140,7 @@ class _Parser:
             raise PerlSyntaxError("a hash key must be a word, string or number", self.line_of(pos))
         return str(value)
 
-    def hash(self) -> dict:
+    def hash(self, depth: int = 0) -> dict:
         self.take("{")
         result: dict[str, Any] = {}
         while self.peek()[1] != "}":
@@ -144,7 +148,7 @@ class _Parser:
             if self.peek()[1] not in ("=>", ","):
                 self.take("=>")
             self.i += 1
-            result[key] = self.value()
+            result[key] = self.value(depth)
             if self.peek()[1] in (",", "=>"):
                 self.i += 1
             elif self.peek()[1] != "}":
@@ -152,11 +156,11 @@ class _Parser:
         self.take("}")
         return result
 
-    def array(self) -> list:
+    def array(self, depth: int = 0) -> list:
         self.take("[")
         result = []
         while self.peek()[1] != "]":
-            result.append(self.value())
+            result.append(self.value(depth))
             if self.peek()[1] in (",", "=>"):
                 self.i += 1
             elif self.peek()[1] != "]":

@@ -1,0 +1,52 @@
+"""Shared test helpers: temp configs, running the CLI, reading stats files plainly."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+NC_SNIFFER = os.path.join(BIN, "nc.sniffer")
+
+
+def write_config(directory: str, name: str = "nc.sniffer.conf", **settings) -> str:
+    """A Python dict literal config file; piddir/sniffer default to ``directory``."""
+    settings.setdefault("piddir", directory)
+    settings.setdefault("sniffer", directory)
+    settings.setdefault("resolve", False)
+    path = os.path.join(directory, name)
+    with open(path, "w") as fh:
+        fh.write("# test configuration\n{\n")
+        for key, value in settings.items():
+            fh.write(f"    {key!r}: {value!r},\n")
+        fh.write("}\n")
+    return path
+
+
+def run_cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([NC_SNIFFER, *args], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def plain_read(path: str) -> tuple[list[str], dict]:
+    """Read a Python-format stats file the way a user's script would: drop the
+    '#' header lines, ``ast.literal_eval`` the rest (independent of our reader)."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    return header, ast.literal_eval(body)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return str(tmp_path)
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

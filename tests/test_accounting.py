@@ -1,0 +1,198 @@
+"""SPEC 4: the accounting arithmetic, branch by branch, with the clock passed in."""
+
+import random
+
+from hypothesis import given, settings, strategies as st
+
+from ncsniffer.accounting import Accounting, PURGE_BATCH
+from tests import reference
+
+A = bytes([10, 0, 0, 2])
+B = bytes([10, 0, 0, 3])
+
+
+def test_new_record_takes_global_start_not_now():
+    acct = Accounting(1000)
+    acct.count(A, 100, 1000)
+    acct.count(B, 60, 1200)
+    a, b = acct.records[A], acct.records[B]
+    assert (a.B, a.C, a.E, a.R, a.S, a.T, a.W, list(a.N)) == (100, 1, 1000, 0, 1000, 0, 0, [])
+    assert (b.B, b.C, b.E, b.S) == (60, 1, 1200, 1000)
+
+
+def test_first_interval_needs_five_packets_when_e_equals_s():
+    acct = Accounting(1000)
+    for now in (1000, 1001, 1002, 1003):
+        acct.count(A, 100, now)
+    acct.count(A, 100, 1400)            # E + 300 <= now, but E == S and C == 4 < 5
+    rec = acct.records[A]
+    assert (rec.B, rec.C, rec.E, rec.R, rec.W) == (500, 5, 1000, 0, 0)
+    acct.count(A, 40, 1500)             # C == 5: rate update with dt = now - S
+    assert rec.R == 5 * (3600.0 / 500) and rec.W == 500 * (3600.0 / 500)
+    assert (rec.B, rec.C, rec.E) == (40, 1, 1500)
+
+
+def test_300_second_rule_and_decay_after_e_moved():
+    acct = Accounting(1000)
+    for now in range(1000, 1005):
+        acct.count(A, 10, now)
+    acct.count(A, 10, 1400)    # update over the 5 earlier packets: dt = 400; this one starts anew
+    r1, w1 = 5 * 9.0, 50 * 9.0
+    rec = acct.records[A]
+    assert (rec.R, rec.W, rec.E) == (r1, w1, 1400)
+    acct.count(A, 20, 1699)                     # E + 300 > now: accumulate
+    assert (rec.B, rec.C) == (30, 2)
+    acct.count(A, 5, 1700)                      # E + 300 == now: update, E != S
+    m = 3600.0 / (3600 + 1700 - 1400)
+    assert rec.R == (r1 + 2) * m and rec.W == (w1 + 30) * m
+    assert (rec.B, rec.C, rec.E) == (5, 1, 1700)
+
+
+def test_record_created_after_start_updates_after_300s_even_with_few_packets():
+    acct = Accounting(1000)
+    acct.count(A, 100, 2000)                    # E = 2000, S = 1000: E != S
+    acct.count(A, 100, 2300)
+    rec = acct.records[A]
+    m = 3600.0 / (3600 + 2300 - 2000)
+    assert rec.R == 1 * m and rec.W == 100 * m and rec.C == 1
+
+
+def test_global_first_interval_is_300s_then_60s():
+    acct = Accounting(1000)
+    assert (acct.next, acct.nextrate) == (1300, 300)
+    for now in (1000, 1001, 1002, 1003, 1004, 1005):
+        acct.count(A, 100, now)
+    assert (acct.ra, acct.ba, acct.rate) == (6, 600, 0)
+    acct.count(A, 50, 1299)                     # next > now
+    assert acct.ra == 7
+    acct.count(A, 50, 1300)                     # first update: rate < 1 -> dt = now - start
+    assert acct.rate == 7 * (3600.0 / 300) and acct.bw == 650 * (3600.0 / 300)
+    assert (acct.ra, acct.ba, acct.next, acct.nextrate) == (1, 50, 1360, 60)
+    rate, bw = acct.rate, acct.bw
+    acct.count(A, 10, 1400)                     # rate >= 1: dt = 3600 + now + nextrate - next
+    m = 3600.0 / (3600 + 1400 + 60 - 1360)
+    assert acct.rate == (rate + 1) * m and acct.bw == (bw + 50) * m
+    assert acct.hits_per_minute() == acct.rate / 60
+    assert acct.bytes_per_second() == acct.bw / 3600
+
+
+def test_global_waits_for_five_packets_while_rate_below_one():
+    acct = Accounting(1000)
+    acct.count(A, 100, 1000)
+    acct.count(A, 100, 5000)          # next <= now, but rate < 1 and ra < 5
+    assert (acct.ra, acct.rate) == (2, 0)
+    for now in (5001, 5002, 5003):
+        acct.count(A, 100, now)
+    acct.count(A, 100, 5004)          # ra == 5: update, dt = now - start
+    assert acct.rate == 5 * (3600.0 / 4004)
+
+
+def test_global_dt_is_at_least_one_second():
+    acct = Accounting(1000)
+    acct.next = 1000                  # force an update in the start second
+    for _ in range(6):
+        acct.count(A, 1, 1000)
+    assert acct.rate == 5 * 3600.0
+
+
+def test_purge_boundary_is_strict():
+    acct = Accounting(1000)
+    acct.count(A, 1, 1000)
+    acct.count(B, 1, 1001)
+    assert acct.purge(1000 + 86400) == 0         # E + 86400 == now: kept
+    assert acct.purge(1000 + 86401) == 1         # E + 86400 < now: gone
+    assert A not in acct.records and B in acct.records
+    assert acct.purged == 1
+
+
+def test_purge_works_in_bounded_batches():
+    acct = Accounting(0)
+    n = PURGE_BATCH * 2 + 10
+    for i in range(n):
+        acct.count(i.to_bytes(4, "big"), 1, 0)
+    assert acct.purge(86401, seconds=1) == PURGE_BATCH
+    assert acct.purge(86401, seconds=1) == PURGE_BATCH
+    assert acct.purge(86401, seconds=1) == 10
+    assert not acct.records
+
+
+def test_purge_covers_elapsed_seconds_in_one_call():
+    acct = Accounting(0)
+    for i in range(PURGE_BATCH + 5):
+        acct.count(i.to_bytes(4, "big"), 1, 0)
+    assert acct.purge(90000, seconds=3) == PURGE_BATCH + 5
+
+
+def test_reset_clears_records_and_globals():
+    acct = Accounting(1000, lookups=True)
+    acct.count(A, 100, 1000)
+    acct.reset(2000)
+    assert not acct.records and not acct.lookup_queue
+    assert (acct.start, acct.rate, acct.bw, acct.ra, acct.ba, acct.next) == (2000, 0, 0, 0, 0, 2300)
+    acct.count(B, 1, 2005)
+    assert acct.records[B].S == 2000
+
+
+def test_lookup_queued_once_while_pending():
+    acct = Accounting(1000, lookups=True)
+    for now in range(1000, 1010):
+        acct.count(A, 1, now)
+    assert list(acct.lookup_queue) == [A]
+    del acct.lookup_queue[A]
+    acct.records[A].T = 1000 + 86400        # what the resolver does when it sends
+    acct.count(A, 1, 1011)
+    assert not acct.lookup_queue
+    assert acct.set_names(A, ["a.example"], 5000) and acct.records[A].N == ["a.example"]
+    assert not acct.set_names(B, ["b"], 1)
+
+
+def test_no_lookups_when_disabled():
+    acct = Accounting(1000, lookups=False)
+    acct.count(A, 1, 1000)
+    assert not acct.lookup_queue and acct.records[A].T == 0
+
+
+def test_max_hosts_evicts_least_recently_updated():
+    acct = Accounting(1000, max_hosts=2)
+    acct.count(A, 1, 1000)
+    acct.count(B, 1, 1001)
+    acct.count(A, 1, 1002)                   # A is now the most recent
+    c = bytes([10, 0, 0, 4])
+    acct.count(c, 1, 1003)
+    assert set(acct.records) == {A, c} and acct.evicted == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 400), st.integers(1, 1500)),
+                min_size=1, max_size=300))
+def test_matches_reference_model(steps):
+    """Random traffic: every field equals the plain model of SPEC 4."""
+    keys = [bytes([192, 0, 2, i]) for i in range(4)]
+    now = 1_000_000
+    acct = Accounting(now)
+    ref = reference.new_state(now)
+    for which, gap, length in steps:
+        now += gap
+        acct.count(keys[which], length, now)
+        reference.account(ref, keys[which], length, now)
+    for key, rec in ref["ips"].items():
+        got = acct.records[key].as_dict()
+        got["N"] = []
+        assert got == rec
+    assert (acct.rate, acct.bw, acct.ra, acct.ba, acct.next) == \
+        (ref["rate"], ref["bw"], ref["ra"], ref["ba"], ref["next"])
+
+
+def test_long_run_crosses_every_branch():
+    rnd = random.Random(3)
+    now = 1_500_000_000
+    acct = Accounting(now)
+    ref = reference.new_state(now)
+    for _ in range(20000):
+        now += rnd.choice((0, 0, 1, 5, 61, 299, 300, 301, 900))
+        key = bytes([198, 51, 100, rnd.randrange(30)])
+        length = rnd.randrange(40, 1500)
+        acct.count(key, length, now)
+        reference.account(ref, key, length, now)
+    assert {k: r.as_dict() for k, r in acct.records.items()} == ref["ips"]
+    assert acct.rate == ref["rate"] and acct.bw == ref["bw"]

@@ -1,0 +1,87 @@
+"""Link and IP header decoding: every link type, tags, options, truncation, garbage."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ncsniffer import decode, pcapgen
+
+V4 = ("192.0.2.1", "198.51.100.7")
+V6 = ("2001:db8::1", "2001:db8:5::7")
+LINKS = [decode.DLT_EN10MB, decode.DLT_LINUX_SLL, decode.DLT_LINUX_SLL2, decode.DLT_NULL,
+         decode.DLT_LOOP, decode.DLT_RAW, decode.DLT_RAW_LINKTYPE, decode.DLT_IPV4,
+         decode.DLT_IPV6]
+
+
+def packed(ip):
+    import ipaddress
+    return ipaddress.ip_address(ip).packed
+
+
+@pytest.mark.parametrize("link", LINKS)
+@pytest.mark.parametrize("pair", [V4, V6])
+def test_every_link_type_yields_both_addresses(link, pair):
+    if (link == decode.DLT_IPV4 and ":" in pair[0]) or (link == decode.DLT_IPV6 and ":" not in pair[0]):
+        pytest.skip("family fixed by link type")
+    data = pcapgen.frame(link, pcapgen.ip_packet(*pair, payload=b"hello"))
+    assert decode.decoder_for(link)(data) == (packed(pair[0]), packed(pair[1]))
+
+
+@pytest.mark.parametrize("vlans", [(7,), (100, 200), (1, 2, 3)])
+def test_vlan_tags_802_1q_and_802_1ad(vlans):
+    data = pcapgen.frame(decode.DLT_EN10MB, pcapgen.ip_packet(*V4), vlans)
+    assert decode.ethernet(data) == (packed(V4[0]), packed(V4[1]))
+
+
+def test_ipv4_options_and_fragments_are_decoded():
+    pkt = pcapgen.ip_packet(*V4, options=b"\x01\x01\x01\x00" * 2, frag_offset=1480)
+    assert pkt[0] & 15 == 7
+    assert decode.raw(pkt) == (packed(V4[0]), packed(V4[1]))
+
+
+def test_ipv6_extension_headers():
+    pkt = pcapgen.ip_packet(*V6, ext_headers=True)
+    assert pkt[6] == 0
+    assert decode.raw(pkt) == (packed(V6[0]), packed(V6[1]))
+
+
+def test_reasons_for_undecodable_frames():
+    v4 = pcapgen.frame(decode.DLT_EN10MB, pcapgen.ip_packet(*V4))
+    assert decode.ethernet(v4[:13]) == (None, decode.TRUNCATED)
+    assert decode.ethernet(v4[:14 + 19]) == (None, decode.TRUNCATED)
+    assert decode.ethernet(v4[:14 + 20]) == (packed(V4[0]), packed(V4[1]))
+    arp = v4[:12] + b"\x08\x06" + v4[14:]
+    assert decode.ethernet(arp) == (None, decode.NOT_IP)
+    bad_version = v4[:14] + bytes([0x65]) + v4[15:]
+    assert decode.ethernet(bad_version) == (None, decode.INVALID)
+    bad_ihl = v4[:14] + bytes([0x44]) + v4[15:]
+    assert decode.ethernet(bad_ihl) == (None, decode.INVALID)
+    assert decode.raw(b"") == (None, decode.TRUNCATED)
+    assert decode.raw(b"\x10" * 40) == (None, decode.INVALID)
+    tagged = pcapgen.frame(decode.DLT_EN10MB, pcapgen.ip_packet(*V4), (5,))
+    assert decode.ethernet(tagged[:16]) == (None, decode.TRUNCATED)
+
+
+def test_unsupported_link_type():
+    assert decode.decoder_for(105) is None
+    assert decode.link_name(105) == "DLT 105" and decode.link_name(1) == "EN10MB"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(LINKS), st.binary(max_size=120))
+def test_arbitrary_bytes_never_raise(link, data):
+    src, dst = decode.decoder_for(link)(data)
+    if src is None:
+        assert dst in (decode.TRUNCATED, decode.NOT_IP, decode.INVALID)
+    else:
+        assert len(src) == len(dst) and len(src) in (4, 16)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(LINKS), st.integers(0, 80), st.booleans())
+def test_truncated_real_frames_never_raise(link, cut, six):
+    pair = V6 if six else V4
+    if (link == decode.DLT_IPV4 and six) or (link == decode.DLT_IPV6 and not six):
+        return
+    data = pcapgen.frame(link, pcapgen.ip_packet(*pair, payload=b"x" * 20))
+    src, dst = decode.decoder_for(link)(data[:cut])
+    assert src is None or (src, dst) == (packed(pair[0]), packed(pair[1]))

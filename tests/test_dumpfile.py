@@ -1,0 +1,236 @@
+"""SPEC 7: the stats file in Python, Perl and JSON formats; safe reading; atomic writes."""
+
+import ast
+import json
+import os
+import subprocess
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ncsniffer import dumpfile
+from ncsniffer.dumpfile import Header
+from ncsniffer.errors import DumpFileError
+
+ROWS = [
+    ("10.1.2.3", 240, 4, 1145760699, ["host.example.com"], 723.4, 1145757331, 1145790478, 43359.5),
+    ("192.168.100.200", 60, 1, 1145760700, [], 2.5, 1145757331, 0, 3.5),
+    ("2001:db8::1", 1, 1, 5, ["a", "b"], 0, 5, 0, 0),
+]
+
+
+def header(**kw):
+    base = dict(start=1145923212, current=1145923334, hits=3832, bytes=5927,
+                users=3, device="eth1", promiscuous=False, bpf="dst host my.host.com")
+    base.update(kw)
+    return Header(**base)
+
+
+def test_header_layout():
+    text = dumpfile.header_text(header())
+    lines = text.split("\n")
+    assert lines[0] == "" and lines[1] == f"# ncsniffer version {dumpfile.__version__}"
+    assert lines[2] == f"# start:\t1145923212,\t{time.ctime(1145923212)}"
+    assert lines[3] == f"# current:\t1145923334,\t{time.ctime(1145923334)}"
+    assert lines[4:9] == ["# hits:\t\t3832 per minute", "# bytes:\t5927 per second",
+                          "# users:\t3", "# device:\teth1\tnon-promiscuous",
+                          "# bpf:\t\tdst host my.host.com"]
+
+
+def test_header_match_lines_escape_bytes():
+    text = dumpfile.header_text(header(payload=54, snaplen=90, match=b"\nsomedomain\x03com",
+                                       nomatch=b"a\x7f\xa7\xa8\xfe\xff", promiscuous=True))
+    assert "# device:\teth1\tpromiscuous\n" in text
+    assert "# fragment:\t54 - 90\n# contains:\t\\x{a}somedomain\\x{3}com\n" in text
+    assert "# excludes:\ta\\x{7f}\\x{a7}\xa8\xfe\\x{ff}\n" in text
+
+
+def test_perl_body_is_byte_exact():
+    text = "".join(dumpfile.render(header(), ROWS[:2], "perl"))
+    body = text[text.index("{\n"):]
+    assert body == (
+        "{\n  my $dump = {\n"
+        "\t'10.1.2.3'\t=> {\n\t\tB\t=> 240,\n\t\tC\t=> 4,\n\t\tE\t=> 1145760699,\n"
+        "\t\tN\t=> ['host.example.com',],\n\t\tR\t=> 723,\n\t\tS\t=> 1145757331,\n"
+        "\t\tT\t=> 1145790478,\n\t\tW\t=> 43360,\n\t},\n"
+        "\t'192.168.100.200' => {\n\t\tB\t=> 60,\n\t\tC\t=> 1,\n\t\tE\t=> 1145760700,\n"
+        "\t\tN\t=> [],\n\t\tR\t=> 2,\n\t\tS\t=> 1145757331,\n\t\tT\t=> 0,\n\t\tW\t=> 4,\n\t},\n"
+        "  };\n}\n")
+
+
+def test_perl_empty_dump_has_header_and_empty_body():
+    text = "".join(dumpfile.render(header(users=0), [], "perl"))
+    assert text.startswith("\n# ncsniffer") and text.endswith("# bpf:\t\tdst host my.host.com\n{\n  my $dump = {\n  };\n}\n")
+
+
+def test_python_body_is_a_literal_with_ordered_keys():
+    text = "".join(dumpfile.render(header(), ROWS, "python"))
+    assert text.startswith("\n# ncsniffer version")
+    body = "\n".join(x for x in text.splitlines() if not x.startswith("#"))
+    data = ast.literal_eval(body)
+    assert list(data) == ["10.1.2.3", "192.168.100.200", "2001:db8::1"]
+    assert list(data["10.1.2.3"]) == list("BCENRSTW")
+    assert data["10.1.2.3"]["R"] == 723 and data["10.1.2.3"]["W"] == 43360   # %.0f: half to even
+    assert data["192.168.100.200"]["R"] == 2 and data["192.168.100.200"]["W"] == 4
+    assert data["2001:db8::1"]["N"] == ["a", "b"]
+
+
+def test_json_document():
+    text = "".join(dumpfile.render(header(match=b"x", payload=40, snaplen=90), ROWS, "json"))
+    doc = json.loads(text)
+    assert doc["users"] == 3 and doc["contains"] == "x" and doc["fragment"] == [40, 90]
+    assert doc["records"]["10.1.2.3"]["W"] == 43360
+
+
+@pytest.mark.parametrize("fmt", ["python", "perl", "json"])
+def test_round_trip(tmp_path, fmt):
+    path = str(tmp_path / "x.stats")
+    dumpfile.write_file(path, header(payload=40, snaplen=90, match=b"m"), ROWS, fmt)
+    got = dumpfile.read_stats(path)
+    assert got.format == fmt
+    assert list(got.records) == ["10.1.2.3", "192.168.100.200", "2001:db8::1"]
+    assert got.records["10.1.2.3"] == {"B": 240, "C": 4, "E": 1145760699, "N": ["host.example.com"],
+                                       "R": 723, "S": 1145757331, "T": 1145790478, "W": 43360}
+    assert got.header_value("users") == "3"
+    assert got.header_number("hits") == 3832
+    assert got.header_value("contains") == "m"
+    assert not os.path.exists(path + ".tmp")
+
+
+PERL_ORIGINAL = """
+# Net::Connection::Sniffer version 0.31
+# start:\t1145923212,\tMon Apr 24 17:00:12 2006
+# current:\t1145923334,\tMon Apr 24 17:02:14 2006
+# hits:\t\t3832 per minute
+# bytes:\t5927 per second
+# users:\t2
+# device:\teth1:1\tnon-promiscuous
+# bpf:\t\tdst host my.host.com
+{
+  my $dump = {
+\t'69.3.95.131'\t=> {
+\t\tB\t=> 240,
+\t\tC\t=> 4,
+\t\tE\t=> 1145760699,
+\t\tN\t=> ['hostname1','host\\'q',],
+\t\tR\t=> 723,
+\t\tS\t=> 1145757331,
+\t\tT\t=> 1145790478,
+\t\tW\t=> 43359,
+\t},
+\t'69.3.95.132'\t=> {
+\t\tB\t=> 1,
+\t\tC\t=> 1,
+\t\tE\t=> 1145760699,
+\t\tN\t=> [':ns.dialtoneinternet.net',],
+\t\tR\t=> 0,
+\t\tS\t=> 1145757331,
+\t\tT\t=> 1145790478,
+\t\tW\t=> 0,
+\t},
+  };
+}
+"""
+
+
+def test_reads_original_perl_daemon_output(tmp_path):
+    path = tmp_path / "perl.stats"
+    path.write_text(PERL_ORIGINAL)
+    got = dumpfile.read_stats(str(path))
+    assert got.format == "perl" and got.header_value("users") == "2"
+    assert got.records["69.3.95.131"]["N"] == ["hostname1", "host'q"]
+    assert got.records["69.3.95.132"]["N"] == [":ns.dialtoneinternet.net"]
+
+
+def test_reads_other_perl_layouts(tmp_path):
+    path = tmp_path / "dumper.stats"
+    path.write_text("# x\n{\n  my $dump = { '1.2.3.4' => { 'B' => 5, C => 1, E => 2, N => [], "
+                    "R => 0, S => 2, T => 0, W => 0 } };\n}\n")
+    assert dumpfile.read_stats(str(path)).records["1.2.3.4"]["B"] == 5
+
+
+def test_reads_hand_edited_python(tmp_path):
+    path = tmp_path / "hand.stats"
+    path.write_text("# edited\n{\n '1.2.3.4': {'B': 5, 'C': 1, 'E': 2, 'N': ['x'], 'R': 0,\n"
+                    " 'S': 2, 'T': 0, 'W': 0},\n}\n")
+    assert dumpfile.read_stats(str(path)).records["1.2.3.4"]["N"] == ["x"]
+
+
+HOSTILE = {
+    "code": "{\n__import__('os').system('touch /tmp/ncs-pwned'): 1,\n}\n",
+    "perl code": "{\n  my $dump = {\n\t'1.2.3.4'\t=> { B => `touch /tmp/ncs-pwned` },\n  };\n}\n",
+    "truncated": "\n# users:\t1\n{\n\"1.2.3.4\": {\"B\": 1, \"C\": 1, \"E\": 1, \"N\": [], \"R\": 0,\n",
+    "empty": "",
+    "text": "hello world\n",
+    "bad ip": "{\n\"1.2.3\": {\"B\": 1},\n}\n",
+    "bad value": "{\n\"1.2.3.4\": {\"B\": \"x\"},\n}\n",
+    "extra key": "{\n\"1.2.3.4\": {\"B\": 1, \"Z\": 2},\n}\n",
+    "nested": "{\n  my $dump = " + "[" * 200 + "\n",
+    "names": "{\n\"1.2.3.4\": {\"N\": [1, 2]},\n}\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_files_give_one_clear_error(tmp_path, kind):
+    path = tmp_path / "bad.stats"
+    path.write_text(HOSTILE[kind])
+    with pytest.raises(DumpFileError) as info:
+        dumpfile.read_stats(str(path))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert not os.path.exists("/tmp/ncs-pwned")
+
+
+def test_huge_file_refused_without_reading(tmp_path):
+    path = tmp_path / "huge.stats"
+    with open(path, "wb") as fh:
+        fh.truncate(1 << 30)              # 1 GiB sparse file
+    with pytest.raises(DumpFileError, match="more than a stats file may hold"):
+        dumpfile.read_stats(str(path))
+
+
+def test_long_line_refused(tmp_path):
+    path = tmp_path / "long.stats"
+    path.write_bytes(b"{\n" + b"x" * (2 << 20))
+    with pytest.raises(DumpFileError, match="longer than 1 MiB"):
+        dumpfile.read_stats(str(path))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_escape_as_other_errors(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("fuzz") / "f.stats"
+    path.write_bytes(data)
+    try:
+        dumpfile.read_stats(str(path))
+    except DumpFileError:
+        pass
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    path = str(tmp_path / "x.stats")
+    dumpfile.write_file(path, header(), ROWS, "python")
+    before = open(path).read()
+    os.mkdir(path + ".tmp")               # makes the temporary file impossible to create
+    with pytest.raises(DumpFileError, match="cannot write"):
+        dumpfile.write_file(path, header(users=0), [], "python")
+    assert open(path).read() == before
+
+
+@pytest.mark.integration
+def test_full_disk_keeps_previous_file(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        path = str(mnt / "x.stats")
+        dumpfile.write_file(path, header(), ROWS, "python")
+        before = open(path).read()
+        many = [(f"10.0.{i // 256}.{i % 256}", 1, 1, 1, [], 0, 1, 0, 0) for i in range(5000)]
+        with pytest.raises(DumpFileError, match="No space left"):
+            dumpfile.write_file(path, header(users=5000), many, "python")
+        assert open(path).read() == before
+        assert not os.path.exists(path + ".tmp")
+    finally:
+        subprocess.run(["umount", str(mnt)])

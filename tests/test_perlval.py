@@ -1,0 +1,77 @@
+"""Reading Perl data literals without Perl."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ncsniffer import perlval
+
+ORIGINAL_SAMPLE = r'''#!/usr/bin/perl
+#
+# nc.sniffer.pl
+#
+use strict;
+use Net::Connection::Sniffer;
+
+my $config = {
+# pid file directory
+	piddir	=> '/var/run/nc.sniffer',
+	sniffer	=> '/var/run/nc.sniffer',	# stats here
+	bpf	=> 'dst host my.dns.com and udp port 53',
+	match	=> "\x{a}somedomain\x{3}com",
+	snaplen	=> 90,
+	payload	=> 54,
+#	nomatch	=> 'commented.out',
+	port	=> 10004,
+	host	=> 'INADDR_LOOPBACK',
+	allowed	=> ['127.0.0.1', "10.0.0.1",],
+};
+
+gather($config);
+'''
+
+
+def test_extract_config_from_original_style_script():
+    cfg = perlval.extract_config_hash(ORIGINAL_SAMPLE)
+    assert cfg == {
+        "piddir": "/var/run/nc.sniffer", "sniffer": "/var/run/nc.sniffer",
+        "bpf": "dst host my.dns.com and udp port 53", "match": "\nsomedomain\x03com",
+        "snaplen": 90, "payload": 54, "port": 10004, "host": "INADDR_LOOPBACK",
+        "allowed": ["127.0.0.1", "10.0.0.1"],
+    }
+
+
+def test_strings_and_escapes():
+    assert perlval.parse_value(r"""['a\'b', 'c\\d', "t\tn\n", "\x41\101", "\$x", 'x#y']""") == \
+        ["a'b", "c\\d", "t\tn\n", "AA", "$x", "x#y"]
+    assert perlval.parse_value("{a => 1, 'b', 2.5, c => -3, d => undef, e => 0x1f}") == \
+        {"a": 1, "b": 2.5, "c": -3, "d": None, "e": 31}
+
+
+def test_interpolation_is_refused():
+    with pytest.raises(perlval.PerlSyntaxError, match="variables"):
+        perlval.parse_value('"$HOME/x"')
+
+
+def test_code_is_refused_with_line_number():
+    with pytest.raises(perlval.PerlSyntaxError) as info:
+        perlval.parse_value("{\n a => 1,\n b => system('rm -rf /'),\n}")
+    assert info.value.line == 3
+
+
+def test_missing_config_hash():
+    with pytest.raises(perlval.PerlSyntaxError, match="no 'my \\$config"):
+        perlval.extract_config_hash("# my $config = {};\nprint 1;\n")
+
+
+def test_dump_wrapper():
+    text = "{\n  my $dump = {\n\t'1.2.3.4'\t=> {\n\t\tB\t=> 1,\n\t\tN\t=> ['a',],\n\t},\n  };\n}\n"
+    assert perlval.parse_dump(text) == {"1.2.3.4": {"B": 1, "N": ["a"]}}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_garbage_raises_only_our_error(text):
+    try:
+        perlval.parse_value(text)
+    except perlval.PerlSyntaxError:
+        pass

@@ -1,0 +1,227 @@
+"""SPEC 6.4: ``nc.sniffer -r FILE start`` end to end, checked against the plain model."""
+
+import ipaddress
+import os
+import random
+
+import pytest
+
+from ncsniffer import decode, pcapgen
+from tests import reference
+from tests.conftest import plain_read, run_cli, write_config
+
+ME = "192.0.2.10"
+T0 = 1_600_000_000
+
+
+def build(specs, link=decode.DLT_EN10MB):
+    """specs: (ts, src, dst, payload, extra) -> (file records, model packets)."""
+    records, model = [], []
+    for ts, src, dst, payload, *extra in specs:
+        opts = extra[0] if extra else {}
+        pkt = pcapgen.ip_packet(src, dst, opts.get("proto", "udp"), payload,
+                                options=opts.get("options", b""))
+        data = pcapgen.frame(link, pkt, opts.get("vlans", ()))
+        wirelen = opts.get("wirelen", len(data))
+        records.append((ts, data, wirelen))
+        model.append((ts, ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed,
+                      wirelen, data))
+    return records, model
+
+
+def replay(workdir, records, link=decode.DLT_EN10MB, fmt="pcap", snaplen_file=65535, **cfg):
+    cap = os.path.join(workdir, "in." + fmt)
+    writer = pcapgen.write_pcapng if fmt == "pcapng" else pcapgen.write_pcap
+    writer(cap, link, records, snaplen=snaplen_file)
+    cfg.setdefault("bpf", f"host {ME}")
+    conf = write_config(workdir, **cfg)
+    return run_cli("-c", conf, "-r", cap, "start"), os.path.join(workdir, "nc.sniffer.stats")
+
+
+def expected(model, me=ME, **kw):
+    st = reference.replay(model, ipaddress.ip_address(me).packed, **kw)
+    return {ipaddress.ip_address(k).compressed: v for k, v in reference.rounded(st).items()}, st
+
+
+def traffic(n=400, seed=1, peers=20, spread=7):
+    rnd = random.Random(seed)
+    ts = T0 + 0.25
+    out = []
+    for _ in range(n):
+        ts += rnd.choice((0, 0.3, 1, 2, 30, 61, 299, 301)) * spread / 7
+        peer = f"198.51.100.{rnd.randrange(1, peers + 1)}"
+        payload = bytes(rnd.randrange(0, 300))
+        out.append((ts, ME, peer, payload) if rnd.random() < 0.5 else (ts, peer, ME, payload))
+    return out
+
+
+@pytest.mark.parametrize("link", [decode.DLT_EN10MB, decode.DLT_LINUX_SLL, decode.DLT_LINUX_SLL2,
+                                  decode.DLT_NULL, decode.DLT_LOOP, decode.DLT_RAW])
+def test_every_link_type_gives_exact_numbers(workdir, link):
+    records, model = build(traffic(), link)
+    result, stats = replay(workdir, records, link)
+    assert result.returncode == 0, result.stderr
+    header, got = plain_read(stats)
+    want, st = expected(model)
+    assert got == want
+    assert f"# users:\t{len(want)}" in header
+    assert "# hits:\t\t%.0f per minute" % (st["rate"] / 60) in header
+    assert "# bytes:\t%.0f per second" % (st["bw"] / 3600) in header
+    assert header[1].startswith(f"# start:\t{int(model[0][0])},")
+
+
+def test_pcapng_vlan_and_ip_options(workdir):
+    specs = [(T0 + i * 7, "198.51.100.9", ME, b"x" * i, {"vlans": (10, 20) if i % 2 else (5,),
+             "options": b"\x01\x01\x01\x00" if i % 3 == 0 else b""}) for i in range(200)]
+    records, model = build(specs)
+    result, stats = replay(workdir, records, fmt="pcapng")
+    assert result.returncode == 0, result.stderr
+    assert plain_read(stats)[1] == expected(model)[0]
+
+
+def test_ipv6_host(workdir):
+    me6 = "2001:db8::10"
+    specs = [(T0 + i * 13, me6 if i % 2 else f"2001:db8:{i % 3}::1",
+              f"2001:db8:{i % 3}::1" if i % 2 else me6, b"y" * 10) for i in range(120)]
+    records, model = build(specs)
+    result, stats = replay(workdir, records, bpf=f"host {me6}")
+    assert result.returncode == 0, result.stderr
+    got = plain_read(stats)[1]
+    assert got == expected(model, me=me6)[0]
+    assert set(got) == {"2001:db8::1", "2001:db8:1::1", "2001:db8:2::1"}
+
+
+def test_loopback_host_counts_peer_not_itself(workdir):
+    """The original's string copy stopped at the 0 byte of 127.0.0.1; we compare all 4 bytes."""
+    specs = [(T0 + i, "127.0.0.1", "127.0.0.7", b"a") for i in range(10)]
+    records, model = build(specs)
+    result, stats = replay(workdir, records, bpf="host 127.0.0.1")
+    assert list(plain_read(stats)[1]) == ["127.0.0.7"]
+
+
+def test_wire_length_not_captured_length(workdir):
+    specs = [(T0 + i, "198.51.100.1", ME, b"z" * 1000) for i in range(10)]
+    records, model = build(specs)
+    result, stats = replay(workdir, records, snaplen_file=60)
+    got = plain_read(stats)[1]
+    assert got["198.51.100.1"]["B"] == 10 * (14 + 20 + 8 + 1000)
+
+
+def test_bpf_applies_to_file(workdir):
+    specs = [(T0 + i, "198.51.100.1", ME if i % 2 else "203.0.113.1", b"") for i in range(20)]
+    records, model = build(specs)
+    result, stats = replay(workdir, records)
+    got = plain_read(stats)[1]
+    assert got["198.51.100.1"]["C"] == 10
+
+
+MATCH = b"\x07Example\x03com\x00"
+
+
+def dns_like(name_bytes):
+    return b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name_bytes + b"\x00\x01\x00\x01"
+
+
+def test_match_and_nomatch_binary_with_nuls(workdir):
+    payloads = [dns_like(b"\x07EXAMPLE\x03COM\x00"), dns_like(b"\x03www\x07example\x03com\x00"),
+                dns_like(b"\x05other\x03net\x00"), dns_like(b"\x07example\x03com\x00") + b"bad"]
+    specs = [(T0 + i * 3, f"198.51.100.{i % 4 + 1}", ME, payloads[i % 4]) for i in range(200)]
+    records, model = build(specs)
+    kw = dict(match=MATCH, nomatch=b"BAD", payload=42, snaplen=120)
+    result, stats = replay(workdir, records, **kw)
+    assert result.returncode == 0, result.stderr
+    got = plain_read(stats)[1]
+    want = expected(model, match=MATCH, nomatch=b"bad", payload=42, snaplen=120)[0]
+    assert got == want and set(got) == {"198.51.100.1", "198.51.100.2"}
+
+
+def test_match_window_ends_at_snaplen_even_with_full_frames(workdir):
+    """The file holds whole frames; the window is [payload, snaplen), as live."""
+    specs = [(T0 + i, "198.51.100.1", ME, b"." * 30 + b"needle") for i in range(5)] + \
+            [(T0 + 10 + i, "198.51.100.2", ME, b"needle" + b"." * 30) for i in range(5)]
+    records, model = build(specs)
+    result, stats = replay(workdir, records, match="needle", payload=42, snaplen=60)
+    got = plain_read(stats)[1]
+    assert set(got) == {"198.51.100.2"}
+
+
+def test_short_frame_cannot_match_but_nomatch_keeps_it(workdir):
+    specs = [(T0 + i, "198.51.100.1", ME, b"") for i in range(5)]
+    records, model = build(specs)
+    result, stats = replay(workdir, records, match="x", payload=100, snaplen=200)
+    assert plain_read(stats)[1] == {}
+    result, stats = replay(workdir, records, nomatch="x", payload=100, snaplen=200)
+    assert plain_read(stats)[1]["198.51.100.1"]["C"] == 5
+
+
+def test_start_is_first_bpf_packet_even_if_match_drops_it(workdir):
+    specs = [(T0, "198.51.100.1", ME, b"nope")] + \
+            [(T0 + 100 + i, "198.51.100.2", ME, b"yes!") for i in range(3)]
+    records, model = build(specs)
+    result, stats = replay(workdir, records, match="yes", payload=42, snaplen=60)
+    header, got = plain_read(stats)
+    assert got["198.51.100.2"]["S"] == T0 and got["198.51.100.2"]["E"] == T0 + 100
+    assert header[1].startswith(f"# start:\t{T0},")
+
+
+def test_purge_after_a_day_of_idleness(workdir):
+    specs = [(T0 + i, "198.51.100.1", ME, b"a") for i in range(6)]
+    specs += [(T0 + 600 * i, "198.51.100.2", ME, b"b") for i in range(1, 200)]   # ~33 hours
+    specs += [(T0 + 200000, "198.51.100.1", ME, b"a")]                          # comes back
+    records, model = build(specs)
+    result, stats = replay(workdir, records)
+    got = plain_read(stats)[1]
+    want, _ = expected(model)
+    assert got == want
+    assert got["198.51.100.1"]["C"] == 1 and got["198.51.100.1"]["E"] == T0 + 200000
+
+
+def test_long_run_every_branch(workdir):
+    records, model = build(traffic(n=6000, seed=9, peers=60, spread=40))
+    result, stats = replay(workdir, records)
+    assert plain_read(stats)[1] == expected(model)[0]
+
+
+def test_perl_format_and_stderr(workdir):
+    records, model = build(traffic(n=50))
+    result, stats = replay(workdir, records, dump_format="perl")
+    text = open(stats).read()
+    assert "{\n  my $dump = {\n\t'198.51.100." in text and text.endswith("\t},\n  };\n}\n")
+    conf = os.path.join(workdir, "nc.sniffer.conf")
+    out = run_cli("-c", conf, "-r", os.path.join(workdir, "in.pcap"), "-d", "start")
+    assert out.returncode == 0 and "my $dump = {" in out.stderr
+
+
+def test_truncated_file_exit_2_and_stats_written(workdir):
+    records, model = build(traffic(n=100))
+    cap = os.path.join(workdir, "in.pcap")
+    pcapgen.write_pcap(cap, decode.DLT_EN10MB, records)
+    size = os.path.getsize(cap)
+    with open(cap, "r+b") as fh:
+        fh.truncate(size - 7)
+    conf = write_config(workdir, bpf=f"host {ME}")
+    result = run_cli("-c", conf, "-r", cap, "start")
+    assert result.returncode == 2
+    assert cap in result.stderr and "stats of the packets read so far were written" in result.stderr
+    got = plain_read(os.path.join(workdir, "nc.sniffer.stats"))[1]
+    assert sum(r["C"] for r in got.values()) >= 1
+
+
+def test_corrupt_file_clear_error(workdir):
+    cap = os.path.join(workdir, "junk.pcap")
+    with open(cap, "wb") as fh:
+        fh.write(b"this is not a capture file at all" * 10)
+    conf = write_config(workdir, bpf=f"host {ME}")
+    result = run_cli("-c", conf, "-r", cap, "start")
+    assert result.returncode == 2 and cap in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_undecodable_frames_are_counted_in_the_log(workdir):
+    arp = b"\xff" * 6 + b"\x00\x11\x22\x33\x44\x55" + b"\x08\x06" + bytes(28)
+    good = pcapgen.frame(decode.DLT_EN10MB, pcapgen.ip_packet("198.51.100.1", ME))
+    records = [(T0, good), (T0 + 1, arp), (T0 + 2, good[:20])]
+    # BPF rejects a frame as soon as a test reads past its end: test the length first
+    result, _ = replay(workdir, records, bpf=f"len < 30 or arp or host {ME}")
+    assert "3 packets, 1 counted" in result.stderr
+    assert "1 truncated, 1 non-IP, 0 invalid" in result.stderr
