@@ -175,7 +175,7 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
         env.stderr.write("already running\n")
         return EXIT_OK
     from ncsniffer import daemon
-    return daemon.start(settings, foreground=args.debug, log=env.stderr)
+    return daemon.start(settings, foreground=args.debug, log_stream=env.stderr)
 
 
 def _offline_lookups(settings):

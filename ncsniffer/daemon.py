@@ -1,0 +1,400 @@
+"""The live daemon: event loop, signals, UDP dump listener, dumps, pid file.
+
+One thread.  A selector watches the capture descriptor, the UDP listener, the
+resolver's socket and a signal wake-up pipe; a one-second tick runs the purge
+and the resolver's timers.  Dumps are written by a forked child from its
+copy-on-write snapshot, so capture goes on while 100,000 records are written.
+This is the only module that imports python-daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import logging.handlers
+import os
+import pwd
+import selectors
+import signal
+import socket
+import sys
+import time
+from typing import IO
+
+import daemon as pydaemon
+
+from ncsniffer import capture, dumpfile, pidfile
+from ncsniffer.config import Settings
+from ncsniffer.errors import NcSnifferError
+from ncsniffer.sniffer import Sniffer
+
+log = logging.getLogger("ncsniffer")
+
+READY_TIMEOUT = 20.0
+UDP_BATCH = 256          # datagrams served before capture gets its turn again
+PCAP_BATCH = 5000        # packets per dispatch call
+TICK = 1.0
+
+
+# --------------------------------------------------------------------------- start-up
+
+def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = None) -> int:
+    """Open the capture and sockets as root, then run (detached unless ``foreground``).
+
+    In the background case the calling process waits until the daemon has
+    written its pid file, so ``nc.sniffer start && nc.sniffer dump`` works and
+    a failure is reported on the terminal.
+    """
+    stream = log_stream or sys.stderr
+    cap = capture.open_live(settings.interface, settings.snaplen, settings.promiscuous, settings.bpf)
+    listener = open_listener(settings) if settings.port else None
+    sniffer = Sniffer(settings, cap.linktype, now=int(time.time()), device=settings.interface)
+    resolver = make_resolver(settings, sniffer.acct)
+    if foreground:
+        setup_logging(foreground=True, settings=settings)
+        drop_privileges(settings)
+        return Daemon(settings, cap, listener, sniffer, resolver).run()
+
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child:
+        os.close(ready_w)
+        message = _read_ready(ready_r)
+        os.waitpid(child, 0)
+        if message.startswith("ok"):
+            return 0
+        stream.write(f"nc.sniffer: {message or 'the daemon exited during start-up'}\n")
+        return 2
+    os.close(ready_r)
+    code = 2
+    try:
+        keep = [ready_w, cap.fileno()] + ([listener.fileno()] if listener else []) + \
+               ([resolver.fileno()] if resolver else [])
+        ctx = pydaemon.DaemonContext(files_preserve=keep, working_directory="/",
+                                     umask=0o022, signal_map={}, prevent_core=False)
+        ctx.open()
+        setup_logging(foreground=False, settings=settings)
+        pidfile.write_pid(settings.pid_file, os.getpid())
+        drop_privileges(settings)
+        d = Daemon(settings, cap, listener, sniffer, resolver)
+        os.write(ready_w, b"ok")
+        os.close(ready_w)
+        code = d.run()
+    except NcSnifferError as exc:
+        _tell(ready_w, str(exc))
+    except BaseException as exc:  # the daemon must say why it died, then go
+        _tell(ready_w, f"{type(exc).__name__}: {exc}")
+        log.exception("daemon failed")
+    finally:
+        os._exit(code)
+
+
+def _read_ready(fd: int) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT
+    chunks = []
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    while time.monotonic() < deadline:
+        if sel.select(max(deadline - time.monotonic(), 0)):
+            data = os.read(fd, 4096)
+            if not data:
+                break
+            chunks.append(data)
+            if b"".join(chunks).startswith(b"ok"):
+                break
+    os.close(fd)
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def _tell(fd: int, message: str) -> None:
+    try:
+        os.write(fd, message.encode()[:4000])
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def open_listener(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.listen_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.listen_host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise NcSnifferError(f"cannot listen on {settings.listen_host}:{settings.port}: "
+                             f"{exc.strerror}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+def make_resolver(settings: Settings, acct):
+    """The reverse-DNS resolver, when names are wanted (its socket opens now, as root)."""
+    if not settings.resolve:
+        return None
+    try:
+        from ncsniffer import resolver
+    except ImportError:
+        return None
+    return resolver.Resolver(settings, acct)
+
+
+def setup_logging(foreground: bool, settings: Settings) -> None:
+    """stderr in the foreground; syslog when detached (a file in piddir if no syslog)."""
+    log.handlers[:] = []
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if foreground:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{settings.name}: %(message)s"))
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log",
+                                                 facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(logging.Formatter(f"{settings.name}[%(process)d]: %(message)s"))
+    else:
+        handler = logging.FileHandler(os.path.join(settings.piddir, settings.name + ".log"))
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {settings.name}[%(process)d]: %(message)s"))
+    log.addHandler(handler)
+
+
+def drop_privileges(settings: Settings) -> None:
+    """Become ``user``/``group`` once the capture is open; keep our files writable."""
+    if not settings.user and not settings.group:
+        return
+    try:
+        uid = pwd.getpwnam(settings.user).pw_uid if settings.user else os.getuid()
+        gid = (grp.getgrnam(settings.group).gr_gid if settings.group
+               else pwd.getpwnam(settings.user).pw_gid)
+    except KeyError as exc:
+        raise NcSnifferError(f"unknown user or group: {exc.args[0]}") from exc
+    for path in (settings.pid_file, settings.stats_file):
+        if path and os.path.exists(path):
+            os.chown(path, uid, gid)
+    os.setgroups([gid])
+    os.setgid(gid)
+    os.setuid(uid)
+    if settings.stats_file and not os.access(os.path.dirname(settings.stats_file), os.W_OK):
+        raise NcSnifferError(f"sniffer directory '{settings.sniffer}' is not writable "
+                             f"by user '{settings.user}'")
+
+
+# --------------------------------------------------------------------------- the loop
+
+class Daemon:
+    """The running daemon: owns the capture, the sockets, the sniffer and the dumps."""
+
+    def __init__(self, settings: Settings, cap, listener, sniffer: Sniffer, resolver):
+        self.settings = settings
+        self.cap = cap
+        self.listener = listener
+        self.sniffer = sniffer
+        self.resolver = resolver
+        self.allowed = {_norm(a) for a in settings.allowed}
+        self.dump_child: int | None = None
+        self.dump_wanted = False
+        self.flags: set[int] = set()
+        self.running = True
+        self.refused = 0
+        self.wake_r, self.wake_w = os.pipe()
+
+    # signals only set flags; the loop acts on them
+    def _on_signal(self, signum, frame) -> None:
+        self.flags.add(signum)
+
+    def _install_signals(self) -> None:
+        for fd in (self.wake_r, self.wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def run(self) -> int:
+        self._install_signals()
+        sel = selectors.DefaultSelector()
+        sel.register(self.cap.fileno(), selectors.EVENT_READ, "pcap")
+        sel.register(self.wake_r, selectors.EVENT_READ, "signal")
+        if self.listener is not None:
+            sel.register(self.listener, selectors.EVENT_READ, "udp")
+        if self.resolver is not None:
+            sel.register(self.resolver.fileno(), selectors.EVENT_READ, "dns")
+        s = self.settings
+        log.info("started on %s (%s), bpf '%s'%s", s.interface,
+                 "promiscuous" if s.promiscuous else "non-promiscuous", s.bpf,
+                 f", dump requests on {s.listen_host}:{s.port}" if s.port else "")
+        next_tick = time.monotonic() + TICK
+        packet = self.sniffer.packet
+        while self.running:
+            timeout = max(0.0, min(next_tick - time.monotonic(), 0.1))
+            ready = {key.data for key, _ in sel.select(timeout)}
+            self._drain_capture(packet)
+            if "signal" in ready:
+                _drain(self.wake_r)
+            if "udp" in ready:
+                self._serve_requests()
+            if "dns" in ready:
+                self.resolver.on_readable(int(time.time()))
+            if self.resolver is not None:
+                self.resolver.tick(int(time.time()))
+            self._handle_flags()
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + TICK
+                self._tick(int(time.time()))
+        return 0
+
+    def _drain_capture(self, packet) -> None:
+        dispatch = self.cap.dispatch
+        for _ in range(20):           # bounded, so requests and signals get served
+            if dispatch(PCAP_BATCH, packet) < PCAP_BATCH:
+                break
+
+    def _tick(self, now: int) -> None:
+        self.sniffer.acct.purge(now)
+        self._reap_dump()
+
+    # ------------------------------------------------------------------ requests
+    def _serve_requests(self) -> None:
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = self.listener.recvfrom(512)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.warning("dump listener: %s", exc)
+                break
+            if _norm(addr[0]) not in self.allowed:
+                self.refused += 1
+                if self.refused <= 10 or self.refused % 1000 == 0:
+                    log.warning("dump request from %s refused (not allowed; %d so far)",
+                                addr[0], self.refused)
+                continue
+            now = int(time.time())
+            if data.startswith(b"dump"):
+                reply = f"OK {now}".encode()
+                self.dump_wanted = True
+            else:
+                reply = b"??"
+            try:
+                self.listener.sendto(reply, addr)
+            except OSError:
+                pass
+        self._start_dump_if_wanted()
+
+    # ------------------------------------------------------------------ signals
+    def _handle_flags(self) -> None:
+        if not self.flags:
+            return
+        flags, self.flags = self.flags, set()
+        if flags & {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}:
+            self._terminate()
+            return
+        if signal.SIGHUP in flags:
+            self._wait_dump()
+            self._dump_in_child()
+            self.sniffer.acct.reset(int(time.time()))
+            log.info("SIGHUP: stats written, counters reset")
+            flags.discard(signal.SIGUSR1)      # the HUP dump serves it
+        if signal.SIGUSR1 in flags:
+            self.dump_wanted = True
+        self._start_dump_if_wanted()
+
+    def _terminate(self) -> None:
+        self._wait_dump()
+        try:
+            self.write_dump()
+        except NcSnifferError as exc:
+            log.error("final dump failed: %s", exc)
+        self._log_counters("stopped")
+        if self.settings.pid_file:
+            pidfile.remove_pid(self.settings.pid_file, os.getpid())
+        self.running = False
+
+    # ------------------------------------------------------------------ dumps
+    def _start_dump_if_wanted(self) -> None:
+        self._reap_dump()
+        if self.dump_wanted and self.dump_child is None:
+            self.dump_wanted = False
+            self._dump_in_child()
+
+    def _dump_in_child(self) -> None:
+        """Fork: the child writes its copy-on-write snapshot and exits; capture goes on."""
+        self._log_counters("dump")
+        current = int(time.time())
+        if self.settings.stats_file is None:      # -d: to stderr, in this process
+            self.write_dump(current)
+            return
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+                    signal.signal(sig, signal.SIG_DFL)
+                self.write_dump(current)
+                code = 0
+            except NcSnifferError as exc:
+                log.error("%s", exc)
+            except BaseException:
+                log.exception("dump failed")
+            finally:
+                os._exit(code)
+        self.dump_child = pid
+
+    def write_dump(self, current: int | None = None) -> None:
+        current = int(time.time()) if current is None else current
+        header = self.sniffer.header(current)
+        rows = dumpfile.rows_from_records(self.sniffer.acct.records)
+        if self.settings.stats_file is None:
+            dumpfile.write_stream(sys.stderr, header, rows, self.settings.dump_format)
+        else:
+            dumpfile.write_file(self.settings.stats_file, header, rows, self.settings.dump_format)
+
+    def _reap_dump(self) -> None:
+        if self.dump_child is None:
+            return
+        try:
+            pid, status = os.waitpid(self.dump_child, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.dump_child, 0
+        if pid:
+            if status:
+                log.error("dump process exited with status %d", status)
+            self.dump_child = None
+
+    def _wait_dump(self) -> None:
+        if self.dump_child is not None:
+            try:
+                os.waitpid(self.dump_child, 0)
+            except ChildProcessError:
+                pass
+            self.dump_child = None
+
+    def _log_counters(self, what: str) -> None:
+        received, dropped, ifdropped = self.cap.stats()
+        line = (f"{what}: {self.sniffer.counters_text()}; pcap received {received}, "
+                f"dropped {dropped}, interface dropped {ifdropped}")
+        if self.refused:
+            line += f"; {self.refused} dump requests refused"
+        if self.resolver is not None:
+            line += "; dns " + self.resolver.counters_text()
+        log.info("%s", line)
+
+
+def _norm(address: str) -> str:
+    """Compare addresses as text, folding IPv4-mapped IPv6 (::ffff:a.b.c.d) to IPv4."""
+    address = address.split("%")[0]
+    if address.startswith("::ffff:") and "." in address:
+        return address[7:]
+    return address
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError as exc:
+        if exc.errno != errno.EAGAIN:
+            raise

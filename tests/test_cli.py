@@ -1,0 +1,104 @@
+"""SPEC 6.5: the command line's usage errors, exit codes and the config verb."""
+
+import ast
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ncsniffer import cli
+from tests.conftest import write_config
+
+
+def run(*argv, program="nc.sniffer"):
+    env = cli.Env(stdout=io.StringIO(), stderr=io.StringIO(), program=program)
+    code = cli.main(list(argv), env)
+    return code, env.stdout.getvalue(), env.stderr.getvalue()
+
+
+@pytest.mark.parametrize("argv,message", [
+    ((), "missing command argument(s)"),
+    (("-d",), "missing command argument(s)"),
+    (("start", "stop"), "too many command arguments"),
+    (("-d", "start", "dump"), "too many command arguments"),
+    (("launch",), "unknown command argument 'launch'"),
+])
+def test_usage_errors(argv, message):
+    code, out, err = run(*argv)
+    assert code == 1
+    assert err.splitlines()[0] == message
+    for verb in cli.VERBS:
+        assert verb in err
+
+
+def test_help_and_version():
+    assert run("--help")[0] == 0 and "start" in run("--help")[1]
+    assert run("--version")[1].startswith("ncsniffer ")
+
+
+def test_missing_config_file_is_a_config_error(workdir):
+    code, out, err = run("-c", os.path.join(workdir, "none.conf"), "status")
+    assert code == 1 and "cannot read" in err and "none.conf" in err
+
+
+def test_piddir_checked_first(workdir):
+    conf = write_config(workdir, piddir=os.path.join(workdir, "missing"), bpf="udp")
+    code, out, err = run("-c", conf, "status")
+    assert code == 1 and err.strip() == "pid directory not specified or not writable"
+
+
+def test_config_errors_exit_1(workdir):
+    conf = write_config(workdir, bpf="udp port 53")
+    code, out, err = run("-c", conf, "start")
+    assert code == 1 and err.strip() == "config: missing hostname in bpf string"
+
+
+def test_config_verb_prints_effective_configuration(workdir):
+    conf = write_config(workdir, bpf="host 127.0.0.1", port=10004)
+    code, out, err = run("-c", conf, "config")
+    assert code == 0
+    eff = ast.literal_eval(out)
+    assert eff["interface"] == "lo" and eff["port"] == 10004 and eff["allowed"] == ["127.0.0.1"]
+    assert eff["snaplen"] == 38 and eff["promiscuous"] is False
+
+
+def test_instance_name_from_program_and_option(workdir):
+    conf = write_config(workdir, bpf="host 127.0.0.1")
+    assert run("-c", conf, "status", program="/usr/sbin/nc.sniffer2.pl")[2].strip() == \
+        "nc.sniffer2 not running"
+    assert run("-c", conf, "--name", "edge", "status")[2].strip() == "edge not running"
+
+
+def test_r_only_with_start_or_config(workdir):
+    code, out, err = run("-r", "x.pcap", "stop")
+    assert code == 1 and "-r works with 'start'" in err
+
+
+def test_replay_of_missing_file_is_a_runtime_error(workdir):
+    conf = write_config(workdir, bpf="host 192.0.2.1")
+    code, out, err = run("-c", conf, "-r", os.path.join(workdir, "nope.pcap"), "start")
+    assert code == 2 and "nope.pcap" in err
+
+
+def test_chkifrunning(workdir):
+    from ncsniffer import watchdog
+    pidf = os.path.join(workdir, "x.pid")
+    with open(pidf, "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    assert watchdog.main([pidf]) == 0 and os.path.exists(pidf)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with open(pidf, "w") as fh:
+        fh.write(f"{dead.pid}\n")
+    marker = os.path.join(workdir, "restarted")
+    script = os.path.join(workdir, "restart.sh")
+    with open(script, "w") as fh:
+        fh.write(f"#!/bin/sh\necho \"$1\" > {marker}\n")
+    os.chmod(script, 0o755)
+    chk = os.path.join(os.path.dirname(sys.executable), "chkIFrunning")
+    r = subprocess.run([chk, pidf, script, "again"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(pidf) and open(marker).read().strip() == "again"
+    assert watchdog.main([]) == 1
