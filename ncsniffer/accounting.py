@@ -61,6 +61,9 @@ class Accounting:
         self.lookup_queue: dict[bytes, None] = {}
         self._purge_keys: list[bytes] = []
         self._purge_pos = 0
+        self._purge_began = now
+        self._purge_min_e = now    # lower bound of every record's E (E only grows)
+        self._pass_min_e = now
 
     # ----------------------------------------------------------------- per packet
     def count(self, key: bytes, length: int, now: int) -> None:
@@ -115,25 +118,44 @@ class Accounting:
 
         A record idle for over a day (``E + 86400 < now``) is deleted.  Passes run
         back to back in bounded batches, so an idle record is gone within minutes
-        and no batch holds up capture for long.
+        and no batch holds up capture for long.  While no record can be a day old
+        (a lower bound of all E says so) there is nothing to do.
         """
+        limit = now - ONEDAY
+        if self._purge_pos >= len(self._purge_keys) and self._purge_min_e >= limit:
+            return 0
         records = self.records
         budget = min(PURGE_BATCH * max(seconds, 1), max(len(records), 1))
         deleted = 0
-        while budget > 0 and records:
+        while budget > 0:
             if self._purge_pos >= len(self._purge_keys):
+                if self._purge_keys:       # a pass ended: its minimum bounds every E
+                    self._purge_min_e = min(self._pass_min_e, self._purge_began)
+                if self._purge_min_e >= limit or not records:
+                    break
                 self._purge_keys = list(records)
                 self._purge_pos = 0
+                self._purge_began = now
+                self._pass_min_e = now
             keys = self._purge_keys[self._purge_pos:self._purge_pos + budget]
             self._purge_pos += len(keys)
             budget -= len(keys)
-            limit = now - ONEDAY
+            lowest = self._pass_min_e
             for key in keys:
                 rec = records.get(key)
-                if rec is not None and rec.E < limit:
+                if rec is None:
+                    continue
+                if rec.E < limit:
                     del records[key]
                     self.lookup_queue.pop(key, None)
                     deleted += 1
+                elif rec.E < lowest:
+                    lowest = rec.E
+            self._pass_min_e = lowest
+        if self._purge_pos >= len(self._purge_keys) and self._purge_keys:
+            self._purge_min_e = min(self._pass_min_e, self._purge_began)
+            self._purge_keys = []
+            self._purge_pos = 0
         self.purged += deleted
         return deleted
 
