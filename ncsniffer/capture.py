@@ -72,6 +72,18 @@ def vlan_aware(bpf: str) -> str:
     return f"({bpf}) or (vlan and (({bpf}) or (vlan and ({bpf}))))"
 
 
+def compile_filter(linktype: int, bpf: str) -> list[tuple[int, int, int, int]]:
+    """libpcap's compiled program for a file of ``linktype`` (VLAN-aware as in open_offline)."""
+    candidates = [vlan_aware(bpf), bpf] if linktype == 1 and "vlan" not in bpf.lower() else [bpf]
+    for i, text in enumerate(candidates):
+        try:
+            return pcapy.compile(linktype, 262144, text, 1, 0).get_bpf()
+        except pcapy.PcapError as exc:
+            if i == len(candidates) - 1:
+                raise CaptureError(f"bad bpf filter '{bpf}': {exc}") from exc
+    return []
+
+
 def open_offline(path: str, bpf: str) -> Capture:
     """Open a pcap or pcapng file with the bpf filter applied."""
     try:

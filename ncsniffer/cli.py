@@ -142,7 +142,7 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
             env.stdout.write(configmod.describe(settings))
             return EXIT_OK
         from ncsniffer import replay
-        lookups = _offline_lookups(settings)
+        lookups = _offline_lookups(settings, env.stderr)
         return replay.replay(settings, args.read, env.stderr, quiet=args.quiet, lookups=lookups)
 
     piddir = configmod.check_piddir(config)
@@ -178,7 +178,7 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
     return daemon.start(settings, foreground=args.debug, log_stream=env.stderr)
 
 
-def _offline_lookups(settings):
+def _offline_lookups(settings, log):
     """Name lookups while replaying, when the resolver is available and wanted."""
     if not settings.resolve:
         return None
@@ -186,7 +186,7 @@ def _offline_lookups(settings):
         from ncsniffer import resolver
     except ImportError:
         return None
-    return resolver.offline_lookups(settings)
+    return resolver.offline_lookups(settings, log=log)
 
 
 def stop(pid_path: str, name: str, wait: float = STOP_WAIT) -> bool:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import IO, Iterable, Optional, Union
 
 from ncsniffer import dumpfile, perlval
-from ncsniffer.errors import DumpFileError, NcSnifferError
+from ncsniffer.errors import NcSnifferError
 
 DEFAULT_UPDTO = 15
 DEFAULT_REFRESH = 300
@@ -174,7 +174,10 @@ def by_name(records: dict, cidr: Optional[list] = None) -> tuple:
 
 def my_time(t: float) -> str:
     """Local time as ``apr 24 17:02:14`` (lower-case month, the original's layout)."""
-    tm = time.localtime(int(t))
+    try:
+        tm = time.localtime(int(t))
+    except (OverflowError, OSError, ValueError):
+        return "?"          # a time no clock can show: the report goes on
     return "%s %02d %02d:%02d:%02d" % (MONTHS[tm.tm_mon - 1], tm.tm_mday, tm.tm_hour,
                                        tm.tm_min, tm.tm_sec)
 
@@ -344,6 +347,19 @@ def _flock_within(fd: int, timeout: float) -> bool:
         time.sleep(POLL)
 
 
+def _open_rw(path: str, mode: int) -> int:
+    """Open read/write; a file we create gets exactly ``mode`` whatever the process umask."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return os.open(path, os.O_RDWR)
+    try:
+        os.fchmod(fd, mode)
+    except OSError:
+        pass
+    return fd
+
+
 def get_lock(file: str, timeout: float = 15, umask: int = 0o117) -> Lock:
     """Lock ``file.lock`` exclusively (waiting up to ``timeout`` s), then open ``file``.
 
@@ -356,7 +372,7 @@ def get_lock(file: str, timeout: float = 15, umask: int = 0o117) -> Lock:
     mode = 0o666 & ~(DEFAULT_UMASK if umask is None else umask)
     lock_path = file + ".lock"
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, mode)
+        fd = _open_rw(lock_path, mode)
     except OSError as exc:
         raise ReportError(f"could not open lock file '{lock_path}': {exc.strerror}") from exc
     try:
@@ -364,7 +380,7 @@ def get_lock(file: str, timeout: float = 15, umask: int = 0o117) -> Lock:
             raise LockTimeout(f"can not lock '{file}' within {timeout:g} seconds")
         os.ftruncate(fd, 0)
         os.write(fd, b"%d\n" % os.getpid())
-        handle = open(os.open(file, os.O_RDWR | os.O_CREAT, mode), "r+", encoding="utf-8")
+        handle = open(_open_rw(file, mode), "r+", encoding="utf-8")
     except OSError as exc:
         os.close(fd)
         raise ReportError(f"could not open '{file}' after lock: {exc.strerror}") from exc
@@ -384,7 +400,7 @@ def parse_update(spec) -> tuple:
     if isinstance(spec, tuple) and len(spec) == 2:
         return str(spec[0]), int(spec[1])
     text = str(spec)
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)", text)
+    m = re.fullmatch(r"\[([^\]]*)\]:(\d+)", text)
     if m:
         try:
             socket.inet_pton(socket.AF_INET6, m.group(1))
@@ -538,6 +554,9 @@ def chk_wconf(conf: dict) -> str:
                or _number_setting(conf, "refresh", DEFAULT_REFRESH, "refresh"))
     if problem:
         return problem
+    umask = conf.get("umask", DEFAULT_UMASK)
+    if isinstance(umask, bool) or not isinstance(umask, int) or not 0 <= umask <= 0o777:
+        return f"invalid umask '{umask}'"
     if conf.get("update") is not None:
         try:
             conf["update"] = parse_update(conf["update"])
@@ -619,6 +638,9 @@ def web_report(conf: dict, by_domain: bool = False, out: Optional[IO[str]] = Non
         text, error = web_text(conf, by_domain), ""
     except NcSnifferError as exc:
         error = one_line(exc)
+        text = error + "\n"
+    except Exception as exc:  # noqa: BLE001 - a web page must show a line, not a traceback
+        error = one_line(f"internal error: {type(exc).__name__}: {exc}")
         text = error + "\n"
     out.write(html.escape(text, quote=False) if escape else text)
     out.flush()

@@ -48,6 +48,7 @@ QUERY_TIMEOUT = 300       # seconds a query waits for its answer (SPEC 5)
 EXPIRE_EVERY = 15         # seconds between sweeps of timed-out queries (SPEC 5)
 EDNS_PAYLOAD = 1232       # advertised UDP size: fewer TC answers for hosts with many PTRs
 RECV_BATCH = 1000         # datagrams read per on_readable() call, at most
+MAX_OUTSTANDING = 4096    # upper bound of dns_max_outstanding (ids are 16 bits)
 ID_TRIES = 64             # random ids tried before giving up on a query for this tick
 RESOLV_CONF = "/etc/resolv.conf"
 
@@ -74,9 +75,9 @@ def make_query(qname: dns.name.Name, qid: int) -> bytes:
 
 
 def parse(wire: bytes) -> dns.message.Message | None:
-    """A message from the wire, one record per RRset (to know each record's TTL); None if garbage."""
+    """A message from the wire, or None if it is garbage."""
     try:
-        return dns.message.from_wire(wire, one_rr_per_rrset=True)
+        return dns.message.from_wire(wire)
     except (dns.exception.DNSException, ValueError, TypeError, KeyError, IndexError,
             UnicodeError, OverflowError) as exc:
         del exc   # garbage from the network is expected; it is counted, not raised
@@ -106,6 +107,8 @@ def judge(msg: dns.message.Message) -> Verdict:
     Accepted: QR set, opcode QUERY, TC clear, rcode not SERVFAIL, and either NOERROR
     with answers (names: the PTR targets; TTL of the last answer record) or NXDOMAIN
     with authority records (name: ``':' + MNAME`` of the first SOA; its TTL).
+    dnspython gathers the records of an RRset, which share one TTL (RFC 2181 5.2;
+    it keeps the smallest if they differ), so "the last record" is the last RRset.
     """
     flags = msg.flags
     if not flags & dns.flags.QR or msg.opcode() != dns.opcode.QUERY or flags & dns.flags.TC:
@@ -114,7 +117,7 @@ def judge(msg: dns.message.Message) -> Verdict:
     names: list[str] = []
     ttl = 0
     if rcode == dns.rcode.NOERROR and msg.answer:
-        for rrset in msg.answer:           # one record per RRset: wire order, own TTL
+        for rrset in msg.answer:
             ttl = rrset.ttl
             if rrset.rdtype == dns.rdatatype.PTR:
                 names.extend(_text(rdata.target) for rdata in rrset)
@@ -167,7 +170,8 @@ class Lookups:
                  random_id: Callable[[], int] | None = None):
         self.acct = acct
         self.server = server
-        self.max_outstanding = max(1, max_outstanding)
+        # Ids are 16 bits: keep the table sparse so that a random id is free at once.
+        self.max_outstanding = max(1, min(max_outstanding, MAX_OUTSTANDING))
         self.max_qps = max(1, max_qps)
         self.clock = clock
         self.random_id = random_id or (lambda: secrets.randbelow(65536))
@@ -287,7 +291,7 @@ class Lookups:
     def text(self) -> str:
         """The counters on one line, for the log."""
         c = self.counters
-        return (f"dns {_endpoint(self.server)}: {c['sent']} sent, {c[ANSWERED]} answered, "
+        return (f"{_endpoint(self.server)}: {c['sent']} sent, {c[ANSWERED]} answered, "
                 f"{c[EMPTY]} without name, {c[REJECTED]} rejected, {c['timed out']} timed out, "
                 f"{c[GONE]} for records gone, {c[IGNORED]} ignored, {c['errors']} socket errors; "
                 f"{len(self.outstanding)} outstanding, {len(self.acct.lookup_queue)} queued")
@@ -398,18 +402,20 @@ class Resolver:
         lookups = self.lookups
         lookups.expire()
         budget = lookups.budget()
-        # Each round removes at least one key from the queue, and there are at most
-        # `budget` successful sends, so the loop is bounded by the queue length.
-        while budget > 0 and self.lookups.acct.lookup_queue:
-            keys = lookups.take(budget)
+        remaining = len(lookups.acct.lookup_queue)   # each key is looked at once per tick
+        while budget > 0 and remaining > 0:
+            keys = lookups.take(min(budget, remaining))
+            if not keys:
+                break
+            remaining -= len(keys)
             for i, key in enumerate(keys):
                 started = lookups.start(key, now)
                 if started is None:
                     continue
                 qid, wire = started
                 if not self._send(qid, wire):
-                    for rest in keys[i + 1:]:         # keep their place in the queue
-                        self.lookups.acct.lookup_queue[rest] = None
+                    for rest in keys[i + 1:]:         # back in the queue, for the next tick
+                        lookups.acct.lookup_queue[rest] = None
                     return
                 budget -= 1
 
@@ -443,14 +449,16 @@ FINISH_WAIT = 5.0      # seconds the final dump of a replay waits for lookups, a
 FINISH_SEND_STOP = 1.0  # ... of which the last second only collects answers
 
 
-def probe(server: tuple[str, int], wait: float = PROBE_WAIT) -> bool:
+def probe(server: tuple[str, int], wait: float | None = None) -> bool:
     """True if the name server answers a PTR query (any rcode) within ``wait`` seconds."""
+    wait = PROBE_WAIT if wait is None else wait
     try:
         sock = _open_socket(server)
     except ResolverError:
         return False
     try:
-        qname = reverse_name(ipaddress.ip_address("::1" if ":" in server[0] else "127.0.0.1").packed)
+        loopback = "::1" if ":" in server[0] else "127.0.0.1"
+        qname = reverse_name(ipaddress.ip_address(loopback).packed)
         qid = secrets.randbelow(65536)
         wire = make_query(qname, qid)
         deadline = time.monotonic() + wait
@@ -504,11 +512,12 @@ class OfflineLookups:
 
     poll = tick
 
-    def finish(self, now: int, wait: float = FINISH_WAIT) -> None:
+    def finish(self, now: int, wait: float | None = None) -> None:
         """End of the file: go on sending and reading for at most ``wait`` seconds."""
         r = self.resolver
         if r is None:
             return
+        wait = FINISH_WAIT if wait is None else wait
         began = time.monotonic()
         stop_sending = began + max(0.0, wait - FINISH_SEND_STOP)
         deadline = began + wait
@@ -526,9 +535,10 @@ class OfflineLookups:
             timeout = min(0.05, max(0.0, deadline - t))
             if select.select([r.sock], [], [], timeout)[0]:
                 r.on_readable(now)
+        r.close()
 
     def counters_text(self) -> str:
-        return self.resolver.counters_text() if self.resolver else "dns: not used"
+        return self.resolver.counters_text() if self.resolver else "not used"
 
     def close(self) -> None:
         if self.resolver is not None:

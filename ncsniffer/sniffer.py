@@ -44,7 +44,7 @@ class Sniffer:
     def packet(self, now: int, wirelen: int, data: bytes) -> None:
         """Account one frame captured at ``now`` whose wire length is ``wirelen``."""
         if now != self._second:
-            self._new_second(now)
+            self.advance(now)
         now = self._second
         self.seen += 1
         src, dst = self.decoder(data)
@@ -60,7 +60,10 @@ class Sniffer:
         self.counted += 1
         self.acct.count(dst if src == self.me else src, wirelen, now)
 
-    def _new_second(self, now: int) -> None:
+    def advance(self, now: int) -> int:
+        """Move the clock to ``now`` (ticks when replaying); return the shared int."""
+        if now == self._second:
+            return self._second
         previous = self._second
         self._second = now
         if self.offline:
@@ -70,6 +73,7 @@ class Sniffer:
                 self.on_second(now, now - self.now)
         if now > self.now or previous is None:
             self.now = now
+        return now
 
     def header(self, current: int) -> Header:
         s = self.settings
