@@ -258,10 +258,14 @@ def _bad(path: str, problem: str) -> DumpFileError:
     return DumpFileError(f"{path}: not a readable stats file: {problem}")
 
 
-_PERL_OPEN = re.compile(r"^\t'([^']+)'\s*=> \{\n$")
-_PERL_NUM = re.compile(r"^\t\t([BCERSTW])\t=> (-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?),\n$")
-_PERL_NAMES = re.compile(r"^\t\tN\t=> \[((?:'(?:[^'\\]|\\.)*',)*)\],\n$")
 _PERL_NAME = re.compile(r"'((?:[^'\\]|\\.)*)',")
+_NUM = r"(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
+_PERL_RECORD = re.compile(
+    r"\t'([^'\n]+)'\s*=> \{\n"
+    rf"\t\tB\t=> {_NUM},\n\t\tC\t=> {_NUM},\n\t\tE\t=> {_NUM},\n"
+    r"\t\tN\t=> \[((?:'(?:[^'\\]|\\.)*',)*)\],\n"
+    rf"\t\tR\t=> {_NUM},\n\t\tS\t=> {_NUM},\n\t\tT\t=> {_NUM},\n\t\tW\t=> {_NUM},\n"
+    r"\t\},\n")
 
 
 def read_stats(path: str) -> StatsFile:
@@ -366,37 +370,41 @@ def _read_python_literal(path: str, fh, seen: list[str]) -> dict[str, dict]:
 
 
 def _read_perl(path: str, fh, body_start: int, first: str) -> dict[str, dict]:
-    records: dict[str, dict] = {}
+    """The original daemon's exact layout, one regex match per record; anything
+    else goes to the general Perl parser."""
     if first != "  my $dump = {\n":
         return _read_perl_general(path, fh, body_start)
-    line = _readline(fh, path)
-    current: dict | None = None
-    ip = None
-    while line:
-        if current is None:
-            m = _PERL_OPEN.match(line)
-            if m:
-                ip, current = m.group(1), {}
-            elif line == "  };\n":
-                tail = fh.read(1024).decode("utf-8", errors="replace")
-                if tail.strip() != "}":
-                    raise _bad(path, "unexpected text after the records")
-                return records
-            else:
-                return _read_perl_general(path, fh, body_start)
-        else:
-            m = _PERL_NUM.match(line)
-            if m:
-                current[m.group(1)] = _number(m.group(2))
-            elif (m := _PERL_NAMES.match(line)) is not None:
-                current["N"] = [re.sub(r"\\([\\'])", r"\1", x) for x in _PERL_NAME.findall(m.group(1))]
-            elif line == "\t},\n":
-                records[ip] = _check_record(path, ip, current)
-                current = None
-            else:
-                return _read_perl_general(path, fh, body_start)
-        line = _readline(fh, path)
+    text = fh.read(MAX_FILE_BYTES).decode("utf-8", errors="replace")
+    records: dict[str, dict] = {}
+    match = _PERL_RECORD.match
+    pos = 0
+    while True:
+        m = match(text, pos)
+        if m is None:
+            break
+        ip, b, c, e, names, r, s_, t, w = m.groups()
+        names = [_perl_unquote(x) for x in _PERL_NAME.findall(names)] if names else []
+        try:       # the regex vouches for numbers and strings; only the IP is left
+            rec = {"B": int(b), "C": int(c), "E": int(e), "N": names, "R": int(r),
+                   "S": int(s_), "T": int(t), "W": int(w)}
+        except ValueError:
+            rec = {"B": _number(b), "C": _number(c), "E": _number(e), "N": names,
+                   "R": _number(r), "S": _number(s_), "T": _number(t), "W": _number(w)}
+        records[ip] = rec if _is_ip_fast(ip) else _check_record(path, ip, rec)
+        pos = m.end()
+    rest = text[pos:]
+    if rest.startswith("  };\n"):
+        if rest[5:].strip() != "}":
+            raise _bad(path, "unexpected text after the records")
+        return records
+    if rest.startswith("\t'"):            # records in another layout
+        return _read_perl_general(path, fh, body_start)
     raise _bad(path, "the records section is not closed (truncated file?)")
+
+
+def _perl_unquote(text: str) -> str:
+    r"""A single-quoted Perl string body: only \\ and \' are escapes."""
+    return re.sub(r"\\([\\'])", r"\1", text) if "\\" in text else text
 
 
 def _read_perl_general(path: str, fh, start: int) -> dict[str, dict]:
@@ -471,7 +479,7 @@ def _check_record(path: str, ip, rec) -> dict:
         if (type(b) is int and type(c) is int and type(e) is int and type(r) is int
                 and type(s) is int and type(t) is int and type(w) is int
                 and type(n) is list and _all_str(n)):
-            return {"B": b, "C": c, "E": e, "N": n, "R": r, "S": s, "T": t, "W": w}
+            return rec
     return _check_record_slow(path, ip, rec)
 
 

@@ -145,28 +145,30 @@ class Reader:
             pos = nxt
 
     def _walk_pcap(self, buf, pos: int, limit: int):
-        unpack = struct.Struct(self.endian + "I").unpack_from
-        n = len(buf)
-        starts = []
+        # The hot loop: one unpack per record; lengths are checked afterwards, in bulk.
+        incl_at = struct.Struct(self.endian + "8xI").unpack_from
+        last = len(buf) - 16
+        starts: list[int] = []
         append = starts.append
-        for _ in range(limit):
-            if pos + 16 > n:
-                break
-            incl = unpack(buf, pos + 8)[0]
-            if incl > MAX_RECORD:
-                raise Truncated(f"bogus record length {incl}")
-            end = pos + 16 + incl
-            if end > n:
-                break
+        while pos <= last and len(starts) < limit:
             append(pos)
-            pos = end
+            pos += 16 + incl_at(buf, pos)[0]
         if not starts:
             return None, pos
         u8 = self.u8
         at = np.array(starts, np.int64)
         big = self.endian == ">"
+        incl = _u32(u8, at + 8, big)
+        bad = np.flatnonzero((incl > MAX_RECORD) | (at + 16 + incl > len(buf)))
+        if bad.size:                       # keep what precedes a bogus or cut record
+            j = int(bad[0])
+            if j == 0:
+                if incl[0] > MAX_RECORD:
+                    raise Truncated(f"bogus record length {int(incl[0])}")
+                return None, starts[0]
+            at, incl, pos = at[:j], incl[:j], starts[j]
         sec = _u32(u8, at, big)
-        caplen = np.minimum(_u32(u8, at + 8, big), self.snaplen)
+        caplen = np.minimum(incl, self.snaplen)
         wirelen = _u32(u8, at + 12, big)
         return Batch(buf, u8, at + 16, caplen, wirelen, sec), pos
 

@@ -11,6 +11,13 @@ from tests import reference
 from tests.conftest import plain_read, run_cli, write_config
 
 ME = "192.0.2.10"
+
+
+@pytest.fixture(autouse=True, params=["batch", "libpcap"])
+def replay_path(request, monkeypatch):
+    """Every test runs through both replay paths: they must give the same numbers."""
+    monkeypatch.setenv("NCSNIFFER_REPLAY", request.param)
+    return request.param
 T0 = 1_600_000_000
 
 
