@@ -118,15 +118,20 @@ def matching(batch: Batch, offs: np.ndarray, cap: np.ndarray, sniffer: Sniffer) 
 
 
 def process(batch: Batch, prog, linktype: int, sniffer: Sniffer) -> None:
-    """Account every packet of the batch that the filter passes."""
-    passed = np.flatnonzero(bpfvm.run(prog, batch.u8, batch.offs, batch.caplen, batch.wirelen))
-    if not passed.size:
-        return
-    offs, cap = batch.offs[passed], batch.caplen[passed]
-    sec, wire = batch.sec[passed], batch.wirelen[passed]
+    """Account every packet of the batch that the filter program passes
+    (``prog`` None: all of them, the kernel filtered them already)."""
+    if prog is None:
+        offs, cap, sec, wire = batch.offs, batch.caplen, batch.sec, batch.wirelen
+    else:
+        passed = np.flatnonzero(bpfvm.run(prog, batch.u8, batch.offs, batch.caplen,
+                                          batch.wirelen))
+        if not passed.size:
+            return
+        offs, cap = batch.offs[passed], batch.caplen[passed]
+        sec, wire = batch.sec[passed], batch.wirelen[passed]
     g = Gather(batch.u8)
     reason, l3, is6 = decode_batch(linktype, g, offs, cap)
-    sniffer.seen += len(passed)
+    sniffer.seen += len(offs)
     for code, name in REASONS.items():
         sniffer.undecoded[name] += int(np.count_nonzero(reason == code))
     good = np.flatnonzero(reason == OK)

@@ -7,18 +7,16 @@ module that imports the capture library.
 
 from __future__ import annotations
 
-from typing import Callable
-
+import numpy as np
 import pcapy
 
 from ncsniffer.errors import CaptureError
+from ncsniffer.pcapfile import Batch
 
 # Decoding needs the link header (up to 22 bytes with two VLAN tags) plus the
 # 40-byte IPv6 header, whatever smaller snaplen the match window asks for.
 MIN_CAPTURE = 64
 BUFFER_BYTES = 64 << 20
-
-PacketHandler = Callable[[int, int, bytes], None]   # (now, wire length, data)
 
 
 class Capture:
@@ -28,15 +26,30 @@ class Capture:
         self._p = handle
         self.source = source
         self.linktype = handle.datalink()
+        self._error: CaptureError | None = None
 
-    def dispatch(self, count: int, packet: PacketHandler) -> int:
-        """Feed up to ``count`` packets to ``packet(now, wirelen, data)``; return how many."""
+    def read_batch(self, count: int):
+        """Up to ``count`` waiting packets as one Batch (None if none are waiting).
+
+        The callback only collects; decoding and accounting then run once over
+        the whole batch (``ncsniffer.batch``), as when replaying a file.
+        """
+        if self._error is not None:
+            raise self._error
+        got: list = []
+        append = got.append
+
         def on_packet(hdr, data):
-            packet(hdr.getts()[0], hdr.getlen(), data)
+            append((hdr.getts()[0], hdr.getlen(), data))
         try:
-            return self._p.dispatch(count, on_packet)
+            self._p.dispatch(count, on_packet)
         except pcapy.PcapError as exc:
-            raise CaptureError(f"{self.source}: {exc}") from exc
+            self._error = CaptureError(f"{self.source}: {exc}")
+            if not got:            # else: account what came before, fail next time
+                raise self._error from exc
+        if not got:
+            return None
+        return make_batch(got)
 
     def fileno(self) -> int:
         return self._p.getfd()
@@ -53,6 +66,17 @@ class Capture:
             self._p.close()
         except (pcapy.PcapError, AttributeError):
             pass
+
+
+def make_batch(packets: list[tuple[int, int, bytes]]) -> Batch:
+    """A Batch from (second, wire length, data) tuples."""
+    sec, wire, datas = zip(*packets)
+    caplen = np.fromiter(map(len, datas), np.int64, len(datas))
+    buf = b"".join(datas)
+    offs = np.zeros(len(datas), np.int64)
+    np.cumsum(caplen[:-1], out=offs[1:])
+    return Batch(buf, np.frombuffer(buf, np.uint8), offs, caplen,
+                 np.array(wire, np.int64), np.array(sec, np.int64))
 
 
 def _setfilter(handle, bpf: str, source: str) -> None:

@@ -10,6 +10,7 @@ This is the only module that imports python-daemon.
 from __future__ import annotations
 
 import errno
+import gc
 import grp
 import logging
 import logging.handlers
@@ -24,7 +25,7 @@ from typing import IO
 
 import daemon as pydaemon
 
-from ncsniffer import capture, dumpfile, pidfile
+from ncsniffer import batch, capture, dumpfile, pidfile
 from ncsniffer.config import Settings
 from ncsniffer.errors import NcSnifferError
 from ncsniffer.sniffer import Sniffer
@@ -224,11 +225,10 @@ class Daemon:
                  "promiscuous" if s.promiscuous else "non-promiscuous", s.bpf,
                  f", dump requests on {s.listen_host}:{s.port}" if s.port else "")
         next_tick = time.monotonic() + TICK
-        packet = self.sniffer.packet
         while self.running:
             timeout = max(0.0, min(next_tick - time.monotonic(), 0.1))
             ready = {key.data for key, _ in sel.select(timeout)}
-            self._drain_capture(packet)
+            self._drain_capture()
             if "signal" in ready:
                 _drain(self.wake_r)
             if "udp" in ready:
@@ -243,15 +243,20 @@ class Daemon:
                 self._tick(int(time.time()))
         return 0
 
-    def _drain_capture(self, packet) -> None:
-        dispatch = self.cap.dispatch
+    def _drain_capture(self) -> None:
+        linktype = self.cap.linktype
         for _ in range(20):           # bounded, so requests and signals get served
-            if dispatch(PCAP_BATCH, packet) < PCAP_BATCH:
+            got = self.cap.read_batch(PCAP_BATCH)
+            if got is None:
+                break
+            batch.process(got, None, linktype, self.sniffer)
+            if len(got.offs) < PCAP_BATCH:
                 break
 
     def _tick(self, now: int) -> None:
         self.sniffer.acct.purge(now)
         self._reap_dump()
+        gc.freeze()          # records never form cycles: keep the collector off them
 
     # ------------------------------------------------------------------ requests
     def _serve_requests(self) -> None:

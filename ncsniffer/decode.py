@@ -1,8 +1,10 @@
-"""Link and IP header decoding: find the two addresses of a captured frame.
+"""Link and IP header decoding: the rules that find the two addresses of a frame.
 
-Each supported link type gets one small function, chosen once per capture;
-they work on raw bytes at fixed offsets (no per-packet objects), and never
-raise: a frame that cannot be decoded yields ``(None, reason)``.
+One small function per supported link type, on raw bytes at fixed offsets;
+they never raise: a frame that cannot be decoded yields ``(None, reason)``.
+These are the reference rules, frame by frame: ``ncsniffer.batch`` applies
+the same rules to whole batches with numpy, and its tests check that both
+agree on every frame, truncated and random ones included.
 """
 
 from __future__ import annotations

@@ -96,12 +96,15 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
 
 
 def _replay_libpcap(cap, sniffer: Sniffer, after_batch) -> None:
-    packet = sniffer.packet
+    """libpcap reads and filters; the rest is the live daemon's own path."""
+    from ncsniffer import batch
     while True:
-        n = cap.dispatch(BATCH, packet)
-        after_batch()
-        if n <= 0:
+        got = cap.read_batch(BATCH)
+        if got is None:
             break
+        batch.process(got, None, cap.linktype, sniffer)
+        gc.freeze()
+        after_batch()
 
 
 def _open_batches(path: str, settings: Settings):

@@ -1,7 +1,8 @@
-"""The per-packet pipeline shared by live capture and replay.
+"""What live capture and replay share: the accounting, the settings that the
+per-packet rules need, the packet clock, the counters, and the dump header.
 
-decode -> payload match -> target address -> accounting.  The hot path does
-no logging, no clock reads and no allocation beyond the address slices.
+The per-packet rules themselves (decode -> payload match -> target address ->
+accounting) run over whole batches in ``ncsniffer.batch``.
 """
 
 from __future__ import annotations
@@ -16,17 +17,15 @@ from ncsniffer.errors import CaptureError
 
 
 class Sniffer:
-    """Turns captured frames into accounting updates, and knows what the header says."""
+    """The state behind one capture: accounting, clock, counters, header."""
 
     def __init__(self, settings: Settings, linktype: int, now: int, device: str,
                  offline: bool = False, on_second: Callable[[int, int], None] | None = None):
-        decoder = decode.decoder_for(linktype)
-        if decoder is None:
+        if decode.decoder_for(linktype) is None:
             raise CaptureError(f"{device}: link type {decode.link_name(linktype)} is not supported")
         self.settings = settings
         self.device = device
         self.offline = offline
-        self.decoder = decoder
         self.acct = Accounting(now, settings.max_hosts, lookups=settings.resolve)
         self.me = settings.me_packed
         self.match = settings.match
@@ -40,25 +39,6 @@ class Sniffer:
         self.undecoded = {decode.TRUNCATED: 0, decode.NOT_IP: 0, decode.INVALID: 0}
         self._second = None    # the current second, as one shared int object
         self.now = now
-
-    def packet(self, now: int, wirelen: int, data: bytes) -> None:
-        """Account one frame captured at ``now`` whose wire length is ``wirelen``."""
-        if now != self._second:
-            self.advance(now)
-        now = self._second
-        self.seen += 1
-        src, dst = self.decoder(data)
-        if src is None:
-            self.undecoded[dst] += 1
-            return
-        if self.payload is not None:
-            window = data[self.payload:self.snaplen].lower()
-            if (self.match is not None and self.match not in window) or \
-               (self.nomatch is not None and self.nomatch in window):
-                self.unmatched += 1
-                return
-        self.counted += 1
-        self.acct.count(dst if src == self.me else src, wirelen, now)
 
     def advance(self, now: int) -> int:
         """Move the clock to ``now`` (ticks when replaying); return the shared int."""

@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Live capture benchmark: the daemon sniffs one end of a veth pair, tcpreplay feeds the other.
+
+    python3 bench/live.py [--rates 50000 100000 200000 400000] [--seconds 5]
+    bench/run --live
+
+Two network namespaces created here (and deleted afterwards, also on failure) are
+joined by a veth pair: 10.213.77.1/30 (sniffer side, MAC 00:11:22:33:44:55) and
+10.213.77.2/30 (sender side).  Neither namespace has a route beyond its /30, so
+nothing leaves them.  For every rate a fresh daemon (bpf ``host 10.213.77.1``) is
+started in the sniffer namespace, tcpreplay sends rate x seconds packets (bounded by
+--limit and --duration), and the daemon's ``stopped:`` log line gives the packets it
+saw and pcap's received/dropped counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import benchlib  # noqa: E402
+import livecap  # noqa: E402
+from benchlib import NC, BenchError, fmt_int, log  # noqa: E402
+
+ME = "10.213.77.1"
+PEER = "10.213.77.2"
+SNIFF_MAC = "00:11:22:33:44:55"
+SEND_MAC = "66:77:88:99:aa:bb"
+RATES = (50_000, 100_000, 200_000, 400_000)
+ZIPF_CAPTURE = os.path.join(benchlib.WORK, "live-zipf-400k.pcap")
+COUNTERS = re.compile(r"(\w+): (\d+) packets, (\d+) counted.*?pcap received (\d+), "
+                      r"dropped (\d+), interface dropped (\d+)")
+
+
+def sh(*cmd: str, timeout: float = 30, check: bool = True) -> str:
+    """Run a short command; its stdout."""
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)}: {done.stderr.strip() or done.returncode}")
+    return done.stdout
+
+
+class Testbed:
+    """Two namespaces and a veth pair; a context manager that always tears them down."""
+
+    def __init__(self) -> None:
+        tag = os.getpid() % 100_000
+        self.sniff_ns, self.send_ns = f"ncbench-snf-{tag}", f"ncbench-snd-{tag}"
+        self.sniff_if, self.send_if = f"ncbs{tag}", f"ncbt{tag}"
+
+    def __enter__(self) -> "Testbed":
+        try:
+            for ns in (self.sniff_ns, self.send_ns):
+                sh("ip", "netns", "add", ns)
+                # no IPv6 on the veths: no router solicitations, no DAD in the counts
+                sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                   "net.ipv6.conf.default.disable_ipv6=1")
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
+            # created inside the sniffer namespace, the peer directly in the sender's:
+            # the interfaces never exist in the caller's namespace
+            sh("ip", "-n", self.sniff_ns, "link", "add", self.sniff_if, "address", SNIFF_MAC,
+               "type", "veth", "peer", "name", self.send_if, "netns", self.send_ns,
+               "address", SEND_MAC)
+            sh("ip", "-n", self.sniff_ns, "addr", "add", ME + "/30", "dev", self.sniff_if)
+            sh("ip", "-n", self.send_ns, "addr", "add", PEER + "/30", "dev", self.send_if)
+            sh("ip", "-n", self.sniff_ns, "link", "set", self.sniff_if, "up")
+            sh("ip", "-n", self.send_ns, "link", "set", self.send_if, "up")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for ns in (self.sniff_ns, self.send_ns):     # deleting a namespace deletes its veth
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    def rx(self) -> tuple[int, int]:
+        """(packets, dropped) received by the sniffing veth."""
+        info = json.loads(sh("ip", "-n", self.sniff_ns, "-s", "-j", "link", "show", self.sniff_if))
+        rx = info[0]["stats64"]["rx"]
+        return rx["packets"], rx["dropped"]
+
+    def replay(self, capture: str, pps: int, limit: int, seconds: float) -> dict:
+        """tcpreplay ``limit`` packets at ``pps`` from the sender side (bounded in time too)."""
+        loops = 0  # 0 = loop until --limit, bounded by --duration and our timeout
+        cmd = ["ip", "netns", "exec", self.send_ns, "tcpreplay", "-i", self.send_if,
+               f"--pps={pps}", f"--limit={limit}", f"--loop={loops}", "--preload-pcap",
+               f"--duration={int(seconds) + 1}", capture]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        if done.returncode != 0:
+            raise BenchError(f"tcpreplay: {done.stderr.strip() or done.stdout.strip()}")
+        return parse_tcpreplay(done.stdout)
+
+    def replay_async(self, capture: str, pps: int, limit: int, seconds: float) -> subprocess.Popen:
+        cmd = ["ip", "netns", "exec", self.send_ns, "tcpreplay", "-i", self.send_if,
+               f"--pps={pps}", f"--limit={limit}", "--loop=0", "--preload-pcap",
+               f"--duration={int(seconds) + 1}", capture]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def parse_tcpreplay(out: str) -> dict:
+    """Successful packets, seconds and the achieved rate from tcpreplay's summary."""
+    sent = re.search(r"Successful packets:\s+(\d+)", out)
+    actual = re.search(r"Actual: (\d+) packets \((\d+) bytes\) sent in ([\d.]+) seconds", out)
+    rated = re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", out)
+    failed = re.search(r"Failed packets:\s+(\d+)", out)
+    if not (sent and actual and rated):
+        raise BenchError(f"unexpected tcpreplay output: {out.strip()[-400:]}")
+    return {"sent": int(sent.group(1)), "seconds": float(actual.group(3)),
+            "pps": float(rated.group(1)), "failed": int(failed.group(1)) if failed else 0}
+
+
+class Daemon:
+    """One nc.sniffer daemon in the sniffer namespace, with its own piddir and log."""
+
+    def __init__(self, bed: Testbed, directory: str, bpf: str = f"host {ME}") -> None:
+        self.bed, self.dir = bed, directory
+        self.conf = os.path.join(directory, "nc.sniffer.conf")
+        self.log_path = os.path.join(directory, "nc.sniffer.log")
+        self.stats = os.path.join(directory, "nc.sniffer.stats")
+        self.pid: int | None = None
+        with open(self.conf, "w") as fh:
+            fh.write(repr({"piddir": directory, "sniffer": directory, "bpf": bpf,
+                           "resolve": False}) + "\n")
+
+    def command(self, what: str, timeout: float = 30) -> str:
+        return sh("ip", "netns", "exec", self.bed.sniff_ns, NC, "-c", self.conf, what,
+                  timeout=timeout)
+
+    def start(self) -> None:
+        if os.path.exists("/dev/log"):
+            raise BenchError("/dev/log exists: the daemon would log to syslog, where this "
+                             "harness cannot read its counters")
+        self.command("start")
+        self.wait_log("started on", 15)
+        with open(os.path.join(self.dir, "nc.sniffer.pid")) as fh:
+            self.pid = int(fh.read().split()[0])
+
+    def stop(self) -> None:
+        if self.pid is None:
+            return
+        try:
+            self.command("stop", timeout=40)
+        except (BenchError, subprocess.TimeoutExpired):
+            try:                          # our own daemon, by its pid
+                os.kill(self.pid, 9)
+            except ProcessLookupError:
+                pass
+        self.pid = None
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path) as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, text: str, timeout: float, after: int = 0) -> str:
+        """Wait for a log line containing ``text`` past offset ``after``; that line."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_text()[after:].splitlines():
+                if text in line:
+                    return line
+            time.sleep(0.05)
+        raise BenchError(f"daemon log: no {text!r} within {timeout} s:\n{self.log_text()[-1000:]}")
+
+    def counters(self, what: str) -> dict:
+        """The last ``what:`` counter line: packets, counted, pcap received/dropped/ifdropped."""
+        found = [m for m in COUNTERS.finditer(self.log_text()) if m.group(1) == what]
+        if not found:
+            raise BenchError(f"no '{what}:' counters in the daemon log")
+        m = found[-1]
+        return {"packets": int(m.group(2)), "counted": int(m.group(3)),
+                "received": int(m.group(4)), "dropped": int(m.group(5)),
+                "ifdropped": int(m.group(6))}
+
+    def status(self) -> dict:
+        """VmRSS, VmHWM, RssAnon in kB from /proc."""
+        values = {}
+        with open(f"/proc/{self.pid}/status") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                    values[key] = int(rest.split()[0])
+        return values
+
+
+def ensure_zipf_capture() -> str:
+    return livecap.ensure(ZIPF_CAPTURE, "--zipf", "--packets", "400000", "--peers", "50000")
+
+
+def measure(rates: list[int], seconds: float, drain: float = 2.0) -> list[str]:
+    capture = ensure_zipf_capture()
+    lines = ["# Live capture benchmark: daemon on a veth, tcpreplay at fixed rates", ""]
+    lines += benchlib.machine_lines()
+    lines += [f"- capture: `{os.path.relpath(capture, benchlib.ROOT)}` (`bench/livecap.py --zipf`, "
+              "400,000 IPv4 packets, 50,000 Zipf peers, sizes as gen_capture.py), looped by "
+              "tcpreplay `--preload-pcap --limit=rate×seconds`",
+              f"- per rate: a fresh daemon (bpf `host {ME}`), {seconds:g} s of packets, {drain:g} s to "
+              "drain, `nc.sniffer stop`; counters from its `stopped:` log line",
+              ""]
+    rows, best = [], None
+    with Testbed() as bed:
+        log(f"namespaces {bed.sniff_ns} / {bed.send_ns} up")
+        for rate in rates:
+            directory = tempfile.mkdtemp(prefix="ncbench-live-")
+            daemon = Daemon(bed, directory)
+            try:
+                daemon.start()
+                rx0, rxdrop0 = bed.rx()
+                log(f"{fmt_int(rate)} pps for {seconds:g} s")
+                sent = bed.replay(capture, rate, int(rate * seconds), seconds)
+                time.sleep(drain)
+                rx1, rxdrop1 = bed.rx()
+                daemon.stop()
+                c = daemon.counters("stopped")
+            finally:
+                daemon.stop()
+                shutil.rmtree(directory, ignore_errors=True)
+            lost = sent["sent"] - c["packets"]
+            zero = lost == 0 and c["dropped"] == 0 and c["ifdropped"] == 0
+            if zero and (best is None or rate > best):
+                best = rate
+            rows.append([fmt_int(rate), fmt_int(sent["pps"]), fmt_int(sent["sent"]),
+                         fmt_int(rx1 - rx0), fmt_int(c["received"]), fmt_int(c["packets"]),
+                         fmt_int(c["dropped"]), fmt_int(c["ifdropped"]), fmt_int(rxdrop1 - rxdrop0),
+                         fmt_int(lost), "yes" if zero else "NO"])
+    lines += benchlib.table(["target pps", "achieved pps", "sent", "veth rx", "pcap received",
+                             "daemon packets", "pcap dropped", "if dropped", "veth rx dropped",
+                             "lost (sent − daemon)", "zero loss"], rows)
+    lines += ["", f"**Highest rate with zero loss: {fmt_int(best) + ' packets/s' if best else 'none'}**"
+              " (achieved pps is tcpreplay's own measure; sent = its successful packets)",
+              "", f"- load average at end: {benchlib.load_text()}"]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rates", type=int, nargs="+", default=list(RATES))
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--drain", type=float, default=2.0, help="seconds between sender end and stop")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the finally blocks
+    if os.geteuid() != 0:
+        raise BenchError("the live benchmark creates network namespaces: run as root")
+    benchlib.ensure_nc()
+    benchlib.ensure_commands("tcpreplay", "ip", "tcpdump")
+    lines = measure(args.rates, args.seconds, args.drain)
+    path = benchlib.write_results("live", lines)
+    print("\n".join(lines))
+    log(f"written {os.path.relpath(path, benchlib.ROOT)} and live-latest.md")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"live.py: {exc}", file=sys.stderr)
+        sys.exit(1)
