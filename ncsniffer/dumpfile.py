@@ -95,13 +95,16 @@ def address_text(key: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(key) == 4 else socket.AF_INET6, key)
 
 
-def rows_from_records(records: dict) -> list[Row]:
-    """Snapshot accounting records as rows in numeric address order, IPv4 first."""
-    rows = []
-    for key in sorted(records, key=lambda k: (len(k), k)):
-        r = records[key]
-        rows.append((address_text(key), r.B, r.C, r.E, list(r.N), r.R, r.S, r.T, r.W))
-    return rows
+def rows_from_records(records: dict) -> Iterable[Row]:
+    """Accounting records as rows in numeric address order, IPv4 first (lazily:
+    a dump of a million records never holds a second copy of them)."""
+    v4 = sorted(k for k in records if len(k) == 4)   # equal-length bytes sort numerically
+    v6 = sorted(k for k in records if len(k) != 4)
+    ntop, inet, inet6 = socket.inet_ntop, socket.AF_INET, socket.AF_INET6
+    for family, keys in ((inet, v4), (inet6, v6)):
+        for key in keys:
+            r = records[key]
+            yield (ntop(family, key), r.B, r.C, r.E, r.N, r.R, r.S, r.T, r.W)
 
 
 def rows_from_dicts(records: dict[str, dict]) -> list[Row]:
@@ -121,7 +124,8 @@ def _python_body(rows: Iterable[Row]) -> Iterable[str]:
     dumps = json.dumps
     for ip, b, c, e, n, r, s, t, w in rows:
         yield ('"%s": {"B": %.0f, "C": %.0f, "E": %.0f, "N": %s, "R": %.0f, "S": %.0f, '
-               '"T": %.0f, "W": %.0f},\n' % (ip, b, c, e, dumps(n), r, s, t, w))
+               '"T": %.0f, "W": %.0f},\n' % (ip, b, c, e, dumps(list(n)) if n else "[]",
+                                             r, s, t, w))
     yield "}\n"
 
 
