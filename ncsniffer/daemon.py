@@ -25,7 +25,7 @@ from typing import IO
 
 import daemon as pydaemon
 
-from ncsniffer import batch, capture, dumpfile, pidfile
+from ncsniffer import batch, capture, pidfile
 from ncsniffer.config import Settings
 from ncsniffer.errors import NcSnifferError
 from ncsniffer.sniffer import Sniffer
@@ -347,13 +347,7 @@ class Daemon:
         self.dump_child = pid
 
     def write_dump(self, current: int | None = None) -> None:
-        current = int(time.time()) if current is None else current
-        header = self.sniffer.header(current)
-        rows = dumpfile.rows_from_records(self.sniffer.acct.records)
-        if self.settings.stats_file is None:
-            dumpfile.write_stream(sys.stderr, header, rows, self.settings.dump_format)
-        else:
-            dumpfile.write_file(self.settings.stats_file, header, rows, self.settings.dump_format)
+        self.sniffer.dump(int(time.time()) if current is None else current)
 
     def _reap_dump(self) -> None:
         if self.dump_child is None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import gc
 import os
 import struct
-import sys
 import time
 from typing import IO
 
-from ncsniffer import capture, dumpfile
+from ncsniffer import capture
 from ncsniffer.config import Settings
 from ncsniffer.errors import CaptureError, NcSnifferError
 from ncsniffer.sniffer import Sniffer
@@ -84,7 +83,7 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
     if lookups is not None:
         lookups.finish(sniffer.now)
 
-    write_dump(settings, sniffer, sniffer.now)
+    sniffer.dump(sniffer.now)
     log.write(f"nc.sniffer: {path}: {sniffer.counters_text()}\n")
     if lookups is not None and hasattr(lookups, "counters_text"):
         log.write(f"nc.sniffer: dns {lookups.counters_text()}\n")
@@ -147,13 +146,3 @@ def _replay_batches(fast, sniffer: Sniffer, after_batch) -> None:
             after_batch()
     except (pcapfile.Truncated, struct.error) as exc:
         raise CaptureError(f"{reader.name}: {exc}") from exc
-
-
-def write_dump(settings: Settings, sniffer: Sniffer, current: int) -> None:
-    """Write the stats file (or to stderr when the config says 'STDERR' / ``-d``)."""
-    header = sniffer.header(current)
-    rows = dumpfile.rows_from_records(sniffer.acct.records)
-    if settings.stats_file is None:
-        dumpfile.write_stream(sys.stderr, header, rows, settings.dump_format)
-    else:
-        dumpfile.write_file(settings.stats_file, header, rows, settings.dump_format)

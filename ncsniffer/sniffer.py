@@ -7,9 +7,10 @@ accounting) run over whole batches in ``ncsniffer.batch``.
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
-from ncsniffer import decode
+from ncsniffer import decode, dumpfile
 from ncsniffer.accounting import Accounting
 from ncsniffer.config import Settings
 from ncsniffer.dumpfile import Header
@@ -65,6 +66,15 @@ class Sniffer:
             snaplen=s.snaplen, match=s.match, nomatch=s.nomatch,
             evicted=acct.evicted if s.max_hosts else None,
         )
+
+    def dump(self, current: int) -> None:
+        """Write the stats file, or to stderr when the config says 'STDERR' (``-d``)."""
+        s = self.settings
+        rows = dumpfile.rows_from_records(self.acct.records)
+        if s.stats_file is None:
+            dumpfile.write_stream(sys.stderr, self.header(current), rows, s.dump_format)
+        else:
+            dumpfile.write_file(s.stats_file, self.header(current), rows, s.dump_format)
 
     def counters_text(self) -> str:
         u = self.undecoded
