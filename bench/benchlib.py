@@ -139,7 +139,21 @@ def machine_lines() -> list[str]:
         pass
     return [f"- machine: {model}, {os.cpu_count()} cores, Linux {platform.release()}, "
             f"Python {platform.python_version()}",
+            f"- measured code: {code_version()}",
             f"- load average at start: {load_text()}"]
+
+
+def code_version() -> str:
+    """HEAD of the checkout and whether ncsniffer/ differs from it (read-only git calls)."""
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        # diff-index does not refresh (write) the index, unlike git status / git diff
+        dirty = subprocess.run(["git", "-C", ROOT, "diff-index", "--quiet", "HEAD", "--",
+                                "ncsniffer"], capture_output=True).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    return f"commit {head}" + (" with uncommitted changes under ncsniffer/" if dirty else "")
 
 
 def load_text() -> str:

@@ -18,7 +18,6 @@ in the report's header and its last good stats file is used.
 from __future__ import annotations
 
 import argparse
-import ast
 import fcntl
 import html
 import ipaddress
@@ -33,9 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Iterable, Mapping, Sequence
 
-from ncsniffer import dumpfile, perlval
+from ncsniffer import config, dumpfile
 from ncsniffer.dumpfile import read_stats, rows_from_dicts
-from ncsniffer.errors import DumpFileError, NcSnifferError
+from ncsniffer.errors import ConfigError, DumpFileError, NcSnifferError
 
 LOCK_WAIT = 120.0          # how long a coalescer waits for another one (the original's 2 min)
 DUMP_AGE = 300             # nc.sniffer.dump refreshes a stats file older than this
@@ -229,43 +228,9 @@ def load_config(path: str) -> dict:
     """Read a config without running it: a Python dict literal, a Python script with
     ``CONFIG = {...}`` (our samples), or an old Perl script with ``my $wconf = {...}``."""
     try:
-        with open(path, "rb") as fh:
-            text = fh.read(1 << 20).decode("utf-8", errors="replace")
-    except OSError as exc:
-        raise CoalesceError(f"cannot read '{path}': {exc.strerror}") from exc
-    perl = re.search(r"^[^#\n]*\$(\w+)\s*=\s*\{", text, re.MULTILINE)
-    if perl and not text.lstrip().startswith("{"):
-        try:
-            conf = perlval.extract_config_hash(
-                text[:perl.start(1)] + "config" + text[perl.end(1):])
-        except perlval.PerlSyntaxError as exc:
-            raise CoalesceError(f"'{path}' {exc}") from exc
-    else:
-        conf = _python_config(text, path)
-    if not isinstance(conf, dict):
-        raise CoalesceError(f"'{path}' must hold a dict {{...}} of settings")
-    return conf
-
-
-def _python_config(text: str, path: str) -> object:
-    try:
-        tree = ast.parse(text, filename=path)
-    except SyntaxError as exc:
-        raise CoalesceError(f"'{path}' line {exc.lineno}: {exc.msg}") from None
-    node = None
-    if len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr):
-        node = tree.body[0].value
-    for stmt in tree.body:
-        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
-                and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id == "CONFIG"):
-            node = stmt.value
-    if node is None:
-        raise CoalesceError(f"'{path}' holds neither a dict literal nor CONFIG = {{...}}")
-    try:
-        return ast.literal_eval(node)
-    except ValueError:
-        raise CoalesceError(f"'{path}' line {getattr(node, 'lineno', 1)}: only plain values "
-                            f"(strings, numbers, lists, dicts) are allowed") from None
+        return config.load_file(path)
+    except ConfigError as exc:
+        raise CoalesceError(str(exc).removeprefix("config: ")) from None
 
 
 # --------------------------------------------------------------------------- the merge (pure)

@@ -69,20 +69,33 @@ def fail(message: str) -> None:
 
 # --------------------------------------------------------------------------- loading
 
+MAX_CONFIG_BYTES = 1 << 20
+_PERL_HASH = re.compile(r"^[^#\n]*\$(\w+)\s*=\s*(?=\{)", re.MULTILINE)
+
+
 def load_file(path: str) -> dict:
-    """Read a config file: a Python dict literal, or a Perl script with ``my $config``."""
+    """Read a configuration file without running it.
+
+    Accepted: a Python dict literal; a Python script assigning ``CONFIG = {...}``
+    (the samples); an old Perl script's ``my $config = {...};`` hash (or the first
+    ``$NAME = {...}`` one, as in the original's report scripts).
+    """
     try:
         with open(path, "rb") as fh:
-            data = fh.read(1 << 20)
+            data = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"config: cannot read '{path}': {exc.strerror}") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config: '{path}' is larger than 1 MiB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
-    if re.search(r"^[^#\n]*\$config\s*=\s*\{", text, re.MULTILINE):
+    perl = [m for m in _PERL_HASH.finditer(text)]
+    if perl and not text.lstrip().startswith("{"):
+        m = next((m for m in perl if m.group(1) == "config"), perl[0])
         try:
-            config = perlval.extract_config_hash(text)
+            config = perlval.extract_config_hash(text[:m.start(1)] + "config" + text[m.end(1):])
         except perlval.PerlSyntaxError as exc:
             raise ConfigError(f"config: '{path}' {exc}") from exc
     else:
@@ -94,20 +107,31 @@ def load_file(path: str) -> dict:
 
 def _literal(text: str, path: str) -> object:
     try:
-        tree = ast.parse(text, filename=path, mode="eval")
+        tree = ast.parse(text, filename=path)
     except SyntaxError as exc:
         raise ConfigError(f"config: '{path}' line {exc.lineno}: {exc.msg}") from exc
+    except (ValueError, MemoryError, RecursionError) as exc:
+        raise ConfigError(f"config: '{path}': not a readable file ({type(exc).__name__})") from exc
+    node = None
+    if len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr):
+        node = tree.body[0].value
+    for stmt in tree.body:
+        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id == "CONFIG"):
+            node = stmt.value
+    if node is None:
+        raise ConfigError(f"config: '{path}' holds neither a dict literal nor CONFIG = {{...}}")
     try:
-        return ast.literal_eval(tree)
-    except ValueError as exc:
-        line = _first_non_literal_line(tree)
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, MemoryError, RecursionError) as exc:
+        line = _first_non_literal_line(node)
         raise ConfigError(
             f"config: '{path}' line {line}: only plain values (strings, numbers, lists, "
             f"True/False/None) are allowed") from exc
 
 
 def _first_non_literal_line(tree: ast.AST) -> int:
-    allowed = (ast.Expression, ast.Dict, ast.List, ast.Tuple, ast.Set, ast.Constant,
+    allowed = (ast.Expression, ast.Expr, ast.Dict, ast.List, ast.Tuple, ast.Set, ast.Constant,
                ast.UnaryOp, ast.UAdd, ast.USub, ast.Load, ast.BinOp, ast.Add, ast.Sub)
     for node in ast.walk(tree):
         if not isinstance(node, allowed):

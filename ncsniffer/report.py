@@ -15,7 +15,6 @@ return a ctime or None); everything else raises ``ReportError`` or
 from __future__ import annotations
 
 import argparse
-import ast
 import errno
 import fcntl
 import html
@@ -27,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Iterable, Optional, Union
 
-from ncsniffer import dumpfile, perlval
-from ncsniffer.errors import NcSnifferError
+from ncsniffer import config, dumpfile
+from ncsniffer.errors import ConfigError, NcSnifferError
 
 DEFAULT_UPDTO = 15
 DEFAULT_REFRESH = 300
@@ -38,7 +37,6 @@ POLL = 0.05                      # seconds between ctime checks while waiting
 PROG = "nc.sniffer.cgi"
 CONF_ENV = "NCSNIFFER_CGI_CONF"
 SYSTEM_CONF = "/etc/nc.sniffer/nc.sniffer.cgi.conf"
-MAX_CONF_BYTES = 1 << 20
 
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 
@@ -649,34 +647,15 @@ def web_report(conf: dict, by_domain: bool = False, out: Optional[IO[str]] = Non
 
 # --------------------------------------------------------------------------- configuration file
 
-_PERL_HASH = re.compile(r"^[^#\n]*?\$(\w+)\s*=\s*(?=\{)", re.MULTILINE)
 
 
 def load_wconf(path: str) -> dict:
-    """Read a web configuration: a Python dict literal, or an old Perl
-    ``nc.sniffer.cgi`` whose ``my $NAME = {...};`` hash is read without running Perl."""
+    """Read a web configuration (a dict literal, or an old Perl ``nc.sniffer.cgi``
+    whose ``my $NAME = {...};`` hash is read without running Perl)."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_CONF_BYTES + 1)
-    except OSError as exc:
-        raise ReportError(f"cannot read configuration '{path}': {exc.strerror}") from exc
-    if len(data) > MAX_CONF_BYTES:
-        raise ReportError(f"configuration '{path}' is larger than 1 MiB")
-    text = data.decode("utf-8", errors="replace")
-    m = _PERL_HASH.search(text)
-    try:
-        if m:
-            conf = perlval.extract_config_hash(text[:m.start(1)] + "config" + text[m.end(1):])
-        else:
-            conf = ast.literal_eval(text.strip())
-    except perlval.PerlSyntaxError as exc:
-        raise ReportError(f"configuration '{path}': {exc}") from None
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
-        raise ReportError(f"configuration '{path}' is not a plain dict literal "
-                          f"({type(exc).__name__})") from None
-    if not isinstance(conf, dict):
-        raise ReportError(f"configuration '{path}' must hold a dict {{...}} of settings")
-    return conf
+        return config.load_file(path)
+    except ConfigError as exc:
+        raise ReportError(str(exc).removeprefix("config: ")) from None
 
 
 def find_wconf(program: str, environ: dict) -> str:

@@ -598,7 +598,7 @@ def test_cgi_config_is_never_executed(tmp_path):
     conf.write_text(f"__import__('os').system('touch {flag}')")
     out = io.StringIO()
     assert report.cgi_main(["-c", str(conf)], out=out, environ={}) == 1
-    assert "not a plain dict literal" in out.getvalue() and not flag.exists()
+    assert "only plain values" in out.getvalue() and not flag.exists()
 
 
 def test_sample_config_reads():
