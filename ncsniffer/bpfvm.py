@@ -54,57 +54,37 @@ def _load(u8: np.ndarray, start: np.ndarray, size: int) -> np.ndarray:
 
 def run(prog: list[tuple[int, int, int, int]], u8: np.ndarray, offs: np.ndarray,
         caplen: np.ndarray, wirelen: np.ndarray) -> np.ndarray:
-    """Accept mask of the packets (data at ``u8[offs : offs + caplen]``)."""
+    """Accept mask of the packets (data at ``u8[offs : offs + caplen]``).
+
+    Each instruction keeps a work list of the packets that reach it; jumps
+    split a list in two, so every instruction touches only its own packets.
+    """
     n = len(offs)
     a = np.zeros(n, np.int64)
     x = np.zeros(n, np.int64)
     mem: dict[int, np.ndarray] = {}
-    pc = np.zeros(n, np.int32)
     accept = np.zeros(n, bool)
-    alive = np.ones(n, bool)
+    work: dict[int, list[np.ndarray]] = {0: [np.arange(n)]}
     for i, (code, jt, jf, k) in enumerate(prog):
-        idx = np.flatnonzero(alive & (pc == i))
+        parts = work.pop(i, None)
+        if not parts:
+            continue
+        idx = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if idx.size == 0:
             continue
         cls = code & 7
         nxt = i + 1
         if cls in (LD, LDX):
-            mode, size = code & 0xE0, SIZE.get(code & 0x18)
-            if mode == IMM:
-                val = np.full(idx.size, k, np.int64)
-            elif mode == LEN:
-                val = wirelen[idx].astype(np.int64)
-            elif mode == MEM:
-                val = mem.get(k, np.zeros(n, np.int64))[idx]
-            elif mode in (ABS, IND) or (mode == MSH and cls == LDX):
-                width = 1 if mode == MSH else size
-                if width is None:
-                    raise UnsupportedProgram(f"load size in {code:#x}")
-                at = np.full(idx.size, k, np.int64) if mode != IND else x[idx] + k
-                ok = at + width <= caplen[idx]
-                bad = idx[~ok]
-                alive[bad] = False
-                idx, at = idx[ok], at[ok]
-                val = _load(u8, offs[idx] + at, width)
-                if mode == MSH:
-                    val = (val & 0xF) << 2
-            else:
-                raise UnsupportedProgram(f"load mode in {code:#x}")
-            if cls == LD:
-                a[idx] = val
-            else:
-                x[idx] = val
-            pc[idx] = nxt
+            idx, val = _load_insn(code, k, idx, u8, offs, caplen, wirelen, x, mem, n)
+            (a if cls == LD else x)[idx] = val
         elif cls in (ST, STX):
             mem.setdefault(k, np.zeros(n, np.int64))[idx] = (a if cls == ST else x)[idx]
-            pc[idx] = nxt
         elif cls == ALU:
-            _alu(code, k, a, x, idx, alive)
-            pc[idx] = nxt
+            idx = _alu(code, k, a, x, idx)
         elif cls == JMP:
             op = code & 0xF0
             if op == 0x00:
-                pc[idx] = nxt + k
+                work.setdefault(nxt + k, []).append(idx)
                 continue
             rhs = x[idx] if code & 0x08 else k
             av = a[idx]
@@ -118,30 +98,51 @@ def run(prog: list[tuple[int, int, int, int]], u8: np.ndarray, offs: np.ndarray,
                 cond = (av & rhs) != 0
             else:
                 raise UnsupportedProgram(f"jump {code:#x}")
-            pc[idx] = np.where(cond, nxt + jt, nxt + jf)
+            work.setdefault(nxt + jt, []).append(idx[cond])
+            work.setdefault(nxt + jf, []).append(idx[~cond])
+            continue
         elif cls == RET:
             accept[idx] = (a[idx] != 0) if code & 0x18 == 0x10 else (k != 0)
-            alive[idx] = False
+            continue
         elif cls == MISC:
             if code & 0xF8 == 0x00:
                 x[idx] = a[idx]
             else:
                 a[idx] = x[idx]
-            pc[idx] = nxt
+        work.setdefault(nxt, []).append(idx)
     return accept
 
 
-def _alu(code: int, k: int, a: np.ndarray, x: np.ndarray, idx: np.ndarray, alive: np.ndarray) -> None:
+def _load_insn(code, k, idx, u8, offs, caplen, wirelen, x, mem, n):
+    """(packets still running, loaded values): loads past the captured data reject."""
+    mode, size = code & 0xE0, SIZE.get(code & 0x18)
+    if mode == IMM:
+        return idx, k
+    if mode == LEN:
+        return idx, wirelen[idx]
+    if mode == MEM:
+        return idx, mem.get(k, np.zeros(n, np.int64))[idx]
+    width = 1 if mode == MSH else size
+    at = x[idx] + k if mode == IND else k
+    ok = at + width <= caplen[idx]
+    if not ok.all():
+        idx = idx[ok]
+        at = at[ok] if mode == IND else at
+    val = _load(u8, offs[idx] + at, width)
+    return idx, ((val & 0xF) << 2) if mode == MSH else val
+
+
+def _alu(code: int, k: int, a: np.ndarray, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Apply an ALU instruction; return the packets still running."""
     op = code & 0xF0
     av = a[idx]
     if op == 0x80:                               # NEG
         a[idx] = (-av) & M32
-        return
+        return idx
     rhs = x[idx] if code & 0x08 else np.full(idx.size, k, np.int64)
     if op in (0x30, 0x90):                       # DIV, MOD: by zero rejects
-        zero = rhs == 0
-        alive[idx[zero]] = False
-        rhs = np.where(zero, 1, rhs)
+        keep = rhs != 0
+        idx, av, rhs = idx[keep], av[keep], rhs[keep]
         a[idx] = (av // rhs if op == 0x30 else av % rhs) & M32
     elif op == 0x00:
         a[idx] = (av + rhs) & M32
@@ -161,3 +162,4 @@ def _alu(code: int, k: int, a: np.ndarray, x: np.ndarray, idx: np.ndarray, alive
         a[idx] = av ^ rhs
     else:
         raise UnsupportedProgram(f"alu {code:#x}")
+    return idx
