@@ -305,6 +305,7 @@ class Daemon:
         self._start_dump_if_wanted()
 
     def _terminate(self) -> None:
+        self._drain_capture()      # what the kernel already holds is counted too
         self._wait_dump()
         try:
             self.write_dump()
