@@ -45,7 +45,7 @@ _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "a": "\a", "e": "
 def _unescape_dq(body: str, line: int) -> str:
     """Decode a double-quoted Perl string body; refuse interpolation."""
     plain = _DQ_ESCAPE.sub("", body)
-    if re.search(r"[$@]\w", plain):
+    if re.search(r"[$@][\w{:]", plain):      # $x, @x, ${...}, @{[ ... ]}, $::x
         raise PerlSyntaxError("variables inside double-quoted strings cannot be read", line)
 
     def repl(m: re.Match) -> str:

@@ -48,8 +48,9 @@ def test_strings_and_escapes():
 
 
 def test_interpolation_is_refused():
-    with pytest.raises(perlval.PerlSyntaxError, match="variables"):
-        perlval.parse_value('"$HOME/x"')
+    for text in ('"$HOME/x"', '"@{[ system(1) ]}"', '"${\\ system(1)}"', '"@list"'):
+        with pytest.raises(perlval.PerlSyntaxError, match="variables"):
+            perlval.parse_value(text)
 
 
 def test_code_is_refused_with_line_number():
