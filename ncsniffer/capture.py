@@ -99,9 +99,10 @@ def vlan_aware(bpf: str) -> str:
 def compile_filter(linktype: int, bpf: str) -> list[tuple[int, int, int, int]]:
     """libpcap's compiled program for a file of ``linktype`` (VLAN-aware as in open_offline)."""
     candidates = [vlan_aware(bpf), bpf] if linktype == 1 and "vlan" not in bpf.lower() else [bpf]
+    dlt = 12 if linktype == 101 else linktype      # files say LINKTYPE_RAW, libpcap DLT_RAW
     for i, text in enumerate(candidates):
         try:
-            return pcapy.compile(linktype, 262144, text, 1, 0).get_bpf()
+            return pcapy.compile(dlt, 262144, text, 1, 0).get_bpf()
         except pcapy.PcapError as exc:
             if i == len(candidates) - 1:
                 raise CaptureError(f"bad bpf filter '{bpf}': {exc}") from exc

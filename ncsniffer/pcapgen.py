@@ -79,12 +79,13 @@ def file_linktype(linktype: int) -> int:
 class PcapWriter:
     """A classic pcap file writer with control over caplen and wire length."""
 
-    def __init__(self, fh: BinaryIO, linktype: int, snaplen: int = 65535):
+    def __init__(self, fh: BinaryIO, linktype: int, snaplen: int = 65535,
+                 stored_linktype: int | None = None):
         self.fh = fh
         self.snaplen = snaplen
         self._rec = struct.Struct("=IIII")
-        fh.write(struct.pack("=IHHiIII", PCAP_MAGIC_US, 2, 4, 0, 0, snaplen,
-                             file_linktype(linktype)))
+        stored = file_linktype(linktype) if stored_linktype is None else stored_linktype
+        fh.write(struct.pack("=IHHiIII", PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, stored))
 
     def write(self, ts: float, data: bytes, wirelen: int | None = None) -> None:
         sec = int(ts)
@@ -96,10 +97,12 @@ class PcapWriter:
         self.fh.write(stored)
 
 
-def write_pcap(path: str, linktype: int, packets: Iterable[tuple], snaplen: int = 65535) -> None:
-    """Write ``(ts, frame)`` or ``(ts, frame, wirelen)`` tuples to a pcap file."""
+def write_pcap(path: str, linktype: int, packets: Iterable[tuple], snaplen: int = 65535,
+               stored_linktype: int | None = None) -> None:
+    """Write ``(ts, frame)`` or ``(ts, frame, wirelen)`` tuples to a pcap file
+    (``stored_linktype``: the value in the file header, if not the usual one)."""
     with open(path, "wb") as fh:
-        w = PcapWriter(fh, linktype, snaplen)
+        w = PcapWriter(fh, linktype, snaplen, stored_linktype)
         for item in packets:
             w.write(*item)
 

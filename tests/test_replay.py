@@ -77,6 +77,21 @@ def test_every_link_type_gives_exact_numbers(workdir, link):
     assert header[1].startswith(f"# start:\t{int(model[0][0])},")
 
 
+@pytest.mark.parametrize("stored,me,peer", [(12, ME, "198.51.100.{}"), (101, ME, "198.51.100.{}"),
+                                            (228, ME, "198.51.100.{}"),
+                                            (229, "2001:db8::10", "2001:db8:9::{}")])
+def test_raw_ip_files_by_every_link_type_number(workdir, stored, me, peer):
+    specs = [(T0 + i * 11, me if i % 3 else peer.format(i % 5 + 1),
+              peer.format(i % 5 + 1) if i % 3 else me, b"r" * i) for i in range(150)]
+    records, model = build(specs, decode.DLT_RAW)
+    cap = os.path.join(workdir, "raw.pcap")
+    pcapgen.write_pcap(cap, decode.DLT_RAW, records, stored_linktype=stored)
+    conf = write_config(workdir, bpf=f"host {me}")
+    result = run_cli("-c", conf, "-r", cap, "start")
+    assert result.returncode == 0, result.stderr
+    assert plain_read(os.path.join(workdir, "nc.sniffer.stats"))[1] == expected(model, me=me)[0]
+
+
 def test_pcapng_vlan_and_ip_options(workdir):
     specs = [(T0 + i * 7, "198.51.100.9", ME, b"x" * i, {"vlans": (10, 20) if i % 2 else (5,),
              "options": b"\x01\x01\x01\x00" if i % 3 == 0 else b""}) for i in range(200)]
