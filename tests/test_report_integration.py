@@ -92,8 +92,6 @@ def daemon(tmp_path):
     """A live nc.sniffer on lo, counting UDP to a free port, dump listener on another."""
     if not is_root():
         pytest.skip("live capture needs root")
-    if not os.path.exists(os.path.join(ROOT, "ncsniffer", "daemon.py")):
-        pytest.skip("ncsniffer/daemon.py (live daemon) not there yet")
     traffic, listen = free_port(), free_port()
     work = tmp_path / "daemon"
     work.mkdir()
