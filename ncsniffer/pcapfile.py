@@ -140,9 +140,20 @@ class Reader:
             batch, nxt = walk(self.mm, pos, max_packets)
             if batch is not None:
                 yield batch
+                self._release(pos, nxt)
             elif nxt == pos:
                 raise Truncated(f"file ends inside a record ({end - pos} bytes left over)")
             pos = nxt
+
+    def _release(self, start: int, stop: int) -> None:
+        """Drop the pages of records already processed from our resident memory."""
+        first = start - start % mmap.PAGESIZE
+        length = stop - stop % mmap.PAGESIZE - first
+        if length > 0 and hasattr(self.mm, "madvise"):
+            try:
+                self.mm.madvise(mmap.MADV_DONTNEED, first, length)
+            except (OSError, ValueError):
+                pass
 
     def _walk_pcap(self, buf, pos: int, limit: int):
         # The hot loop: one unpack per record; lengths are checked afterwards, in bulk.
