@@ -387,7 +387,12 @@ def _read_perl(path: str, fh, body_start: int, first: str) -> dict[str, dict]:
         if m is None:
             break
         ip, b, c, e, names, r, s_, t, w = m.groups()
-        names = [_perl_unquote(x) for x in _PERL_NAME.findall(names)] if names else []
+        if names:
+            names = _PERL_NAME.findall(names)
+            if "\\" in m.group(5):
+                names = [_perl_unquote(x) for x in names]
+        else:
+            names = []
         try:       # the regex vouches for numbers and strings; only the IP is left
             rec = {"B": int(b), "C": int(c), "E": int(e), "N": names, "R": int(r),
                    "S": int(s_), "T": int(t), "W": int(w)}
