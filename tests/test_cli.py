@@ -102,3 +102,15 @@ def test_chkifrunning(workdir):
     assert r.returncode == 0, r.stderr
     assert not os.path.exists(pidf) and open(marker).read().strip() == "again"
     assert watchdog.main([]) == 1
+
+
+def test_rc_script_passes_arguments(workdir):
+    from tests.conftest import NC_SNIFFER, ROOT
+    conf = write_config(workdir, bpf="host 127.0.0.1")
+    env = dict(os.environ, NC_SNIFFER=NC_SNIFFER, NC_SNIFFER_CONF=conf)
+    r = subprocess.run([os.path.join(ROOT, "rc.nc.sniffer"), "status"], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.returncode == 3 and r.stderr.strip() == "nc.sniffer not running"
+    r = subprocess.run([os.path.join(ROOT, "rc.nc.sniffer"), "bogus"], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.returncode == 1 and "unknown command argument 'bogus'" in r.stderr
