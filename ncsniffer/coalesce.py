@@ -625,11 +625,8 @@ def _fresh(path: str, refresh: int) -> bool:
 
 
 def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise CoalesceError(f"could not open '{path}'") from exc
+    from ncsniffer import report
+    return report.read_cache(path)
 
 
 def rem_report(conf: Mapping | Coalesce, out: IO[str] | None = None, by_name: bool = True,

@@ -565,7 +565,8 @@ def chk_wconf(conf: dict) -> str:
 
 # --------------------------------------------------------------------------- the web report
 
-def _read_text(path: str) -> str:
+def read_cache(path: str) -> str:
+    """A cached report's text (the web report's and the coalescer's caches)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             return fh.read()
@@ -581,7 +582,7 @@ def _refresh_cache(conf: dict, cfile: str, by_domain: bool) -> str:
     """
     with get_lock(cfile + ".tmp", conf["updto"] * 2, conf.get("umask", DEFAULT_UMASK)) as lock:
         if chkcache(cfile, conf["refresh"]):
-            return _read_text(cfile)
+            return read_cache(cfile)
         problem = rqst_dump(conf.get("update"), conf["stats"], 0, conf["updto"])
         if problem:
             raise ReportError(problem)
@@ -610,7 +611,7 @@ def web_text(conf: dict, by_domain: bool) -> str:
     if conf.get("cache"):
         cfile = "%s.%d" % (conf["cache"], 1 if by_domain else 0)
         if chkcache(cfile, conf["refresh"]):
-            return _read_text(cfile)
+            return read_cache(cfile)
         return _refresh_cache(conf, cfile, by_domain)
     problem = rqst_dump(conf.get("update"), conf["stats"], conf["refresh"], conf["updto"])
     if problem:
