@@ -185,46 +185,55 @@ class Reader:
 
     def _walk_pcapng(self, buf, pos: int, limit: int):
         n = len(buf)
-        epbs, ifids = [], []
-        while pos + 12 <= n and len(epbs) < limit:
+        blocks, kinds, lengths = [], [], []
+        while pos + 12 <= n and len(blocks) < limit:
             btype, blen = self._block_head(buf, pos)
             if pos + blen > n:
                 break
-            if btype == 6 or btype == 2:
-                epbs.append(pos)
-                ifids.append(btype)
-            elif btype == 3:
-                raise Unsupported("simple packet blocks")
+            if btype in (2, 3, 6):       # packet, simple packet, enhanced packet
+                blocks.append(pos)
+                kinds.append(btype)
+                lengths.append(blen)
             elif btype == 1:
-                if epbs:       # a new interface: let it apply from the next batch on
+                if blocks:     # a new interface: let it apply from the next batch on
                     break
                 self._interface(buf, pos, blen)
             elif btype == 0x0A0D0D0A:
-                if epbs:       # a new section numbers its interfaces anew
+                if blocks:     # a new section numbers its interfaces anew
                     break
                 self.interfaces.clear()
             pos += blen
-        if not epbs:
+        if not blocks:
             return None, pos
         u8 = self.u8
-        at = np.array(epbs, np.int64)
         big = self.endian == ">"
-        kind = np.array(ifids, np.int64)
-        ifid = np.where(kind == 6, _u32(u8, at + 8, big),
-                        (_u16(u8, at + 8, big)))
-        high, low = _u32(u8, at + 12, big), _u32(u8, at + 16, big)
-        caplen, wirelen = _u32(u8, at + 20, big), _u32(u8, at + 24, big)
-        if len(self.interfaces) == 1:
-            per_sec = np.full(len(at), self.interfaces[0][2], np.int64)
-            snap = np.full(len(at), self.interfaces[0][1], np.int64)
-        else:
-            if ifid.max() >= len(self.interfaces):
-                raise Truncated("packet of an undeclared interface")
-            per_sec = np.array([i[2] for i in self.interfaces], np.int64)[ifid]
-            snap = np.array([i[1] for i in self.interfaces], np.int64)[ifid]
-        ts = (high << 32) | low
-        sec = ts // per_sec
-        return Batch(buf, u8, at + 28, np.minimum(caplen, snap), wirelen, sec), pos
+        at = np.array(blocks, np.int64)
+        kind = np.array(kinds, np.int64)
+        data = at + 28
+        caplen = np.zeros(len(at), np.int64)
+        wirelen = np.zeros(len(at), np.int64)
+        sec = np.zeros(len(at), np.int64)      # a simple packet block has no time: 0
+        ifid = np.zeros(len(at), np.int64)     # ... and belongs to the first interface
+        timed = np.flatnonzero(kind != 3)
+        if timed.size:
+            t = at[timed]
+            ifid[timed] = np.where(kind[timed] == 6, _u32(u8, t + 8, big), _u16(u8, t + 8, big))
+            caplen[timed] = _u32(u8, t + 20, big)
+            wirelen[timed] = _u32(u8, t + 24, big)
+        simple = np.flatnonzero(kind == 3)
+        if simple.size:
+            wirelen[simple] = _u32(u8, at[simple] + 8, big)
+            caplen[simple] = np.minimum(wirelen[simple], np.array(lengths)[simple] - 16)
+            data[simple] = at[simple] + 12
+        if ifid.max() >= len(self.interfaces):
+            raise Truncated("packet of an undeclared interface")
+        per_sec = np.array([i[2] for i in self.interfaces], np.int64)[ifid]
+        snap = np.array([i[1] for i in self.interfaces], np.int64)[ifid]
+        if timed.size:
+            t = at[timed]
+            ts = (_u32(u8, t + 12, big) << 32) | _u32(u8, t + 16, big)
+            sec[timed] = ts // per_sec[timed]
+        return Batch(buf, u8, data, np.minimum(caplen, snap), wirelen, sec), pos
 
 
 def _u16(u8: np.ndarray, at: np.ndarray, big: bool) -> np.ndarray:

@@ -174,6 +174,24 @@ def test_pcapng_second_interface_with_nanoseconds(tmp_path):
     assert [p[0] for p in reader_read(path)[1]] == [1_700_000_001, 1_700_000_002]
 
 
+def test_pcapng_simple_packet_blocks_like_libpcap(tmp_path):
+    """Simple packet blocks carry no time (libpcap says 0) and may sit mid-file."""
+    def block(btype, body):
+        body += b"\x00" * (-len(body) % 4)
+        n = 12 + len(body)
+        return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+    frame = pcapgen.frame(1, pcapgen.ip_packet("10.0.0.1", "10.0.0.9", payload=b"x" * 33))
+    shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb = block(1, struct.pack("<HHI", 1, 0, 40))           # snaplen 40 clips
+    epb = block(6, struct.pack("<IIIII", 0, 395812, 1145323520, 40, len(frame)) + frame[:40])
+    spb = block(3, struct.pack("<I", len(frame)) + frame)
+    path = str(tmp_path / "spb.pcapng")
+    with open(path, "wb") as fh:
+        fh.write(shb + idb + epb + spb + epb)
+    assert reader_read(path) == libpcap_read(path)
+    assert [p[0] for p in reader_read(path)[1]][1] == 0
+
+
 def test_truncated_classic_file_yields_what_precedes(tmp_path):
     path = str(tmp_path / "t.pcap")
     write_classic(path, packets(10))
