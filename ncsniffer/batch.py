@@ -23,10 +23,6 @@ BY_VERSION = {decode.DLT_NULL: 4, decode.DLT_LOOP: 4, decode.DLT_RAW: 0,
               decode.DLT_RAW_LINKTYPE: 0, decode.DLT_IPV4: 0, decode.DLT_IPV6: 0}
 
 
-def supported(linktype: int) -> bool:
-    return linktype in LINK_HEADER or linktype in BY_VERSION
-
-
 class Gather:
     """Bounded byte loads from a batch buffer (indices past the end read the last byte;
     callers only use values where the captured length covers them)."""

@@ -96,17 +96,27 @@ def vlan_aware(bpf: str) -> str:
     return f"({bpf}) or (vlan and (({bpf}) or (vlan and ({bpf}))))"
 
 
+def file_filters(linktype: int, bpf: str) -> list[str]:
+    """The filters to try for a file, best first: on Ethernet the VLAN-aware one,
+    then the user's own (whose compile error is the one to report)."""
+    if linktype == 1 and "vlan" not in bpf.lower():       # DLT_EN10MB
+        return [vlan_aware(bpf), bpf]
+    return [bpf]
+
+
 def compile_filter(linktype: int, bpf: str) -> list[tuple[int, int, int, int]]:
-    """libpcap's compiled program for a file of ``linktype`` (VLAN-aware as in open_offline)."""
-    candidates = [vlan_aware(bpf), bpf] if linktype == 1 and "vlan" not in bpf.lower() else [bpf]
+    """libpcap's compiled program for a file of ``linktype`` (as open_offline applies it)."""
     dlt = 12 if linktype == 101 else linktype      # files say LINKTYPE_RAW, libpcap DLT_RAW
-    for i, text in enumerate(candidates):
+    *better, own = file_filters(linktype, bpf)
+    for text in better:
         try:
             return pcapy.compile(dlt, 262144, text, 1, 0).get_bpf()
-        except pcapy.PcapError as exc:
-            if i == len(candidates) - 1:
-                raise CaptureError(f"bad bpf filter '{bpf}': {exc}") from exc
-    return []
+        except pcapy.PcapError:
+            pass
+    try:
+        return pcapy.compile(dlt, 262144, own, 1, 0).get_bpf()
+    except pcapy.PcapError as exc:
+        raise CaptureError(f"bad bpf filter '{bpf}': {exc}") from exc
 
 
 def open_offline(path: str, bpf: str) -> Capture:
@@ -115,13 +125,14 @@ def open_offline(path: str, bpf: str) -> Capture:
         handle = pcapy.open_offline(path)
     except pcapy.PcapError as exc:
         raise CaptureError(f"{path}: cannot read capture file: {exc}") from exc
-    if handle.datalink() == 1 and "vlan" not in bpf.lower():   # DLT_EN10MB
+    *better, own = file_filters(handle.datalink(), bpf)
+    for text in better:
         try:
-            handle.setfilter(vlan_aware(bpf))
+            handle.setfilter(text)
             return Capture(handle, path)
         except pcapy.PcapError:
-            pass    # the plain filter below reports the user's own mistake
-    _setfilter(handle, bpf, path)
+            pass
+    _setfilter(handle, own, path)
     return Capture(handle, path)
 
 

@@ -179,13 +179,10 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
 
 
 def _offline_lookups(settings, log):
-    """Name lookups while replaying, when the resolver is available and wanted."""
+    """Name lookups while replaying, when wanted."""
     if not settings.resolve:
         return None
-    try:
-        from ncsniffer import resolver
-    except ImportError:
-        return None
+    from ncsniffer import resolver
     return resolver.offline_lookups(settings, log=log)
 
 

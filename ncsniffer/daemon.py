@@ -134,10 +134,7 @@ def make_resolver(settings: Settings, acct):
     """The reverse-DNS resolver, when names are wanted (its socket opens now, as root)."""
     if not settings.resolve:
         return None
-    try:
-        from ncsniffer import resolver
-    except ImportError:
-        return None
+    from ncsniffer import resolver
     return resolver.Resolver(settings, acct)
 
 

@@ -13,7 +13,7 @@ import struct
 import time
 from typing import IO
 
-from ncsniffer import capture
+from ncsniffer import batch, bpfvm, capture, pcapfile
 from ncsniffer.config import Settings
 from ncsniffer.errors import CaptureError, NcSnifferError
 from ncsniffer.sniffer import Sniffer
@@ -47,38 +47,34 @@ class Progress:
 def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
            lookups=None) -> int:
     """Replay ``path``; write the stats; return the exit code (0, or 2 on a bad file)."""
-    fast = _open_batches(path, settings)
-    linktype = fast[1] if fast else None
-    cap = None if fast else capture.open_offline(path, settings.bpf)
+    batches, linktype, prog, close = _open_file(path, settings) or _open_libpcap(path, settings)
     error: NcSnifferError | None = None
-    sniffer = Sniffer(settings, linktype if fast else cap.linktype, now=0, device=path,
-                      offline=True, on_second=lambda now, elapsed: tick(now, elapsed))
+    try:
+        sniffer = Sniffer(settings, linktype, now=0, device=path, offline=True,
+                          on_second=lambda now, elapsed: tick(now, elapsed))
+    except NcSnifferError:
+        close()
+        raise
 
     def tick(now: int, elapsed: int) -> None:
         sniffer.acct.purge(now, elapsed)
         if lookups is not None:
             lookups.tick(now)
 
-    def after_batch() -> None:
-        if lookups is not None:
-            lookups.poll(sniffer.now)
-        progress.update(sniffer.seen)
-
     if lookups is not None:
         lookups.attach(sniffer)
     progress = Progress(None if quiet else log)
     try:
-        if fast:
-            _replay_batches(fast, sniffer, after_batch)
-        else:
-            _replay_libpcap(cap, sniffer, after_batch)
+        for got in batches:
+            batch.process(got, prog, linktype, sniffer)
+            gc.freeze()      # records never form cycles: keep the collector off them
+            if lookups is not None:
+                lookups.poll(sniffer.now)
+            progress.update(sniffer.seen)
     except CaptureError as exc:
         error = exc
     finally:
-        if fast:
-            fast[0].fh.close()
-        else:
-            cap.close()
+        close()
     progress.update(sniffer.seen, final=True)
     if lookups is not None:
         lookups.finish(sniffer.now)
@@ -94,30 +90,22 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
     return 0
 
 
-def _replay_libpcap(cap, sniffer: Sniffer, after_batch) -> None:
-    """libpcap reads and filters; the rest is the live daemon's own path."""
-    from ncsniffer import batch
-    while True:
-        got = cap.read_batch(BATCH)
-        if got is None:
-            break
-        batch.process(got, None, cap.linktype, sniffer)
-        gc.freeze()
-        after_batch()
+def _open_libpcap(path: str, settings: Settings):
+    """(batches, link type, None, close): libpcap reads and filters (the program is
+    applied already); the rest is the live daemon's own path."""
+    cap = capture.open_offline(path, settings.bpf)
+    return iter(lambda: cap.read_batch(BATCH), None), cap.linktype, None, cap.close
 
 
-def _open_batches(path: str, settings: Settings):
-    """(reader, linktype, program) for the batch path, or None to replay through libpcap.
+def _open_file(path: str, settings: Settings):
+    """(batches, link type, filter program, close) for the batch path, or None to
+    replay through libpcap.
 
-    The batch path needs numpy, a file layout and link type it knows, and a
-    filter program the interpreter runs; ``NCSNIFFER_REPLAY=libpcap`` forces
-    the packet-by-packet path (the tests compare the two).
+    The batch path needs a file layout it knows and a filter program the
+    interpreter runs; ``NCSNIFFER_REPLAY=libpcap`` forces the libpcap path
+    (the tests compare the two).
     """
     if os.environ.get("NCSNIFFER_REPLAY") == "libpcap":
-        return None
-    try:
-        from ncsniffer import batch, bpfvm, pcapfile
-    except ImportError:
         return None
     try:
         fh = open(path, "rb")
@@ -125,24 +113,18 @@ def _open_batches(path: str, settings: Settings):
         return None
     try:
         reader = pcapfile.Reader(fh, path)
-        if not batch.supported(reader.linktype):
-            raise pcapfile.Unsupported("link type")
         prog = capture.compile_filter(reader.linktype, settings.bpf)
         bpfvm.check(prog)
     except (pcapfile.Unsupported, pcapfile.Truncated, bpfvm.UnsupportedProgram, CaptureError,
             struct.error):
         fh.close()
         return None
-    return reader, reader.linktype, prog
+    return _read_batches(reader), reader.linktype, prog, fh.close
 
 
-def _replay_batches(fast, sniffer: Sniffer, after_batch) -> None:
-    from ncsniffer import batch, pcapfile
-    reader, linktype, prog = fast
+def _read_batches(reader: pcapfile.Reader):
+    """The reader's batches; a broken file becomes the CaptureError every path reports."""
     try:
-        for b in reader.batches():
-            batch.process(b, prog, linktype, sniffer)
-            gc.freeze()      # records never form cycles: keep the collector off them
-            after_batch()
-    except (pcapfile.Truncated, struct.error) as exc:
+        yield from reader.batches()
+    except (pcapfile.Truncated, pcapfile.Unsupported, struct.error) as exc:
         raise CaptureError(f"{reader.name}: {exc}") from exc

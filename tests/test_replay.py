@@ -1,6 +1,7 @@
 """SPEC 6.4: ``nc.sniffer -r FILE start`` end to end, checked against the plain model."""
 
 import ipaddress
+import struct
 import os
 import random
 
@@ -247,3 +248,26 @@ def test_undecodable_frames_are_counted_in_the_log(workdir):
     result, _ = replay(workdir, records, bpf=f"len < 30 or arp or host {ME}")
     assert "3 packets, 1 counted" in result.stderr
     assert "1 truncated, 1 non-IP, 0 invalid" in result.stderr
+
+
+def test_unsupported_link_type_is_a_clear_error(workdir):
+    frame = pcapgen.frame(decode.DLT_EN10MB, pcapgen.ip_packet("198.51.100.1", ME))
+    cap = os.path.join(workdir, "wifi.pcap")
+    pcapgen.write_pcap(cap, decode.DLT_EN10MB, [(T0, frame)], stored_linktype=105)
+    conf = write_config(workdir, bpf=f"host {ME}")
+    result = run_cli("-c", conf, "-r", cap, "start")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"nc.sniffer: {cap}: link type DLT 105 is not supported"
+
+
+def test_broken_pcapng_mid_file_is_a_clear_error(workdir):
+    records, model = build(traffic(n=30))
+    cap = os.path.join(workdir, "in.pcapng")
+    pcapgen.write_pcapng(cap, decode.DLT_EN10MB, records)
+    with open(cap, "ab") as fh:       # an interface of another link type after the packets
+        body = struct.pack("<HHI", 113, 0, 65535)
+        fh.write(struct.pack("<II", 1, 12 + len(body)) + body + struct.pack("<I", 12 + len(body)))
+    conf = write_config(workdir, bpf=f"host {ME}")
+    result = run_cli("-c", conf, "-r", cap, "start")
+    assert result.returncode == 2 and cap in result.stderr and "Traceback" not in result.stderr
+    assert plain_read(os.path.join(workdir, "nc.sniffer.stats"))[1] == expected(model)[0]
