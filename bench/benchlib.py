@@ -33,6 +33,15 @@ class BenchError(Exception):
     """The benchmark could not run."""
 
 
+def run_script(main, name: str) -> None:
+    """Run a bench script's main(); a BenchError is one line on stderr, exit 1."""
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
 def ensure_commands(*commands: str) -> None:
     """apt-get install the packages of missing commands (as root, only when missing)."""
     missing = [c for c in commands if not (shutil.which(c) or os.path.exists("/usr/sbin/" + c))]

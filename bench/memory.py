@@ -256,8 +256,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"memory.py: {exc}", file=sys.stderr)
-        sys.exit(1)
+    benchlib.run_script(main, "memory.py")

@@ -43,6 +43,17 @@ def plain_read(path: str) -> tuple[list[str], dict]:
     return header, ast.literal_eval(body)
 
 
+def stop_process(proc: subprocess.Popen, wait: float = 10) -> None:
+    """SIGTERM a child the test started, SIGKILL it if it lingers; always reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(wait)
+
+
 @pytest.fixture
 def workdir(tmp_path):
     return str(tmp_path)

@@ -22,6 +22,7 @@ import time
 import pytest
 
 from ncsniffer import dumpfile
+from tests.conftest import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -137,13 +138,7 @@ class Lab:
         wait_port(self.addr[name], 22)
 
     def stop_sshd(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(self.procs.pop(name))
 
     def responder(self, port: int, stats: str, log: str) -> None:
         ns = f"ncco{TAG}-1"

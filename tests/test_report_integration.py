@@ -18,7 +18,7 @@ import pytest
 
 from ncsniffer import report
 
-from tests.conftest import NC_SNIFFER, ROOT, is_root, write_config
+from tests.conftest import NC_SNIFFER, ROOT, is_root, stop_process, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -196,12 +196,7 @@ def lighttpd(tmp_path):
         yield {"url": f"http://127.0.0.1:{port}/index.shtml", "docroot": str(docroot),
                "base": str(base)}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 def fetch(url: str) -> str:

@@ -21,7 +21,7 @@ import dns.reversename
 import pytest
 
 from ncsniffer import decode, dumpfile, pcapgen
-from tests.conftest import ROOT, is_root, run_cli, write_config
+from tests.conftest import ROOT, is_root, run_cli, stop_process, write_config
 from tests.daemonutil import LiveDaemon, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -47,16 +47,6 @@ def _answers(port: int, timeout: float = 5.0) -> None:
     wait_for(ask, timeout=timeout, step=0.1)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 @pytest.fixture
 def dnsmasq(tmp_path):
     """dnsmasq, authoritative for example.com and reverse zones of our test peers."""
@@ -80,7 +70,7 @@ def dnsmasq(tmp_path):
         _answers(port)
         yield port
     finally:
-        _stop(proc)
+        stop_process(proc, 5)
 
 
 def start_dnsserver(tmp_path, *args: str) -> tuple[subprocess.Popen, int, str]:
@@ -93,7 +83,7 @@ def start_dnsserver(tmp_path, *args: str) -> tuple[subprocess.Popen, int, str]:
         assert proc.stdout.readline().strip() == b"ready"
         _answers(port)
     except BaseException:
-        _stop(proc)
+        stop_process(proc, 5)
         raise
     return proc, port, log
 
@@ -111,7 +101,7 @@ def dnsserver(tmp_path):
         yield start
     finally:
         for proc in procs:
-            _stop(proc)
+            stop_process(proc, 5)
 
 
 PROBES = {dns.reversename.from_address(a).to_text() for a in ("127.0.0.1", "::1")}
