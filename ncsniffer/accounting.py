@@ -3,38 +3,161 @@
 Pure logic: the time ``now`` (integer epoch seconds) is always passed in, so
 replaying a capture gives the numbers a live run would have given, and tests
 need no clock.  Keys are packed addresses (4 or 16 bytes).
+
+The rules of SPEC 4 are sequential per packet, but their state changes rarely:
+the global counters update at most once a minute and a record at most once in
+five minutes.  So a run of packets is taken in whole: find, with numpy, the
+next packet at which each rule updates, apply that update, repeat; everything
+between two updates is a sum.  The result is the same, bit for bit, as
+applying the rules packet by packet (``tests/test_accounting.py`` checks it
+against a plain model).  Records live in parallel arrays (``Table``).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import MutableMapping
+from itertools import repeat
+from typing import Iterator, Sequence
+
+import numpy as np
 
 ONEHOUR = 3600
 ONEDAY = 86400
 IP_INTERVAL = 300          # seconds between rate updates of one IP
 GLOBAL_INTERVAL = 60       # seconds between global rate updates ...
 FIRST_GLOBAL_INTERVAL = 300  # ... except the first one
+FIRST_PACKETS = 5          # both rules wait for this many packets while starting
 PURGE_BATCH = 10000        # records examined per second of purge work
+INTS = ("B", "C", "E", "S", "T")
+FLOATS = ("R", "W")
 
 
-class Record:
-    """One remote IP; the one-letter names are the stats file's keys."""
+class RecordView:
+    """One record of a ``Table``, read and written in place (the stats file's keys)."""
 
-    __slots__ = ("B", "C", "E", "N", "R", "S", "T", "W")
+    __slots__ = ("_table", "_slot")
 
-    def __init__(self, length: int, now: int, start: int):
-        self.B = length   # bytes in the current interval
-        self.C = 1        # packets in the current interval
-        self.E = now      # time of the last rate update
-        self.N = ()       # host names (a shared empty tuple until a lookup answers)
-        self.R = 0        # packets per hour
-        self.S = start    # start of this data set: the global start
-        self.T = 0        # time after which the name must be looked up again
-        self.W = 0        # bytes per hour
+    def __init__(self, table: "Table", slot: int):
+        self._table = table
+        self._slot = slot
+
+    def __getattr__(self, name: str):
+        if name == "N":
+            return self._table.names[self._slot]
+        if name in INTS or name in FLOATS:
+            return self._table.cols[name].item(self._slot)
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("_table", "_slot"):
+            object.__setattr__(self, name, value)
+        elif name == "N":
+            self._table.names[self._slot] = value
+        elif name in INTS or name in FLOATS:
+            self._table.cols[name][self._slot] = value
+        else:
+            raise AttributeError(name)
 
     def as_dict(self) -> dict:
-        return {"B": self.B, "C": self.C, "E": self.E, "N": list(self.N), "R": self.R,
-                "S": self.S, "T": self.T, "W": self.W}
+        d = {k: getattr(self, k) for k in ("B", "C", "E", "R", "S", "T", "W")}
+        d["N"] = list(self.N)
+        return d
+
+
+class Table(MutableMapping):
+    """Records by packed address, stored column-wise.
+
+    ``index`` maps a key to its slot; the columns ``cols[F][slot]`` hold the
+    fields (B C E S T as int64, R W as float64), ``names[slot]`` the host names.
+    Freed slots are reused.  About 180 bytes per record with 1,000,000 records.
+    """
+
+    def __init__(self, capacity: int = 1024):
+        self.index: dict[bytes, int] = {}
+        self.keys: list[bytes | None] = []
+        self.names: list = []
+        self.free: list[int] = []
+        self.cols = {f: np.zeros(capacity, np.int64) for f in INTS}
+        self.cols.update({f: np.zeros(capacity, np.float64) for f in FLOATS})
+
+    # --------------------------------------------------------------- mapping
+    def __getitem__(self, key: bytes) -> RecordView:
+        return RecordView(self, self.index[key])
+
+    def __delitem__(self, key: bytes) -> None:
+        slot = self.index.pop(key)
+        self.keys[slot] = None
+        self.names[slot] = ()
+        self.free.append(slot)
+
+    def __setitem__(self, key, value) -> None:
+        raise TypeError("records are created by counting packets")
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, key) -> bool:
+        return key in self.index
+
+    # --------------------------------------------------------------- storage
+    def slots(self, keys: Sequence[bytes], first_seen: np.ndarray, start: int) -> np.ndarray:
+        """Slot of each key; a key without a record gets a fresh one (B = C = 0,
+        E = its first second, S = start), so its first packet is counted by the
+        ordinary rule."""
+        slots = np.fromiter(map(self.index.get, keys, repeat(-1)), np.int64, len(keys))
+        new = np.flatnonzero(slots < 0)
+        if new.size:
+            slots[new] = self._add([keys[i] for i in new.tolist()], first_seen[new], start)
+        return slots
+
+    def _add(self, keys: list[bytes], first_seen: np.ndarray, start: int) -> np.ndarray:
+        reuse = min(len(self.free), len(keys))
+        taken = self.free[len(self.free) - reuse:]
+        del self.free[len(self.free) - reuse:]
+        end = len(self.keys)
+        fresh = len(keys) - reuse
+        self.keys.extend([None] * fresh)
+        self.names.extend([()] * fresh)
+        self._reserve(end + fresh)
+        slots = np.concatenate((np.array(taken, np.int64), np.arange(end, end + fresh)))
+        for f, col in self.cols.items():
+            col[slots] = 0
+        self.cols["E"][slots] = first_seen
+        self.cols["S"][slots] = start
+        slot_list = slots.tolist()
+        for key, slot in zip(keys, slot_list):
+            self.keys[slot] = key
+            self.names[slot] = ()
+        self.index.update(zip(keys, slot_list))
+        return slots
+
+    def _reserve(self, size: int) -> None:
+        cap = len(self.cols["B"])
+        if size <= cap:
+            return
+        cap = max(size, cap + cap // 2)
+        for f, col in self.cols.items():
+            grown = np.zeros(cap, col.dtype)
+            grown[:len(col)] = col
+            self.cols[f] = grown
+
+    def rows(self) -> Iterator[tuple]:
+        """(packed key, B, C, E, N, R, S, T, W) in numeric address order, IPv4
+        first; R and W rounded to whole numbers as the stats files show them."""
+        keys = sorted(k for k in self.index if len(k) == 4)   # equal lengths sort numerically
+        keys += sorted(k for k in self.index if len(k) != 4)
+        c, names = self.cols, self.names
+        for chunk in range(0, len(keys), 65536):
+            part = keys[chunk:chunk + 65536]
+            slots = np.fromiter(map(self.index.__getitem__, part), np.int64, len(part))
+            yield from zip(part, c["B"][slots].tolist(), c["C"][slots].tolist(),
+                           c["E"][slots].tolist(), [names[s] for s in slots.tolist()],
+                           whole(c["R"][slots]), c["S"][slots].tolist(),
+                           c["T"][slots].tolist(), whole(c["W"][slots]))
 
 
 class Accounting:
@@ -57,87 +180,200 @@ class Accounting:
         self.ba = 0        # bytes since the last global update
         self.nextrate = FIRST_GLOBAL_INTERVAL
         self.next = now + FIRST_GLOBAL_INTERVAL
-        self.records: dict[bytes, Record] = OrderedDict() if self.max_hosts else {}
+        self.records = Table()
+        self.recent: OrderedDict[bytes, None] | None = OrderedDict() if self.max_hosts else None
         self.lookup_queue: dict[bytes, None] = {}
         self._purge_keys: list[bytes] = []
         self._purge_pos = 0
         self._purge_began = now
-        self._purge_min_e = now    # lower bound of every record's E (E only grows)
+        self._purge_min_e = now    # lower bound of every record's E
         self._pass_min_e = now
 
-    # ----------------------------------------------------------------- per packet
+    # ----------------------------------------------------------------- counting
     def count(self, key: bytes, length: int, now: int) -> None:
         """Account one packet of ``length`` wire bytes exchanged with ``key`` at ``now``."""
         self.count_run((key,), (length,), now)
 
-    def count_run(self, keys, lengths, now: int) -> None:
-        """Account packets that all arrived in the second ``now``, in this order.
+    def count_run(self, keys: Sequence[bytes], lengths: Sequence[int], now: int) -> None:
+        """Account packets that all arrived in the second ``now``, in this order."""
+        unique = list(dict.fromkeys(keys))
+        where = {k: i for i, k in enumerate(unique)}
+        n = len(keys)
+        self.count_packets(unique, np.array([where[k] for k in keys], np.int64),
+                           np.full(n, now, np.int64), np.array(lengths, np.int64))
 
-        Exactly the same as one ``count`` per packet: within one second the global
-        rule updates at most once (``next`` moves past ``now``), so the global
-        counters take the run in at most three steps; each IP is then updated
-        packet by packet.
-        """
-        self._global_run(lengths, now)
-        records = self.records
-        get = records.get
-        lru = self.max_hosts
-        queue = self.lookup_queue if self.lookups else None
-        start = self.start
-        for key, length in zip(keys, lengths):
-            rec = get(key)
-            if rec is None:
-                if lru and len(records) >= lru:
-                    self._evict()
-                rec = records[key] = Record(length, now, start)
-            else:
-                if lru:
-                    records.move_to_end(key)
-                e = rec.E
-                if e + IP_INTERVAL > now or (e == rec.S and rec.C < 5):
-                    rec.B += length
-                    rec.C += 1
-                else:
-                    m = 3600.0 / (now - e if rec.S == e else ONEHOUR + now - e)
-                    rec.R = (rec.R + rec.C) * m
-                    rec.W = (rec.W + rec.B) * m
-                    rec.E = now
-                    rec.B = length
-                    rec.C = 1
-            if queue is not None and rec.T < now and key not in queue:
-                queue[key] = None
+    def count_packets(self, keys: Sequence[bytes], which: np.ndarray, secs: np.ndarray,
+                      lengths: np.ndarray) -> None:
+        """Account packets in order: packet i exchanged ``lengths[i]`` bytes with
+        ``keys[which[i]]`` in the second ``secs[i]``."""
+        if not len(which):
+            return
+        secs = secs.astype(np.int64, copy=False)
+        lengths = lengths.astype(np.int64, copy=False)
+        low = int(secs.min())               # keep the purge's lower bound of E true
+        self._purge_min_e = min(self._purge_min_e, low)
+        self._pass_min_e = min(self._pass_min_e, low)
+        self._global(secs, lengths)
+        if self.max_hosts:
+            self._count_lru(keys, which, secs, lengths)
+            return
+        slots = self._count_columns(keys, which, secs, lengths)
+        if self.lookups:
+            self._queue_lookups(slots, secs)
 
-    def _global_run(self, lengths, now: int) -> None:
-        """The global rule of SPEC 4.1 over packets of one second."""
-        i, n = 0, len(lengths)
-        if self.next <= now and self.rate < 1 and self.ra < 5:
-            i = min(5 - self.ra, n)             # accumulate until five packets are in
-            if i:
-                self.ba += sum(lengths[:i])
-                self.ra += i
-        if i < n and self.next <= now:
+    # ----------------------------------------------------------------- global rule
+    def _global(self, secs: np.ndarray, lengths: np.ndarray) -> None:
+        """SPEC 4.1 over a run of packets: jump from one update to the next."""
+        n = len(secs)
+        sums = _prefix(lengths)
+        ordered = _nondecreasing(secs)
+        p = 0
+        while p < n:
+            k = p + max(0, FIRST_PACKETS - self.ra) if self.rate < 1 else p
+            k = _first_at_or_after(secs, k, self.next, ordered)
+            if k >= n:
+                break
+            now = int(secs[k])
+            ra = self.ra + (k - p)
+            ba = self.ba + int(sums[k] - sums[p])
             if self.rate < 1:
                 dt = max(now - self.start, 1)
             else:
                 dt = ONEHOUR + now + self.nextrate - self.next
             m = 3600.0 / dt
-            self.rate = (self.rate + self.ra) * m
-            self.bw = (self.bw + self.ba) * m
-            self.ba = lengths[i]
+            self.rate = (self.rate + ra) * m
+            self.bw = (self.bw + ba) * m
+            self.ba = int(lengths[k])
             self.ra = 1
             self.next = now + GLOBAL_INTERVAL
             self.nextrate = GLOBAL_INTERVAL
-            i += 1
-        if i < n:
-            self.ba += sum(lengths[i:]) if i else sum(lengths)
-            self.ra += n - i
+            p = k + 1
+        self.ra += n - p
+        self.ba += int(sums[n] - sums[p])
 
-    def _evict(self) -> None:
-        key, _ = self.records.popitem(last=False)
+    # ----------------------------------------------------------------- per-IP rule
+    def _count_columns(self, keys, which, secs, lengths) -> np.ndarray:
+        """SPEC 4.2 for all packets, IP by IP; returns each packet's slot."""
+        order = _stable_order(which, len(keys))
+        w = which[order]
+        first = np.flatnonzero(np.concatenate(([True], w[1:] != w[:-1])))
+        present = keys if len(first) == len(keys) else [keys[i] for i in w[first].tolist()]
+        gslots = self.records.slots(present, secs[order[first]], self.start)
+        slot_of = np.zeros(len(keys), np.int64)
+        slot_of[w[first]] = gslots
+        t, ln = secs[order], lengths[order]
+        ends = np.append(first[1:], len(w))
+        group = np.repeat(np.arange(len(first)), ends - first)
+        slow = np.zeros(len(first), bool)      # time goes back inside: packet by packet
+        slow[group[np.flatnonzero((t[1:] < t[:-1]) & (group[1:] == group[:-1]))]] = True
+        if slow.any():
+            rows = np.flatnonzero(slow[group])
+            for slot, now, length in zip(gslots[group[rows]].tolist(), t[rows].tolist(),
+                                         ln[rows].tolist()):
+                self._one(slot, now, length)
+            t = np.where(slow[group], t.min(), t)     # keeps the search array sorted
+        fast = np.flatnonzero(~slow)
+        if fast.size:
+            self._groups(gslots[fast], first[fast], ends[fast], group, t, ln)
+        return slot_of[which]
+
+    def _groups(self, slots, starts, ends, group, t, ln) -> None:
+        """The per-IP rule over groups of packets sorted by IP, time non-decreasing
+        inside each group: one numpy step per round of updates."""
+        c = self.records.cols
+        B, C, E = c["B"][slots], c["C"][slots], c["E"][slots]
+        S, R, W = c["S"][slots], c["R"][slots], c["W"][slots]
+        p = starts.copy()
+        sums = _prefix(ln)
+        lo = int(t.min())
+        span = int(t.max()) - lo + 2
+        ordered = group * span + (t - lo)      # one sorted array: group, then time
+        base = group[starts] * span
+        live = np.arange(len(slots))
+        while live.size:
+            g = live
+            due = np.clip(E[g] + IP_INTERVAL - lo, 0, span - 1)
+            k = np.maximum(np.searchsorted(ordered, base[g] + due), p[g])
+            young = E[g] == S[g]            # first interval: five packets first
+            k = np.where(young, np.maximum(k, p[g] + np.maximum(FIRST_PACKETS - C[g], 0)), k)
+            hit = k < ends[g]
+            g, k = g[hit], k[hit]
+            if not g.size:
+                break
+            now = t[k]
+            count = C[g] + (k - p[g])
+            size = B[g] + (sums[k] - sums[p[g]])
+            m = 3600.0 / np.where(young[hit], now - S[g], ONEHOUR + now - E[g])
+            R[g] = (R[g] + count) * m
+            W[g] = (W[g] + size) * m
+            E[g], B[g], C[g], p[g] = now, ln[k], 1, k + 1
+            live = g
+        C += ends - p
+        B += sums[ends] - sums[p]
+        for name, col in (("B", B), ("C", C), ("E", E), ("R", R), ("W", W)):
+            c[name][slots] = col
+
+    def _one(self, slot: int, now: int, length: int) -> None:
+        """The per-IP rule for one packet (records in the columns)."""
+        c = self.records.cols
+        e, count = c["E"].item(slot), c["C"].item(slot)
+        s = c["S"].item(slot)
+        if e + IP_INTERVAL > now or (e == s and count < FIRST_PACKETS):
+            c["B"][slot] += length
+            c["C"][slot] = count + 1
+        else:
+            m = 3600.0 / (now - s if s == e else ONEHOUR + now - e)
+            c["R"][slot] = (c["R"].item(slot) + count) * m
+            c["W"][slot] = (c["W"].item(slot) + c["B"].item(slot)) * m
+            c["E"][slot], c["B"][slot], c["C"][slot] = now, length, 1
+
+    def _count_lru(self, keys, which, secs, lengths) -> None:
+        """With ``max_hosts``: packet by packet, evicting the least recently seen IP
+        (an evicted slot may be reused at once, so nothing can be deferred)."""
+        table, recent, limit = self.records, self.recent, self.max_hosts
+        index, due = table.index, table.cols["T"]
+        queue = self.lookup_queue if self.lookups else None
+        for u, now, length in zip(which.tolist(), secs.tolist(), lengths.tolist()):
+            key = keys[u]
+            slot = index.get(key)
+            if slot is None:
+                if len(index) >= limit:
+                    old, _ = recent.popitem(last=False)
+                    self._drop(old)
+                    self.evicted += 1
+                slot = int(table.slots((key,), np.array([now]), self.start)[0])
+                recent[key] = None
+            else:
+                recent.move_to_end(key)
+            self._one(slot, now, length)
+            if queue is not None and due.item(slot) < now and key not in queue:
+                queue[key] = None
+
+    def _queue_lookups(self, slots: np.ndarray, secs: np.ndarray) -> None:
+        """Queue, in packet order, each IP whose name is due (T < now) and not queued."""
+        due = np.flatnonzero(self.records.cols["T"][slots] < secs)
+        if not due.size:
+            return
+        _, first = np.unique(slots[due], return_index=True)
+        keys, queue = self.records.keys, self.lookup_queue
+        for slot in slots[due[np.sort(first)]].tolist():
+            key = keys[slot]
+            if key is not None and key not in queue:
+                queue[key] = None
+
+    def _drop(self, key: bytes) -> None:
+        del self.records[key]
         self.lookup_queue.pop(key, None)
-        self.evicted += 1
+        if self.recent is not None:
+            self.recent.pop(key, None)
 
     # ----------------------------------------------------------------- timers
+    def purge_due(self, now: int, low: int | None = None) -> bool:
+        """Whether ``purge`` at any second up to ``now`` could delete or examine
+        anything (``low``: the earliest second of packets yet to be counted)."""
+        bound = self._purge_min_e if low is None else min(self._purge_min_e, low)
+        return self._purge_pos < len(self._purge_keys) or bound < now - ONEDAY
+
     def purge(self, now: int, seconds: int = 1) -> int:
         """Examine the records for ``seconds`` worth of purge work; return how many went.
 
@@ -147,7 +383,7 @@ class Accounting:
         (a lower bound of all E says so) there is nothing to do.
         """
         limit = now - ONEDAY
-        if self._purge_pos >= len(self._purge_keys) and self._purge_min_e >= limit:
+        if not self.purge_due(now):
             return 0
         records = self.records
         budget = min(PURGE_BATCH * max(seconds, 1), max(len(records), 1))
@@ -165,24 +401,26 @@ class Accounting:
             keys = self._purge_keys[self._purge_pos:self._purge_pos + budget]
             self._purge_pos += len(keys)
             budget -= len(keys)
-            lowest = self._pass_min_e
-            for key in keys:
-                rec = records.get(key)
-                if rec is None:
-                    continue
-                if rec.E < limit:
-                    del records[key]
-                    self.lookup_queue.pop(key, None)
-                    deleted += 1
-                elif rec.E < lowest:
-                    lowest = rec.E
-            self._pass_min_e = lowest
+            deleted += self._purge_keys_once(keys, limit)
         if self._purge_pos >= len(self._purge_keys) and self._purge_keys:
             self._purge_min_e = min(self._pass_min_e, self._purge_began)
             self._purge_keys = []
             self._purge_pos = 0
         self.purged += deleted
         return deleted
+
+    def _purge_keys_once(self, keys: list[bytes], limit: int) -> int:
+        index = self.records.index
+        keys = [k for k in keys if k in index]
+        if not keys:
+            return 0
+        e = self.records.cols["E"][np.array([index[k] for k in keys], np.int64)]
+        old = e < limit
+        for i in np.flatnonzero(old).tolist():
+            self._drop(keys[i])
+        if not old.all():
+            self._pass_min_e = min(self._pass_min_e, int(e[~old].min()))
+        return int(np.count_nonzero(old))
 
     # ----------------------------------------------------------------- names
     def set_names(self, key: bytes, names: list[str], expires: int) -> bool:
@@ -200,3 +438,39 @@ class Accounting:
 
     def bytes_per_second(self) -> float:
         return self.bw / 3600
+
+
+def whole(values: np.ndarray) -> list[int]:
+    """Floats as ``"%.0f"`` prints them (nearest, ties to even), as ints."""
+    if values.size and float(np.abs(values).max()) >= 2.0 ** 62:
+        return [int("%.0f" % v) for v in values.tolist()]
+    return np.rint(values).astype(np.int64).tolist()
+
+
+def _prefix(values: np.ndarray) -> np.ndarray:
+    """Prefix sums with a leading 0: ``sum(values[a:b]) == s[b] - s[a]``."""
+    out = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(values, out=out[1:])
+    return out
+
+
+def _stable_order(values: np.ndarray, bound: int) -> np.ndarray:
+    """Indices that sort ``values`` (all below ``bound``), equal values in their
+    order; numpy sorts 16-bit integers stably by radix, several times faster."""
+    if bound <= 1 << 16:
+        values = values.astype(np.uint16)
+    return np.argsort(values, kind="stable")
+
+
+def _nondecreasing(values: np.ndarray) -> bool:
+    return len(values) < 2 or bool((values[1:] >= values[:-1]).all())
+
+
+def _first_at_or_after(secs: np.ndarray, k: int, limit: int, ordered: bool) -> int:
+    """First index ``>= k`` whose second is ``>= limit`` (len(secs) if none)."""
+    if k >= len(secs):
+        return len(secs)
+    if ordered:
+        return max(k, int(np.searchsorted(secs, limit)))
+    hit = np.flatnonzero(secs[k:] >= limit)
+    return k + int(hit[0]) if hit.size else len(secs)

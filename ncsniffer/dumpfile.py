@@ -29,7 +29,7 @@ MAX_FILE_BYTES = 512 << 20
 MAX_LITERAL_BYTES = 64 << 20
 MAX_LINE = 1 << 20
 
-Row = tuple  # (ip_text, B, C, E, N, R, S, T, W)
+Row = tuple  # (ip_text, B, C, E, N, R, S, T, W): the numbers as ints, R and W rounded
 
 
 @dataclass
@@ -95,16 +95,13 @@ def address_text(key: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(key) == 4 else socket.AF_INET6, key)
 
 
-def rows_from_records(records: dict) -> Iterable[Row]:
-    """Accounting records as rows in numeric address order, IPv4 first (lazily:
-    a dump of a million records never holds a second copy of them)."""
-    v4 = sorted(k for k in records if len(k) == 4)   # equal-length bytes sort numerically
-    v6 = sorted(k for k in records if len(k) != 4)
+def rows_from_records(records) -> Iterable[Row]:
+    """Accounting records (an ``accounting.Table``) as rows in numeric address
+    order, IPv4 first (lazily: a dump of a million records never holds a
+    second copy of them)."""
     ntop, inet, inet6 = socket.inet_ntop, socket.AF_INET, socket.AF_INET6
-    for family, keys in ((inet, v4), (inet6, v6)):
-        for key in keys:
-            r = records[key]
-            yield (ntop(family, key), r.B, r.C, r.E, r.N, r.R, r.S, r.T, r.W)
+    for key, b, c, e, n, r, s, t, w in records.rows():
+        yield (ntop(inet if len(key) == 4 else inet6, key), b, c, e, n, r, s, t, w)
 
 
 def rows_from_dicts(records: dict[str, dict]) -> list[Row]:
@@ -115,17 +112,22 @@ def rows_from_dicts(records: dict[str, dict]) -> list[Row]:
     rows = []
     for ip in sorted(records, key=order):
         r = records[ip]
-        rows.append((ip, r["B"], r["C"], r["E"], list(r["N"]), r["R"], r["S"], r["T"], r["W"]))
+        rows.append((ip, _int(r["B"]), _int(r["C"]), _int(r["E"]), list(r["N"]), _int(r["R"]),
+                     _int(r["S"]), _int(r["T"]), _int(r["W"])))
     return rows
+
+
+def _int(value) -> int:
+    """A number of a file's record as the stats files print it (``%.0f``)."""
+    return value if type(value) is int else int("%.0f" % value)
 
 
 def _python_body(rows: Iterable[Row]) -> Iterable[str]:
     yield "{\n"
     dumps = json.dumps
     for ip, b, c, e, n, r, s, t, w in rows:
-        yield ('"%s": {"B": %.0f, "C": %.0f, "E": %.0f, "N": %s, "R": %.0f, "S": %.0f, '
-               '"T": %.0f, "W": %.0f},\n' % (ip, b, c, e, dumps(list(n)) if n else "[]",
-                                             r, s, t, w))
+        yield ('"%s": {"B": %d, "C": %d, "E": %d, "N": %s, "R": %d, "S": %d, "T": %d, '
+               '"W": %d},\n' % (ip, b, c, e, dumps(list(n)) if n else "[]", r, s, t, w))
     yield "}\n"
 
 
@@ -137,9 +139,9 @@ def _perl_body(rows: Iterable[Row]) -> Iterable[str]:
     yield "{\n  my $dump = {\n"
     for ip, b, c, e, n, r, s, t, w in rows:
         names = "".join(_perl_quote(x) + "," for x in n)
-        yield ("\t'%s%s=> {\n\t\tB\t=> %.0f,\n\t\tC\t=> %.0f,\n\t\tE\t=> %.0f,\n"
-               "\t\tN\t=> [%s],\n\t\tR\t=> %.0f,\n\t\tS\t=> %.0f,\n\t\tT\t=> %.0f,\n"
-               "\t\tW\t=> %.0f,\n\t},\n"
+        yield ("\t'%s%s=> {\n\t\tB\t=> %d,\n\t\tC\t=> %d,\n\t\tE\t=> %d,\n"
+               "\t\tN\t=> [%s],\n\t\tR\t=> %d,\n\t\tS\t=> %d,\n\t\tT\t=> %d,\n"
+               "\t\tW\t=> %d,\n\t},\n"
                % (ip, "' " if len(ip) > 13 else "'\t", b, c, e, names, r, s, t, w))
     yield "  };\n}\n"
 
@@ -163,8 +165,8 @@ def _json_document(h: Header, rows: Iterable[Row]) -> Iterable[str]:
     yield json.dumps(head)[:-1] + ', "records": {\n'
     first = True
     for ip, b, c, e, n, r, s, t, w in rows:
-        yield ('%s"%s": {"B": %.0f, "C": %.0f, "E": %.0f, "N": %s, "R": %.0f, "S": %.0f, '
-               '"T": %.0f, "W": %.0f}' % ("" if first else ",\n", ip, b, c, e, json.dumps(n),
+        yield ('%s"%s": {"B": %d, "C": %d, "E": %d, "N": %s, "R": %d, "S": %d, '
+               '"T": %d, "W": %d}' % ("" if first else ",\n", ip, b, c, e, json.dumps(n),
                                           r, s, t, w))
         first = False
     yield "\n}}\n"

@@ -2,6 +2,8 @@
 
 import random
 
+import numpy as np
+
 from hypothesis import given, settings, strategies as st
 
 from ncsniffer.accounting import Accounting, PURGE_BATCH
@@ -196,3 +198,69 @@ def test_long_run_crosses_every_branch():
         reference.account(ref, key, length, now)
     assert {k: r.as_dict() for k, r in acct.records.items()} == ref["ips"]
     assert acct.rate == ref["rate"] and acct.bw == ref["bw"]
+
+
+KEYS = [bytes([192, 0, 2, i]) for i in range(4)] + [bytes(15) + bytes([i]) for i in (1, 2)]
+
+
+def feed_in_runs(acct, packets, cuts):
+    """Hand ``packets`` (key, second, length) to ``count_packets`` in runs cut at ``cuts``."""
+    bounds = sorted({0, len(packets), *(c % (len(packets) + 1) for c in cuts)})
+    for a, b in zip(bounds, bounds[1:]):
+        run = packets[a:b]
+        keys = list(dict.fromkeys(k for k, _, _ in run))
+        which = np.array([keys.index(k) for k, _, _ in run])
+        acct.count_packets(keys, which, np.array([t for _, t, _ in run]),
+                           np.array([n for _, _, n in run]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(KEYS) - 1),
+                          st.sampled_from((0, 0, 0, 1, 3, 59, 60, 61, 299, 300, 301, 1000, -1,
+                                           -300)),
+                          st.integers(0, 1500)), min_size=1, max_size=400),
+       st.lists(st.integers(0, 400), max_size=6))
+def test_runs_of_many_seconds_match_reference_model(steps, cuts):
+    """Whole runs (many seconds, time sometimes going back) give the plain model's
+    numbers exactly, and the lookup queue in first-packet order."""
+    now = 1_000_000
+    acct = Accounting(now, lookups=True)
+    ref = reference.new_state(now)
+    packets = []
+    for which, gap, length in steps:
+        now += gap
+        packets.append((KEYS[which], now, length))
+        reference.account(ref, KEYS[which], length, now)
+    feed_in_runs(acct, packets, cuts)
+    assert {k: r.as_dict() for k, r in acct.records.items()} == ref["ips"]
+    assert (acct.rate, acct.bw, acct.ra, acct.ba, acct.next, acct.nextrate) == \
+        (ref["rate"], ref["bw"], ref["ra"], ref["ba"], ref["next"], ref["nextrate"])
+    assert list(acct.lookup_queue) == list(dict.fromkeys(k for k, _, _ in packets))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(KEYS) - 1), st.integers(0, 400)),
+                min_size=1, max_size=200),
+       st.lists(st.integers(0, 200), max_size=4))
+def test_max_hosts_in_runs_equals_packet_by_packet(steps, cuts):
+    now, packets = 1_000_000, []
+    for which, gap in steps:
+        now += gap
+        packets.append((KEYS[which], now, 100))
+    one, runs = Accounting(packets[0][1], max_hosts=3), Accounting(packets[0][1], max_hosts=3)
+    for key, t, n in packets:
+        one.count(key, n, t)
+    feed_in_runs(runs, packets, cuts)
+    assert {k: r.as_dict() for k, r in one.records.items()} == \
+        {k: r.as_dict() for k, r in runs.records.items()}
+    assert one.evicted == runs.evicted and list(one.recent) == list(runs.recent)
+
+
+def test_slots_are_reused_after_purge():
+    acct = Accounting(0)
+    for i in range(10):
+        acct.count(bytes([10, 0, 0, i]), 1, 0)
+    assert acct.purge(86401, seconds=1) == 10
+    acct.count(B, 7, 86402)
+    assert len(acct.records.keys) == 10 and acct.records[B].as_dict() == \
+        {"B": 7, "C": 1, "E": 86402, "N": [], "R": 0, "S": 0, "T": 0, "W": 0}

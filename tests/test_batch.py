@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ncsniffer import batch, bpfvm, decode, pcapfile, pcapgen
+from ncsniffer.gather import Gather
 
 FILTERS = [
     "host 10.0.0.1", "tcp port 80", "udp and dst port 53", "ip6", "icmp",
@@ -82,10 +83,12 @@ def test_vectorized_decode_equals_scalar(link, blobs, data):
             blob = f[: data.draw(st.integers(0, len(f)))]
         frames.append(blob or b"\x00")
     buf, u8, offs, caplen = as_batch(frames)
-    g = batch.Gather(u8)
+    g = Gather(u8)
     reason, l3, is6 = batch.decode_batch(link, g, offs, caplen)
     ok = np.flatnonzero(reason == batch.OK)
-    keys = batch.target_keys(g, offs[ok] + l3[ok], is6[ok], b"\x0a\x00\x00\x01")
+    unique, which = batch.target_keys(g, offs[ok] + l3[ok], is6[ok], b"\x0a\x00\x00\x01")
+    assert len(set(unique)) == len(unique)
+    keys = [unique[i] for i in which]
     scalar = decode.decoder_for(link)
     j = 0
     for i, f in enumerate(frames):

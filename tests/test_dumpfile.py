@@ -6,16 +6,19 @@ import os
 import subprocess
 import time
 
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ncsniffer import dumpfile
+from ncsniffer import accounting, dumpfile
 from ncsniffer.dumpfile import Header
 from ncsniffer.errors import DumpFileError
 
 ROWS = [
-    ("10.1.2.3", 240, 4, 1145760699, ["host.example.com"], 723.4, 1145757331, 1145790478, 43359.5),
-    ("192.168.100.200", 60, 1, 1145760700, [], 2.5, 1145757331, 0, 3.5),
+    # rows carry whole numbers: R and W already rounded as "%.0f" would (723.4, 43359.5,
+    # 2.5 and 3.5 here; see test_rounding_is_printf_rounding)
+    ("10.1.2.3", 240, 4, 1145760699, ["host.example.com"], 723, 1145757331, 1145790478, 43360),
+    ("192.168.100.200", 60, 1, 1145760700, [], 2, 1145757331, 0, 4),
     ("2001:db8::1", 1, 1, 5, ["a", "b"], 0, 5, 0, 0),
 ]
 
@@ -234,3 +237,12 @@ def test_full_disk_keeps_previous_file(tmp_path):
         assert not os.path.exists(path + ".tmp")
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+@given(st.lists(st.one_of(st.floats(0, 1e30), st.integers(0, 10**6).map(lambda i: i + 0.5)),
+                max_size=50))
+def test_rounding_is_printf_rounding(values):
+    """Accounting rows and rows read from files round R and W exactly as %.0f prints."""
+    expected = [int("%.0f" % v) for v in values]
+    assert accounting.whole(np.array(values, np.float64)) == expected
+    assert [dumpfile._int(v) for v in values] == expected
