@@ -68,27 +68,32 @@ def target_keys(g: Gather, at: np.ndarray, is6: np.ndarray,
     keys: list[bytes] = []
     i4 = np.flatnonzero(~is6)
     if i4.size:
-        src, dst = g.be32(at[i4] + 12), g.be32(at[i4] + 16)
-        me4 = int.from_bytes(me, "big") if len(me) == 4 else -1
-        unique, which[i4] = _unique32(np.where(src == me4, dst, src))
+        both = g.words(">u8", at[i4] + 12)            # source and destination at once
+        src, dst = both >> np.uint64(32), both & np.uint64(0xFFFFFFFF)
+        me4 = int.from_bytes(me, "big") if len(me) == 4 else 1 << 32
+        unique, which[i4] = _unique32(np.where(src == me4, dst, src).astype(np.uint32))
         keys = unique.astype(">u4").view("V4").tolist()
     i6 = np.flatnonzero(is6)
     if i6.size:
-        src, dst = g.rows(at[i6] + 8, 16), g.rows(at[i6] + 24, 16)
+        a6 = at[i6]
+        hi, lo = g.words(">u8", a6 + 8), g.words(">u8", a6 + 16)
         if len(me) == 16:
-            mine = (src == np.frombuffer(me, np.uint8)).all(axis=1)
-            src = np.where(mine[:, None], dst, src)
-        unique, inverse = np.unique(np.ascontiguousarray(src).view("V16").ravel(),
-                                    return_inverse=True)
-        which[i6] = inverse + len(keys)
-        keys += unique.tolist()
+            mine = (hi == int.from_bytes(me[:8], "big")) & (lo == int.from_bytes(me[8:], "big"))
+            hi = np.where(mine, g.words(">u8", a6 + 24), hi)
+            lo = np.where(mine, g.words(">u8", a6 + 32), lo)
+        order = np.lexsort((lo, hi))
+        hi, lo = hi[order], lo[order]
+        new = np.concatenate(([True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])))
+        which[i6[order]] = np.cumsum(new) - 1 + len(keys)
+        pairs = np.stack((hi[new], lo[new]), axis=1).astype(">u8")
+        keys += pairs.view("V16").ravel().tolist()
     return keys, which
 
 
 def _unique32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(values, return_inverse=True)`` for 32-bit values, by two stable
     16-bit radix sorts (about twice as fast as numpy's general sort)."""
-    order = np.argsort((values & 0xFFFF).astype(np.uint16), kind="stable")
+    order = np.argsort(values.astype(np.uint16), kind="stable")     # low half first
     order = order[np.argsort((values[order] >> 16).astype(np.uint16), kind="stable")]
     ordered = values[order]
     new = np.concatenate(([True], ordered[1:] != ordered[:-1]))

@@ -35,8 +35,12 @@ class Gather:
 
     def load(self, dtype: str, at) -> np.ndarray:
         """Words of ``dtype`` ('u1', '>u2', '<u4', ...) starting at the offsets ``at``."""
+        return self.words(dtype, at).astype(np.int64)
+
+    def words(self, dtype: str, at) -> np.ndarray:
+        """Like ``load``, but as native unsigned words (for 64-bit words)."""
         view = self._view(dtype)
-        return view[np.minimum(at, len(view) - 1)].astype(np.int64)
+        return view[np.minimum(at, len(view) - 1)].astype(view.dtype.newbyteorder("="))
 
     def byte(self, at) -> np.ndarray:
         return self.load("u1", at)

@@ -2,6 +2,7 @@
 
 import os
 import random
+import socket
 import struct
 import zlib
 
@@ -77,7 +78,9 @@ def test_vectorized_decode_equals_scalar(link, blobs, data):
                 six = False
             if link == decode.DLT_IPV6:
                 six = True
-            pair = ("2001:db8::1", "2001:db8::2") if six else ("10.0.0.1", "10.0.0.2")
+            hosts = (["2001:db8::1", "2001:db8::2", "fe80::1", "2001:db8::1:0:0:1"] if six
+                     else ["10.0.0.1", "10.0.0.2", "200.0.0.1", "10.0.1.1"])
+            pair = (data.draw(st.sampled_from(hosts)), data.draw(st.sampled_from(hosts)))
             vlans = (5,) if link in batch.LINK_HEADER and data.draw(st.booleans()) else ()
             f = pcapgen.frame(link, pcapgen.ip_packet(*pair, payload=blob), vlans)
             blob = f[: data.draw(st.integers(0, len(f)))]
@@ -86,7 +89,9 @@ def test_vectorized_decode_equals_scalar(link, blobs, data):
     g = Gather(u8)
     reason, l3, is6 = batch.decode_batch(link, g, offs, caplen)
     ok = np.flatnonzero(reason == batch.OK)
-    unique, which = batch.target_keys(g, offs[ok] + l3[ok], is6[ok], b"\x0a\x00\x00\x01")
+    me = data.draw(st.sampled_from([b"\x0a\x00\x00\x01", socket.inet_pton(socket.AF_INET6,
+                                                                     "2001:db8::1")]))
+    unique, which = batch.target_keys(g, offs[ok] + l3[ok], is6[ok], me)
     assert len(set(unique)) == len(unique)
     keys = [unique[i] for i in which]
     scalar = decode.decoder_for(link)
@@ -97,7 +102,7 @@ def test_vectorized_decode_equals_scalar(link, blobs, data):
             assert batch.REASONS[int(reason[i])] == dst
         else:
             assert reason[i] == batch.OK
-            assert keys[j] == (dst if src == b"\x0a\x00\x00\x01" else src)
+            assert keys[j] == (dst if src == me else src)
             j += 1
 
 
