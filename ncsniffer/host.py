@@ -10,8 +10,6 @@ import os
 import re
 import socket
 
-import psutil
-
 _NUMERIC = re.compile(r"^[\d.]+$")
 
 
@@ -52,6 +50,7 @@ def pack_address(text: str) -> bytes:
 
 def interface_addresses() -> dict[str, list[tuple[str, str]]]:
     """Map each interface (alias suffix ``:N`` removed) to its (address, netmask) pairs."""
+    import psutil      # here, not at the top: a replay never needs it (13 ms of start-up)
     result: dict[str, list[tuple[str, str]]] = {}
     for name, addrs in psutil.net_if_addrs().items():
         base = name.split(":")[0]
@@ -92,6 +91,7 @@ def find_interface(address: str, table: dict[str, list[tuple[str, str]]] | None 
 
 def process_cmdline(pid: int) -> list[str] | None:
     """The command line of a live process, or None if there is no such process."""
+    import psutil
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
