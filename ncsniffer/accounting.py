@@ -44,7 +44,7 @@ class RecordView:
 
     def __getattr__(self, name: str):
         if name == "N":
-            return self._table.names[self._slot]
+            return self._table.cols["N"][self._slot] or ()
         if name in INTS or name in FLOATS:
             return self._table.cols[name].item(self._slot)
         raise AttributeError(name)
@@ -53,7 +53,7 @@ class RecordView:
         if name in ("_table", "_slot"):
             object.__setattr__(self, name, value)
         elif name == "N":
-            self._table.names[self._slot] = value
+            self._table.cols["N"][self._slot] = value or None
         elif name in INTS or name in FLOATS:
             self._table.cols[name][self._slot] = value
         else:
@@ -69,17 +69,21 @@ class Table(MutableMapping):
     """Records by packed address, stored column-wise.
 
     ``index`` maps a key to its slot; the columns ``cols[F][slot]`` hold the
-    fields (B C E S T as int64, R W as float64), ``names[slot]`` the host names.
-    Freed slots are reused.  About 180 bytes per record with 1,000,000 records.
+    fields (B C E S T as int64, R W as float64, N the host names or None),
+    and the address itself as two 64-bit words H L and a family flag V (IPv6),
+    so that a dump sorts and prints addresses without touching the keys.
+    Freed slots are reused.
     """
+
+    DTYPES = {**{f: np.int64 for f in INTS}, **{f: np.float64 for f in FLOATS},
+              "N": object, "H": np.uint64, "L": np.uint64, "V": np.bool_}
 
     def __init__(self, capacity: int = 1024):
         self.index: dict[bytes, int] = {}
-        self.keys: list[bytes | None] = []
-        self.names: list = []
+        self.size = 0                # slots in use or free
         self.free: list[int] = []
-        self.cols = {f: np.zeros(capacity, np.int64) for f in INTS}
-        self.cols.update({f: np.zeros(capacity, np.float64) for f in FLOATS})
+        self.cols = {f: np.zeros(capacity, t) for f, t in self.DTYPES.items()}
+        self.cols["N"][:] = None
 
     # --------------------------------------------------------------- mapping
     def __getitem__(self, key: bytes) -> RecordView:
@@ -87,8 +91,7 @@ class Table(MutableMapping):
 
     def __delitem__(self, key: bytes) -> None:
         slot = self.index.pop(key)
-        self.keys[slot] = None
-        self.names[slot] = ()
+        self.cols["N"][slot] = None
         self.free.append(slot)
 
     def __setitem__(self, key, value) -> None:
@@ -102,6 +105,12 @@ class Table(MutableMapping):
 
     def __contains__(self, key) -> bool:
         return key in self.index
+
+    def key(self, slot: int) -> bytes:
+        c = self.cols
+        if c["V"][slot]:
+            return c["H"].item(slot).to_bytes(8, "big") + c["L"].item(slot).to_bytes(8, "big")
+        return c["L"].item(slot).to_bytes(4, "big")
 
     # --------------------------------------------------------------- storage
     def slots(self, keys: Sequence[bytes], first_seen: np.ndarray, start: int) -> np.ndarray:
@@ -118,21 +127,24 @@ class Table(MutableMapping):
         reuse = min(len(self.free), len(keys))
         taken = self.free[len(self.free) - reuse:]
         del self.free[len(self.free) - reuse:]
-        end = len(self.keys)
         fresh = len(keys) - reuse
-        self.keys.extend([None] * fresh)
-        self.names.extend([()] * fresh)
-        self._reserve(end + fresh)
-        slots = np.concatenate((np.array(taken, np.int64), np.arange(end, end + fresh)))
-        for f, col in self.cols.items():
-            col[slots] = 0
-        self.cols["E"][slots] = first_seen
-        self.cols["S"][slots] = start
-        slot_list = slots.tolist()
-        for key, slot in zip(keys, slot_list):
-            self.keys[slot] = key
-            self.names[slot] = ()
-        self.index.update(zip(keys, slot_list))
+        self._reserve(self.size + fresh)
+        slots = np.concatenate((np.array(taken, np.int64),
+                                np.arange(self.size, self.size + fresh)))
+        self.size += fresh
+        c = self.cols
+        for f in INTS + FLOATS:
+            c[f][slots] = 0
+        c["E"][slots] = first_seen
+        c["S"][slots] = start
+        c["N"][slots] = None
+        wide = np.fromiter(map(len, keys), np.int64, len(keys)) == 16
+        for family, six in ((np.flatnonzero(~wide), False), (np.flatnonzero(wide), True)):
+            if family.size:
+                at = slots[family]
+                c["H"][at], c["L"][at] = _words(b"".join([keys[i] for i in family.tolist()]), six)
+                c["V"][at] = six
+        self.index.update(zip(keys, slots.tolist()))
         return slots
 
     def _reserve(self, size: int) -> None:
@@ -143,21 +155,39 @@ class Table(MutableMapping):
         for f, col in self.cols.items():
             grown = np.zeros(cap, col.dtype)
             grown[:len(col)] = col
+            if f == "N":
+                grown[len(col):] = None
             self.cols[f] = grown
 
-    def rows(self) -> Iterator[tuple]:
-        """(packed key, B, C, E, N, R, S, T, W) in numeric address order, IPv4
-        first; R and W rounded to whole numbers as the stats files show them."""
-        keys = sorted(k for k in self.index if len(k) == 4)   # equal lengths sort numerically
-        keys += sorted(k for k in self.index if len(k) != 4)
-        c, names = self.cols, self.names
-        for chunk in range(0, len(keys), 65536):
-            part = keys[chunk:chunk + 65536]
-            slots = np.fromiter(map(self.index.__getitem__, part), np.int64, len(part))
-            yield from zip(part, c["B"][slots].tolist(), c["C"][slots].tolist(),
-                           c["E"][slots].tolist(), [names[s] for s in slots.tolist()],
-                           whole(c["R"][slots]), c["S"][slots].tolist(),
-                           c["T"][slots].tolist(), whole(c["W"][slots]))
+    def columns(self, chunk: int = 65536) -> Iterator[tuple]:
+        """Records in numeric address order, IPv4 first, in chunks of one family:
+        (addresses, B, C, E, N, R, S, T, W): the addresses packed end to end (4 or
+        16 bytes each), the fields as lists, R and W rounded to whole numbers as
+        the stats files show them."""
+        slots = np.fromiter(self.index.values(), np.int64, len(self.index))
+        c = self.cols
+        slots = slots[np.lexsort((c["L"][slots], c["H"][slots], c["V"][slots]))]
+        six = int(np.searchsorted(c["V"][slots], True))
+        for family in (slots[:six], slots[six:]):
+            for at in range(0, len(family), chunk):
+                sl = family[at:at + chunk]
+                names = [n or () for n in c["N"][sl].tolist()]
+                if c["V"][sl[0]]:
+                    packed = np.stack((c["H"][sl], c["L"][sl]), axis=1).astype(">u8").tobytes()
+                else:
+                    packed = c["L"][sl].astype(">u4").tobytes()
+                yield (packed, c["B"][sl].tolist(),
+                       c["C"][sl].tolist(), c["E"][sl].tolist(), names, whole(c["R"][sl]),
+                       c["S"][sl].tolist(), c["T"][sl].tolist(), whole(c["W"][sl]))
+
+
+def _words(packed: bytes, six: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(high, low) 64-bit words of packed addresses of one family."""
+    if not six:
+        low = np.frombuffer(packed, ">u4").astype(np.uint64)
+        return np.zeros(len(low), np.uint64), low
+    pairs = np.frombuffer(packed, ">u8").reshape(-1, 2).astype(np.uint64)
+    return pairs[:, 0], pairs[:, 1]
 
 
 class Accounting:
@@ -355,11 +385,11 @@ class Accounting:
         if not due.size:
             return
         _, first = np.unique(slots[due], return_index=True)
-        keys, queue = self.records.keys, self.lookup_queue
+        key, queue = self.records.key, self.lookup_queue
         for slot in slots[due[np.sort(first)]].tolist():
-            key = keys[slot]
-            if key is not None and key not in queue:
-                queue[key] = None
+            k = key(slot)
+            if k not in queue:
+                queue[k] = None
 
     def _drop(self, key: bytes) -> None:
         del self.records[key]

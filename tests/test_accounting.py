@@ -262,5 +262,22 @@ def test_slots_are_reused_after_purge():
         acct.count(bytes([10, 0, 0, i]), 1, 0)
     assert acct.purge(86401, seconds=1) == 10
     acct.count(B, 7, 86402)
-    assert len(acct.records.keys) == 10 and acct.records[B].as_dict() == \
+    assert acct.records.size == 10 and acct.records[B].as_dict() == \
         {"B": 7, "C": 1, "E": 86402, "N": [], "R": 0, "S": 0, "T": 0, "W": 0}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sets(st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=16, max_size=16)),
+               min_size=1, max_size=60))
+def test_columns_in_numeric_order_with_their_fields(keys):
+    keys = list(keys)
+    acct = Accounting(1000)
+    acct.count_packets(keys, np.arange(len(keys)), np.full(len(keys), 1000),
+                       np.arange(len(keys)) + 40)
+    got = []
+    for packed, b, *_ in acct.records.columns(chunk=7):
+        width = len(packed) // len(b)
+        got += [(packed[i * width:(i + 1) * width], n) for i, n in enumerate(b)]
+    expected = sorted(((k, i + 40) for i, k in enumerate(keys)),
+                      key=lambda kb: (len(kb[0]), kb[0]))
+    assert got == expected
