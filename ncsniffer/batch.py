@@ -31,7 +31,11 @@ def decode_batch(linktype: int, g: Gather, offs: np.ndarray, cap: np.ndarray):
     if linktype in LINK_HEADER:
         hl, etpos = LINK_HEADER[linktype]
         reason[cap < hl] = TRUNCATED
-        et = g.be16(offs + etpos)
+        word = g.be32(offs + etpos)            # the type, and the IP header's first byte
+        et = word >> 16
+        short = np.flatnonzero(cap < etpos + 4)   # the word ran past the captured bytes
+        et[short] = g.be16(offs[short] + etpos)
+        first = (word >> 8) & 0xFF if etpos + 2 == hl else None
         l3 = np.full(n, hl, np.int64)
         for _ in range(4096):
             tagged = (reason == OK) & np.isin(et, VLAN)
@@ -45,6 +49,9 @@ def decode_batch(linktype: int, g: Gather, offs: np.ndarray, cap: np.ndarray):
         v4 = (reason == OK) & (et == decode.ETH_IPV4)
         v6 = (reason == OK) & (et == decode.ETH_IPV6)
         reason[(reason == OK) & ~v4 & ~v6] = NOT_IP
+        if first is not None:
+            moved = np.flatnonzero(l3 != hl)      # behind VLAN tags: load again
+            first[moved] = g.byte(offs[moved] + l3[moved])
     else:
         l3 = np.full(n, BY_VERSION[linktype], np.int64)
         reason[cap <= l3] = TRUNCATED
@@ -52,7 +59,9 @@ def decode_batch(linktype: int, g: Gather, offs: np.ndarray, cap: np.ndarray):
         v4 = (reason == OK) & (version == 4)
         v6 = (reason == OK) & (version == 6)
         reason[(reason == OK) & ~v4 & ~v6] = INVALID
-    first = g.byte(offs + l3)
+        first = None
+    if first is None:
+        first = g.byte(offs + l3)
     reason[v4 & (cap < l3 + 20)] = TRUNCATED
     reason[v4 & (reason == OK) & ((first >> 4 != 4) | (first & 15 < 5))] = INVALID
     reason[v6 & (cap < l3 + 40)] = TRUNCATED
