@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import MutableMapping
-from itertools import repeat
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -65,21 +65,57 @@ class RecordView:
         return d
 
 
+@dataclass
+class Addresses:
+    """Distinct addresses of a run of packets: IPv4 ones as numbers, then IPv6
+    ones packed; address ``i`` is ``v4[i]``, or ``v6[i - len(v4)]``."""
+
+    v4: np.ndarray                 # uint32
+    v6: list[bytes]
+
+    @classmethod
+    def of(cls, keys: Sequence[bytes], which: np.ndarray) -> tuple["Addresses", np.ndarray]:
+        """From distinct packed keys in any order, with ``which`` renumbered."""
+        wide = np.fromiter(map(len, keys), np.int64, len(keys)) != 4
+        i4, i6 = np.flatnonzero(~wide), np.flatnonzero(wide)
+        renumber = np.empty(len(keys), np.int64)
+        renumber[np.concatenate((i4, i6))] = np.arange(len(keys))
+        return cls(_numbers([keys[i] for i in i4.tolist()]),
+                   [keys[i] for i in i6.tolist()]), renumber[which]
+
+    def __len__(self) -> int:
+        return len(self.v4) + len(self.v6)
+
+    def key(self, i: int) -> bytes:
+        n4 = len(self.v4)
+        return self.v4[i].item().to_bytes(4, "big") if i < n4 else self.v6[i - n4]
+
+    def take(self, idx: np.ndarray) -> "Addresses":
+        """The addresses at the ascending indices ``idx``."""
+        n4 = int(np.searchsorted(idx, len(self.v4)))
+        return Addresses(self.v4[idx[:n4]], [self.v6[i] for i in (idx[n4:] - len(self.v4)).tolist()])
+
+
 class Table(MutableMapping):
     """Records by packed address, stored column-wise.
 
-    ``index`` maps a key to its slot; the columns ``cols[F][slot]`` hold the
-    fields (B C E S T as int64, R W as float64, N the host names or None),
-    and the address itself as two 64-bit words H L and a family flag V (IPv6),
-    so that a dump sorts and prints addresses without touching the keys.
-    Freed slots are reused.
+    Columns ``cols[F][slot]``: the fields (B C E S T as int64, R W as float64,
+    N the host names or None), the address as two 64-bit words H L, and K its
+    length (4 or 16; 0 for a free slot).  IPv4 keys are found through a sorted
+    array of their numbers (a batch looks all its addresses up with one
+    ``searchsorted``, and a record costs no Python object); IPv6 keys through
+    a dict.  Freed slots are reused.
     """
 
     DTYPES = {**{f: np.int64 for f in INTS}, **{f: np.float64 for f in FLOATS},
-              "N": object, "H": np.uint64, "L": np.uint64, "V": np.bool_}
+              "N": object, "H": np.uint64, "L": np.uint64, "K": np.uint8}
 
     def __init__(self, capacity: int = 1024):
-        self.index: dict[bytes, int] = {}
+        self.v4 = np.zeros(0, np.uint32)      # sorted IPv4 numbers ...
+        self.v4_slot = np.zeros(0, np.int64)  # ... their slots (stale ones are checked)
+        self.stale = 0
+        self.v6: dict[bytes, int] = {}
+        self.count = 0
         self.size = 0                # slots in use or free
         self.free: list[int] = []
         self.cols = {f: np.zeros(capacity, t) for f, t in self.DTYPES.items()}
@@ -87,65 +123,126 @@ class Table(MutableMapping):
 
     # --------------------------------------------------------------- mapping
     def __getitem__(self, key: bytes) -> RecordView:
-        return RecordView(self, self.index[key])
+        slot = int(self.find((key,))[0])
+        if slot < 0:
+            raise KeyError(key)
+        return RecordView(self, slot)
 
     def __delitem__(self, key: bytes) -> None:
-        slot = self.index.pop(key)
-        self.cols["N"][slot] = None
-        self.free.append(slot)
+        slot = int(self.find((key,))[0])
+        if slot < 0:
+            raise KeyError(key)
+        self.release(np.array([slot]))
 
     def __setitem__(self, key, value) -> None:
         raise TypeError("records are created by counting packets")
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self.index)
+        return iter([self.key(s) for s in self.occupied().tolist()])
 
     def __len__(self) -> int:
-        return len(self.index)
+        return self.count
 
     def __contains__(self, key) -> bool:
-        return key in self.index
+        return isinstance(key, bytes) and self.find((key,))[0] >= 0
 
     def key(self, slot: int) -> bytes:
         c = self.cols
-        if c["V"][slot]:
+        if c["K"][slot] == 16:
             return c["H"].item(slot).to_bytes(8, "big") + c["L"].item(slot).to_bytes(8, "big")
         return c["L"].item(slot).to_bytes(4, "big")
 
+    def occupied(self) -> np.ndarray:
+        return np.flatnonzero(self.cols["K"][:self.size])
+
     # --------------------------------------------------------------- storage
-    def slots(self, keys: Sequence[bytes], first_seen: np.ndarray, start: int) -> np.ndarray:
-        """Slot of each key; a key without a record gets a fresh one (B = C = 0,
-        E = its first second, S = start), so its first packet is counted by the
-        ordinary rule."""
-        slots = np.fromiter(map(self.index.get, keys, repeat(-1)), np.int64, len(keys))
+    def find(self, keys: Sequence[bytes]) -> np.ndarray:
+        """Slot of each packed key, -1 where there is no record."""
+        addrs, order = Addresses.of(keys, np.arange(len(keys)))
+        return self.find_addresses(addrs)[order]
+
+    def find_addresses(self, addrs: Addresses) -> np.ndarray:
+        out = np.full(len(addrs), -1, np.int64)
+        n4 = len(addrs.v4)
+        if n4 and len(self.v4):
+            pos = np.minimum(np.searchsorted(self.v4, addrs.v4), len(self.v4) - 1)
+            slot = self.v4_slot[pos]
+            c = self.cols
+            ok = (self.v4[pos] == addrs.v4) & (c["K"][slot] == 4) & (c["L"][slot] == addrs.v4)
+            out[:n4] = np.where(ok, slot, -1)
+        if addrs.v6:
+            get = self.v6.get
+            out[n4:] = [get(k, -1) for k in addrs.v6]
+        return out
+
+    def slots(self, addrs: Addresses, first_seen: np.ndarray, start: int) -> np.ndarray:
+        """Slot of each address; an address without a record gets a fresh one
+        (B = C = 0, E = its first second, S = start), so its first packet is
+        counted by the ordinary rule."""
+        slots = self.find_addresses(addrs)
         new = np.flatnonzero(slots < 0)
         if new.size:
-            slots[new] = self._add([keys[i] for i in new.tolist()], first_seen[new], start)
+            slots[new] = self._add(addrs.take(new), first_seen[new], start)
         return slots
 
-    def _add(self, keys: list[bytes], first_seen: np.ndarray, start: int) -> np.ndarray:
-        reuse = min(len(self.free), len(keys))
+    def _add(self, addrs: Addresses, first_seen: np.ndarray, start: int) -> np.ndarray:
+        n = len(addrs)
+        reuse = min(len(self.free), n)
         taken = self.free[len(self.free) - reuse:]
         del self.free[len(self.free) - reuse:]
-        fresh = len(keys) - reuse
+        fresh = n - reuse
         self._reserve(self.size + fresh)
         slots = np.concatenate((np.array(taken, np.int64),
                                 np.arange(self.size, self.size + fresh)))
         self.size += fresh
+        self.count += n
         c = self.cols
         for f in INTS + FLOATS:
             c[f][slots] = 0
         c["E"][slots] = first_seen
         c["S"][slots] = start
         c["N"][slots] = None
-        wide = np.fromiter(map(len, keys), np.int64, len(keys)) == 16
-        for family, six in ((np.flatnonzero(~wide), False), (np.flatnonzero(wide), True)):
-            if family.size:
-                at = slots[family]
-                c["H"][at], c["L"][at] = _words(b"".join([keys[i] for i in family.tolist()]), six)
-                c["V"][at] = six
-        self.index.update(zip(keys, slots.tolist()))
+        n4 = len(addrs.v4)
+        if n4:
+            at = slots[:n4]
+            c["H"][at], c["L"][at], c["K"][at] = 0, addrs.v4, 4
+            self._index4(addrs.v4, at)
+        if addrs.v6:
+            at = slots[n4:]
+            pairs = np.frombuffer(b"".join(addrs.v6), ">u8").reshape(-1, 2)
+            c["H"][at], c["L"][at], c["K"][at] = pairs[:, 0], pairs[:, 1], 16
+            self.v6.update(zip(addrs.v6, at.tolist()))
         return slots
+
+    def _index4(self, numbers: np.ndarray, slots: np.ndarray) -> None:
+        """Enter new IPv4 records in the sorted index (over the stale entry of the
+        same address, if there is one)."""
+        order = np.argsort(numbers)
+        numbers, slots = numbers[order], slots[order]
+        pos = np.searchsorted(self.v4, numbers)
+        again = np.zeros(len(numbers), bool)
+        inside = np.flatnonzero(pos < len(self.v4))
+        again[inside] = self.v4[pos[inside]] == numbers[inside]
+        self.v4_slot[pos[again]] = slots[again]
+        self.stale -= int(np.count_nonzero(again))
+        self.v4 = np.insert(self.v4, pos[~again], numbers[~again])
+        self.v4_slot = np.insert(self.v4_slot, pos[~again], slots[~again])
+
+    def release(self, slots: np.ndarray) -> None:
+        """Delete the records in ``slots``."""
+        c = self.cols
+        wide = c["K"][slots] == 16
+        for slot in slots[wide].tolist():
+            del self.v6[self.key(slot)]
+        self.stale += int(np.count_nonzero(~wide))
+        c["K"][slots] = 0
+        c["N"][slots] = None
+        self.free.extend(slots.tolist())
+        self.count -= len(slots)
+        if self.stale > 1024 and self.stale > len(self.v4) // 2:
+            keep = self.find_addresses(Addresses(self.v4, [])) >= 0
+            self.v4, self.v4_slot = self.v4[keep], self.v4_slot[keep]
+            self.stale = 0
 
     def _reserve(self, size: int) -> None:
         cap = len(self.cols["B"])
@@ -164,30 +261,26 @@ class Table(MutableMapping):
         (addresses, B, C, E, N, R, S, T, W): the addresses packed end to end (4 or
         16 bytes each), the fields as lists, R and W rounded to whole numbers as
         the stats files show them."""
-        slots = np.fromiter(self.index.values(), np.int64, len(self.index))
         c = self.cols
-        slots = slots[np.lexsort((c["L"][slots], c["H"][slots], c["V"][slots]))]
-        six = int(np.searchsorted(c["V"][slots], True))
+        slots = self.occupied()
+        slots = slots[np.lexsort((c["L"][slots], c["H"][slots], c["K"][slots]))]
+        six = int(np.searchsorted(c["K"][slots], 16))
         for family in (slots[:six], slots[six:]):
             for at in range(0, len(family), chunk):
                 sl = family[at:at + chunk]
-                names = [n or () for n in c["N"][sl].tolist()]
-                if c["V"][sl[0]]:
+                if c["K"][sl[0]] == 16:
                     packed = np.stack((c["H"][sl], c["L"][sl]), axis=1).astype(">u8").tobytes()
                 else:
                     packed = c["L"][sl].astype(">u4").tobytes()
-                yield (packed, c["B"][sl].tolist(),
-                       c["C"][sl].tolist(), c["E"][sl].tolist(), names, whole(c["R"][sl]),
-                       c["S"][sl].tolist(), c["T"][sl].tolist(), whole(c["W"][sl]))
+                names = [n or () for n in c["N"][sl].tolist()]
+                yield (packed, c["B"][sl].tolist(), c["C"][sl].tolist(), c["E"][sl].tolist(),
+                       names, whole(c["R"][sl]), c["S"][sl].tolist(), c["T"][sl].tolist(),
+                       whole(c["W"][sl]))
 
 
-def _words(packed: bytes, six: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(high, low) 64-bit words of packed addresses of one family."""
-    if not six:
-        low = np.frombuffer(packed, ">u4").astype(np.uint64)
-        return np.zeros(len(low), np.uint64), low
-    pairs = np.frombuffer(packed, ">u8").reshape(-1, 2).astype(np.uint64)
-    return pairs[:, 0], pairs[:, 1]
+def _numbers(keys: list[bytes]) -> np.ndarray:
+    """IPv4 keys as numbers."""
+    return np.frombuffer(b"".join(keys), ">u4").astype(np.uint32)
 
 
 class Accounting:
@@ -232,10 +325,13 @@ class Accounting:
         self.count_packets(unique, np.array([where[k] for k in keys], np.int64),
                            np.full(n, now, np.int64), np.array(lengths, np.int64))
 
-    def count_packets(self, keys: Sequence[bytes], which: np.ndarray, secs: np.ndarray,
-                      lengths: np.ndarray) -> None:
+    def count_packets(self, addrs: Addresses | Sequence[bytes], which: np.ndarray,
+                      secs: np.ndarray, lengths: np.ndarray) -> None:
         """Account packets in order: packet i exchanged ``lengths[i]`` bytes with
-        ``keys[which[i]]`` in the second ``secs[i]``."""
+        address ``which[i]`` of ``addrs`` in the second ``secs[i]`` (``addrs`` may
+        also be a list of distinct packed keys)."""
+        if not isinstance(addrs, Addresses):
+            addrs, which = Addresses.of(addrs, which)
         if not len(which):
             return
         secs = secs.astype(np.int64, copy=False)
@@ -245,9 +341,9 @@ class Accounting:
         self._pass_min_e = min(self._pass_min_e, low)
         self._global(secs, lengths)
         if self.max_hosts:
-            self._count_lru(keys, which, secs, lengths)
+            self._count_lru(addrs, which, secs, lengths)
             return
-        slots = self._count_columns(keys, which, secs, lengths)
+        slots = self._count_columns(addrs, which, secs, lengths)
         if self.lookups:
             self._queue_lookups(slots, secs)
 
@@ -282,14 +378,14 @@ class Accounting:
         self.ba += int(sums[n] - sums[p])
 
     # ----------------------------------------------------------------- per-IP rule
-    def _count_columns(self, keys, which, secs, lengths) -> np.ndarray:
+    def _count_columns(self, addrs: Addresses, which, secs, lengths) -> np.ndarray:
         """SPEC 4.2 for all packets, IP by IP; returns each packet's slot."""
-        order = _stable_order(which, len(keys))
+        order = _stable_order(which, len(addrs))
         w = which[order]
         first = np.flatnonzero(np.concatenate(([True], w[1:] != w[:-1])))
-        present = keys if len(first) == len(keys) else [keys[i] for i in w[first].tolist()]
+        present = addrs if len(first) == len(addrs) else addrs.take(w[first])
         gslots = self.records.slots(present, secs[order[first]], self.start)
-        slot_of = np.zeros(len(keys), np.int64)
+        slot_of = np.zeros(len(addrs), np.int64)
         slot_of[w[first]] = gslots
         t, ln = secs[order], lengths[order]
         ends = np.append(first[1:], len(w))
@@ -357,21 +453,22 @@ class Accounting:
             c["W"][slot] = (c["W"].item(slot) + c["B"].item(slot)) * m
             c["E"][slot], c["B"][slot], c["C"][slot] = now, length, 1
 
-    def _count_lru(self, keys, which, secs, lengths) -> None:
+    def _count_lru(self, addrs: Addresses, which, secs, lengths) -> None:
         """With ``max_hosts``: packet by packet, evicting the least recently seen IP
         (an evicted slot may be reused at once, so nothing can be deferred)."""
         table, recent, limit = self.records, self.recent, self.max_hosts
-        index, due = table.index, table.cols["T"]
+        due = table.cols["T"]
         queue = self.lookup_queue if self.lookups else None
         for u, now, length in zip(which.tolist(), secs.tolist(), lengths.tolist()):
-            key = keys[u]
-            slot = index.get(key)
-            if slot is None:
-                if len(index) >= limit:
+            key = addrs.key(u)
+            slot = int(table.find((key,))[0])
+            if slot < 0:
+                if len(table) >= limit:
                     old, _ = recent.popitem(last=False)
                     self._drop(old)
                     self.evicted += 1
-                slot = int(table.slots((key,), np.array([now]), self.start)[0])
+                slot = int(table.slots(Addresses.of((key,), np.zeros(1, np.int64))[0],
+                                       np.array([now]), self.start)[0])
                 recent[key] = None
             else:
                 recent.move_to_end(key)
@@ -440,14 +537,16 @@ class Accounting:
         return deleted
 
     def _purge_keys_once(self, keys: list[bytes], limit: int) -> int:
-        index = self.records.index
-        keys = [k for k in keys if k in index]
-        if not keys:
+        slots = self.records.find(keys)
+        slots = slots[slots >= 0]
+        if not slots.size:
             return 0
-        e = self.records.cols["E"][np.array([index[k] for k in keys], np.int64)]
+        e = self.records.cols["E"][slots]
         old = e < limit
-        for i in np.flatnonzero(old).tolist():
-            self._drop(keys[i])
+        if old.any():
+            for slot in slots[old].tolist() if self.lookup_queue else ():
+                self.lookup_queue.pop(self.records.key(slot), None)
+            self.records.release(slots[old])
         if not old.all():
             self._pass_min_e = min(self._pass_min_e, int(e[~old].min()))
         return int(np.count_nonzero(old))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ncsniffer import bpfvm, decode
+from ncsniffer.accounting import Addresses
 from ncsniffer.gather import Gather
 from ncsniffer.pcapfile import Batch
 from ncsniffer.sniffer import Sniffer
@@ -70,18 +71,18 @@ def decode_batch(linktype: int, g: Gather, offs: np.ndarray, cap: np.ndarray):
 
 
 def target_keys(g: Gather, at: np.ndarray, is6: np.ndarray,
-                me: bytes) -> tuple[list[bytes], np.ndarray]:
-    """The distinct target addresses (packed; the destination when the source is
-    "me") and, per packet, the index of its own among them."""
+                me: bytes) -> tuple[Addresses, np.ndarray]:
+    """The distinct target addresses (the destination when the source is "me")
+    and, per packet, the index of its own among them."""
     which = np.empty(len(at), np.int64)
-    keys: list[bytes] = []
+    v4 = np.zeros(0, np.uint32)
+    v6: list[bytes] = []
     i4 = np.flatnonzero(~is6)
     if i4.size:
         both = g.words(">u8", at[i4] + 12)            # source and destination at once
         src, dst = both >> np.uint64(32), both & np.uint64(0xFFFFFFFF)
         me4 = int.from_bytes(me, "big") if len(me) == 4 else 1 << 32
-        unique, which[i4] = _unique32(np.where(src == me4, dst, src).astype(np.uint32))
-        keys = unique.astype(">u4").view("V4").tolist()
+        v4, which[i4] = _unique32(np.where(src == me4, dst, src).astype(np.uint32))
     i6 = np.flatnonzero(is6)
     if i6.size:
         a6 = at[i6]
@@ -93,10 +94,10 @@ def target_keys(g: Gather, at: np.ndarray, is6: np.ndarray,
         order = np.lexsort((lo, hi))
         hi, lo = hi[order], lo[order]
         new = np.concatenate(([True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])))
-        which[i6[order]] = np.cumsum(new) - 1 + len(keys)
+        which[i6[order]] = np.cumsum(new) - 1 + len(v4)
         pairs = np.stack((hi[new], lo[new]), axis=1).astype(">u8")
-        keys += pairs.view("V16").ravel().tolist()
-    return keys, which
+        v6 = pairs.view("V16").ravel().tolist()
+    return Addresses(v4, v6), which
 
 
 def _unique32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +154,7 @@ def process(batch: Batch, prog, linktype: int, sniffer: Sniffer) -> None:
     account(sniffer, keys, which, sec, good, wire[good])
 
 
-def account(sniffer: Sniffer, keys: list[bytes], which: np.ndarray, sec: np.ndarray,
+def account(sniffer: Sniffer, keys: Addresses, which: np.ndarray, sec: np.ndarray,
             good: np.ndarray, lengths: np.ndarray) -> None:
     """Move the clock second by second over the batch (``sec``: every packet's,
     counted or not) and account the counted packets (``good``).

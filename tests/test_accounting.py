@@ -281,3 +281,39 @@ def test_columns_in_numeric_order_with_their_fields(keys):
     expected = sorted(((k, i + 40) for i, k in enumerate(keys)),
                       key=lambda kb: (len(kb[0]), kb[0]))
     assert got == expected
+
+
+POOL = [bytes([10, 0, i >> 8, i & 255]) for i in range(40)] + \
+    [bytes(14) + bytes([0x80, i]) for i in range(10)] + [bytes([255]) * 16]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(POOL)), max_size=120))
+def test_table_finds_what_was_added_and_not_what_was_deleted(ops):
+    """Records come and go (slots reused, IPv4 index entries left stale)."""
+    acct, model = Accounting(0), {}
+    for add, key in ops:
+        if add:
+            acct.count(key, len(model) + 1, 0)
+            model[key] = model.get(key, 0) + len(model) + 1
+        elif key in model:
+            del acct.records[key]
+            del model[key]
+    assert set(acct.records) == set(model) and len(acct.records) == len(model)
+    for key in POOL:
+        assert (key in acct.records) == (key in model)
+        if key in model:
+            assert acct.records[key].B == model[key] and acct.records.key(
+                acct.records.find([key])[0]) == key
+
+
+def test_ipv4_index_compacts_after_mass_deletion():
+    acct = Accounting(0)
+    keys = [i.to_bytes(4, "big") for i in range(5000)]
+    acct.count_run(keys, [1] * 5000, 0)
+    for key in keys[:4000]:
+        del acct.records[key]
+    assert len(acct.records.v4) < 5000 and acct.records.stale < 2000
+    acct.count_run(keys[:10], [2] * 10, 5)
+    assert [acct.records[k].B for k in keys[:10]] == [2] * 10
+    assert all(k in acct.records for k in keys[4000:]) and len(acct.records) == 1010
