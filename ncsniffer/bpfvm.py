@@ -5,18 +5,32 @@ only executes the instructions, for every packet of a batch in parallel.  BPF
 jumps only go forward, so one sweep over the instructions runs every packet's
 path to its RET.  Semantics follow libpcap's ``bpf_filter``: loads past the
 captured length reject the packet, division by zero rejects it.
+
+Two things keep the per-packet cost down.  The accumulator travels with each
+work list (the packets that reach an instruction), and only to instructions
+that read it before writing it: a load followed by a jump, the usual pair, never
+goes through a per-batch array.  And when a program loads packet bytes more than
+once, the first HEAD bytes of every packet are copied into one compact array up
+front: the batch's lines are fetched from memory once, later loads read a few
+cached megabytes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
+
+from ncsniffer.gather import Gather
 
 M32 = 0xFFFFFFFF
 
 # instruction classes and fields (pcap/bpf.h)
 LD, LDX, ST, STX, ALU, JMP, RET, MISC = range(8)
 SIZE = {0x00: 4, 0x08: 2, 0x10: 1}
+WORD = {4: ">u4", 2: ">u2", 1: "u1"}     # BPF loads are big-endian
 IMM, ABS, IND, MEM, LEN, MSH = 0x00, 0x20, 0x40, 0x60, 0x80, 0xA0
+HEAD = 64           # loads this far into a packet read a compact copy of the batch
 
 
 class UnsupportedProgram(Exception):
@@ -44,122 +58,215 @@ def check(prog: list[tuple[int, int, int, int]]) -> None:
             raise UnsupportedProgram(f"jump {code:#x}")
 
 
-def _load(u8: np.ndarray, start: np.ndarray, size: int) -> np.ndarray:
-    """Big-endian unsigned loads of ``size`` bytes at ``start`` (indices already valid)."""
-    value = u8[start].astype(np.int64)
-    for j in range(1, size):
-        value = (value << 8) | u8[start + j]
-    return value
+@dataclass
+class Packets:
+    """One batch as the interpreter sees it; X and the scratch memory are per packet."""
+
+    g: Gather
+    offs: np.ndarray
+    caplen: np.ndarray
+    wirelen: np.ndarray
+    x: np.ndarray
+    mem: dict[int, np.ndarray] = field(default_factory=dict)
+
+    head: np.ndarray | None = None       # (packets, width) copy of their first bytes
+    flat: Gather | None = None           # ... for loads at per-packet offsets
+
+    def __post_init__(self):
+        self.capmin = int(self.caplen.min()) if len(self.caplen) else 0
+
+    def cache_heads(self, width: int) -> None:
+        """Copy each packet's first ``width`` bytes into one compact array, in one
+        gather: fixed-offset loads then read cached lines instead of the batch's."""
+        g = self.g
+        rows = g.block(self.offs, width) if g.size >= width else \
+            np.empty(len(self.offs), f"V{width}")
+        near = np.flatnonzero(self.offs > g.size - width)
+        if near.size:                        # the buffer's last packets: pad with zeros
+            lo = int(self.offs[near].min())
+            tail = Gather(np.concatenate((g.u8[lo:], np.zeros(width, np.uint8))))
+            rows[near] = tail.block(self.offs[near] - lo, width)
+        self.head = rows.view(np.uint8).reshape(len(rows), width)
+        self.flat = Gather(self.head.reshape(-1))
+
+    def load(self, dtype: str, idx: np.ndarray, at) -> np.ndarray:
+        """Words at offset ``at`` (one for all, or one per packet) of the packets
+        ``idx``: from the copied heads where they reach, else from the batch."""
+        head, size = self.head, np.dtype(dtype).itemsize
+        if head is not None:
+            width = head.shape[1]
+            if np.ndim(at) == 0 and at + size <= width:       # a strided column of the heads
+                return np.ndarray((len(head),), dtype, head, at, (width,))[idx].astype(np.int64)
+            if np.ndim(at) and at.size and at.max() + size <= width:
+                return self.flat.load(dtype, idx * width + at)
+        return self.g.load(dtype, self.offs[idx] + at)
 
 
-def run(prog: list[tuple[int, int, int, int]], u8: np.ndarray, offs: np.ndarray,
+def reads_a(prog: list[tuple[int, int, int, int]]) -> list[bool]:
+    """Per instruction: may A's value on entry still be read (before a write)?"""
+    live = [False] * (len(prog) + 1)
+    for i in range(len(prog) - 1, -1, -1):
+        code, jt, jf, k = prog[i]
+        cls = code & 7
+        if cls == RET:
+            live[i] = code & 0x18 == 0x10
+        elif cls == JMP:
+            live[i] = bool(code & 0xF0) or live[i + 1 + k]
+        elif cls == LD:
+            live[i] = False
+        elif cls == MISC:
+            live[i] = code & 0xF8 == 0x00                     # TAX reads A, TXA writes it
+        else:                                                 # ALU, ST read A; LDX, STX keep it
+            live[i] = cls in (ALU, ST) or live[i + 1]
+    return live
+
+
+def head_width(prog: list[tuple[int, int, int, int]]) -> int:
+    """How many first bytes of each packet to copy for the packet loads (0: none, for
+    a single load gains nothing from a copy).  Loads at X + k may reach anywhere:
+    then the whole HEAD."""
+    loads = [(code & 0xE0, k + SIZE.get(code & 0x18, 1)) for code, _, _, k in prog
+             if code & 7 in (LD, LDX) and code & 0xE0 in (ABS, IND, MSH)]
+    if len(loads) < 2:
+        return 0
+    if any(mode == IND for mode, _ in loads):
+        return HEAD
+    return max((end for _, end in loads if end <= HEAD), default=0)
+
+
+def run(prog: list[tuple[int, int, int, int]], data: np.ndarray | Gather, offs: np.ndarray,
         caplen: np.ndarray, wirelen: np.ndarray) -> np.ndarray:
-    """Accept mask of the packets (data at ``u8[offs : offs + caplen]``).
+    """Accept mask of the packets (data at ``u8[offs : offs + caplen]``; ``data`` is the
+    batch's uint8 array or a Gather over it).
 
-    Each instruction keeps a work list of the packets that reach it; jumps
-    split a list in two, so every instruction touches only its own packets.
+    Each instruction keeps a work list of the packets that reach it (with their A
+    where it is read); jumps split a list in two, so every instruction touches
+    only its own packets.
     """
     n = len(offs)
-    a = np.zeros(n, np.int64)
-    x = np.zeros(n, np.int64)
-    mem: dict[int, np.ndarray] = {}
+    pk = Packets(data if isinstance(data, Gather) else Gather(data), offs, caplen, wirelen,
+                 np.zeros(n, np.int64))
+    live = reads_a(prog)
+    width = head_width(prog)
+    if width and n:
+        pk.cache_heads(width)
     accept = np.zeros(n, bool)
-    work: dict[int, list[np.ndarray]] = {0: [np.arange(n)]}
+    work = {0: [(np.arange(n), np.zeros(n, np.int64))]}
     for i, (code, jt, jf, k) in enumerate(prog):
-        parts = work.pop(i, None)
-        if not parts:
-            continue
-        idx = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if idx.size == 0:
+        idx, a = _merge(work.pop(i, []), live[i])
+        if not idx.size:
             continue
         cls = code & 7
-        nxt = i + 1
-        if cls in (LD, LDX):
-            idx, val = _load_insn(code, k, idx, u8, offs, caplen, wirelen, x, mem, n)
-            (a if cls == LD else x)[idx] = val
-        elif cls in (ST, STX):
-            mem.setdefault(k, np.zeros(n, np.int64))[idx] = (a if cls == ST else x)[idx]
-        elif cls == ALU:
-            idx = _alu(code, k, a, x, idx)
-        elif cls == JMP:
-            op = code & 0xF0
-            if op == 0x00:
-                work.setdefault(nxt + k, []).append(idx)
-                continue
-            rhs = x[idx] if code & 0x08 else k
-            av = a[idx]
-            if op == 0x10:
-                cond = av == rhs
-            elif op == 0x20:
-                cond = av > rhs
-            elif op == 0x30:
-                cond = av >= rhs
-            elif op == 0x40:
-                cond = (av & rhs) != 0
-            else:
-                raise UnsupportedProgram(f"jump {code:#x}")
-            work.setdefault(nxt + jt, []).append(idx[cond])
-            work.setdefault(nxt + jf, []).append(idx[~cond])
-            continue
-        elif cls == RET:
-            accept[idx] = (a[idx] != 0) if code & 0x18 == 0x10 else (k != 0)
-            continue
-        elif cls == MISC:
-            if code & 0xF8 == 0x00:
-                x[idx] = a[idx]
-            else:
-                a[idx] = x[idx]
-        work.setdefault(nxt, []).append(idx)
+        if cls == RET:
+            accept[idx] = (a != 0) if code & 0x18 == 0x10 else (k != 0)
+        elif cls == JMP and code & 0xF0:
+            cond = _compare(code & 0xF0, a, pk.x[idx] if code & 0x08 else k)
+            for target, sel in ((i + 1 + jt, cond), (i + 1 + jf, ~cond)):
+                carried = np.compress(sel, a) if live[target] else None
+                work.setdefault(target, []).append((np.compress(sel, idx), carried))
+        else:
+            idx, a = _step(code, k, idx, a, pk)
+            target = i + 1 + (k if cls == JMP else 0)
+            work.setdefault(target, []).append((idx, a if live[target] else None))
     return accept
 
 
-def _load_insn(code, k, idx, u8, offs, caplen, wirelen, x, mem, n):
-    """(packets still running, loaded values): loads past the captured data reject."""
+def _merge(parts: list, with_a: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """One work list from the lists arriving at an instruction."""
+    if not parts:
+        return np.zeros(0, np.int64), None
+    if len(parts) == 1:
+        return parts[0]
+    idx = np.concatenate([p[0] for p in parts])
+    return idx, np.concatenate([p[1] for p in parts]) if with_a else None
+
+
+def _compare(op: int, a: np.ndarray, rhs) -> np.ndarray:
+    if op == 0x10:
+        return a == rhs
+    if op == 0x20:
+        return a > rhs
+    if op == 0x30:
+        return a >= rhs
+    if op == 0x40:
+        return (a & rhs) != 0
+    raise UnsupportedProgram(f"jump {op | JMP:#x}")
+
+
+def _step(code: int, k: int, idx: np.ndarray, a, pk: Packets):
+    """Run a load, store, ALU, unconditional jump or register transfer:
+    (packets still running, their A)."""
+    cls = code & 7
+    if cls in (LD, LDX):
+        keep, val = _load(code, k, idx, pk)
+        if keep is not None:
+            idx = np.compress(keep, idx)
+            a = None if a is None or cls == LD else np.compress(keep, a)
+        if cls == LD:
+            return idx, val
+        pk.x[idx] = val
+    elif cls in (ST, STX):
+        pk.mem.setdefault(k, np.zeros(len(pk.offs), np.int64))[idx] = a if cls == ST else pk.x[idx]
+    elif cls == ALU:
+        return _alu(code, k, idx, a, pk.x[idx] if code & 0x08 else k)
+    elif cls == MISC:
+        if code & 0xF8 == 0x00:
+            pk.x[idx] = a
+        else:
+            a = pk.x[idx]
+    return idx, a
+
+
+def _load(code: int, k: int, idx: np.ndarray, pk: Packets):
+    """(mask of the packets kept or None for all, loaded values): loads past the
+    captured data reject."""
     mode, size = code & 0xE0, SIZE.get(code & 0x18)
     if mode == IMM:
-        return idx, k
+        return None, np.full(idx.size, k, np.int64)
     if mode == LEN:
-        return idx, wirelen[idx]
+        return None, pk.wirelen[idx]
     if mode == MEM:
-        return idx, mem.get(k, np.zeros(n, np.int64))[idx]
+        return None, pk.mem[k][idx] if k in pk.mem else np.zeros(idx.size, np.int64)
     width = 1 if mode == MSH else size
-    at = x[idx] + k if mode == IND else k
-    ok = at + width <= caplen[idx]
-    if not ok.all():
-        idx = idx[ok]
-        at = at[ok] if mode == IND else at
-    val = _load(u8, offs[idx] + at, width)
-    return idx, ((val & 0xF) << 2) if mode == MSH else val
+    at = pk.x[idx] + k if mode == IND else k
+    keep = None
+    if mode == IND or k + width > pk.capmin:     # a batch's shortest packet: no check
+        keep = at + width <= pk.caplen[idx]
+        if keep.all():
+            keep = None
+        else:
+            idx = np.compress(keep, idx)
+            at = np.compress(keep, at) if mode == IND else at
+    val = pk.load(WORD[width], idx, at)
+    return keep, ((val & 0xF) << 2) if mode == MSH else val
 
 
-def _alu(code: int, k: int, a: np.ndarray, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Apply an ALU instruction; return the packets still running."""
+def _alu(code: int, k: int, idx: np.ndarray, a: np.ndarray, rhs):
+    """Apply an ALU instruction: (packets still running, their A)."""
     op = code & 0xF0
-    av = a[idx]
     if op == 0x80:                               # NEG
-        a[idx] = (-av) & M32
-        return idx
-    rhs = x[idx] if code & 0x08 else np.full(idx.size, k, np.int64)
+        return idx, (-a) & M32
     if op in (0x30, 0x90):                       # DIV, MOD: by zero rejects
-        keep = rhs != 0
-        idx, av, rhs = idx[keep], av[keep], rhs[keep]
-        a[idx] = (av // rhs if op == 0x30 else av % rhs) & M32
-    elif op == 0x00:
-        a[idx] = (av + rhs) & M32
-    elif op == 0x10:
-        a[idx] = (av - rhs) & M32
-    elif op == 0x20:
-        a[idx] = ((av & 0xFFFF) * rhs + (((av >> 16) * rhs & 0xFFFF) << 16)) & M32
-    elif op == 0x40:
-        a[idx] = av | rhs
-    elif op == 0x50:
-        a[idx] = av & rhs
-    elif op == 0x60:
-        a[idx] = np.where(rhs < 32, (av << np.minimum(rhs, 31)) & M32, 0)
-    elif op == 0x70:
-        a[idx] = np.where(rhs < 32, av >> np.minimum(rhs, 31), 0)
-    elif op == 0xA0:
-        a[idx] = av ^ rhs
-    else:
-        raise UnsupportedProgram(f"alu {code:#x}")
-    return idx
+        if np.ndim(rhs):
+            keep = rhs != 0
+            idx, a, rhs = idx[keep], a[keep], rhs[keep]
+        elif rhs == 0:
+            return idx[:0], a[:0]
+        return idx, (a // rhs if op == 0x30 else a % rhs) & M32
+    if op == 0x00:
+        return idx, (a + rhs) & M32
+    if op == 0x10:
+        return idx, (a - rhs) & M32
+    if op == 0x20:
+        return idx, ((a & 0xFFFF) * rhs + (((a >> 16) * rhs & 0xFFFF) << 16)) & M32
+    if op == 0x40:
+        return idx, a | rhs
+    if op == 0x50:
+        return idx, a & rhs
+    if op == 0x60:
+        return idx, np.where(rhs < 32, (a << np.minimum(rhs, 31)) & M32, 0)
+    if op == 0x70:
+        return idx, np.where(rhs < 32, a >> np.minimum(rhs, 31), 0)
+    if op == 0xA0:
+        return idx, a ^ rhs
+    raise UnsupportedProgram(f"alu {code:#x}")

@@ -51,6 +51,12 @@ class Gather:
     def be32(self, at) -> np.ndarray:
         return self.load(">u4", at)
 
+    def block(self, at, width: int) -> np.ndarray:
+        """``width`` bytes from each offset as one void item: a record header in one
+        gather, its fields then read through ``.view()``."""
+        view = self._view(f"V{width}")
+        return view[np.minimum(at, len(view) - 1)]
+
     def rows(self, at: np.ndarray, width: int) -> np.ndarray:
         """``width`` bytes from each offset, one row per offset (uint8)."""
         return self.u8[np.minimum(at[:, None] + np.arange(width), self.size - 1)]

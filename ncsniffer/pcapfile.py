@@ -5,6 +5,15 @@ hand over one packet per call (and pypcap not even the wire length).  Record
 headers are walked here, fields gathered with numpy.  Anything this reader
 does not know raises ``Unsupported`` before the first packet, and the caller
 replays through libpcap instead.
+
+Classic pcap records form a chain (each header gives the next one's offset),
+which a Python loop walks at about a million records a second.  Instead, a
+batch's byte range is split into lanes walked in lockstep by numpy: each lane
+starts at a plausible record header found just after an even split point and
+walks until it reaches the next lane's start.  Lane 0 starts at a known record,
+and every lane must land exactly on the next lane's start, so by induction all
+of them walk the true chain; when any check fails, the plain walk does the
+batch.  Plausibility only decides speed, never results.
 """
 
 from __future__ import annotations
@@ -16,7 +25,12 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
+from ncsniffer.gather import Gather
+
 MAX_RECORD = 262144          # libpcap refuses larger records as bogus
+MAX_PACKETS = 262144         # records per batch, bounds memory for tiny packets
+MAX_BYTES = 16 << 20         # a batch ends at the first record this far past its start
+SYNC_SECONDS = 10 * 86400    # a lane's first record lies this close in time to the batch's first
 PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1), b"\xa1\xb2\xc3\xd4": (">", 1),
                b"\x4d\x3c\xb2\xa1": ("<", 1000), b"\xa1\xb2\x3c\x4d": (">", 1000)}
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
@@ -42,11 +56,160 @@ class Batch:
     sec: np.ndarray
 
 
-def _u32(u8: np.ndarray, at: np.ndarray, big: bool) -> np.ndarray:
-    b = [u8[at + j].astype(np.int64) for j in range(4)]
-    if big:
-        return (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
-    return (b[3] << 24) | (b[2] << 16) | (b[1] << 8) | b[0]
+@dataclass
+class Lanes:
+    """How the classic pcap walk splits a batch: a lane per ``spacing`` bytes, each
+    looking for its first record within ``windows`` bytes (one pass per window,
+    later passes only for lanes still without one); with fewer than ``minimum``
+    lanes, or under a quarter of them found, the plain walk is as fast."""
+
+    spacing: int = 16384
+    windows: tuple[int, ...] = (1536, 8192)
+    minimum: int = 8
+
+
+class Chain:
+    """The record chain of one classic pcap file, walked by numpy lanes."""
+
+    def __init__(self, g: Gather, endian: str, snaplen: int, units: int):
+        self.g = g
+        self.word = endian + "u4"
+        self.snaplen = snaplen
+        self.units = units               # fractional timestamp units per second
+        self.lanes = Lanes()
+        self.top = 3 if endian == "<" else 0      # where ts_sec keeps its top byte
+        self.scratch = np.empty(0, np.int64), np.empty(0, "V16")
+        self.tried = self.trusted = 0             # batches the lanes walked, and verified
+
+    def fields(self, hdr: np.ndarray) -> np.ndarray:
+        """(n, 4) view of 16-byte headers: ts_sec, ts_frac, incl_len, orig_len."""
+        return hdr.view(self.word).reshape(-1, 4)
+
+    def walk(self, pos: int, stop: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(starts, headers, next start) of the records starting in [pos, stop),
+        ``pos`` a true record start; None where the lanes cannot be trusted."""
+        n = (stop - pos) // self.lanes.spacing
+        if n < self.lanes.minimum:
+            return None
+        self.tried += 1
+        t0 = int(self.fields(self.g.block([pos], 16))[0, 0])
+        starts = self._starts(pos, n, t0)
+        if len(starts) < max(self.lanes.minimum, n // 4):
+            return None
+        walked = self._lockstep(starts, stop)
+        self.trusted += walked is not None
+        return walked
+
+    def _starts(self, pos: int, n: int, t0: int) -> np.ndarray:
+        """``pos`` and, per lane found, the first plausible record after a split point."""
+        spacing = self.lanes.spacing
+        found = np.full(n - 1, -1, np.int64)
+        lo = 0
+        for hi in self.lanes.windows:
+            hi = min(hi, spacing // 2)
+            todo = np.flatnonzero(found < 0)
+            if hi <= lo or not todo.size:
+                break
+            base = pos + spacing * (todo + 1) + lo         # each lane's window
+            hit = self._hits(base, lo, hi, t0)
+            col = hit.argmax(axis=1)                        # a lane's first hit, mostly a header
+            lane = np.flatnonzero(hit[np.arange(len(todo)), col])
+            at = base[lane] + col[lane]
+            ok = self._plausible_run(at, t0)
+            found[todo[lane[ok]]] = at[ok]
+            retry = lane[~ok]
+            if retry.size:                                  # a payload byte: try all hits
+                row, col = np.divmod(np.flatnonzero(hit[retry]), hi - lo)
+                lane, at = retry[row], base[retry[row]] + col
+                ok = self._plausible_run(at, t0)
+                lane, first = np.unique(lane[ok], return_index=True)
+                found[todo[lane]] = at[ok][first]
+            lo = hi
+        return np.concatenate(([pos], found[found >= 0]))
+
+    def _hits(self, base: np.ndarray, lo: int, hi: int, t0: int) -> np.ndarray:
+        """(lanes, hi - lo) mask of the window offsets where a header's ts_sec would
+        have the top byte of ``t0`` (± SYNC_SECONDS): one byte compare per offset,
+        cheap enough to scan every lane's window.  ``base``: the windows, evenly
+        spaced but for lanes already found."""
+        spacing = self.lanes.spacing
+        lanes = (base[-1] - base[0]) // spacing + 1
+        win = np.ndarray((lanes, hi - lo), np.uint8, self.g.u8, int(base[0]) + self.top,
+                         (spacing, 1))
+        if lanes > len(base):
+            win = win[(base - base[0]) // spacing]
+        low, high = (max(t0 - SYNC_SECONDS, 0) >> 24,
+                     min(t0 + SYNC_SECONDS, 0xFFFFFFFF) >> 24)
+        hit = win == low
+        if high != low:
+            hit |= win == high
+        return hit
+
+    def _plausible_run(self, at: np.ndarray, t0: int, length: int = 3) -> np.ndarray:
+        """Mask of offsets where ``length`` plausible record headers follow each other."""
+        ok = np.ones(len(at), bool)
+        for _ in range(length):
+            f = self.fields(self.g.block(at, 16)).astype(np.int64)
+            sec, frac, incl, orig = f.T
+            ok &= (np.abs(sec - t0) <= SYNC_SECONDS) & (frac < self.units) & \
+                (incl <= self.snaplen) & (incl <= orig) & (orig <= MAX_RECORD)
+            at = at + 16 + incl
+        return ok
+
+    def _lockstep(self, starts: np.ndarray, stop: int):
+        """Walk every lane to the next one's start (the last to ``stop``); None unless
+        each lands exactly there, or when too few lanes keep walking for the lockstep
+        to beat the plain walk (16 records a step).  A lane past its end walks on
+        (into the next lane's records, mostly cached): cheaper than holding it."""
+        ends = np.append(starts[1:], stop)
+        pos = starts.copy()
+        block = self.g.block
+        at, hdr, incl = self._rows(0, len(starts))
+        step = records = 0
+        while (walking := np.count_nonzero(pos < ends)):
+            records += walking
+            if step >= 64 and records < 16 * step:
+                return None
+            if step == len(at):
+                at, hdr, incl = self._rows(step, len(starts))
+            at[step] = pos
+            hdr[step] = block(pos, 16)
+            pos += incl[step]
+            pos += 16
+            step += 1
+        at, hdr, tail = _lane_major(ends, at[:step], hdr[:step])
+        landed = at[tail] + 16 + self.fields(hdr[tail])[:, 2]
+        if (landed[:-1] != ends[:-1]).any():
+            return None
+        return at, hdr, int(landed[-1])
+
+    def _rows(self, steps: int, lanes: int):
+        """(positions, headers, incl_len) scratch rows, one per step, for ``lanes``
+        lanes: reused from batch to batch (fresh arrays cost page faults), grown
+        keeping the first ``steps`` rows."""
+        at, hdr = self.scratch
+        if at.size < max(2 * steps, 128) * lanes:
+            old = at, hdr
+            size = max(2 * steps, 128) * lanes
+            self.scratch = at, hdr = np.empty(size, np.int64), np.empty(size, "V16")
+            for new, kept in zip(self.scratch, old):
+                new[:steps * lanes] = kept[:steps * lanes]
+        rows = at.size // lanes
+        at, hdr = at[:rows * lanes].reshape(rows, lanes), hdr[:rows * lanes].reshape(rows, lanes)
+        return at, hdr, hdr.view(self.word).reshape(rows, lanes, 4)[:, :, 2]
+
+
+def _lane_major(ends: np.ndarray, at: np.ndarray, hdr: np.ndarray):
+    """The records of (steps, lanes) arrays in lane order, i.e. file order (each
+    lane's records up to its end), and the index of each lane's last record."""
+    lanes = len(ends)
+    count = np.count_nonzero(at < ends, axis=0)      # a lane's records come first
+    tail = np.cumsum(count) - 1
+    step = np.full(tail[-1] + 1, lanes)              # flat index: down a lane's column ...
+    step[tail[:-1] + 1] = 1 - (count[:-1] - 1) * lanes   # ... then to the next lane's top
+    step[0] = 0
+    flat = np.cumsum(step)
+    return at.ravel()[flat], hdr.view(np.complex128).ravel()[flat].view(hdr.dtype), tail
 
 
 class Reader:
@@ -59,7 +222,8 @@ class Reader:
             self.mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:      # a pipe, an empty file ...
             raise Unsupported(f"cannot map the file: {exc}") from exc
-        self.u8 = np.frombuffer(self.mm, np.uint8)
+        self.g = Gather(self.mm)
+        self.u8 = self.g.u8
         head = self.mm[:24]
         if head[:4] in PCAP_MAGICS:
             if len(head) < 24:
@@ -70,6 +234,7 @@ class Reader:
             self.snaplen = snaplen if 0 < snaplen <= MAX_RECORD else MAX_RECORD
             self.kind = "pcap"
             self.start = 24
+            self.chain = Chain(self.g, self.endian, self.snaplen, 10 ** 6 * self.per_sec)
         elif head[:4] == PCAPNG_SHB:
             self.kind = "pcapng"
             self.start = 0
@@ -132,12 +297,17 @@ class Reader:
         self.interfaces.append((linktype, snaplen, per_sec))
 
     # ------------------------------------------------------------------ batches
-    def batches(self, max_packets: int = 65536) -> Iterator[Batch]:
-        """Yield batches until the end of the file; raise Truncated at a broken end."""
+    def batches(self, max_packets: int = MAX_PACKETS,
+                max_bytes: int = MAX_BYTES) -> Iterator[Batch]:
+        """Yield batches until the end of the file; raise Truncated at a broken end.
+
+        A batch holds at most ``max_packets`` records and ends at the first one
+        starting ``max_bytes`` or more past its first.
+        """
         walk = self._walk_pcap if self.kind == "pcap" else self._walk_pcapng
         pos, end = self.start, len(self.mm)
         while pos < end:
-            batch, nxt = walk(self.mm, pos, max_packets)
+            batch, nxt = walk(pos, max_packets, pos + max_bytes)
             if batch is not None:
                 yield batch
                 self._release(pos, nxt)
@@ -155,38 +325,50 @@ class Reader:
             except (OSError, ValueError):
                 pass
 
-    def _walk_pcap(self, buf, pos: int, limit: int):
-        # The hot loop: one unpack per record; lengths are checked afterwards, in bulk.
+    def _walk_pcap(self, pos: int, limit: int, stop: int):
+        """(batch or None, next position) of the records from ``pos`` on."""
+        stop = min(stop, len(self.mm) - 15)        # a record header needs 16 bytes
+        walked = self.chain.walk(pos, stop)
+        if walked is None:
+            at, nxt = self._plain_walk(pos, stop, limit)
+            walked = at, self.g.block(at, 16), nxt
+        return self._pcap_batch(*walked, limit)
+
+    def _plain_walk(self, pos: int, stop: int, limit: int) -> tuple[np.ndarray, int]:
+        """The plain walk: one unpack per record; lengths are checked afterwards, in bulk."""
         incl_at = struct.Struct(self.endian + "8xI").unpack_from
-        last = len(buf) - 16
+        buf = self.mm
         starts: list[int] = []
         append = starts.append
-        while pos <= last and len(starts) < limit:
+        while pos < stop and len(starts) < limit:
             append(pos)
             pos += 16 + incl_at(buf, pos)[0]
-        if not starts:
-            return None, pos
-        u8 = self.u8
-        at = np.array(starts, np.int64)
-        big = self.endian == ">"
-        incl = _u32(u8, at + 8, big)
-        bad = np.flatnonzero((incl > MAX_RECORD) | (at + 16 + incl > len(buf)))
+        return np.array(starts, np.int64), pos
+
+    def _pcap_batch(self, at: np.ndarray, hdr: np.ndarray, nxt: int, limit: int):
+        """The batch of walked records, up to the first bogus or cut one."""
+        if len(at) > limit:
+            at, hdr, nxt = at[:limit], hdr[:limit], int(at[limit])
+        if not len(at):
+            return None, nxt
+        f = self.chain.fields(hdr)
+        incl = f[:, 2].astype(np.int64)
+        bad = np.flatnonzero((incl > MAX_RECORD) | (at + 16 + incl > len(self.mm)))
         if bad.size:                       # keep what precedes a bogus or cut record
             j = int(bad[0])
             if j == 0:
                 if incl[0] > MAX_RECORD:
                     raise Truncated(f"bogus record length {int(incl[0])}")
-                return None, starts[0]
-            at, incl, pos = at[:j], incl[:j], starts[j]
-        sec = _u32(u8, at, big)
-        caplen = np.minimum(incl, self.snaplen)
-        wirelen = _u32(u8, at + 12, big)
-        return Batch(buf, u8, at + 16, caplen, wirelen, sec), pos
+                return None, int(at[0])
+            at, f, incl, nxt = at[:j], f[:j], incl[:j], int(at[j])
+        sec, wirelen = f[:, 0].astype(np.int64), f[:, 3].astype(np.int64)
+        return Batch(self.mm, self.u8, at + 16, np.minimum(incl, self.snaplen), wirelen, sec), nxt
 
-    def _walk_pcapng(self, buf, pos: int, limit: int):
+    def _walk_pcapng(self, pos: int, limit: int, stop: int):
+        buf = self.mm
         n = len(buf)
         blocks, kinds, lengths = [], [], []
-        while pos + 12 <= n and len(blocks) < limit:
+        while pos + 12 <= n and len(blocks) < limit and pos < stop:
             btype, blen = self._block_head(buf, pos)
             if pos + blen > n:
                 break
@@ -205,8 +387,8 @@ class Reader:
             pos += blen
         if not blocks:
             return None, pos
-        u8 = self.u8
-        big = self.endian == ">"
+        u16, u32 = self.endian + "u2", self.endian + "u4"
+        load = self.g.load
         at = np.array(blocks, np.int64)
         kind = np.array(kinds, np.int64)
         data = at + 28
@@ -217,12 +399,12 @@ class Reader:
         timed = np.flatnonzero(kind != 3)
         if timed.size:
             t = at[timed]
-            ifid[timed] = np.where(kind[timed] == 6, _u32(u8, t + 8, big), _u16(u8, t + 8, big))
-            caplen[timed] = _u32(u8, t + 20, big)
-            wirelen[timed] = _u32(u8, t + 24, big)
+            ifid[timed] = np.where(kind[timed] == 6, load(u32, t + 8), load(u16, t + 8))
+            caplen[timed] = load(u32, t + 20)
+            wirelen[timed] = load(u32, t + 24)
         simple = np.flatnonzero(kind == 3)
         if simple.size:
-            wirelen[simple] = _u32(u8, at[simple] + 8, big)
+            wirelen[simple] = load(u32, at[simple] + 8)
             caplen[simple] = np.minimum(wirelen[simple], np.array(lengths)[simple] - 16)
             data[simple] = at[simple] + 12
         if ifid.max() >= len(self.interfaces):
@@ -231,11 +413,7 @@ class Reader:
         snap = np.array([i[1] for i in self.interfaces], np.int64)[ifid]
         if timed.size:
             t = at[timed]
-            ts = (_u32(u8, t + 12, big) << 32) | _u32(u8, t + 16, big)
+            ts = (load(u32, t + 12) << 32) | load(u32, t + 16)
             sec[timed] = ts // per_sec[timed]
-        return Batch(buf, u8, data, np.minimum(caplen, snap), wirelen, sec), pos
+        return Batch(buf, self.u8, data, np.minimum(caplen, snap), wirelen, sec), pos
 
-
-def _u16(u8: np.ndarray, at: np.ndarray, big: bool) -> np.ndarray:
-    a, b = u8[at].astype(np.int64), u8[at + 1].astype(np.int64)
-    return (a << 8) | b if big else (b << 8) | a

@@ -1,0 +1,260 @@
+"""The classic pcap walk by numpy lanes must give exactly what the plain walk gives.
+
+Lanes only decide speed: every file here is read three ways (lanes tuned small so
+that they engage on small files, the plain walk, and an independent reference
+parser) and the records and the final error must agree; a few files are also
+checked against libpcap.
+"""
+
+import random
+import struct
+
+import numpy as np
+import pcapy
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ncsniffer import pcapfile
+
+T0 = 1_700_000_000
+SMALL = pcapfile.Lanes(spacing=1024, windows=(256, 512), minimum=2)
+PLAIN = pcapfile.Lanes(minimum=1 << 62)
+MAGIC = {False: 0xA1B2C3D4, True: 0xA1B23C4D}           # by nanoseconds
+
+
+def header(e: str, sec: int, frac: int, incl: int, orig: int) -> bytes:
+    return struct.pack(e + "IIII", sec, frac, incl, orig)
+
+
+def pcap_file(records, big=False, nano=False, snaplen=65535) -> bytes:
+    """File bytes: ``records`` are (sec, frac, incl_len, orig_len, data) tuples."""
+    e = ">" if big else "<"
+    out = [struct.pack(e + "IHHiIII", MAGIC[nano], 2, 4, 0, 0, snaplen, 1)]
+    for sec, frac, incl, orig, data in records:
+        out.append(header(e, sec, frac, incl, orig) + data)
+    return b"".join(out)
+
+
+def reference(data: bytes):
+    """(records, error) by libpcap's rules, one record at a time."""
+    e = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    snaplen = struct.unpack_from(e + "I", data, 16)[0]
+    snaplen = snaplen if 0 < snaplen <= pcapfile.MAX_RECORD else pcapfile.MAX_RECORD
+    pos, out = 24, []
+    while pos < len(data):
+        if pos + 16 > len(data):
+            return out, f"file ends inside a record ({len(data) - pos} bytes left over)"
+        sec, _, incl, orig = struct.unpack_from(e + "IIII", data, pos)
+        if incl > pcapfile.MAX_RECORD:
+            return out, f"bogus record length {incl}"
+        if pos + 16 + incl > len(data):
+            return out, f"file ends inside a record ({len(data) - pos} bytes left over)"
+        out.append((pos + 16, min(incl, snaplen), orig, sec))
+        pos += 16 + incl
+    return out, None
+
+
+def read(path, lanes, max_packets=pcapfile.MAX_PACKETS, max_bytes=pcapfile.MAX_BYTES):
+    """(records, error, reader) through the batch reader with ``lanes``."""
+    batches, error = [], None
+    with open(path, "rb") as fh:
+        r = pcapfile.Reader(fh, str(path))
+        r.chain.lanes = lanes
+        try:
+            for b in r.batches(max_packets, max_bytes):
+                assert len(b.offs) <= max_packets
+                assert b.offs[-1] - b.offs[0] < max_bytes
+                for a in (b.offs, b.caplen, b.wirelen, b.sec):
+                    assert a.dtype == np.int64
+                batches.append(np.stack((b.offs, b.caplen, b.wirelen, b.sec), axis=1))
+        except pcapfile.Truncated as exc:
+            error = str(exc)
+    records = [tuple(x) for x in np.concatenate(batches).tolist()] if batches else []
+    return records, error, r
+
+
+def check(tmp_path, data: bytes, max_bytes=8192, max_packets=pcapfile.MAX_PACKETS):
+    """Read ``data`` three ways; they must agree.  Returns the lanes' reader."""
+    path = tmp_path / "f.pcap"
+    path.write_bytes(data)
+    want = reference(data)
+    fast = read(path, SMALL, max_packets, max_bytes)
+    plain = read(path, PLAIN, max_packets, max_bytes)
+    assert plain[:2] == want
+    assert fast[:2] == want
+    assert plain[2].chain.tried == 0
+    return fast[2]
+
+
+def clean_records(rnd: random.Random, n: int, sizes=(0, 2000), payload="random"):
+    out, sec = [], T0
+    for _ in range(n):
+        size = rnd.randint(*sizes)
+        sec += rnd.random() < 0.3
+        data = bytes(size) if payload == "zeros" else rnd.randbytes(size)
+        out.append((sec, rnd.randrange(10 ** 6), size, size + rnd.randrange(3), data))
+    return out
+
+
+def fake_chain(e: str, rnd: random.Random, n: int = 4) -> bytes:
+    """Plausible pcap records, to hide in a payload."""
+    out = b""
+    for _ in range(n):
+        size = rnd.randrange(0, 60)
+        out += header(e, T0 + rnd.randrange(5), rnd.randrange(10 ** 6), size, size) + bytes(size)
+    return out
+
+
+# ---------------------------------------------------------------- properties
+record_sizes = st.one_of(st.integers(0, 2000), st.integers(0, 80), st.just(65535))
+
+
+@st.composite
+def files(draw):
+    """A random classic pcap: sizes, payload kinds, byte order, units, snaplen; then
+    maybe a bogus length in the middle and maybe cut short anywhere."""
+    big, nano = draw(st.booleans()), draw(st.booleans())
+    e = ">" if big else "<"
+    rnd = random.Random(draw(st.integers(0, 2 ** 32)))
+    records, sec = [], T0 + draw(st.integers(-10 ** 6, 10 ** 6))
+    for size in draw(st.lists(record_sizes, min_size=1, max_size=120)):
+        kind = draw(st.sampled_from(["random", "zeros", "fake", "copies"]))
+        if kind == "zeros":
+            data = bytes(size)
+        elif kind == "fake":
+            data = (fake_chain(e, rnd) * (size // 64 + 1))[:size]
+        elif kind == "copies" and records:      # real headers of this file, repeated
+            heads = b"".join(header(e, *r[:4]) for r in records[-4:])
+            data = (heads * (size // len(heads) + 1))[:size]
+        else:
+            data = rnd.randbytes(size)
+        sec += draw(st.integers(0, 3))
+        frac = rnd.randrange(10 ** 9 if nano else 10 ** 6)
+        records.append((sec, frac, size, size + draw(st.integers(0, 2)), data))
+    snaplen = draw(st.sampled_from([65535, 0, 1500, 100, 262144, 300000]))
+    if draw(st.booleans()) and len(records) > 2:
+        i = draw(st.integers(1, len(records) - 1))
+        bogus = draw(st.sampled_from([pcapfile.MAX_RECORD + 1, 2 ** 32 - 1, 10 ** 7]))
+        records[i] = records[i][:2] + (bogus,) + records[i][3:]
+    data = pcap_file(records, big, nano, snaplen)
+    if draw(st.booleans()):
+        data = data[:draw(st.integers(24, len(data)))]
+    return data
+
+
+@settings(max_examples=300, deadline=None)
+@given(files(), st.sampled_from([8192, 4096, 3000, 100000]), st.sampled_from([5, 64, 10 ** 6]))
+def test_lanes_equal_plain_walk_and_reference(tmp_path_factory, data, max_bytes, max_packets):
+    check(tmp_path_factory.mktemp("p"), data, max_bytes, max_packets)
+
+
+# ---------------------------------------------------------------- cases
+def test_lanes_are_used_and_trusted_on_a_clean_file(tmp_path):
+    rnd = random.Random(1)
+    r = check(tmp_path, pcap_file(clean_records(rnd, 400)))
+    assert r.chain.tried > 20 and r.chain.trusted > 0.9 * r.chain.tried
+
+
+@pytest.mark.parametrize("big,nano", [(False, False), (True, False), (False, True), (True, True)])
+def test_byte_orders_and_units(tmp_path, big, nano):
+    rnd = random.Random(2)
+    records = [(s, f * 1000 + 999 if nano else f, i, o, d)
+               for s, f, i, o, d in clean_records(rnd, 300)]
+    r = check(tmp_path, pcap_file(records, big, nano))
+    assert r.chain.trusted > 3
+
+
+def test_zero_payloads_and_zero_length_records(tmp_path):
+    rnd = random.Random(3)
+    records = clean_records(rnd, 300, payload="zeros") + clean_records(rnd, 300, (0, 0))
+    r = check(tmp_path, pcap_file(records))
+    assert r.chain.trusted > 0
+
+
+def test_headers_hidden_in_payloads_do_not_fool_the_lanes(tmp_path):
+    """Payloads full of plausible records: lanes sync on them, fail to land, and
+    leave those batches to the plain walk."""
+    rnd = random.Random(4)
+    records = []
+    for sec, frac, _, _, _ in clean_records(rnd, 300):
+        data = fake_chain("<", rnd, 12)
+        records.append((sec, frac, len(data), len(data), data))
+    r = check(tmp_path, pcap_file(records))
+    assert r.chain.tried > r.chain.trusted
+
+
+def test_big_records_leave_too_few_lanes(tmp_path):
+    rnd = random.Random(5)
+    check(tmp_path, pcap_file(clean_records(rnd, 40, (60000, 65535))), max_bytes=200000)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_tiny_files(tmp_path, n):
+    rnd = random.Random(6)
+    check(tmp_path, pcap_file(clean_records(rnd, n, (0, 100))))
+
+
+def test_header_only_file(tmp_path):
+    assert check(tmp_path, pcap_file([])).chain.tried == 0
+
+
+def test_truncated_at_every_kind_of_point(tmp_path):
+    rnd = random.Random(7)
+    data = pcap_file(clean_records(rnd, 120, (0, 300)))
+    starts, pos = [], 24
+    while pos < len(data):
+        starts.append(pos)
+        pos += 16 + struct.unpack_from("<I", data, pos + 8)[0]
+    cuts = set(range(24, len(data), 97))
+    for s in starts[40:43] + starts[-2:]:
+        cuts.update(range(s - 2, s + 20))                # in and around a header
+    for cut in sorted(cuts):
+        check(tmp_path, data[:cut], max_bytes=2048)
+
+
+def test_bogus_length_in_the_middle(tmp_path):
+    rnd = random.Random(8)
+    records = clean_records(rnd, 200)
+    records[150] = records[150][:2] + (pcapfile.MAX_RECORD + 1,) + records[150][3:]
+    path = tmp_path / "b.pcap"
+    path.write_bytes(pcap_file(records))
+    got, error, _ = read(path, SMALL, max_bytes=8192)
+    assert len(got) == 150 and error == f"bogus record length {pcapfile.MAX_RECORD + 1}"
+
+
+def test_batch_limits(tmp_path):
+    rnd = random.Random(9)
+    path = tmp_path / "l.pcap"
+    path.write_bytes(pcap_file(clean_records(rnd, 500, (0, 200))))
+    with open(path, "rb") as fh:
+        r = pcapfile.Reader(fh, str(path))
+        r.chain.lanes = SMALL
+        sizes = [len(b.offs) for b in r.batches(max_packets=100, max_bytes=1 << 30)]
+    assert sizes == [100] * 5
+
+
+# ---------------------------------------------------------------- libpcap
+def libpcap(path):
+    """(sec, wire length, data) per record, and whether libpcap reported an error."""
+    p = pcapy.open_offline(str(path))
+    out = []
+    while True:
+        try:
+            hdr, data = p.next()
+        except pcapy.PcapError:
+            return out, True
+        if hdr is None:
+            return out, False
+        out.append((hdr.getts()[0], hdr.getlen(), bytes(data)))
+
+
+@pytest.mark.parametrize("seed,cut", [(10, None), (11, -5), (12, -3000), (13, None)])
+def test_lanes_agree_with_libpcap(tmp_path, seed, cut):
+    rnd = random.Random(seed)
+    data = pcap_file(clean_records(rnd, 300), big=seed == 13, snaplen=1000)
+    path = tmp_path / "x.pcap"
+    path.write_bytes(data[:cut])
+    got, error, r = read(path, SMALL, max_bytes=8192)
+    ours = [(s, w, data[o:o + c]) for o, c, w, s in got]
+    assert (ours, error is not None) == libpcap(path)
+    assert r.chain.trusted > 0
