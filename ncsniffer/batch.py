@@ -12,7 +12,7 @@ import numpy as np
 
 from ncsniffer import bpfvm, decode
 from ncsniffer.accounting import Addresses
-from ncsniffer.gather import Gather
+from ncsniffer.gather import Gather, Heads
 from ncsniffer.pcapfile import Batch
 from ncsniffer.sniffer import Sniffer
 
@@ -25,17 +25,18 @@ BY_VERSION = {decode.DLT_NULL: 4, decode.DLT_LOOP: 4, decode.DLT_RAW: 0,
               decode.DLT_RAW_LINKTYPE: 0, decode.DLT_IPV4: 0, decode.DLT_IPV6: 0}
 
 
-def decode_batch(linktype: int, g: Gather, offs: np.ndarray, cap: np.ndarray):
-    """(reason, l3 offset, is IPv6) per packet, by the rules of ``ncsniffer.decode``."""
-    n = len(offs)
+def decode_batch(linktype: int, heads: Heads, rows: np.ndarray, cap: np.ndarray):
+    """(reason, l3 offset, is IPv6) per packet ``rows`` of the batch, by the rules of
+    ``ncsniffer.decode``."""
+    n = len(rows)
     reason = np.zeros(n, np.int8)
     if linktype in LINK_HEADER:
         hl, etpos = LINK_HEADER[linktype]
         reason[cap < hl] = TRUNCATED
-        word = g.be32(offs + etpos)            # the type, and the IP header's first byte
+        word = heads.load(">u4", rows, etpos)      # the type, and the IP header's first byte
         et = word >> 16
         short = np.flatnonzero(cap < etpos + 4)   # the word ran past the captured bytes
-        et[short] = g.be16(offs[short] + etpos)
+        et[short] = heads.load(">u2", rows[short], etpos)
         first = (word >> 8) & 0xFF if etpos + 2 == hl else None
         l3 = np.full(n, hl, np.int64)
         for _ in range(4096):
@@ -45,24 +46,24 @@ def decode_batch(linktype: int, g: Gather, offs: np.ndarray, cap: np.ndarray):
             short = tagged & (cap < l3 + 4)
             reason[short] = TRUNCATED
             tagged &= ~short
-            et = np.where(tagged, g.be16(offs + l3 + 2), et)
+            et = np.where(tagged, heads.load(">u2", rows, l3 + 2), et)
             l3 = np.where(tagged, l3 + 4, l3)
         v4 = (reason == OK) & (et == decode.ETH_IPV4)
         v6 = (reason == OK) & (et == decode.ETH_IPV6)
         reason[(reason == OK) & ~v4 & ~v6] = NOT_IP
         if first is not None:
             moved = np.flatnonzero(l3 != hl)      # behind VLAN tags: load again
-            first[moved] = g.byte(offs[moved] + l3[moved])
+            first[moved] = heads.load("u1", rows[moved], l3[moved])
     else:
         l3 = np.full(n, BY_VERSION[linktype], np.int64)
         reason[cap <= l3] = TRUNCATED
-        version = g.byte(offs + l3) >> 4
+        version = heads.load("u1", rows, l3) >> 4
         v4 = (reason == OK) & (version == 4)
         v6 = (reason == OK) & (version == 6)
         reason[(reason == OK) & ~v4 & ~v6] = INVALID
         first = None
     if first is None:
-        first = g.byte(offs + l3)
+        first = heads.load("u1", rows, l3)
     reason[v4 & (cap < l3 + 20)] = TRUNCATED
     reason[v4 & (reason == OK) & ((first >> 4 != 4) | (first & 15 < 5))] = INVALID
     reason[v6 & (cap < l3 + 40)] = TRUNCATED
@@ -70,27 +71,28 @@ def decode_batch(linktype: int, g: Gather, offs: np.ndarray, cap: np.ndarray):
     return reason, l3, v6
 
 
-def target_keys(g: Gather, at: np.ndarray, is6: np.ndarray,
+def target_keys(heads: Heads, rows: np.ndarray, l3: np.ndarray, is6: np.ndarray,
                 me: bytes) -> tuple[Addresses, np.ndarray]:
-    """The distinct target addresses (the destination when the source is "me")
-    and, per packet, the index of its own among them."""
-    which = np.empty(len(at), np.int64)
+    """The distinct target addresses of packets ``rows`` (IP header at ``l3``):
+    the destination when the source is "me"; and, per packet, the index of its
+    own among them."""
+    which = np.empty(len(rows), np.int64)
     v4 = np.zeros(0, np.uint32)
     v6: list[bytes] = []
     i4 = np.flatnonzero(~is6)
     if i4.size:
-        both = g.words(">u8", at[i4] + 12)            # source and destination at once
+        both = heads.words(">u8", rows[i4], l3[i4] + 12)   # source and destination at once
         src, dst = both >> np.uint64(32), both & np.uint64(0xFFFFFFFF)
         me4 = int.from_bytes(me, "big") if len(me) == 4 else 1 << 32
         v4, which[i4] = _unique32(np.where(src == me4, dst, src).astype(np.uint32))
     i6 = np.flatnonzero(is6)
     if i6.size:
-        a6 = at[i6]
-        hi, lo = g.words(">u8", a6 + 8), g.words(">u8", a6 + 16)
+        r6, a6 = rows[i6], l3[i6]
+        hi, lo = heads.words(">u8", r6, a6 + 8), heads.words(">u8", r6, a6 + 16)
         if len(me) == 16:
             mine = (hi == int.from_bytes(me[:8], "big")) & (lo == int.from_bytes(me[8:], "big"))
-            hi = np.where(mine, g.words(">u8", a6 + 24), hi)
-            lo = np.where(mine, g.words(">u8", a6 + 32), lo)
+            hi = np.where(mine, heads.words(">u8", r6, a6 + 24), hi)
+            lo = np.where(mine, heads.words(">u8", r6, a6 + 32), lo)
         order = np.lexsort((lo, hi))
         hi, lo = hi[order], lo[order]
         new = np.concatenate(([True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])))
@@ -130,18 +132,16 @@ def matching(batch: Batch, offs: np.ndarray, cap: np.ndarray, sniffer: Sniffer) 
 def process(batch: Batch, prog, linktype: int, sniffer: Sniffer) -> None:
     """Account every packet of the batch that the filter program passes
     (``prog`` None: all of them, the kernel filtered them already)."""
-    g = Gather(batch.u8)
+    heads = Heads(Gather(batch.u8), batch.offs)
     if prog is None:
-        offs, cap, sec, wire = batch.offs, batch.caplen, batch.sec, batch.wirelen
+        rows = np.arange(len(batch.offs))
     else:
-        passed = np.flatnonzero(bpfvm.run(prog, batch.u8, batch.offs, batch.caplen,
-                                          batch.wirelen))
-        if not passed.size:
+        rows = np.flatnonzero(bpfvm.run(prog, heads, batch.offs, batch.caplen, batch.wirelen))
+        if not rows.size:
             return
-        offs, cap = batch.offs[passed], batch.caplen[passed]
-        sec, wire = batch.sec[passed], batch.wirelen[passed]
-    reason, l3, is6 = decode_batch(linktype, g, offs, cap)
-    sniffer.seen += len(offs)
+    offs, cap = batch.offs[rows], batch.caplen[rows]
+    reason, l3, is6 = decode_batch(linktype, heads, rows, cap)
+    sniffer.seen += len(rows)
     for code, name in REASONS.items():
         sniffer.undecoded[name] += int(np.count_nonzero(reason == code))
     good = np.flatnonzero(reason == OK)
@@ -150,8 +150,8 @@ def process(batch: Batch, prog, linktype: int, sniffer: Sniffer) -> None:
         sniffer.unmatched += int(good.size - np.count_nonzero(keep))
         good = good[keep]
     sniffer.counted += int(good.size)
-    keys, which = target_keys(g, offs[good] + l3[good], is6[good], sniffer.me)
-    account(sniffer, keys, which, sec, good, wire[good])
+    keys, which = target_keys(heads, rows[good], l3[good], is6[good], sniffer.me)
+    account(sniffer, keys, which, batch.sec[rows], good, batch.wirelen[rows][good])
 
 
 def account(sniffer: Sniffer, keys: Addresses, which: np.ndarray, sec: np.ndarray,

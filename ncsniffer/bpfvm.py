@@ -10,9 +10,8 @@ Two things keep the per-packet cost down.  The accumulator travels with each
 work list (the packets that reach an instruction), and only to instructions
 that read it before writing it: a load followed by a jump, the usual pair, never
 goes through a per-batch array.  And when a program loads packet bytes more than
-once, the first HEAD bytes of every packet are copied into one compact array up
-front: the batch's lines are fetched from memory once, later loads read a few
-cached megabytes.
+once, it reads from a copy of the first bytes of every packet (``gather.Heads``;
+the replay pipeline makes one for the filter, decoding and addresses to share).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ncsniffer.gather import Gather
+from ncsniffer.gather import HEAD, Gather, Heads
 
 M32 = 0xFFFFFFFF
 
@@ -30,7 +29,6 @@ LD, LDX, ST, STX, ALU, JMP, RET, MISC = range(8)
 SIZE = {0x00: 4, 0x08: 2, 0x10: 1}
 WORD = {4: ">u4", 2: ">u2", 1: "u1"}     # BPF loads are big-endian
 IMM, ABS, IND, MEM, LEN, MSH = 0x00, 0x20, 0x40, 0x60, 0x80, 0xA0
-HEAD = 64           # loads this far into a packet read a compact copy of the batch
 
 
 class UnsupportedProgram(Exception):
@@ -69,36 +67,15 @@ class Packets:
     x: np.ndarray
     mem: dict[int, np.ndarray] = field(default_factory=dict)
 
-    head: np.ndarray | None = None       # (packets, width) copy of their first bytes
-    flat: Gather | None = None           # ... for loads at per-packet offsets
+    heads: Heads | None = None           # a copy of their first bytes, if made
 
     def __post_init__(self):
         self.capmin = int(self.caplen.min()) if len(self.caplen) else 0
 
-    def cache_heads(self, width: int) -> None:
-        """Copy each packet's first ``width`` bytes into one compact array, in one
-        gather: fixed-offset loads then read cached lines instead of the batch's."""
-        g = self.g
-        rows = g.block(self.offs, width) if g.size >= width else \
-            np.empty(len(self.offs), f"V{width}")
-        near = np.flatnonzero(self.offs > g.size - width)
-        if near.size:                        # the buffer's last packets: pad with zeros
-            lo = int(self.offs[near].min())
-            tail = Gather(np.concatenate((g.u8[lo:], np.zeros(width, np.uint8))))
-            rows[near] = tail.block(self.offs[near] - lo, width)
-        self.head = rows.view(np.uint8).reshape(len(rows), width)
-        self.flat = Gather(self.head.reshape(-1))
-
     def load(self, dtype: str, idx: np.ndarray, at) -> np.ndarray:
-        """Words at offset ``at`` (one for all, or one per packet) of the packets
-        ``idx``: from the copied heads where they reach, else from the batch."""
-        head, size = self.head, np.dtype(dtype).itemsize
-        if head is not None:
-            width = head.shape[1]
-            if np.ndim(at) == 0 and at + size <= width:       # a strided column of the heads
-                return np.ndarray((len(head),), dtype, head, at, (width,))[idx].astype(np.int64)
-            if np.ndim(at) and at.size and at.max() + size <= width:
-                return self.flat.load(dtype, idx * width + at)
+        """Words at offset ``at`` (one for all, or one per packet) of the packets ``idx``."""
+        if self.heads is not None:
+            return self.heads.load(dtype, idx, at)
         return self.g.load(dtype, self.offs[idx] + at)
 
 
@@ -134,22 +111,23 @@ def head_width(prog: list[tuple[int, int, int, int]]) -> int:
     return max((end for _, end in loads if end <= HEAD), default=0)
 
 
-def run(prog: list[tuple[int, int, int, int]], data: np.ndarray | Gather, offs: np.ndarray,
-        caplen: np.ndarray, wirelen: np.ndarray) -> np.ndarray:
+def run(prog: list[tuple[int, int, int, int]], data: np.ndarray | Gather | Heads,
+        offs: np.ndarray, caplen: np.ndarray, wirelen: np.ndarray) -> np.ndarray:
     """Accept mask of the packets (data at ``u8[offs : offs + caplen]``; ``data`` is the
-    batch's uint8 array or a Gather over it).
+    batch's uint8 array, a Gather over it, or its Heads copy).
 
     Each instruction keeps a work list of the packets that reach it (with their A
     where it is read); jumps split a list in two, so every instruction touches
     only its own packets.
     """
     n = len(offs)
-    pk = Packets(data if isinstance(data, Gather) else Gather(data), offs, caplen, wirelen,
-                 np.zeros(n, np.int64))
-    live = reads_a(prog)
+    heads = data if isinstance(data, Heads) else None
+    g = heads.g if heads else data if isinstance(data, Gather) else Gather(data)
     width = head_width(prog)
-    if width and n:
-        pk.cache_heads(width)
+    if heads is None and width and n:
+        heads = Heads(g, offs, width)
+    pk = Packets(g, offs, caplen, wirelen, np.zeros(n, np.int64), heads=heads)
+    live = reads_a(prog)
     accept = np.zeros(n, bool)
     work = {0: [(np.arange(n), np.zeros(n, np.int64))]}
     for i, (code, jt, jf, k) in enumerate(prog):

@@ -60,3 +60,47 @@ class Gather:
     def rows(self, at: np.ndarray, width: int) -> np.ndarray:
         """``width`` bytes from each offset, one row per offset (uint8)."""
         return self.u8[np.minimum(at[:, None] + np.arange(width), self.size - 1)]
+
+
+HEAD = 64       # bytes of each packet copied by ``Heads``: every header the pipeline reads
+
+
+class Heads:
+    """The first ``width`` bytes of every packet of a batch, copied with one gather
+    into a compact array.  The filter, the decoder and the address extraction
+    each load several words per packet; from the copy they read a few cached
+    lines instead of scattered lines of a 16 MB batch.  Loads reaching past the
+    copy read the batch itself.
+    """
+
+    def __init__(self, g: Gather, offs: np.ndarray, width: int = HEAD):
+        self.g, self.offs, self.width = g, offs, width
+        rows = g.block(offs, width) if g.size >= width else np.empty(len(offs), f"V{width}")
+        near = np.flatnonzero(offs > g.size - width)
+        if near.size:                        # the buffer's last packets: pad with zeros
+            lo = int(offs[near].min())
+            tail = Gather(np.concatenate((g.u8[lo:], np.zeros(width, np.uint8))))
+            rows[near] = tail.block(offs[near] - lo, width)
+        self.rows = rows.view(np.uint8).reshape(len(rows), width)
+        self.flat = Gather(self.rows.reshape(-1))
+
+    def words(self, dtype: str, idx: np.ndarray, at) -> np.ndarray:
+        """Native unsigned words of ``dtype`` at offset ``at`` (one for all, or one
+        per packet) of the packets ``idx``."""
+        size, width = np.dtype(dtype).itemsize, self.width
+        native = np.dtype(dtype).newbyteorder("=")
+        if np.ndim(at) == 0:
+            if at + size <= width:           # a strided column of the copy
+                return np.ndarray((len(self.rows),), dtype, self.rows, at, (width,))[idx] \
+                    .astype(native)
+            return self.g.words(dtype, self.offs[idx] + at)
+        inside = at + size <= width
+        if inside.all():
+            return self.flat.words(dtype, idx * width + at)
+        out = self.g.words(dtype, self.offs[idx] + at)
+        fit = np.flatnonzero(inside)
+        out[fit] = self.flat.words(dtype, idx[fit] * width + at[fit])
+        return out
+
+    def load(self, dtype: str, idx: np.ndarray, at) -> np.ndarray:
+        return self.words(dtype, idx, at).astype(np.int64)

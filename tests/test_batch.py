@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ncsniffer import batch, bpfvm, decode, pcapfile, pcapgen
-from ncsniffer.gather import Gather
+from ncsniffer.gather import Gather, Heads
 
 FILTERS = [
     "host 10.0.0.1", "tcp port 80", "udp and dst port 53", "ip6", "icmp",
@@ -198,11 +198,13 @@ def test_vectorized_decode_equals_scalar(link, blobs, data):
         frames.append(blob or b"\x00")
     buf, u8, offs, caplen = as_batch(frames)
     g = Gather(u8)
-    reason, l3, is6 = batch.decode_batch(link, g, offs, caplen)
+    heads = Heads(g, offs, width=data.draw(st.sampled_from((16, 64))))  # loads past it too
+    rows = np.arange(len(offs))
+    reason, l3, is6 = batch.decode_batch(link, heads, rows, caplen)
     ok = np.flatnonzero(reason == batch.OK)
     me = data.draw(st.sampled_from([b"\x0a\x00\x00\x01", socket.inet_pton(socket.AF_INET6,
                                                                      "2001:db8::1")]))
-    addrs, which = batch.target_keys(g, offs[ok] + l3[ok], is6[ok], me)
+    addrs, which = batch.target_keys(heads, rows[ok], l3[ok], is6[ok], me)
     unique = [addrs.key(i) for i in range(len(addrs))]
     assert len(set(unique)) == len(unique)
     keys = [unique[i] for i in which]
