@@ -27,7 +27,7 @@ test-quick: setup
 	$(PY) -m pytest -q -m "not integration and not slow"
 
 bench: setup
-	$(PY) bench/replay_bench.py
+	bench/run
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

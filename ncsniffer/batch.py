@@ -1,12 +1,16 @@
-"""The replay pipeline over whole batches (numpy): filter, decode, match, account.
+"""The pipeline over whole batches (numpy): filter, decode, match, account.
 
-Same results as feeding ``Sniffer.packet`` one frame at a time — the same
-decode rules and counters, the same accounting calls in the same order, the
-same per-second ticks — but filtering and decoding run on arrays, so only the
-accounting itself is done per packet in Python.
+Same results as taking the packets one at a time — the same decode rules and
+counters, the same accounting in the same order, the same per-second ticks —
+but every step runs on arrays.  ``prepare`` (filter, decode, match, target
+addresses) touches no accounting state, so a replay runs it in a second
+process; ``apply`` (distinct addresses, counters, clock, accounting) runs
+where the records live.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -71,40 +75,56 @@ def decode_batch(linktype: int, heads: Heads, rows: np.ndarray, cap: np.ndarray)
     return reason, l3, v6
 
 
-def target_keys(heads: Heads, rows: np.ndarray, l3: np.ndarray, is6: np.ndarray,
-                me: bytes) -> tuple[Addresses, np.ndarray]:
-    """The distinct target addresses of packets ``rows`` (IP header at ``l3``):
-    the destination when the source is "me"; and, per packet, the index of its
-    own among them."""
-    which = np.empty(len(rows), np.int64)
-    v4 = np.zeros(0, np.uint32)
-    v6: list[bytes] = []
+@dataclass
+class Targets:
+    """Each counted packet's target address (the destination when the source is
+    "me"): IPv4 ones as numbers, IPv6 ones as two 64-bit words, in packet order."""
+
+    is6: np.ndarray               # bool, per packet
+    v4: np.ndarray                # uint32, per IPv4 packet
+    hi: np.ndarray                # uint64, per IPv6 packet
+    lo: np.ndarray
+
+
+def targets(heads: Heads, rows: np.ndarray, l3: np.ndarray, is6: np.ndarray,
+            me: bytes) -> Targets:
+    """The target addresses of packets ``rows`` (IP header at ``l3``)."""
     i4 = np.flatnonzero(~is6)
+    v4 = np.zeros(0, np.uint32)
     if i4.size:
         both = heads.words(">u8", rows[i4], l3[i4] + 12)   # source and destination at once
         src, dst = both >> np.uint64(32), both & np.uint64(0xFFFFFFFF)
         me4 = int.from_bytes(me, "big") if len(me) == 4 else 1 << 32
-        v4, which[i4] = _unique32(np.where(src == me4, dst, src).astype(np.uint32))
+        v4 = np.where(src == me4, dst, src).astype(np.uint32)
     i6 = np.flatnonzero(is6)
-    if i6.size:
-        r6, a6 = rows[i6], l3[i6]
-        hi, lo = heads.words(">u8", r6, a6 + 8), heads.words(">u8", r6, a6 + 16)
-        if len(me) == 16:
-            mine = (hi == int.from_bytes(me[:8], "big")) & (lo == int.from_bytes(me[8:], "big"))
-            hi = np.where(mine, heads.words(">u8", r6, a6 + 24), hi)
-            lo = np.where(mine, heads.words(">u8", r6, a6 + 32), lo)
-        order = np.lexsort((lo, hi))
-        hi, lo = hi[order], lo[order]
+    r6, a6 = rows[i6], l3[i6]
+    hi, lo = heads.words(">u8", r6, a6 + 8), heads.words(">u8", r6, a6 + 16)
+    if len(me) == 16 and i6.size:
+        mine = (hi == int.from_bytes(me[:8], "big")) & (lo == int.from_bytes(me[8:], "big"))
+        hi = np.where(mine, heads.words(">u8", r6, a6 + 24), hi)
+        lo = np.where(mine, heads.words(">u8", r6, a6 + 32), lo)
+    return Targets(is6, v4, hi, lo)
+
+
+def distinct(t: Targets) -> tuple[Addresses, np.ndarray]:
+    """The distinct targets and, per packet, the index of its own among them."""
+    which = np.empty(len(t.is6), np.int64)
+    v4, which[~t.is6] = _unique32(t.v4)
+    v6: list[bytes] = []
+    if len(t.hi):
+        order = np.lexsort((t.lo, t.hi))
+        hi, lo = t.hi[order], t.lo[order]
         new = np.concatenate(([True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])))
-        which[i6[order]] = np.cumsum(new) - 1 + len(v4)
-        pairs = np.stack((hi[new], lo[new]), axis=1).astype(">u8")
-        v6 = pairs.view("V16").ravel().tolist()
+        which[np.flatnonzero(t.is6)[order]] = np.cumsum(new) - 1 + len(v4)
+        v6 = np.stack((hi[new], lo[new]), axis=1).astype(">u8").view("V16").ravel().tolist()
     return Addresses(v4, v6), which
 
 
 def _unique32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(values, return_inverse=True)`` for 32-bit values, by two stable
     16-bit radix sorts (about twice as fast as numpy's general sort)."""
+    if not len(values):
+        return values, np.zeros(0, np.int64)
     order = np.argsort(values.astype(np.uint16), kind="stable")     # low half first
     order = order[np.argsort((values[order] >> 16).astype(np.uint16), kind="stable")]
     ordered = values[order]
@@ -129,29 +149,58 @@ def matching(batch: Batch, offs: np.ndarray, cap: np.ndarray, sniffer: Sniffer) 
     return keep
 
 
+@dataclass
+class Prepared:
+    """A batch filtered, decoded and matched, ready for the accounting: what
+    ``prepare`` hands to ``apply`` (possibly from another process)."""
+
+    seen: int                     # packets the filter passed
+    undecoded: dict[str, int]     # ... not decoded, by reason
+    unmatched: int                # ... dropped by match / nomatch
+    targets: Targets              # the counted packets' targets
+    sec: np.ndarray               # every passed packet's second
+    good: np.ndarray              # which passed packets are counted
+    lengths: np.ndarray           # ... their wire lengths
+
+
 def process(batch: Batch, prog, linktype: int, sniffer: Sniffer) -> None:
     """Account every packet of the batch that the filter program passes
     (``prog`` None: all of them, the kernel filtered them already)."""
+    apply(prepare(batch, prog, linktype, sniffer), sniffer)
+
+
+def prepare(batch: Batch, prog, linktype: int, sniffer: Sniffer) -> Prepared:
+    """Filter, decode, match and find the targets; touches no accounting state
+    (it reads the sniffer's settings only)."""
     heads = Heads(Gather(batch.u8), batch.offs)
     if prog is None:
         rows = np.arange(len(batch.offs))
     else:
         rows = np.flatnonzero(bpfvm.run(prog, heads, batch.offs, batch.caplen, batch.wirelen))
-        if not rows.size:
-            return
     offs, cap = batch.offs[rows], batch.caplen[rows]
     reason, l3, is6 = decode_batch(linktype, heads, rows, cap)
-    sniffer.seen += len(rows)
-    for code, name in REASONS.items():
-        sniffer.undecoded[name] += int(np.count_nonzero(reason == code))
+    undecoded = {name: int(np.count_nonzero(reason == code)) for code, name in REASONS.items()}
     good = np.flatnonzero(reason == OK)
+    unmatched = 0
     if sniffer.payload is not None and good.size:
         keep = matching(batch, offs[good], cap[good], sniffer)
-        sniffer.unmatched += int(good.size - np.count_nonzero(keep))
+        unmatched = int(good.size - np.count_nonzero(keep))
         good = good[keep]
-    sniffer.counted += int(good.size)
-    keys, which = target_keys(heads, rows[good], l3[good], is6[good], sniffer.me)
-    account(sniffer, keys, which, batch.sec[rows], good, batch.wirelen[rows][good])
+    return Prepared(len(rows), undecoded, unmatched,
+                    targets(heads, rows[good], l3[good], is6[good], sniffer.me),
+                    batch.sec[rows], good, batch.wirelen[rows][good])
+
+
+def apply(p: Prepared, sniffer: Sniffer) -> None:
+    """Count a prepared batch: the counters, the clock, the accounting."""
+    if not p.seen:
+        return
+    sniffer.seen += p.seen
+    for name, n in p.undecoded.items():
+        sniffer.undecoded[name] += n
+    sniffer.unmatched += p.unmatched
+    sniffer.counted += len(p.good)
+    account(sniffer, *distinct(p.targets), p.sec, p.good, p.lengths)
 
 
 def account(sniffer: Sniffer, keys: Addresses, which: np.ndarray, sec: np.ndarray,

@@ -297,13 +297,15 @@ class Reader:
         self.interfaces.append((linktype, snaplen, per_sec))
 
     # ------------------------------------------------------------------ batches
-    def batches(self, max_packets: int = MAX_PACKETS,
-                max_bytes: int = MAX_BYTES) -> Iterator[Batch]:
+    def batches(self, max_packets: int | None = None,
+                max_bytes: int | None = None) -> Iterator[Batch]:
         """Yield batches until the end of the file; raise Truncated at a broken end.
 
-        A batch holds at most ``max_packets`` records and ends at the first one
-        starting ``max_bytes`` or more past its first.
+        A batch holds at most ``max_packets`` records (MAX_PACKETS) and ends at the
+        first one starting ``max_bytes`` (MAX_BYTES) or more past its first.
         """
+        max_packets = max_packets or MAX_PACKETS
+        max_bytes = max_bytes or MAX_BYTES
         walk = self._walk_pcap if self.kind == "pcap" else self._walk_pcapng
         pos, end = self.start, len(self.mm)
         while pos < end:

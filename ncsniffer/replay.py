@@ -2,16 +2,21 @@
 
 The clock is the packets' own timestamps, so the numbers are exactly those a
 live run would have produced; the purge and other once-a-second work is driven
-by packet time too.  At the end of the file, one dump.
+by packet time too.  At the end of the file, one dump.  With a second CPU, a
+forked process reads and prepares the batches while this one accounts them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
+import pickle
+import signal
 import struct
 import time
-from typing import IO
+import traceback
+from typing import IO, Iterator
 
 from ncsniffer import batch, bpfvm, capture, pcapfile
 from ncsniffer.config import Settings
@@ -20,6 +25,8 @@ from ncsniffer.sniffer import Sniffer
 
 BATCH = 20000
 PROGRESS_AFTER = 2.0   # seconds of wall time before progress lines appear
+PIPE_BUFFER = 1 << 20  # bytes buffered on each side of the pipe between the processes
+PIPE_SIZE = 1 << 20    # the pipe itself: a prepared batch is 1-2 MB
 
 
 class Progress:
@@ -64,9 +71,11 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
     if lookups is not None:
         lookups.attach(sniffer)
     progress = Progress(None if quiet else log)
+    prepared = (_two_processes if prog is not None and _pipeline() else _one_process)(
+        batches, prog, linktype, sniffer)
     try:
-        for got in batches:
-            batch.process(got, prog, linktype, sniffer)
+        for ready in prepared:
+            batch.apply(ready, sniffer)
             gc.freeze()      # records never form cycles: keep the collector off them
             if lookups is not None:
                 lookups.poll(sniffer.now)
@@ -74,6 +83,7 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
     except CaptureError as exc:
         error = exc
     finally:
+        prepared.close()
         close()
     progress.update(sniffer.seen, final=True)
     if lookups is not None:
@@ -88,6 +98,78 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
                   if sniffer.seen else f"nc.sniffer: {error}\n")
         return 2
     return 0
+
+
+def _pipeline() -> bool:
+    """Whether to prepare batches in a second process: with a second CPU, unless
+    ``NCSNIFFER_REPLAY=serial`` (the tests compare both)."""
+    return os.environ.get("NCSNIFFER_REPLAY") != "serial" and len(os.sched_getaffinity(0)) > 1
+
+
+def _one_process(batches, prog, linktype: int, sniffer: Sniffer) -> Iterator[batch.Prepared]:
+    for got in batches:
+        yield batch.prepare(got, prog, linktype, sniffer)
+
+
+def _two_processes(batches, prog, linktype: int,
+                   sniffer: Sniffer) -> Iterator[batch.Prepared]:
+    """Prepared batches from a forked child: it reads, filters, decodes and finds
+    the targets of batch n + 1 while this process accounts batch n (the
+    accounting stays in one process, in file order).  A reading error ends the
+    stream as it would in one process; a child that dies is an error too."""
+    rfd, wfd = os.pipe()
+    try:
+        fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass
+    pid = os.fork()
+    if pid == 0:                                    # the child: never returns
+        os.close(rfd)
+        _prepare_into(wfd, batches, prog, linktype, sniffer)
+    os.close(wfd)
+    try:
+        with os.fdopen(rfd, "rb", PIPE_BUFFER) as inp:
+            while True:
+                try:
+                    item = pickle.load(inp)
+                except EOFError:
+                    raise CaptureError("the reading process ended unexpectedly") from None
+                if isinstance(item, batch.Prepared):
+                    yield item
+                    continue
+                kind, text = item
+                if kind == "capture":
+                    raise CaptureError(text)
+                if kind == "crash":
+                    raise RuntimeError(f"the reading process failed:\n{text}")
+                return
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)        # gone already unless we stopped early
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+
+
+def _prepare_into(wfd: int, batches, prog, linktype: int, sniffer: Sniffer) -> None:
+    """The child's work: prepared batches, then ("end", ""), ("capture", message)
+    or ("crash", traceback) into the pipe; then exit without Python's clean-up
+    (the parent's buffers and atexit handlers are not ours)."""
+    code = 0
+    try:
+        with os.fdopen(wfd, "wb", PIPE_BUFFER) as out:
+            try:
+                for got in batches:
+                    pickle.dump(batch.prepare(got, prog, linktype, sniffer), out, protocol=5)
+                pickle.dump(("end", ""), out)
+            except CaptureError as exc:
+                pickle.dump(("capture", str(exc)), out)
+            except Exception:
+                pickle.dump(("crash", traceback.format_exc()), out)
+    except BaseException:          # the parent went away, or an interrupt
+        code = 1
+    finally:
+        os._exit(code)
 
 
 def _open_libpcap(path: str, settings: Settings):

@@ -204,7 +204,7 @@ def test_vectorized_decode_equals_scalar(link, blobs, data):
     ok = np.flatnonzero(reason == batch.OK)
     me = data.draw(st.sampled_from([b"\x0a\x00\x00\x01", socket.inet_pton(socket.AF_INET6,
                                                                      "2001:db8::1")]))
-    addrs, which = batch.target_keys(heads, rows[ok], l3[ok], is6[ok], me)
+    addrs, which = batch.distinct(batch.targets(heads, rows[ok], l3[ok], is6[ok], me))
     unique = [addrs.key(i) for i in range(len(addrs))]
     assert len(set(unique)) == len(unique)
     keys = [unique[i] for i in which]

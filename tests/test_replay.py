@@ -1,5 +1,6 @@
 """SPEC 6.4: ``nc.sniffer -r FILE start`` end to end, checked against the plain model."""
 
+import io
 import ipaddress
 import struct
 import os
@@ -14,9 +15,10 @@ from tests.conftest import plain_read, run_cli, write_config
 ME = "192.0.2.10"
 
 
-@pytest.fixture(autouse=True, params=["batch", "libpcap"])
+@pytest.fixture(autouse=True, params=["batch", "serial", "libpcap"])
 def replay_path(request, monkeypatch):
-    """Every test runs through both replay paths: they must give the same numbers."""
+    """Every test runs through each replay path: the batch path with its two
+    processes, in one process, and libpcap's; they must give the same numbers."""
     monkeypatch.setenv("NCSNIFFER_REPLAY", request.param)
     return request.param
 T0 = 1_600_000_000
@@ -271,3 +273,41 @@ def test_broken_pcapng_mid_file_is_a_clear_error(workdir):
     result = run_cli("-c", conf, "-r", cap, "start")
     assert result.returncode == 2 and cap in result.stderr and "Traceback" not in result.stderr
     assert plain_read(os.path.join(workdir, "nc.sniffer.stats"))[1] == expected(model)[0]
+
+
+@pytest.mark.parametrize("failure, message", [
+    ("raise", "the reading process failed"),
+    ("exit", "the reading process ended unexpectedly"),
+])
+def test_a_failing_reading_process_is_an_error_not_a_hang(workdir, replay_path, monkeypatch,
+                                                          failure, message):
+    """The second process dies or raises in its third batch: the replay says so."""
+    if replay_path != "batch":
+        pytest.skip("only the two-process path has a reading process")
+    from ncsniffer import batch, config, replay as replay_mod
+    calls = []
+    real = batch.prepare
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            if failure == "exit":
+                os._exit(3)
+            raise ValueError("boom")
+        return real(*args)
+    monkeypatch.setattr(batch, "prepare", flaky)
+    records, _ = build([(T0 + i, "198.51.100.1", ME, b"x") for i in range(2000)])
+    cap = os.path.join(workdir, "in.pcap")
+    pcapgen.write_pcap(cap, decode.DLT_EN10MB, records)
+    from ncsniffer import pcapfile
+    monkeypatch.setattr(pcapfile, "MAX_BYTES", 4096)
+    settings = config.validate(config.load_file(write_config(workdir, bpf=f"host {ME}")),
+                               "nc.sniffer", offline=True)
+    log = io.StringIO()
+    if failure == "raise":
+        with pytest.raises(RuntimeError, match=message) as err:
+            replay_mod.replay(settings, cap, log, quiet=True)
+        assert "ValueError: boom" in str(err.value)
+    else:
+        assert replay_mod.replay(settings, cap, log, quiet=True) == 2
+        assert message in log.getvalue()
