@@ -60,9 +60,14 @@ def ensure_commands(*commands: str) -> None:
 
 
 def ensure_nc() -> None:
-    """The measured command must be installed in the project's virtualenv."""
+    """The measured command must be installed in the project's virtualenv, its
+    modules byte-compiled as a normal install leaves them (an environment with
+    PYTHONDONTWRITEBYTECODE would otherwise compile them at every start)."""
     if not os.access(NC, os.X_OK):
         raise BenchError(f"{NC} not found: create the virtualenv and pip install -e . first")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([PYTHON, "-m", "compileall", "-q", os.path.join(ROOT, "ncsniffer")],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
 
 
 def log(message: str) -> None:
