@@ -11,12 +11,13 @@ where the records live.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from ncsniffer import bpfvm, decode
 from ncsniffer.accounting import Addresses
-from ncsniffer.gather import Gather, Heads
+from ncsniffer.gather import HEAD, Gather, Heads
 from ncsniffer.pcapfile import Batch
 from ncsniffer.sniffer import Sniffer
 
@@ -25,6 +26,9 @@ REASONS = {TRUNCATED: decode.TRUNCATED, NOT_IP: decode.NOT_IP, INVALID: decode.I
 VLAN = np.array(sorted(decode.VLAN_TAGS))
 LINK_HEADER = {decode.DLT_EN10MB: (14, 12), decode.DLT_LINUX_SLL: (16, 14),
                decode.DLT_LINUX_SLL2: (20, 0)}
+LOWER = np.arange(256, dtype=np.uint8)
+LOWER[ord("A"):ord("Z") + 1] += 32                # bytes.lower(): ASCII letters only
+MATCH_HEAD = 256     # with match/nomatch, copy this much of each packet (if snaplen is less)
 BY_VERSION = {decode.DLT_NULL: 4, decode.DLT_LOOP: 4, decode.DLT_RAW: 0,
               decode.DLT_RAW_LINKTYPE: 0, decode.DLT_IPV4: 0, decode.DLT_IPV6: 0}
 
@@ -134,19 +138,54 @@ def _unique32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[new], inverse
 
 
-def matching(batch: Batch, offs: np.ndarray, cap: np.ndarray, sniffer: Sniffer) -> np.ndarray:
-    """Mask of packets whose window [payload, snaplen) passes match / nomatch."""
-    lo, hi = int(offs.min()), int((offs + cap).max())
-    find = batch.buf[lo:hi].lower().find           # one lower-casing for the batch
-    match, nomatch = sniffer.match, sniffer.nomatch
-    starts = (offs - lo + sniffer.payload).tolist()
-    ends = (offs - lo + np.minimum(cap, sniffer.snaplen)).tolist()
-    keep = np.ones(len(starts), bool)
-    for i, (a, b) in enumerate(zip(starts, ends)):
-        if (match is not None and find(match, a, b) < 0) or \
-           (nomatch is not None and find(nomatch, a, b) >= 0):
-            keep[i] = False
+def matching(heads: Heads, rows: np.ndarray, cap: np.ndarray, sniffer: Sniffer) -> np.ndarray:
+    """Mask of the packets ``rows`` whose window [payload, snaplen) passes match /
+    nomatch (read from the packet-start copy when it reaches that far)."""
+    payload = sniffer.payload
+    length = np.maximum(np.minimum(cap, sniffer.snaplen) - payload, 0)
+    width = int(length.max()) if len(length) else 0
+    if payload + width <= heads.width:
+        def windows(lo: int, hi: int) -> np.ndarray:
+            return heads.rows[rows[lo:hi], payload:payload + width]
+    else:
+        start = heads.offs[rows] + payload
+
+        def windows(lo: int, hi: int) -> np.ndarray:
+            return heads.g.window(start[lo:hi], width)
+    keep = np.ones(len(rows), bool)
+    for needle, wanted in ((sniffer.match, True), (sniffer.nomatch, False)):
+        if needle is not None:
+            keep &= contains(windows, length, needle) == wanted
     return keep
+
+
+def contains(windows: Callable[[int, int], np.ndarray], length: np.ndarray,
+             needle: bytes) -> np.ndarray:
+    """Mask of the windows whose first ``length`` lower-cased bytes hold ``needle``
+    (lower-case already).  ``windows(lo, hi)``: the rows of windows lo..hi-1, all
+    as wide as the longest.  The rows are compared with the needle's first byte
+    (either case) at every position at once, then the candidates byte by byte;
+    they are taken in chunks of about 16 MB."""
+    found = np.zeros(len(length), bool)
+    width = int(length.max()) if len(length) else 0
+    if width < len(needle):
+        return found
+    first, upper = needle[0], bytes(needle[:1]).upper()[0]
+    step = max(1, (16 << 20) // width)
+    for lo in range(0, len(length), step):
+        win = windows(lo, lo + step)
+        head = win[:, :width - len(needle) + 1]
+        hit = head == first
+        if upper != first:
+            hit |= head == upper
+        row, col = np.divmod(np.flatnonzero(hit), hit.shape[1])     # 6x np.nonzero's speed
+        inside = col + len(needle) <= length[lo:lo + step][row]
+        row, col = row[inside], col[inside]
+        for k, byte in enumerate(needle[1:], 1):
+            same = LOWER[win[row, col + k]] == byte
+            row, col = row[same], col[same]
+        found[lo + row] = True
+    return found
 
 
 @dataclass
@@ -172,18 +211,19 @@ def process(batch: Batch, prog, linktype: int, sniffer: Sniffer) -> None:
 def prepare(batch: Batch, prog, linktype: int, sniffer: Sniffer) -> Prepared:
     """Filter, decode, match and find the targets; touches no accounting state
     (it reads the sniffer's settings only)."""
-    heads = Heads(Gather(batch.u8), batch.offs)
+    width = HEAD if sniffer.payload is None else max(HEAD, min(sniffer.snaplen, MATCH_HEAD))
+    heads = Heads(Gather(batch.u8), batch.offs, width)
     if prog is None:
         rows = np.arange(len(batch.offs))
     else:
         rows = np.flatnonzero(bpfvm.run(prog, heads, batch.offs, batch.caplen, batch.wirelen))
-    offs, cap = batch.offs[rows], batch.caplen[rows]
+    cap = batch.caplen[rows]
     reason, l3, is6 = decode_batch(linktype, heads, rows, cap)
     undecoded = {name: int(np.count_nonzero(reason == code)) for code, name in REASONS.items()}
     good = np.flatnonzero(reason == OK)
     unmatched = 0
     if sniffer.payload is not None and good.size:
-        keep = matching(batch, offs[good], cap[good], sniffer)
+        keep = matching(heads, rows[good], cap[good], sniffer)
         unmatched = int(good.size - np.count_nonzero(keep))
         good = good[keep]
     return Prepared(len(rows), undecoded, unmatched,

@@ -57,6 +57,18 @@ class Gather:
         view = self._view(f"V{width}")
         return view[np.minimum(at, len(view) - 1)]
 
+    def window(self, at: np.ndarray, width: int) -> np.ndarray:
+        """``width`` bytes from each offset as rows of a (len(at), width) uint8
+        array, in one gather; zeros past the end of the buffer."""
+        rows = self.block(at, width) if self.size >= width else \
+            np.empty(len(at), f"V{width}")
+        near = np.flatnonzero(at > self.size - width)
+        if near.size:                        # the buffer's last bytes: pad with zeros
+            lo = int(at[near].min())
+            tail = Gather(np.concatenate((self.u8[lo:], np.zeros(width, np.uint8))))
+            rows[near] = tail.block(at[near] - lo, width)
+        return rows.view(np.uint8).reshape(len(at), width)
+
     def rows(self, at: np.ndarray, width: int) -> np.ndarray:
         """``width`` bytes from each offset, one row per offset (uint8)."""
         return self.u8[np.minimum(at[:, None] + np.arange(width), self.size - 1)]
@@ -75,13 +87,7 @@ class Heads:
 
     def __init__(self, g: Gather, offs: np.ndarray, width: int = HEAD):
         self.g, self.offs, self.width = g, offs, width
-        rows = g.block(offs, width) if g.size >= width else np.empty(len(offs), f"V{width}")
-        near = np.flatnonzero(offs > g.size - width)
-        if near.size:                        # the buffer's last packets: pad with zeros
-            lo = int(offs[near].min())
-            tail = Gather(np.concatenate((g.u8[lo:], np.zeros(width, np.uint8))))
-            rows[near] = tail.block(offs[near] - lo, width)
-        self.rows = rows.view(np.uint8).reshape(len(rows), width)
+        self.rows = g.window(offs, width)
         self.flat = Gather(self.rows.reshape(-1))
 
     def words(self, dtype: str, idx: np.ndarray, at) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 from ncsniffer.gather import Gather
 
 MAX_RECORD = 262144          # libpcap refuses larger records as bogus
-MAX_PACKETS = 262144         # records per batch, bounds memory for tiny packets
+MAX_PACKETS = 65536          # records per batch, bounds memory for tiny packets
 MAX_BYTES = 16 << 20         # a batch ends at the first record this far past its start
 SYNC_SECONDS = 10 * 86400    # a lane's first record lies this close in time to the batch's first
 PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1), b"\xa1\xb2\xc3\xd4": (">", 1),

@@ -348,3 +348,24 @@ def test_unknown_format_and_empty_file(tmp_path):
     for p in (junk, empty):
         with open(p, "rb") as fh, pytest.raises(pcapfile.Unsupported):
             pcapfile.Reader(fh, str(p))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=300), st.binary(min_size=1, max_size=4),
+       st.lists(st.tuples(st.integers(0, 320), st.integers(0, 80)), min_size=1, max_size=30))
+def test_contains_is_lowercased_find(buf, needle, windows):
+    """The vectorized payload search agrees with bytes.lower().find on every window,
+    also windows that reach past the buffer or are empty."""
+    needle = needle.lower()
+    if len(windows) % 2:                       # plant the needle in upper case sometimes
+        at = windows[0][0] % len(buf)
+        buf = buf[:at] + needle.upper() + buf[at:]
+    start = np.array([min(s, len(buf)) for s, _ in windows])
+    length = np.array([max(0, min(n, len(buf) - s))
+                       for s, (_, n) in zip(start.tolist(), windows)])
+    g = Gather(buf)
+    width = max(int(length.max()), 1)
+    got = batch.contains(lambda lo, hi: g.window(start[lo:hi], width), length, needle)
+    low = buf.lower()
+    assert got.tolist() == [low.find(needle, s, s + n) >= 0
+                            for s, n in zip(start.tolist(), length.tolist())]
