@@ -5,6 +5,7 @@ import random
 import socket
 import struct
 import zlib
+from types import SimpleNamespace
 
 import numpy as np
 import pcapy
@@ -369,3 +370,26 @@ def test_contains_is_lowercased_find(buf, needle, windows):
     low = buf.lower()
     assert got.tolist() == [low.find(needle, s, s + n) >= 0
                             for s, n in zip(start.tolist(), length.tolist())]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(max_size=150), min_size=1, max_size=25), st.data())
+def test_matching_reads_the_payload_window_of_the_chosen_rows(frames, data):
+    """match / nomatch on consecutive rows (views of the packet-start copy), on
+    scattered rows (copies), and past the copy (gathers from the batch)."""
+    needle = data.draw(st.sampled_from([b"ab", b"x", b"\x00\x01", b"hello"]))
+    frames = [f + (needle.upper() if i % 3 == 0 else b"") for i, f in enumerate(frames)]
+    buf, u8, offs, caplen = as_batch(frames)
+    payload = data.draw(st.integers(0, 40))
+    snaplen = data.draw(st.integers(payload + 1, 400))
+    nomatch = data.draw(st.booleans())
+    s = SimpleNamespace(payload=payload, snaplen=snaplen, match=None if nomatch else needle,
+                        nomatch=needle if nomatch else None)
+    heads = Heads(Gather(u8), offs, data.draw(st.sampled_from((64, 256))))
+    rows = np.arange(len(frames))
+    if data.draw(st.booleans()):
+        rows = np.array(sorted(set(data.draw(st.lists(st.integers(0, len(frames) - 1),
+                                                      min_size=1)))))
+    got = batch.matching(heads, rows, caplen[rows], s)
+    want = [(frames[i][payload:snaplen].lower().find(needle) >= 0) != nomatch for i in rows]
+    assert got.tolist() == want
