@@ -90,6 +90,10 @@ class Addresses:
         n4 = len(self.v4)
         return self.v4[i].item().to_bytes(4, "big") if i < n4 else self.v6[i - n4]
 
+    def keys(self) -> list[bytes]:
+        """All of them packed, in order."""
+        return self.v4.astype(">u4").view("V4").tolist() + self.v6
+
     def take(self, idx: np.ndarray) -> "Addresses":
         """The addresses at the ascending indices ``idx``."""
         n4 = int(np.searchsorted(idx, len(self.v4)))
@@ -114,6 +118,7 @@ class Table(MutableMapping):
         self.v4 = np.zeros(0, np.uint32)      # sorted IPv4 numbers ...
         self.v4_slot = np.zeros(0, np.int64)  # ... their slots (stale ones are checked)
         self.stale = 0
+        self.unindexed: dict[int, int] = {}   # IPv4 records added one by one, not yet sorted in
         self.v6: dict[bytes, int] = {}
         self.count = 0
         self.size = 0                # slots in use or free
@@ -170,10 +175,51 @@ class Table(MutableMapping):
             c = self.cols
             ok = (self.v4[pos] == addrs.v4) & (c["K"][slot] == 4) & (c["L"][slot] == addrs.v4)
             out[:n4] = np.where(ok, slot, -1)
+        if self.unindexed and n4:
+            c, get = self.cols, self.unindexed.get
+            for i in np.flatnonzero(out[:n4] < 0).tolist():
+                slot = get(int(addrs.v4[i]), -1)
+                if slot >= 0 and c["K"][slot] == 4 and c["L"][slot] == addrs.v4[i]:
+                    out[i] = slot
         if addrs.v6:
             get = self.v6.get
             out[n4:] = [get(k, -1) for k in addrs.v6]
         return out
+
+    def add_one(self, key: bytes, first_seen: int, start: int) -> int:
+        """A fresh record for ``key`` (as ``slots`` makes them), without numpy
+        calls on whole arrays: for adding packet by packet.  ``flush`` sorts the
+        IPv4 ones into the index."""
+        if self.free:
+            slot = self.free.pop()
+        else:
+            self._reserve(self.size + 1)
+            slot, self.size = self.size, self.size + 1
+        c = self.cols
+        for f in INTS + FLOATS:
+            c[f][slot] = 0
+        c["E"][slot], c["S"][slot], c["N"][slot] = first_seen, start, None
+        if len(key) == 16:
+            c["H"][slot], c["L"][slot] = int.from_bytes(key[:8], "big"), int.from_bytes(key[8:], "big")
+            c["K"][slot] = 16
+            self.v6[key] = slot
+        else:
+            number = int.from_bytes(key, "big")
+            c["H"][slot], c["L"][slot], c["K"][slot] = 0, number, 4
+            self.unindexed[number] = slot
+        self.count += 1
+        return slot
+
+    def flush(self) -> None:
+        """Sort the IPv4 records added one by one into the index."""
+        self._compact()
+        if not self.unindexed:
+            return
+        numbers = np.fromiter(self.unindexed, np.uint32, len(self.unindexed))
+        slots = np.fromiter(self.unindexed.values(), np.int64, len(self.unindexed))
+        self.unindexed.clear()
+        live = (self.cols["K"][slots] == 4) & (self.cols["L"][slots] == numbers)
+        self._index4(numbers[live], slots[live])
 
     def slots(self, addrs: Addresses, first_seen: np.ndarray, start: int) -> np.ndarray:
         """Slot of each address; an address without a record gets a fresh one
@@ -228,6 +274,17 @@ class Table(MutableMapping):
         self.v4 = np.insert(self.v4, pos[~again], numbers[~again])
         self.v4_slot = np.insert(self.v4_slot, pos[~again], slots[~again])
 
+    def release_one(self, slot: int) -> None:
+        """Delete the record in ``slot`` (``release`` without whole-array calls)."""
+        c = self.cols
+        if c["K"][slot] == 16:
+            del self.v6[self.key(slot)]
+        else:
+            self.stale += 1
+        c["K"][slot], c["N"][slot] = 0, None
+        self.free.append(slot)
+        self.count -= 1
+
     def release(self, slots: np.ndarray) -> None:
         """Delete the records in ``slots``."""
         c = self.cols
@@ -239,6 +296,10 @@ class Table(MutableMapping):
         c["N"][slots] = None
         self.free.extend(slots.tolist())
         self.count -= len(slots)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop the index entries of deleted IPv4 records once they are half of it."""
         if self.stale > 1024 and self.stale > len(self.v4) // 2:
             keep = self.find_addresses(Addresses(self.v4, [])) >= 0
             self.v4, self.v4_slot = self.v4[keep], self.v4_slot[keep]
@@ -304,7 +365,7 @@ class Accounting:
         self.nextrate = FIRST_GLOBAL_INTERVAL
         self.next = now + FIRST_GLOBAL_INTERVAL
         self.records = Table()
-        self.recent: OrderedDict[bytes, None] | None = OrderedDict() if self.max_hosts else None
+        self.recent: OrderedDict[bytes, int] | None = OrderedDict() if self.max_hosts else None
         self.lookup_queue: dict[bytes, None] = {}
         self._purge_keys: list[bytes] = []
         self._purge_pos = 0
@@ -340,12 +401,28 @@ class Accounting:
         self._purge_min_e = min(self._purge_min_e, low)
         self._pass_min_e = min(self._pass_min_e, low)
         self._global(secs, lengths)
-        if self.max_hosts:
-            self._count_lru(addrs, which, secs, lengths)
+        if self.max_hosts and len(self.records) + int(np.count_nonzero(
+                self.records.find_addresses(addrs) < 0)) > self.max_hosts:
+            self._count_lru(addrs, which, secs, lengths)     # evictions: packet by packet
             return
         slots = self._count_columns(addrs, which, secs, lengths)
+        if self.recent is not None:
+            self._remember_order(addrs, which, slots)
         if self.lookups:
             self._queue_lookups(slots, secs)
+
+    def _remember_order(self, addrs: Addresses, which: np.ndarray, slots: np.ndarray) -> None:
+        """Move the run's addresses to the recent end of the LRU order, in the
+        order of their last packets (as packet by packet would have)."""
+        order = _stable_order(which, len(addrs))
+        w = which[order]
+        last = np.flatnonzero(np.append(w[1:] != w[:-1], True))
+        last = last[np.argsort(order[last])]
+        keys, recent = addrs.keys(), self.recent
+        for a, slot in zip(w[last].tolist(), slots[order[last]].tolist()):
+            key = keys[a]
+            recent[key] = slot
+            recent.move_to_end(key)
 
     # ----------------------------------------------------------------- global rule
     def _global(self, secs: np.ndarray, lengths: np.ndarray) -> None:
@@ -455,26 +532,28 @@ class Accounting:
 
     def _count_lru(self, addrs: Addresses, which, secs, lengths) -> None:
         """With ``max_hosts``: packet by packet, evicting the least recently seen IP
-        (an evicted slot may be reused at once, so nothing can be deferred)."""
+        (an evicted slot may be reused at once, so nothing can be deferred).
+        ``recent`` maps each key to its slot, least recently seen first."""
         table, recent, limit = self.records, self.recent, self.max_hosts
         due = table.cols["T"]
         queue = self.lookup_queue if self.lookups else None
+        keys = addrs.keys()
         for u, now, length in zip(which.tolist(), secs.tolist(), lengths.tolist()):
-            key = addrs.key(u)
-            slot = int(table.find((key,))[0])
-            if slot < 0:
-                if len(table) >= limit:
-                    old, _ = recent.popitem(last=False)
-                    self._drop(old)
+            key = keys[u]
+            slot = recent.get(key)
+            if slot is None:
+                while len(table) >= limit and recent:
+                    old, gone = recent.popitem(last=False)
+                    self.lookup_queue.pop(old, None)
+                    table.release_one(gone)
                     self.evicted += 1
-                slot = int(table.slots(Addresses.of((key,), np.zeros(1, np.int64))[0],
-                                       np.array([now]), self.start)[0])
-                recent[key] = None
+                slot = recent[key] = table.add_one(key, now, self.start)
             else:
                 recent.move_to_end(key)
             self._one(slot, now, length)
             if queue is not None and due.item(slot) < now and key not in queue:
                 queue[key] = None
+        table.flush()
 
     def _queue_lookups(self, slots: np.ndarray, secs: np.ndarray) -> None:
         """Queue, in packet order, each IP whose name is due (T < now) and not queued."""
@@ -487,12 +566,6 @@ class Accounting:
             k = key(slot)
             if k not in queue:
                 queue[k] = None
-
-    def _drop(self, key: bytes) -> None:
-        del self.records[key]
-        self.lookup_queue.pop(key, None)
-        if self.recent is not None:
-            self.recent.pop(key, None)
 
     # ----------------------------------------------------------------- timers
     def purge_due(self, now: int, low: int | None = None) -> bool:
@@ -544,8 +617,12 @@ class Accounting:
         e = self.records.cols["E"][slots]
         old = e < limit
         if old.any():
-            for slot in slots[old].tolist() if self.lookup_queue else ():
-                self.lookup_queue.pop(self.records.key(slot), None)
+            if self.lookup_queue or self.recent:
+                for slot in slots[old].tolist():
+                    key = self.records.key(slot)
+                    self.lookup_queue.pop(key, None)
+                    if self.recent is not None:
+                        self.recent.pop(key, None)
             self.records.release(slots[old])
         if not old.all():
             self._pass_min_e = min(self._pass_min_e, int(e[~old].min()))

@@ -317,3 +317,25 @@ def test_ipv4_index_compacts_after_mass_deletion():
     acct.count_run(keys[:10], [2] * 10, 5)
     assert [acct.records[k].B for k in keys[:10]] == [2] * 10
     assert all(k in acct.records for k in keys[4000:]) and len(acct.records) == 1010
+
+
+def test_max_hosts_after_a_purge_and_across_runs():
+    """Purged records leave the LRU order too; records added one by one are found
+    through the index after the run."""
+    acct = Accounting(0, max_hosts=3)
+    for i in range(3):
+        acct.count(bytes([10, 0, 0, i]), 1, 0)
+    assert acct.purge(86401, seconds=1) == 3 and not acct.recent
+    acct.count_run([bytes([10, 0, 1, i]) for i in range(5)] + [bytes(16)], [1] * 6, 86402)
+    assert len(acct.records) == 3 and acct.evicted == 3
+    assert set(acct.records) == {bytes([10, 0, 1, 3]), bytes([10, 0, 1, 4]), bytes(16)}
+    assert acct.records[bytes([10, 0, 1, 4])].B == 1 and not acct.records.unindexed
+
+
+def test_max_hosts_churn_keeps_the_index_small():
+    acct = Accounting(0, max_hosts=100)
+    for run in range(30):
+        acct.count_run([(run * 1000 + i).to_bytes(4, "big") for i in range(1000)], [1] * 1000, run)
+    assert len(acct.records) == 100 and acct.evicted == 29900
+    assert len(acct.records.v4) < 5000          # not one entry per address ever seen
+    assert all(k in acct.records for k in [(29000 + i).to_bytes(4, "big") for i in range(900, 1000)])
