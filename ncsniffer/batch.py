@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ncsniffer import bpfvm, decode
-from ncsniffer.accounting import Addresses
+from ncsniffer.table import Addresses
 from ncsniffer.gather import HEAD, Gather, Heads
 from ncsniffer.pcapfile import Batch
 from ncsniffer.sniffer import Sniffer

@@ -101,7 +101,7 @@ OCTETS = [str(i) for i in range(256)]
 
 
 def rows_from_records(records) -> Iterable[Row]:
-    """Accounting records (an ``accounting.Table``) as rows in numeric address
+    """Accounting records (a ``table.Table``) as rows in numeric address
     order, IPv4 first (lazily: a dump of a million records never holds a
     second copy of them)."""
     for packed, *fields in records.columns():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ncsniffer import accounting, dumpfile
+from ncsniffer import dumpfile, table
 from ncsniffer.dumpfile import Header
 from ncsniffer.errors import DumpFileError
 
@@ -244,5 +244,5 @@ def test_full_disk_keeps_previous_file(tmp_path):
 def test_rounding_is_printf_rounding(values):
     """Accounting rows and rows read from files round R and W exactly as %.0f prints."""
     expected = [int("%.0f" % v) for v in values]
-    assert accounting.whole(np.array(values, np.float64)) == expected
+    assert table.whole(np.array(values, np.float64)) == expected
     assert [dumpfile._int(v) for v in values] == expected

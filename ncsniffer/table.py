@@ -1,0 +1,337 @@
+"""The per-IP records, stored column-wise (numpy), and the addresses that key them.
+
+A record is a slot in parallel arrays rather than a Python object: a batch
+reads and writes the fields of all its addresses with a few numpy calls, and a
+million records take about 110 bytes each.  ``Table`` still behaves as a
+mapping from packed address to a live view of the record, for the resolver,
+the tests and anyone reading one record at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+INTS = ("B", "C", "E", "S", "T")
+FLOATS = ("R", "W")
+
+
+class RecordView:
+    """One record of a ``Table``, read and written in place (the stats file's keys)."""
+
+    __slots__ = ("_table", "_slot")
+
+    def __init__(self, table: "Table", slot: int):
+        self._table = table
+        self._slot = slot
+
+    def __getattr__(self, name: str):
+        if name == "N":
+            return self._table.cols["N"][self._slot] or ()
+        if name in INTS or name in FLOATS:
+            return self._table.cols[name].item(self._slot)
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("_table", "_slot"):
+            object.__setattr__(self, name, value)
+        elif name == "N":
+            self._table.cols["N"][self._slot] = value or None
+        elif name in INTS or name in FLOATS:
+            self._table.cols[name][self._slot] = value
+        else:
+            raise AttributeError(name)
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("B", "C", "E", "R", "S", "T", "W")}
+        d["N"] = list(self.N)
+        return d
+
+
+@dataclass
+class Addresses:
+    """Distinct addresses of a run of packets: IPv4 ones as numbers, then IPv6
+    ones packed; address ``i`` is ``v4[i]``, or ``v6[i - len(v4)]``."""
+
+    v4: np.ndarray                 # uint32
+    v6: list[bytes]
+
+    @classmethod
+    def of(cls, keys: Sequence[bytes], which: np.ndarray) -> tuple["Addresses", np.ndarray]:
+        """From distinct packed keys in any order, with ``which`` renumbered."""
+        wide = np.fromiter(map(len, keys), np.int64, len(keys)) != 4
+        i4, i6 = np.flatnonzero(~wide), np.flatnonzero(wide)
+        renumber = np.empty(len(keys), np.int64)
+        renumber[np.concatenate((i4, i6))] = np.arange(len(keys))
+        return cls(_numbers([keys[i] for i in i4.tolist()]),
+                   [keys[i] for i in i6.tolist()]), renumber[which]
+
+    def __len__(self) -> int:
+        return len(self.v4) + len(self.v6)
+
+    def key(self, i: int) -> bytes:
+        n4 = len(self.v4)
+        return self.v4[i].item().to_bytes(4, "big") if i < n4 else self.v6[i - n4]
+
+    def keys(self) -> list[bytes]:
+        """All of them packed, in order."""
+        return self.v4.astype(">u4").view("V4").tolist() + self.v6
+
+    def take(self, idx: np.ndarray) -> "Addresses":
+        """The addresses at the ascending indices ``idx``."""
+        n4 = int(np.searchsorted(idx, len(self.v4)))
+        return Addresses(self.v4[idx[:n4]], [self.v6[i] for i in (idx[n4:] - len(self.v4)).tolist()])
+
+
+class Table(MutableMapping):
+    """Records by packed address, stored column-wise.
+
+    Columns ``cols[F][slot]``: the fields (B C E S T as int64, R W as float64,
+    N the host names or None), the address as two 64-bit words H L, and K its
+    length (4 or 16; 0 for a free slot).  IPv4 keys are found through a sorted
+    array of their numbers (a batch looks all its addresses up with one
+    ``searchsorted``, and a record costs no Python object); IPv6 keys through
+    a dict.  Freed slots are reused.
+    """
+
+    DTYPES = {**{f: np.int64 for f in INTS}, **{f: np.float64 for f in FLOATS},
+              "N": object, "H": np.uint64, "L": np.uint64, "K": np.uint8}
+
+    def __init__(self, capacity: int = 1024):
+        self.v4 = np.zeros(0, np.uint32)      # sorted IPv4 numbers ...
+        self.v4_slot = np.zeros(0, np.int64)  # ... their slots (stale ones are checked)
+        self.stale = 0
+        self.unindexed: dict[int, int] = {}   # IPv4 records added one by one, not yet sorted in
+        self.v6: dict[bytes, int] = {}
+        self.count = 0
+        self.size = 0                # slots in use or free
+        self.free: list[int] = []
+        self.cols = {f: np.zeros(capacity, t) for f, t in self.DTYPES.items()}
+        self.cols["N"][:] = None
+
+    # --------------------------------------------------------------- mapping
+    def __getitem__(self, key: bytes) -> RecordView:
+        slot = int(self.find((key,))[0])
+        if slot < 0:
+            raise KeyError(key)
+        return RecordView(self, slot)
+
+    def __delitem__(self, key: bytes) -> None:
+        slot = int(self.find((key,))[0])
+        if slot < 0:
+            raise KeyError(key)
+        self.release(np.array([slot]))
+
+    def __setitem__(self, key, value) -> None:
+        raise TypeError("records are created by counting packets")
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter([self.key(s) for s in self.occupied().tolist()])
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __contains__(self, key) -> bool:
+        return isinstance(key, bytes) and self.find((key,))[0] >= 0
+
+    def key(self, slot: int) -> bytes:
+        c = self.cols
+        if c["K"][slot] == 16:
+            return c["H"].item(slot).to_bytes(8, "big") + c["L"].item(slot).to_bytes(8, "big")
+        return c["L"].item(slot).to_bytes(4, "big")
+
+    def occupied(self) -> np.ndarray:
+        return np.flatnonzero(self.cols["K"][:self.size])
+
+    # --------------------------------------------------------------- storage
+    def find(self, keys: Sequence[bytes]) -> np.ndarray:
+        """Slot of each packed key, -1 where there is no record."""
+        addrs, order = Addresses.of(keys, np.arange(len(keys)))
+        return self.find_addresses(addrs)[order]
+
+    def find_addresses(self, addrs: Addresses) -> np.ndarray:
+        out = np.full(len(addrs), -1, np.int64)
+        n4 = len(addrs.v4)
+        if n4 and len(self.v4):
+            pos = np.minimum(np.searchsorted(self.v4, addrs.v4), len(self.v4) - 1)
+            slot = self.v4_slot[pos]
+            c = self.cols
+            ok = (self.v4[pos] == addrs.v4) & (c["K"][slot] == 4) & (c["L"][slot] == addrs.v4)
+            out[:n4] = np.where(ok, slot, -1)
+        if self.unindexed and n4:
+            c, get = self.cols, self.unindexed.get
+            for i in np.flatnonzero(out[:n4] < 0).tolist():
+                slot = get(int(addrs.v4[i]), -1)
+                if slot >= 0 and c["K"][slot] == 4 and c["L"][slot] == addrs.v4[i]:
+                    out[i] = slot
+        if addrs.v6:
+            get = self.v6.get
+            out[n4:] = [get(k, -1) for k in addrs.v6]
+        return out
+
+    def add_one(self, key: bytes, first_seen: int, start: int) -> int:
+        """A fresh record for ``key`` (as ``slots`` makes them), without numpy
+        calls on whole arrays: for adding packet by packet.  ``flush`` sorts the
+        IPv4 ones into the index."""
+        if self.free:
+            slot = self.free.pop()
+        else:
+            self._reserve(self.size + 1)
+            slot, self.size = self.size, self.size + 1
+        c = self.cols
+        for f in INTS + FLOATS:
+            c[f][slot] = 0
+        c["E"][slot], c["S"][slot], c["N"][slot] = first_seen, start, None
+        if len(key) == 16:
+            c["H"][slot], c["L"][slot] = int.from_bytes(key[:8], "big"), int.from_bytes(key[8:], "big")
+            c["K"][slot] = 16
+            self.v6[key] = slot
+        else:
+            number = int.from_bytes(key, "big")
+            c["H"][slot], c["L"][slot], c["K"][slot] = 0, number, 4
+            self.unindexed[number] = slot
+        self.count += 1
+        return slot
+
+    def flush(self) -> None:
+        """Sort the IPv4 records added one by one into the index."""
+        self._compact()
+        if not self.unindexed:
+            return
+        numbers = np.fromiter(self.unindexed, np.uint32, len(self.unindexed))
+        slots = np.fromiter(self.unindexed.values(), np.int64, len(self.unindexed))
+        self.unindexed.clear()
+        live = (self.cols["K"][slots] == 4) & (self.cols["L"][slots] == numbers)
+        self._index4(numbers[live], slots[live])
+
+    def slots(self, addrs: Addresses, first_seen: np.ndarray, start: int) -> np.ndarray:
+        """Slot of each address; an address without a record gets a fresh one
+        (B = C = 0, E = its first second, S = start), so its first packet is
+        counted by the ordinary rule."""
+        slots = self.find_addresses(addrs)
+        new = np.flatnonzero(slots < 0)
+        if new.size:
+            slots[new] = self._add(addrs.take(new), first_seen[new], start)
+        return slots
+
+    def _add(self, addrs: Addresses, first_seen: np.ndarray, start: int) -> np.ndarray:
+        n = len(addrs)
+        reuse = min(len(self.free), n)
+        taken = self.free[len(self.free) - reuse:]
+        del self.free[len(self.free) - reuse:]
+        fresh = n - reuse
+        self._reserve(self.size + fresh)
+        slots = np.concatenate((np.array(taken, np.int64),
+                                np.arange(self.size, self.size + fresh)))
+        self.size += fresh
+        self.count += n
+        c = self.cols
+        for f in INTS + FLOATS:
+            c[f][slots] = 0
+        c["E"][slots] = first_seen
+        c["S"][slots] = start
+        c["N"][slots] = None
+        n4 = len(addrs.v4)
+        if n4:
+            at = slots[:n4]
+            c["H"][at], c["L"][at], c["K"][at] = 0, addrs.v4, 4
+            self._index4(addrs.v4, at)
+        if addrs.v6:
+            at = slots[n4:]
+            pairs = np.frombuffer(b"".join(addrs.v6), ">u8").reshape(-1, 2)
+            c["H"][at], c["L"][at], c["K"][at] = pairs[:, 0], pairs[:, 1], 16
+            self.v6.update(zip(addrs.v6, at.tolist()))
+        return slots
+
+    def _index4(self, numbers: np.ndarray, slots: np.ndarray) -> None:
+        """Enter new IPv4 records in the sorted index (over the stale entry of the
+        same address, if there is one)."""
+        order = np.argsort(numbers)
+        numbers, slots = numbers[order], slots[order]
+        pos = np.searchsorted(self.v4, numbers)
+        again = np.zeros(len(numbers), bool)
+        inside = np.flatnonzero(pos < len(self.v4))
+        again[inside] = self.v4[pos[inside]] == numbers[inside]
+        self.v4_slot[pos[again]] = slots[again]
+        self.stale -= int(np.count_nonzero(again))
+        self.v4 = np.insert(self.v4, pos[~again], numbers[~again])
+        self.v4_slot = np.insert(self.v4_slot, pos[~again], slots[~again])
+
+    def release_one(self, slot: int) -> None:
+        """Delete the record in ``slot`` (``release`` without whole-array calls)."""
+        c = self.cols
+        if c["K"][slot] == 16:
+            del self.v6[self.key(slot)]
+        else:
+            self.stale += 1
+        c["K"][slot], c["N"][slot] = 0, None
+        self.free.append(slot)
+        self.count -= 1
+
+    def release(self, slots: np.ndarray) -> None:
+        """Delete the records in ``slots``."""
+        c = self.cols
+        wide = c["K"][slots] == 16
+        for slot in slots[wide].tolist():
+            del self.v6[self.key(slot)]
+        self.stale += int(np.count_nonzero(~wide))
+        c["K"][slots] = 0
+        c["N"][slots] = None
+        self.free.extend(slots.tolist())
+        self.count -= len(slots)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop the index entries of deleted IPv4 records once they are half of it."""
+        if self.stale > 1024 and self.stale > len(self.v4) // 2:
+            keep = self.find_addresses(Addresses(self.v4, [])) >= 0
+            self.v4, self.v4_slot = self.v4[keep], self.v4_slot[keep]
+            self.stale = 0
+
+    def _reserve(self, size: int) -> None:
+        cap = len(self.cols["B"])
+        if size <= cap:
+            return
+        cap = max(size, cap + cap // 2)
+        for f, col in self.cols.items():
+            grown = np.zeros(cap, col.dtype)
+            grown[:len(col)] = col
+            if f == "N":
+                grown[len(col):] = None
+            self.cols[f] = grown
+
+    def columns(self, chunk: int = 65536) -> Iterator[tuple]:
+        """Records in numeric address order, IPv4 first, in chunks of one family:
+        (addresses, B, C, E, N, R, S, T, W): the addresses packed end to end (4 or
+        16 bytes each), the fields as lists, R and W rounded to whole numbers as
+        the stats files show them."""
+        c = self.cols
+        slots = self.occupied()
+        slots = slots[np.lexsort((c["L"][slots], c["H"][slots], c["K"][slots]))]
+        six = int(np.searchsorted(c["K"][slots], 16))
+        for family in (slots[:six], slots[six:]):
+            for at in range(0, len(family), chunk):
+                sl = family[at:at + chunk]
+                if c["K"][sl[0]] == 16:
+                    packed = np.stack((c["H"][sl], c["L"][sl]), axis=1).astype(">u8").tobytes()
+                else:
+                    packed = c["L"][sl].astype(">u4").tobytes()
+                names = [n or () for n in c["N"][sl].tolist()]
+                yield (packed, c["B"][sl].tolist(), c["C"][sl].tolist(), c["E"][sl].tolist(),
+                       names, whole(c["R"][sl]), c["S"][sl].tolist(), c["T"][sl].tolist(),
+                       whole(c["W"][sl]))
+
+
+def _numbers(keys: list[bytes]) -> np.ndarray:
+    """IPv4 keys as numbers."""
+    return np.frombuffer(b"".join(keys), ">u4").astype(np.uint32)
+
+
+def whole(values: np.ndarray) -> list[int]:
+    """Floats as ``"%.0f"`` prints them (nearest, ties to even), as ints."""
+    if values.size and float(np.abs(values).max()) >= 2.0 ** 62:
+        return [int("%.0f" % v) for v in values.tolist()]
+    return np.rint(values).astype(np.int64).tolist()

@@ -1,0 +1,71 @@
+"""The record store: columns, the IPv4 index and its stale entries, the order of a dump."""
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from ncsniffer.accounting import Accounting
+
+B = bytes([10, 0, 0, 3])
+
+
+POOL = [bytes([10, 0, i >> 8, i & 255]) for i in range(40)] + \
+    [bytes(14) + bytes([0x80, i]) for i in range(10)] + [bytes([255]) * 16]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sets(st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=16, max_size=16)),
+               min_size=1, max_size=60))
+def test_columns_in_numeric_order_with_their_fields(keys):
+    keys = list(keys)
+    acct = Accounting(1000)
+    acct.count_packets(keys, np.arange(len(keys)), np.full(len(keys), 1000),
+                       np.arange(len(keys)) + 40)
+    got = []
+    for packed, b, *_ in acct.records.columns(chunk=7):
+        width = len(packed) // len(b)
+        got += [(packed[i * width:(i + 1) * width], n) for i, n in enumerate(b)]
+    expected = sorted(((k, i + 40) for i, k in enumerate(keys)),
+                      key=lambda kb: (len(kb[0]), kb[0]))
+    assert got == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(POOL)), max_size=120))
+def test_table_finds_what_was_added_and_not_what_was_deleted(ops):
+    """Records come and go (slots reused, IPv4 index entries left stale)."""
+    acct, model = Accounting(0), {}
+    for add, key in ops:
+        if add:
+            acct.count(key, len(model) + 1, 0)
+            model[key] = model.get(key, 0) + len(model) + 1
+        elif key in model:
+            del acct.records[key]
+            del model[key]
+    assert set(acct.records) == set(model) and len(acct.records) == len(model)
+    for key in POOL:
+        assert (key in acct.records) == (key in model)
+        if key in model:
+            assert acct.records[key].B == model[key] and acct.records.key(
+                acct.records.find([key])[0]) == key
+
+
+def test_ipv4_index_compacts_after_mass_deletion():
+    acct = Accounting(0)
+    keys = [i.to_bytes(4, "big") for i in range(5000)]
+    acct.count_run(keys, [1] * 5000, 0)
+    for key in keys[:4000]:
+        del acct.records[key]
+    assert len(acct.records.v4) < 5000 and acct.records.stale < 2000
+    acct.count_run(keys[:10], [2] * 10, 5)
+    assert [acct.records[k].B for k in keys[:10]] == [2] * 10
+    assert all(k in acct.records for k in keys[4000:]) and len(acct.records) == 1010
+
+
+def test_slots_are_reused_after_purge():
+    acct = Accounting(0)
+    for i in range(10):
+        acct.count(bytes([10, 0, 0, i]), 1, 0)
+    assert acct.purge(86401, seconds=1) == 10
+    acct.count(B, 7, 86402)
+    assert acct.records.size == 10 and acct.records[B].as_dict() == \
+        {"B": 7, "C": 1, "E": 86402, "N": [], "R": 0, "S": 0, "T": 0, "W": 0}
