@@ -74,14 +74,17 @@ class Accounting:
                            np.full(n, now, np.int64), np.array(lengths, np.int64))
 
     def count_packets(self, addrs: Addresses | Sequence[bytes], which: np.ndarray,
-                      secs: np.ndarray, lengths: np.ndarray) -> None:
+                      secs: np.ndarray, lengths: np.ndarray,
+                      queue: bool = True) -> np.ndarray | None:
         """Account packets in order: packet i exchanged ``lengths[i]`` bytes with
         address ``which[i]`` of ``addrs`` in the second ``secs[i]`` (``addrs`` may
-        also be a list of distinct packed keys)."""
+        also be a list of distinct packed keys).  Returns each packet's slot, for
+        ``queue_due`` when ``queue`` is False (None with evictions: they queue
+        packet by packet)."""
         if not isinstance(addrs, Addresses):
             addrs, which = Addresses.of(addrs, which)
         if not len(which):
-            return
+            return np.zeros(0, np.int64)
         secs = secs.astype(np.int64, copy=False)
         lengths = lengths.astype(np.int64, copy=False)
         low = int(secs.min())               # keep the purge's lower bound of E true
@@ -91,12 +94,13 @@ class Accounting:
         if self.max_hosts and len(self.records) + int(np.count_nonzero(
                 self.records.find_addresses(addrs) < 0)) > self.max_hosts:
             self._count_lru(addrs, which, secs, lengths)     # evictions: packet by packet
-            return
+            return None
         slots = self._count_columns(addrs, which, secs, lengths)
         if self.recent is not None:
             self._remember_order(addrs, which, slots)
-        if self.lookups:
-            self._queue_lookups(slots, secs)
+        if queue:
+            self.queue_due(slots, secs)
+        return slots
 
     def _remember_order(self, addrs: Addresses, which: np.ndarray, slots: np.ndarray) -> None:
         """Move the run's addresses to the recent end of the LRU order, in the
@@ -242,8 +246,11 @@ class Accounting:
                 queue[key] = None
         table.flush()
 
-    def _queue_lookups(self, slots: np.ndarray, secs: np.ndarray) -> None:
-        """Queue, in packet order, each IP whose name is due (T < now) and not queued."""
+    def queue_due(self, slots: np.ndarray, secs: np.ndarray) -> None:
+        """Queue, in packet order, each IP whose name is due (T < now) and not
+        queued, for packets of records ``slots`` in seconds ``secs``."""
+        if not self.lookups:
+            return
         due = np.flatnonzero(self.records.cols["T"][slots] < secs)
         if not due.size:
             return

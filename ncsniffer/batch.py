@@ -252,10 +252,12 @@ def account(sniffer: Sniffer, keys: Addresses, which: np.ndarray, sec: np.ndarra
     """Move the clock second by second over the batch (``sec``: every packet's,
     counted or not) and account the counted packets (``good``).
 
-    The clock's ticks (replay: the purge, DNS) must see the records as they
-    are at their second.  When no tick in the batch's seconds can touch a
-    record, the whole batch is accounted in one step after the ticks;
-    otherwise second by second.
+    A replay's ticks (the purge, DNS) must see the state of their second.  The
+    records' arithmetic is independent of the DNS state (T, N, the queue), so
+    it takes the whole batch in one step, and only the lookup queue follows
+    the clock second by second.  While the purge may delete records in the
+    batch's seconds (or with max_hosts and DNS together), everything goes
+    second by second.
     """
     bounds = np.flatnonzero(sec[1:] != sec[:-1]) + 1
     run_secs = sec[np.concatenate(([0], bounds))].tolist()
@@ -264,16 +266,22 @@ def account(sniffer: Sniffer, keys: Addresses, which: np.ndarray, sec: np.ndarra
     advance = sniffer.advance
     cuts = np.searchsorted(good, np.concatenate((bounds, [len(sec)]))).tolist()
     advance(run_secs[0])            # (replay: the first second starts the clock)
-    if not (sniffer.offline and (acct.lookups or acct.purge_due(
-            int(sec.max()), int(times.min()) if good.size else None))):
-        for now in run_secs[1:]:
-            advance(now)
-        acct.count_packets(keys, which, times, lengths)
+    queue_by_second = sniffer.offline and acct.lookups
+    if sniffer.offline and (acct.purge_due(int(sec.max()), int(times.min()) if good.size else None)
+                            or (queue_by_second and acct.max_hosts)):
+        c0 = 0
+        for i, (now, c1) in enumerate(zip(run_secs, cuts)):
+            if i:
+                advance(now)
+            if c1 > c0:
+                acct.count_packets(keys, which[c0:c1], times[c0:c1], lengths[c0:c1])
+            c0 = c1
         return
+    slots = acct.count_packets(keys, which, times, lengths, queue=not queue_by_second)
     c0 = 0
     for i, (now, c1) in enumerate(zip(run_secs, cuts)):
         if i:
             advance(now)
-        if c1 > c0:
-            acct.count_packets(keys, which[c0:c1], times[c0:c1], lengths[c0:c1])
+        if queue_by_second and c1 > c0:
+            acct.queue_due(slots[c0:c1], times[c0:c1])
         c0 = c1

@@ -393,3 +393,47 @@ def test_matching_reads_the_payload_window_of_the_chosen_rows(frames, data):
     got = batch.matching(heads, rows, caplen[rows], s)
     want = [(frames[i][payload:snaplen].lower().find(needle) >= 0) != nomatch for i in rows]
     assert got.tolist() == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 7)), min_size=1, max_size=120))
+def test_lookup_queue_follows_the_clock_in_a_whole_batch(tmp_path_factory, steps):
+    """With DNS on, a replay's ticks take names from the queue second by second;
+    a batch accounted in one step queues exactly as one accounted second by
+    second (the arithmetic in one step, the queue following the clock)."""
+    from ncsniffer import config
+    from ncsniffer.accounting import ONEDAY
+    from ncsniffer.sniffer import Sniffer
+    from ncsniffer.table import Addresses
+    from tests.conftest import write_config
+    d = str(tmp_path_factory.mktemp("q"))
+    settings_ = config.validate(config.load_file(write_config(
+        d, bpf="host 192.0.2.1", resolve=True, nameserver="127.0.0.1")), "nc.sniffer", offline=True)
+    secs, keys = [], []
+    now = 1_000_000
+    for gap, k in steps:
+        now += gap
+        secs.append(now)
+        keys.append(k)
+    secs = np.array(secs)
+    addrs = Addresses(np.arange(8, dtype=np.uint32) + 0x0A000000, [])
+    which = np.array(keys)
+
+    def run(by_second: bool):
+        taken = []
+        sn = Sniffer(settings_, decode.DLT_EN10MB, now=0, device="x", offline=True,
+                     on_second=lambda t, _: tick(t))
+
+        def tick(t):                      # a resolver sending two queries a second
+            for key in list(sn.acct.lookup_queue)[:2]:
+                del sn.acct.lookup_queue[key]
+                sn.acct.records[key].T = t + ONEDAY
+                taken.append((t, key))
+        parts = [np.flatnonzero(secs == t) for t in dict.fromkeys(secs.tolist())] \
+            if by_second else [np.arange(len(secs))]
+        for idx in parts:
+            batch.account(sn, addrs, which[idx], secs[idx], np.arange(len(idx)),
+                          np.full(len(idx), 60))
+        return taken, list(sn.acct.lookup_queue), \
+            {k: r.as_dict() for k, r in sn.acct.records.items()}
+    assert run(False) == run(True)
