@@ -93,10 +93,6 @@ def header_text(h: Header) -> str:
     return "\n".join(lines) + "\n"
 
 
-def address_text(key: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET if len(key) == 4 else socket.AF_INET6, key)
-
-
 OCTETS = [str(i) for i in range(256)]
 
 

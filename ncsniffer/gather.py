@@ -42,15 +42,6 @@ class Gather:
         view = self._view(dtype)
         return view[np.minimum(at, len(view) - 1)].astype(view.dtype.newbyteorder("="))
 
-    def byte(self, at) -> np.ndarray:
-        return self.load("u1", at)
-
-    def be16(self, at) -> np.ndarray:
-        return self.load(">u2", at)
-
-    def be32(self, at) -> np.ndarray:
-        return self.load(">u4", at)
-
     def block(self, at, width: int) -> np.ndarray:
         """``width`` bytes from each offset as one void item: a record header in one
         gather, its fields then read through ``.view()``."""
@@ -68,10 +59,6 @@ class Gather:
             tail = Gather(np.concatenate((self.u8[lo:], np.zeros(width, np.uint8))))
             rows[near] = tail.block(at[near] - lo, width)
         return rows.view(np.uint8).reshape(len(at), width)
-
-    def rows(self, at: np.ndarray, width: int) -> np.ndarray:
-        """``width`` bytes from each offset, one row per offset (uint8)."""
-        return self.u8[np.minimum(at[:, None] + np.arange(width), self.size - 1)]
 
 
 HEAD = 64       # bytes of each packet copied by ``Heads``: every header the pipeline reads
