@@ -267,21 +267,17 @@ def account(sniffer: Sniffer, keys: Addresses, which: np.ndarray, sec: np.ndarra
     cuts = np.searchsorted(good, np.concatenate((bounds, [len(sec)]))).tolist()
     advance(run_secs[0])            # (replay: the first second starts the clock)
     queue_by_second = sniffer.offline and acct.lookups
-    if sniffer.offline and (acct.purge_due(int(sec.max()), int(times.min()) if good.size else None)
-                            or (queue_by_second and acct.max_hosts)):
-        c0 = 0
-        for i, (now, c1) in enumerate(zip(run_secs, cuts)):
-            if i:
-                advance(now)
-            if c1 > c0:
-                acct.count_packets(keys, which[c0:c1], times[c0:c1], lengths[c0:c1])
-            c0 = c1
-        return
-    slots = acct.count_packets(keys, which, times, lengths, queue=not queue_by_second)
+    stepwise = sniffer.offline and (
+        acct.purge_due(int(sec.max()), int(times.min()) if good.size else None)
+        or (queue_by_second and acct.max_hosts))
+    if not stepwise:
+        slots = acct.count_packets(keys, which, times, lengths, queue=not queue_by_second)
     c0 = 0
     for i, (now, c1) in enumerate(zip(run_secs, cuts)):
         if i:
             advance(now)
-        if queue_by_second and c1 > c0:
+        if c1 > c0 and stepwise:
+            acct.count_packets(keys, which[c0:c1], times[c0:c1], lengths[c0:c1])
+        elif c1 > c0 and queue_by_second:
             acct.queue_due(slots[c0:c1], times[c0:c1])
         c0 = c1
