@@ -189,13 +189,16 @@ def table(header: list[str], rows: list[list[str]], right: set[int] | None = Non
 
 
 def write_results(kind: str, lines: list[str]) -> str:
-    """bench/results/KIND-YYYYMMDD-HHMMSS.md and KIND-latest.md; returns the dated path."""
+    """bench/results/KIND-YYYYMMDD-HHMMSS.md and KIND-latest.md, the report on
+    stdout too; returns the dated path."""
     os.makedirs(RESULTS, exist_ok=True)
     text = "\n".join(lines).rstrip() + "\n"
     path = os.path.join(RESULTS, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.md")
     for target in (path, os.path.join(RESULTS, f"{kind}-latest.md")):
         with open(target, "w") as fh:
             fh.write(text)
+    print(text, end="")
+    log(f"written {os.path.relpath(path, ROOT)} and {kind}-latest.md")
     return path
 
 

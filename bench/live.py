@@ -263,9 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     benchlib.ensure_nc()
     benchlib.ensure_commands("tcpreplay", "ip", "tcpdump")
     lines = measure(args.rates, args.seconds, args.drain)
-    path = benchlib.write_results("live", lines)
-    print("\n".join(lines))
-    log(f"written {os.path.relpath(path, benchlib.ROOT)} and live-latest.md")
+    benchlib.write_results("live", lines)
     return 0
 
 

@@ -249,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError("the live part creates network namespaces: run as root")
         lines += [""] + live_part(args.sizes, args.feed_pps)
     lines += ["", f"- load average at end: {benchlib.load_text()}"]
-    path = benchlib.write_results("memory", lines)
-    print("\n".join(lines))
-    log(f"written {os.path.relpath(path, benchlib.ROOT)} and memory-latest.md")
+    benchlib.write_results("memory", lines)
     return 0
 
 

@@ -200,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.capture == CAPTURE:
         benchlib.ensure_capture(CAPTURE)
     lines = measure(args.capture, args.runs)
-    path = benchlib.write_results("replay", lines)
-    print("\n".join(lines))
-    log(f"written {os.path.relpath(path, benchlib.ROOT)} and replay-latest.md")
+    benchlib.write_results("replay", lines)
     return 0
 
 
