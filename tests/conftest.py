@@ -33,6 +33,19 @@ def run_cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProce
                           timeout=timeout, **kw)
 
 
+def hold_lock(take: str, path: str, seconds: float) -> subprocess.Popen:
+    """Another process takes a lock with ``take`` ("module.function", called with
+    ``path`` and a 5 s wait), says so, holds it ``seconds`` and releases it."""
+    module, function = take.split(".")
+    code = (f"import sys, time\nfrom ncsniffer import {module}\n"
+            f"lock = {module}.{function}(sys.argv[1], 5)\nprint('locked', flush=True)\n"
+            "time.sleep(float(sys.argv[2]))\nlock.release()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, path, str(seconds)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
 def plain_read(path: str) -> tuple[list[str], dict]:
     """Read a Python-format stats file the way a user's script would: drop the
     '#' header lines, ``ast.literal_eval`` the rest (independent of our reader)."""

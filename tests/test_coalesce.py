@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -17,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 from ncsniffer import coalesce, dumpfile
 from ncsniffer.coalesce import CoalesceError
+from tests.conftest import hold_lock
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "coalesce")
 HOSTS = ("alpha", "beta", "gamma")
@@ -374,26 +374,9 @@ def test_missing_and_broken_hosts_are_named(tmp_path, utc):
 
 # --------------------------------------------------------------------------- the lock
 
-HOLDER = """
-import sys, time
-from ncsniffer import coalesce
-lock = coalesce.take_lock(sys.argv[1], 5)
-print('locked', flush=True)
-time.sleep(float(sys.argv[2]))
-lock.release()
-"""
-
-
-def hold_lock(path: str, seconds: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, path, str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
-
 def test_lock_holds_pid_and_is_exclusive(tmp_path):
     path = str(tmp_path / "c.1.lock")
-    proc = hold_lock(path, 30)
+    proc = hold_lock("coalesce.take_lock", path, 30)
     try:
         assert coalesce.lock_holder(path) == proc.pid
         assert open(path).read().strip() == str(proc.pid)
@@ -425,7 +408,7 @@ def test_a_stale_lock_file_is_taken_over(tmp_path):
 
 def test_waiter_gets_the_lock_when_the_holder_ends(tmp_path):
     path = str(tmp_path / "c.1.lock")
-    proc = hold_lock(path, 0.7)
+    proc = hold_lock("coalesce.take_lock", path, 0.7)
     try:
         started = time.monotonic()
         lock = coalesce.take_lock(path, wait=10)
@@ -440,7 +423,7 @@ def test_busy_coalescer_after_the_wait_shows_the_old_report(tmp_path, utc):
     fetched(tmp_path)
     conf = config(tmp_path, refresh=1)
     coalesce.rem_update(conf, {})
-    proc = hold_lock(str(tmp_path / "sniffer.cache.1.lock"), 30)
+    proc = hold_lock("coalesce.take_lock", str(tmp_path / "sniffer.cache.1.lock"), 30)
     try:
         time.sleep(2.1)                                   # the cache is now older than refresh
         out = io.StringIO()

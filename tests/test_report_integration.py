@@ -18,7 +18,7 @@ import pytest
 
 from ncsniffer import report
 
-from tests.conftest import NC_SNIFFER, ROOT, is_root, stop_process, write_config
+from tests.conftest import NC_SNIFFER, ROOT, hold_lock, is_root, stop_process, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -38,26 +38,9 @@ def ctime(path: str) -> float:
 
 # --------------------------------------------------------------------------- a second locker
 
-LOCKER = textwrap.dedent("""
-    import sys, time
-    from ncsniffer import report
-    lock = report.get_lock(sys.argv[1], 5)
-    print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
-    lock.release()
-""")
-
-
-def start_locker(target: str, hold: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", LOCKER, target, str(hold)], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
-
 def test_second_locker_waits_then_times_out(tmp_path):
     target = str(tmp_path / "cache.0.tmp")
-    proc = start_locker(target, 30)
+    proc = hold_lock("report.get_lock", target, 30)
     try:
         with open(target + ".lock") as fh:
             assert fh.read().strip() == str(proc.pid)
@@ -74,7 +57,7 @@ def test_second_locker_waits_then_times_out(tmp_path):
 
 def test_second_locker_gets_lock_when_released(tmp_path):
     target = str(tmp_path / "cache.1.tmp")
-    proc = start_locker(target, 0.7)
+    proc = hold_lock("report.get_lock", target, 0.7)
     try:
         started = time.monotonic()
         with report.get_lock(target, 10):
