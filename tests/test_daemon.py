@@ -215,11 +215,16 @@ def test_stale_pid_files(workdir, sender):
         d.stop()
 
 
+def fill(d: LiveDaemon, sender, peers: int) -> dict:
+    """One packet from each of ``peers`` loopback sources; the daemon's records then."""
+    for i in range(peers):
+        sender.send(loopback_source(i), d.dport)
+    return d.dump()
+
+
 def test_kill_9_during_a_dump_keeps_previous_file(workdir, sender):
     with LiveDaemon(workdir) as d:
-        for i in range(60000):
-            sender.send(loopback_source(i), d.dport)
-        got = d.dump()
+        got = fill(d, sender, 60000)
         assert len(got) >= 55000
         good = open(d.stats).read()
         os.kill(d.pid, signal.SIGUSR1)
@@ -235,9 +240,7 @@ def test_kill_9_during_a_dump_keeps_previous_file(workdir, sender):
 
 def test_capture_goes_on_during_a_big_dump(workdir, sender):
     with LiveDaemon(workdir) as d:
-        for i in range(100000):
-            sender.send(loopback_source(i), d.dport)
-        got = d.dump()
+        got = fill(d, sender, 100000)
         assert len(got) >= 99000
         before = mtime_ns(d.stats)
         os.kill(d.pid, signal.SIGUSR1)
