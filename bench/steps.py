@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """The replay of the benchmark capture at each step of a series of commits.
 
-    bench/steps.py [--runs 3] [COMMIT ...]
+    bench/steps.py [--runs 3] [--variants default,match] [COMMIT ...]
 
 Each commit is checked out into a temporary git worktree and byte-compiled;
 its ``python -m ncsniffer -r`` (the project's virtualenv, run in that
-checkout so that its package is imported) replays bench/work/bench.pcap with the default settings and
-with a match string, and darkstat runs in the same round for reference.  The
-rows give median wall times, so each step's before and after are the rows
-above and below it.  Results: bench/results/steps-*.md.
+checkout so that its package is imported) replays bench/work/bench.pcap with
+each variant of the settings (default and match unless told), and darkstat
+runs in the same round for reference.  The rows give median wall times, so
+each step's before and after are the rows above and below it.  Results:
+bench/results/steps-*.md.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ from benchlib import FILTER, PYTHON, log  # noqa: E402
 
 CAPTURE = os.path.join(benchlib.WORK, "bench.pcap")
 # issue 7's steps: the start, then each commit that changed the replay's speed
+VARIANTS = {                       # settings over the bench's bpf, resolve off
+    "default": {},
+    "match": {"match": "xyz", "payload": 54, "snaplen": 120},
+    "max_hosts 100000": {"max_hosts": 100000},
+    "max_hosts 10000": {"max_hosts": 10000},       # about 180,000 evictions
+    "dns on": {"resolve": True, "nameserver": "127.0.0.1"},   # no server answers there
+}
 STEPS = ["5ed50c4", "843b01d", "81b642a", "f6eff4d", "45843b1", "0538130", "aaedf70",
          "527c0fd", "50a94b4", "14e4d4e", "b03cd35", "54de37a", "HEAD"]
 
@@ -45,14 +53,14 @@ def checkout(commit: str, into: str) -> str:
     return git("-C", into, "rev-parse", "--short", "HEAD")
 
 
-def measure(commits: list[str], runs: int) -> list[str]:
+def measure(commits: list[str], runs: int, variants: list[str]) -> list[str]:
     scratch = tempfile.mkdtemp(prefix="ncbench-steps-")
     trees: list[str] = []
     try:
         confs = {}
-        for name, extra in (("default", {}), ("match", {"match": "xyz", "payload": 54,
-                                                         "snaplen": 120})):
-            confs[name] = os.path.join(scratch, name + ".conf")
+        for name in variants:
+            extra = VARIANTS[name]
+            confs[name] = os.path.join(scratch, name.replace(" ", "-") + ".conf")
             with open(confs[name], "w") as fh:
                 fh.write(repr({"piddir": scratch, "sniffer": scratch, "bpf": FILTER,
                                "resolve": False, **extra}) + "\n")
@@ -86,13 +94,14 @@ def measure(commits: list[str], runs: int) -> list[str]:
     rows = []
     for short in shorts:
         subject = git("log", "-1", "--format=%s", short)[:70]
-        rows.append([short, f"{benchlib.median(walls[short, 'default']):.2f}",
-                     f"{benchlib.median(walls[short, 'match']):.2f}", subject])
+        rows.append([short] + [f"{benchlib.median(walls[short, v]):.2f}" for v in variants]
+                    + [subject])
     lines = ["# Replay time at each step (bench/work/bench.pcap, 1,000,000 packets)", ""]
     lines += benchlib.machine_lines()
     lines += [f"- each commit run {runs} times in rounds, darkstat once a round; medians", ""]
-    lines += benchlib.table(["commit", "default s", "match 'xyz' s", "change"], rows,
-                            right={1, 2})
+    lines += benchlib.table(["commit"] + [f"{v} s" for v in variants] + ["change"], rows,
+                            right=set(range(1, len(variants) + 1)))
+    lines += [""] + [f"- {v}: `{VARIANTS[v] or 'the defaults'}`" for v in variants]
     dark = walls["darkstat", "-"]
     lines += ["", f"darkstat -r in the same rounds: median {benchlib.median(dark):.2f} s "
               f"(runs {', '.join(f'{w:.2f}' for w in dark)})",
@@ -103,11 +112,16 @@ def measure(commits: list[str], runs: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--variants", default="default,match",
+                   help=f"comma-separated, of: {', '.join(VARIANTS)}")
     p.add_argument("commits", nargs="*", default=STEPS)
     args = p.parse_args(argv)
+    variants = args.variants.split(",")
+    if not set(variants) <= set(VARIANTS):
+        raise benchlib.BenchError(f"unknown variant in {args.variants!r}")
     benchlib.ensure_commands("darkstat")
     benchlib.ensure_capture(CAPTURE)
-    benchlib.write_results("steps", measure(args.commits, args.runs))
+    benchlib.write_results("steps", measure(args.commits, args.runs, variants))
     return 0
 
 
