@@ -31,6 +31,43 @@ FIRST_PACKETS = 5          # both rules wait for this many packets while startin
 PURGE_BATCH = 10000        # records examined per second of purge work
 
 
+class States:
+    """Records taken packet by packet: their fields as Python numbers while a run
+    lasts (numpy's one-element access costs several times a list's), stored back
+    into the columns at its end."""
+
+    FIELDS = ("B", "C", "E", "S", "R", "W")
+
+    def __init__(self, cols: dict):
+        self.cols = cols
+        self.held: dict[int, list] = {}
+
+    def count(self, slot: int, now: int, length: int) -> None:
+        """SPEC 4.2 for one packet of the record in ``slot``."""
+        st = self.held.get(slot)
+        if st is None:
+            st = self.held[slot] = [self.cols[f].item(slot) for f in self.FIELDS]
+        b, c, e, s, r, w = st
+        if e + IP_INTERVAL > now or (e == s and c < FIRST_PACKETS):
+            st[0], st[1] = b + length, c + 1
+        else:
+            m = 3600.0 / (now - s if s == e else ONEHOUR + now - e)
+            st[4], st[5] = (r + c) * m, (w + b) * m
+            st[0], st[1], st[2] = length, 1, now
+
+    def forget(self, slot: int) -> None:
+        """The record in ``slot`` is deleted: nothing of it to store."""
+        self.held.pop(slot, None)
+
+    def store(self) -> None:
+        if not self.held:
+            return
+        slots = np.fromiter(self.held, np.int64, len(self.held))
+        for i, f in enumerate(self.FIELDS):
+            self.cols[f][slots] = [st[i] for st in self.held.values()]
+        self.held.clear()
+
+
 class Accounting:
     """Global counters, per-IP records, the lookup queue and the daily purge."""
 
@@ -162,9 +199,11 @@ class Accounting:
         slow[group[np.flatnonzero((t[1:] < t[:-1]) & (group[1:] == group[:-1]))]] = True
         if slow.any():
             rows = np.flatnonzero(slow[group])
+            states = States(self.records.cols)
             for slot, now, length in zip(gslots[group[rows]].tolist(), t[rows].tolist(),
                                          ln[rows].tolist()):
-                self._one(slot, now, length)
+                states.count(slot, now, length)
+            states.store()
             t = np.where(slow[group], t.min(), t)     # keeps the search array sorted
         fast = np.flatnonzero(~slow)
         if fast.size:
@@ -207,20 +246,6 @@ class Accounting:
         for name, col in (("B", B), ("C", C), ("E", E), ("R", R), ("W", W)):
             c[name][slots] = col
 
-    def _one(self, slot: int, now: int, length: int) -> None:
-        """The per-IP rule for one packet (records in the columns)."""
-        c = self.records.cols
-        e, count = c["E"].item(slot), c["C"].item(slot)
-        s = c["S"].item(slot)
-        if e + IP_INTERVAL > now or (e == s and count < FIRST_PACKETS):
-            c["B"][slot] += length
-            c["C"][slot] = count + 1
-        else:
-            m = 3600.0 / (now - s if s == e else ONEHOUR + now - e)
-            c["R"][slot] = (c["R"].item(slot) + count) * m
-            c["W"][slot] = (c["W"].item(slot) + c["B"].item(slot)) * m
-            c["E"][slot], c["B"][slot], c["C"][slot] = now, length, 1
-
     def _count_lru(self, addrs: Addresses, which, secs, lengths) -> None:
         """With ``max_hosts``: packet by packet, evicting the least recently seen IP
         (an evicted slot may be reused at once, so nothing can be deferred).
@@ -229,6 +254,7 @@ class Accounting:
         due = table.cols["T"]
         queue = self.lookup_queue if self.lookups else None
         keys = addrs.keys()
+        states = States(table.cols)
         for u, now, length in zip(which.tolist(), secs.tolist(), lengths.tolist()):
             key = keys[u]
             slot = recent.get(key)
@@ -236,14 +262,16 @@ class Accounting:
                 while len(table) >= limit and recent:
                     old, gone = recent.popitem(last=False)
                     self.lookup_queue.pop(old, None)
+                    states.forget(gone)
                     table.release_one(gone)
                     self.evicted += 1
                 slot = recent[key] = table.add_one(key, now, self.start)
             else:
                 recent.move_to_end(key)
-            self._one(slot, now, length)
+            states.count(slot, now, length)
             if queue is not None and due.item(slot) < now and key not in queue:
                 queue[key] = None
+        states.store()
         table.flush()
 
     def queue_due(self, slots: np.ndarray, secs: np.ndarray) -> None:
