@@ -31,6 +31,17 @@ FIRST_PACKETS = 5          # both rules wait for this many packets while startin
 PURGE_BATCH = 10000        # records examined per second of purge work
 
 
+def count_one(st: list, now: int, length: int) -> None:
+    """SPEC 4.2 for one packet of a record whose [B, C, E, S, R, W] is ``st``."""
+    b, c, e, s, r, w = st
+    if e + IP_INTERVAL > now or (e == s and c < FIRST_PACKETS):
+        st[0], st[1] = b + length, c + 1
+    else:
+        m = 3600.0 / (now - s if s == e else ONEHOUR + now - e)
+        st[4], st[5] = (r + c) * m, (w + b) * m
+        st[0], st[1], st[2] = length, 1, now
+
+
 class States:
     """Records taken packet by packet: their fields as Python numbers while a run
     lasts (numpy's one-element access costs several times a list's), stored back
@@ -44,16 +55,17 @@ class States:
 
     def count(self, slot: int, now: int, length: int) -> None:
         """SPEC 4.2 for one packet of the record in ``slot``."""
-        st = self.held.get(slot)
-        if st is None:
-            st = self.held[slot] = [self.cols[f].item(slot) for f in self.FIELDS]
-        b, c, e, s, r, w = st
-        if e + IP_INTERVAL > now or (e == s and c < FIRST_PACKETS):
-            st[0], st[1] = b + length, c + 1
-        else:
-            m = 3600.0 / (now - s if s == e else ONEHOUR + now - e)
-            st[4], st[5] = (r + c) * m, (w + b) * m
-            st[0], st[1], st[2] = length, 1, now
+        count_one(self.held.get(slot) or self.load(slot), now, length)
+
+    def load(self, slot: int) -> list:
+        st = self.held[slot] = [self.cols[f].item(slot) for f in self.FIELDS]
+        return st
+
+    def create(self, slot: int, now: int, start: int) -> list:
+        """A new record's fields (B = C = 0, E = now, S = start), as ``Table.slots``
+        makes them; its first packet is then counted by the ordinary rule."""
+        st = self.held[slot] = [0, 0, now, start, 0.0, 0.0]
+        return st
 
     def forget(self, slot: int) -> None:
         """The record in ``slot`` is deleted: nothing of it to store."""
@@ -255,20 +267,23 @@ class Accounting:
         queue = self.lookup_queue if self.lookups else None
         keys = addrs.keys()
         states = States(table.cols)
+        held, load = states.held, states.load
         for u, now, length in zip(which.tolist(), secs.tolist(), lengths.tolist()):
             key = keys[u]
             slot = recent.get(key)
             if slot is None:
-                while len(table) >= limit and recent:
+                while table.count >= limit and recent:
                     old, gone = recent.popitem(last=False)
                     self.lookup_queue.pop(old, None)
                     states.forget(gone)
                     table.release_one(gone)
                     self.evicted += 1
-                slot = recent[key] = table.add_one(key, now, self.start)
+                slot = recent[key] = table.add_one(key)
+                st = states.create(slot, now, self.start)
             else:
                 recent.move_to_end(key)
-            states.count(slot, now, length)
+                st = held.get(slot) or load(slot)
+            count_one(st, now, length)
             if queue is not None and due.item(slot) < now and key not in queue:
                 queue[key] = None
         states.store()

@@ -172,19 +172,17 @@ class Table(MutableMapping):
             out[n4:] = [get(k, -1) for k in addrs.v6]
         return out
 
-    def add_one(self, key: bytes, first_seen: int, start: int) -> int:
-        """A fresh record for ``key`` (as ``slots`` makes them), without numpy
-        calls on whole arrays: for adding packet by packet.  ``flush`` sorts the
-        IPv4 ones into the index."""
+    def add_one(self, key: bytes) -> int:
+        """A slot for a new record of ``key``, its name not looked up yet (T = 0, no
+        names); the caller sets B C E S R W.  No numpy calls on whole arrays: for
+        adding packet by packet.  ``flush`` sorts the IPv4 ones into the index."""
         if self.free:
             slot = self.free.pop()
         else:
             self._reserve(self.size + 1)
             slot, self.size = self.size, self.size + 1
         c = self.cols
-        for f in INTS + FLOATS:
-            c[f][slot] = 0
-        c["E"][slot], c["S"][slot], c["N"][slot] = first_seen, start, None
+        c["T"][slot], c["N"][slot] = 0, None
         if len(key) == 16:
             c["H"][slot], c["L"][slot] = int.from_bytes(key[:8], "big"), int.from_bytes(key[8:], "big")
             c["K"][slot] = 16
