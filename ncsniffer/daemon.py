@@ -54,8 +54,7 @@ def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = Non
     resolver = make_resolver(settings, sniffer.acct)
     if foreground:
         setup_logging(foreground=True, settings=settings)
-        drop_privileges(settings)
-        return Daemon(settings, cap, listener, sniffer, resolver).run()
+        return _run_holding_pid_file(settings, Daemon(settings, cap, listener, sniffer, resolver))
 
     ready_r, ready_w = os.pipe()
     child = os.fork()
@@ -89,6 +88,16 @@ def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = Non
         log.exception("daemon failed")
     finally:
         os._exit(code)
+
+
+def _run_holding_pid_file(settings: Settings, daemon: "Daemon") -> int:
+    """A foreground daemon (``-d``, systemd) holds its pid file like a detached one."""
+    pidfile.write_pid(settings.pid_file, os.getpid())
+    try:
+        drop_privileges(settings)
+        return daemon.run()
+    finally:
+        pidfile.remove_pid(settings.pid_file, os.getpid())
 
 
 def _read_ready(fd: int) -> str:

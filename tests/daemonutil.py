@@ -59,7 +59,7 @@ class LiveDaemon:
     @property
     def pid(self) -> int:
         with open(self.pidfile) as fh:
-            return int(fh.read().strip())
+            return int(fh.readline())         # the first line is the bare pid
 
     def dump(self) -> dict:
         """``nc.sniffer dump`` and wait for the rewritten stats file; return its records."""

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import NC_SNIFFER, ROOT, plain_read, run_cli, write_config
+from tests.conftest import NC_SNIFFER, ROOT, plain_read, run_cli, stop_process, write_config
 from tests.daemonutil import LiveDaemon, free_port, mtime_ns, wait_for
 from tests.netutil import RawSender, loopback_source
 
@@ -372,3 +372,22 @@ def test_drop_privileges(sender):
         assert not os.path.exists(os.path.join(workdir, "nc.sniffer.pid"))
     finally:
         shutil.rmtree(workdir)
+
+
+def test_foreground_daemon_holds_its_pid_file(workdir):
+    """-d (as systemd runs it): status sees it, a second start refuses (issue 11.8)."""
+    conf = write_config(workdir, bpf=f"host 127.0.0.1 and udp port {free_port()}")
+    pidf = os.path.join(workdir, "nc.sniffer.pid")
+    proc = subprocess.Popen([NC_SNIFFER, "-c", conf, "-d", "start"], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: os.path.exists(pidf) or proc.poll() is not None)
+        assert int(open(pidf).readline()) == proc.pid
+        r = run_cli("-c", conf, "status")
+        assert r.returncode == 0 and r.stderr.strip() == f"{proc.pid} nc.sniffer is running"
+        r = run_cli("-c", conf, "-d", "start", timeout=30)
+        assert r.returncode == 0 and r.stderr.strip() == "already running"
+        assert run_cli("-c", conf, "stop").returncode == 0
+        assert proc.wait(timeout=10) == 0
+        assert not os.path.exists(pidf)
+    finally:
+        stop_process(proc)
