@@ -391,3 +391,21 @@ def test_foreground_daemon_holds_its_pid_file(workdir):
         assert not os.path.exists(pidf)
     finally:
         stop_process(proc)
+
+
+def test_relative_directories_survive_daemonizing(workdir, sender):
+    """A relative piddir/sniffer (as in samples/demo.conf) is the start directory's (11.9)."""
+    os.mkdir(os.path.join(workdir, "reldir"))
+    d = LiveDaemon(workdir, piddir="reldir", sniffer="reldir")
+    d.pidfile = os.path.join(workdir, "reldir", "nc.sniffer.pid")
+    d.stats = os.path.join(workdir, "reldir", "nc.sniffer.stats")
+    r = d.cli("start", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    try:
+        assert d.cli("status", cwd=workdir).returncode == 0
+        sender.send("127.0.0.2", d.dport, b"rel")
+        time.sleep(0.3)
+        assert d.cli("dump", cwd=workdir).returncode == 0
+        wait_for(lambda: os.path.exists(d.stats) and "127.0.0.2" in plain_read(d.stats)[1])
+    finally:
+        d.cli("stop", cwd=workdir)
