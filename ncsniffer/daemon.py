@@ -25,7 +25,7 @@ from typing import IO
 
 import daemon as pydaemon
 
-from ncsniffer import batch, capture, pidfile
+from ncsniffer import batch, capture, pidfile, safefile
 from ncsniffer.config import Settings
 from ncsniffer.errors import NcSnifferError
 from ncsniffer.sniffer import Sniffer
@@ -48,6 +48,7 @@ def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = Non
     a failure is reported on the terminal.
     """
     stream = log_stream or sys.stderr
+    check_directories(settings)
     cap = capture.open_live(settings.interface, settings.snaplen, settings.promiscuous, settings.bpf)
     listener = open_listener(settings) if settings.port else None
     sniffer = Sniffer(settings, cap.linktype, now=int(time.time()), device=settings.interface)
@@ -68,6 +69,7 @@ def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = Non
         return 2
     os.close(ready_r)
     code = 2
+    tell = _Teller(ready_w)
     try:
         keep = [ready_w, cap.fileno()] + ([listener.fileno()] if listener else []) + \
                ([resolver.fileno()] if resolver else [])
@@ -75,26 +77,25 @@ def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = Non
                                      umask=0o022, signal_map={}, prevent_core=False)
         ctx.open()
         setup_logging(foreground=False, settings=settings)
-        pidfile.write_pid(settings.pid_file, os.getpid())
-        drop_privileges(settings)
         d = Daemon(settings, cap, listener, sniffer, resolver)
-        os.write(ready_w, b"ok")
-        os.close(ready_w)
-        code = d.run()
+        code = _run_holding_pid_file(settings, d, ready=lambda: tell("ok"))
     except NcSnifferError as exc:
-        _tell(ready_w, str(exc))
+        tell(str(exc))
     except BaseException as exc:  # the daemon must say why it died, then go
-        _tell(ready_w, f"{type(exc).__name__}: {exc}")
+        tell(f"{type(exc).__name__}: {exc}")
         log.exception("daemon failed")
     finally:
         os._exit(code)
 
 
-def _run_holding_pid_file(settings: Settings, daemon: "Daemon") -> int:
-    """A foreground daemon (``-d``, systemd) holds its pid file like a detached one."""
+def _run_holding_pid_file(settings: Settings, daemon: "Daemon", ready=None) -> int:
+    """Run with the pid file written, and removed however the run ends; a foreground
+    daemon (``-d``, systemd) holds it like a detached one."""
     pidfile.write_pid(settings.pid_file, os.getpid())
     try:
         drop_privileges(settings)
+        if ready is not None:
+            ready()
         return daemon.run()
     finally:
         pidfile.remove_pid(settings.pid_file, os.getpid())
@@ -117,12 +118,22 @@ def _read_ready(fd: int) -> str:
     return b"".join(chunks).decode("utf-8", errors="replace")
 
 
-def _tell(fd: int, message: str) -> None:
-    try:
-        os.write(fd, message.encode()[:4000])
+class _Teller:
+    """Tell the starting process once how the start went (the pipe is closed after,
+    and its descriptor number may be reused: never written again)."""
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+
+    def __call__(self, message: str) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            os.write(fd, message.encode()[:4000])
+        except OSError:
+            pass
         os.close(fd)
-    except OSError:
-        pass
 
 
 def open_listener(settings: Settings) -> socket.socket:
@@ -160,9 +171,26 @@ def setup_logging(foreground: bool, settings: Settings) -> None:
                                                  facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter(f"{settings.name}[%(process)d]: %(message)s"))
     else:
-        handler = logging.FileHandler(os.path.join(settings.piddir, settings.name + ".log"))
+        handler = log_file_handler(os.path.join(settings.piddir, settings.name + ".log"))
         handler.setFormatter(logging.Formatter(f"%(asctime)s {settings.name}[%(process)d]: %(message)s"))
     log.addHandler(handler)
+
+
+def log_file_handler(path: str) -> logging.Handler:
+    """Append to the fallback log without following a symlink planted in piddir."""
+    try:
+        fd = safefile.open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except OSError as exc:
+        raise NcSnifferError(f"cannot open log file '{path}': {exc.strerror}") from exc
+    return logging.StreamHandler(open(fd, "a", encoding="utf-8", errors="replace"))
+
+
+def check_directories(settings: Settings) -> None:
+    """Refuse a pid or stats directory every user may write (unless sticky):
+    the root daemon writes there."""
+    safefile.check_directory(settings.piddir, "pid directory")
+    if settings.stats_file:
+        safefile.check_directory(settings.sniffer, "sniffer directory")
 
 
 def drop_privileges(settings: Settings) -> None:
@@ -176,14 +204,25 @@ def drop_privileges(settings: Settings) -> None:
     except KeyError as exc:
         raise NcSnifferError(f"unknown user or group: {exc.args[0]}") from exc
     for path in (settings.pid_file, settings.stats_file):
-        if path and os.path.exists(path):
-            os.chown(path, uid, gid)
+        _chown_if_present(path, uid, gid)
     os.setgroups([gid])
     os.setgid(gid)
     os.setuid(uid)
     if settings.stats_file and not os.access(os.path.dirname(settings.stats_file), os.W_OK):
         raise NcSnifferError(f"sniffer directory '{settings.sniffer}' is not writable "
                              f"by user '{settings.user}'")
+
+
+def _chown_if_present(path: str | None, uid: int, gid: int) -> None:
+    """Hand our file to the daemon user, by descriptor (never a planted symlink's target)."""
+    if not path:
+        return
+    try:
+        safefile.chown_regular(path, uid, gid)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise NcSnifferError(f"cannot hand '{path}' to uid {uid}: {exc.strerror}") from exc
 
 
 # --------------------------------------------------------------------------- the loop

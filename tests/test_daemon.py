@@ -363,7 +363,7 @@ def test_drop_privileges(sender):
     import tempfile
     workdir = tempfile.mkdtemp(prefix="ncs-user-")   # pytest's own tmp root is 0700
     try:
-        os.chmod(workdir, 0o777)
+        os.chmod(workdir, 0o1777)         # sticky: a world-writable directory is refused (11.14)
         with LiveDaemon(workdir, user="nobody", group="nogroup") as d:
             status = open(f"/proc/{d.pid}/status").read()
             assert "\nUid:\t65534\t65534\t65534\t65534\n" in status
@@ -409,3 +409,65 @@ def test_relative_directories_survive_daemonizing(workdir, sender):
         wait_for(lambda: os.path.exists(d.stats) and "127.0.0.2" in plain_read(d.stats)[1])
     finally:
         d.cli("stop", cwd=workdir)
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory the daemon user may write, sticky as the README says (like /tmp)."""
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix="ncs-shared-")   # pytest's own tmp root is 0700
+    os.chmod(path, 0o1777)
+    yield path
+    shutil.rmtree(path)
+
+
+def own_file(directory: str) -> tuple[str, bytes]:
+    """A file of the test's own, outside the shared directory, root's and mode 0644."""
+    path = os.path.join(os.path.dirname(directory), os.path.basename(directory) + ".mine")
+    with open(path, "wb") as fh:
+        fh.write(b"the test's own file\n")
+    return path, b"the test's own file\n"
+
+
+def test_planted_log_symlink_is_not_appended_to(shared_dir):
+    """No /dev/log: the fallback log in piddir must not follow a symlink (11.14)."""
+    from ncsniffer import daemon
+    from ncsniffer.errors import NcSnifferError
+    mine, text = own_file(shared_dir)
+    try:
+        log = os.path.join(shared_dir, "nc.sniffer.log")
+        os.symlink(mine, log)
+        with pytest.raises(NcSnifferError, match="is a symbolic link"):
+            daemon.log_file_handler(log)
+        assert open(mine, "rb").read() == text
+    finally:
+        os.unlink(mine)
+
+
+def test_planted_stats_symlink_is_not_chowned(shared_dir):
+    """drop_privileges hands the stats file to 'user' by descriptor, not by name (11.14)."""
+    mine, text = own_file(shared_dir)
+    try:
+        os.symlink(mine, os.path.join(shared_dir, "nc.sniffer.stats"))
+        d = LiveDaemon(shared_dir, user="nobody", group="nogroup")
+        r = d.cli("start")
+        if r.returncode == 0:
+            d.stop()
+        st = os.stat(mine)
+        assert (st.st_uid, st.st_gid) == (0, 0) and open(mine, "rb").read() == text
+        assert r.returncode == 2 and "is a symbolic link; remove it" in r.stderr
+        assert not os.path.exists(d.pidfile)
+    finally:
+        os.unlink(mine)
+
+
+def test_world_writable_directories_are_refused(shared_dir):
+    os.chmod(shared_dir, 0o777)
+    d = LiveDaemon(shared_dir)
+    r = d.cli("start")
+    if r.returncode == 0:
+        d.stop()
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"nc.sniffer: pid directory '{shared_dir}' is writable by "
+                                f"every user; chmod o-w (or make it sticky, chmod +t)")

@@ -246,3 +246,22 @@ def test_rounding_is_printf_rounding(values):
     expected = [int("%.0f" % v) for v in values]
     assert table.whole(np.array(values, np.float64)) == expected
     assert [dumpfile._int(v) for v in values] == expected
+
+
+def planted(tmp_path, *names: str) -> tuple[str, str]:
+    """Symlinks at ``names`` to a file of the test's own; returns (that file, its text)."""
+    mine = str(tmp_path / "mine")
+    with open(mine, "w") as fh:
+        fh.write("the test's own file\n")
+    for name in names:
+        os.symlink(mine, name)
+    return mine, "the test's own file\n"
+
+
+def test_planted_symlink_as_temporary_file_is_not_followed(tmp_path):
+    """Whoever may write the stats directory cannot make root overwrite a file (11.14)."""
+    path = str(tmp_path / "x.stats")
+    mine, text = planted(tmp_path, path + ".tmp", f"{path}.{os.getpid()}.tmp")
+    dumpfile.write_file(path, header(), ROWS, "python")
+    assert open(mine).read() == text
+    assert not os.path.islink(path) and "10.1.2.3" in open(path).read()

@@ -109,3 +109,13 @@ def test_a_symlink_as_pid_file_is_refused(tmp_path):
     os.symlink(mine, link)
     with pytest.raises(PidFileError, match="is a symbolic link"):
         pidfile.read_pid(link)
+
+
+def test_planted_symlink_as_temporary_pid_file_is_not_followed(tmp_path):
+    path = str(tmp_path / "nc.sniffer.pid")
+    mine = tmp_path / "mine"
+    mine.write_text("the test's own file\n")
+    os.symlink(mine, f"{path}.{os.getpid()}.tmp")
+    pidfile.write_pid(path, os.getpid())
+    assert mine.read_text() == "the test's own file\n"
+    assert pidfile.read_pid(path) == os.getpid()
