@@ -25,7 +25,7 @@ from typing import IO
 
 import daemon as pydaemon
 
-from ncsniffer import batch, capture, pidfile, safefile
+from ncsniffer import batch, capture, host, pidfile, safefile
 from ncsniffer.config import Settings
 from ncsniffer.errors import NcSnifferError
 from ncsniffer.sniffer import Sniffer
@@ -49,6 +49,7 @@ def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = Non
     """
     stream = log_stream or sys.stderr
     check_directories(settings)
+    remove_leftovers(settings)
     cap = capture.open_live(settings.interface, settings.snaplen, settings.promiscuous, settings.bpf)
     listener = open_listener(settings) if settings.port else None
     sniffer = Sniffer(settings, cap.linktype, now=int(time.time()), device=settings.interface)
@@ -183,6 +184,14 @@ def log_file_handler(path: str) -> logging.Handler:
     except OSError as exc:
         raise NcSnifferError(f"cannot open log file '{path}': {exc.strerror}") from exc
     return logging.StreamHandler(open(fd, "a", encoding="utf-8", errors="replace"))
+
+
+def remove_leftovers(settings: Settings) -> None:
+    """Temporary files of writers that are gone (a dump child killed with its
+    daemon, a crash) are removed at start, so none pile up."""
+    for path in (settings.pid_file, settings.stats_file):
+        if path:
+            safefile.remove_stale_tmp(path, alive=host.process_exists)
 
 
 def check_directories(settings: Settings) -> None:
@@ -375,10 +384,12 @@ class Daemon:
         if self.settings.stats_file is None:      # -d: to stderr, in this process
             self.write_dump(current)
             return
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                _die_with_parent(parent)
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                     signal.signal(sig, signal.SIG_DFL)
@@ -424,6 +435,20 @@ class Daemon:
         if self.resolver is not None:
             line += "; dns " + self.resolver.counters_text()
         log.info("%s", line)
+
+
+PR_SET_PDEATHSIG = 1        # prctl(2)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A dump child must not outlive its daemon: after a ``kill -9`` and a restart
+    it would write on while the new daemon dumps."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("dump child: prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:        # the daemon died before prctl took effect
+        os._exit(1)
 
 
 def _norm(address: str) -> str:

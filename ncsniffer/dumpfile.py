@@ -218,13 +218,14 @@ def write_file(path: str, h: Header, rows: Iterable[Row], fmt: str = "python") -
 
 
 def write_atomic(path: str, pieces: Iterable[str], tmp: str | None = None) -> None:
-    """Write ``FILE.tmp``, fsync, rename over ``FILE``.
+    """Write ``FILE.PID.tmp``, fsync, rename over ``FILE``.
 
     A reader never sees half a file; a crash or a full disk leaves the previous
-    file as it was.
+    file as it was; two writers (a daemon and the orphaned dump child of the one
+    before it) never share a temporary file.
     """
     try:
-        safefile.write_atomic(path, pieces, tmp=tmp or path + ".tmp")
+        safefile.write_atomic(path, pieces, tmp=tmp)
     except OSError as exc:
         raise DumpFileError(f"cannot write '{path}': {exc.strerror or exc}") from exc
 

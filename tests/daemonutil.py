@@ -78,3 +78,9 @@ class LiveDaemon:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def tmp_files(path: str) -> list[str]:
+    """The temporary files of writers of ``path`` (``FILE.PID.tmp``, or an old ``FILE.tmp``)."""
+    import glob
+    return sorted(glob.glob(glob.escape(path) + ".*tmp"))

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import NC_SNIFFER, ROOT, plain_read, run_cli, stop_process, write_config
-from tests.daemonutil import LiveDaemon, free_port, mtime_ns, wait_for
+from tests.daemonutil import LiveDaemon, free_port, mtime_ns, tmp_files, wait_for
 from tests.netutil import RawSender, loopback_source
 
 pytestmark = [pytest.mark.integration,
@@ -90,7 +90,7 @@ def test_status_start_twice_stop(workdir):
     assert r.returncode == 0
     assert not os.path.exists(d.pidfile)
     assert gone(pid)                                   # stop waited for the exit
-    assert os.path.exists(d.stats) and not os.path.exists(d.stats + ".tmp")
+    assert os.path.exists(d.stats) and tmp_files(d.stats) == []
     r = d.cli("stop")
     assert r.stderr.strip() == "nc.sniffer: not running"
     r = d.cli("dump")
@@ -172,7 +172,7 @@ def test_sigterm_final_dump_and_pid_file_gone(workdir, sender):
     wait_for(lambda: gone(pid))
     assert not os.path.exists(d.pidfile)
     assert "127.0.0.4" in plain_read(d.stats)[1]
-    assert not os.path.exists(d.stats + ".tmp")
+    assert tmp_files(d.stats) == []
 
 
 def test_stop_kills_a_daemon_that_ignores_term(workdir):
@@ -228,8 +228,8 @@ def test_kill_9_during_a_dump_keeps_previous_file(workdir, sender):
         assert len(got) >= 55000
         good = open(d.stats).read()
         os.kill(d.pid, signal.SIGUSR1)
-        # the dump child writes FILE.tmp; kill it (and anything dumping) mid-way
-        wait_for(lambda: os.path.exists(d.stats + ".tmp"), timeout=5, step=0.002)
+        # the dump child writes FILE.PID.tmp; kill it (and anything dumping) mid-way
+        wait_for(lambda: tmp_files(d.stats), timeout=5, step=0.002)
         children = subprocess.run(["pgrep", "-P", str(d.pid)], capture_output=True, text=True).stdout.split()
         for child in children:
             os.kill(int(child), signal.SIGKILL)
@@ -471,3 +471,38 @@ def test_world_writable_directories_are_refused(shared_dir):
     assert r.returncode == 2
     assert r.stderr.strip() == (f"nc.sniffer: pid directory '{shared_dir}' is writable by "
                                 f"every user; chmod o-w (or make it sticky, chmod +t)")
+
+
+@pytest.mark.slow
+def test_kill_9_and_immediate_restart_keep_the_stats_file_whole(workdir, sender):
+    """systemd's restart, the watchdog's cron: the orphaned dump child must not write
+    on (it dies with its parent) and its temporary file is cleared (issue 11.15)."""
+    d = LiveDaemon(workdir).start()
+    children = []
+    try:
+        assert len(fill(d, sender, 100000)) >= 95000
+        os.kill(d.pid, signal.SIGUSR1)
+        wait_for(lambda: tmp_files(d.stats), timeout=5, step=0.002)
+        children = subprocess.run(["pgrep", "-P", str(d.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        assert children, "the dump child finished before the test could catch it"
+        for child in children:
+            os.kill(int(child), signal.SIGSTOP)      # a slow disk: the child is mid-write
+        old = d.pid
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: gone(old))
+        d.start()                                    # at once
+        orphans = [int(c) for c in children if not gone(int(c))]
+        assert tmp_files(d.stats) == []              # the dead writer's leftover is cleared
+        sender.send("127.0.0.2", d.dport, b"after the restart")
+        got = d.dump()
+        for child in orphans:                        # (the old code's orphan writes on)
+            os.kill(child, signal.SIGCONT)
+            wait_for(lambda: gone(child))
+        assert orphans == []
+        assert plain_read(d.stats)[1] == got == {"127.0.0.2": got["127.0.0.2"]}
+    finally:
+        for child in children:
+            if not gone(int(child)):
+                os.kill(int(child), signal.SIGKILL)
+        d.stop()
