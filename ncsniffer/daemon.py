@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from typing import IO
 
 import daemon as pydaemon
@@ -236,6 +237,39 @@ def _chown_if_present(path: str | None, uid: int, gid: int) -> None:
 
 # --------------------------------------------------------------------------- the loop
 
+DUMP_MIN_SECONDS = 60.0            # a dump child still writing after this is killed ...
+DUMP_SECONDS_PER_RECORD = 50e-6    # ... plus this per record (1M records: 110 s)
+KILL_GRACE = 5.0                   # after SIGKILL, then given up on (hung I/O)
+WAIT_STEP = 0.05
+
+
+def dump_limit(records: int) -> float:
+    """How long a dump of ``records`` records may take: generous, so only a hung
+    disk, a FIFO or a stopped child reaches it."""
+    return DUMP_MIN_SECONDS + records * DUMP_SECONDS_PER_RECORD
+
+
+@dataclass
+class DumpChild:
+    """The dump being written by a forked child, and what it is for."""
+
+    pid: int
+    hup: bool
+    started: float
+    limit: float
+    killed: bool = False
+
+    def failure(self, status: int) -> str | None:
+        """Why the dump was not written (None: it was), from the child's wait status."""
+        if self.killed:
+            return f"killed after {self.limit:g} s"
+        if os.WIFSIGNALED(status):
+            return f"the dump process died of signal {os.WTERMSIG(status)}"
+        if os.waitstatus_to_exitcode(status):
+            return f"the dump failed, exit status {os.waitstatus_to_exitcode(status)}"
+        return None
+
+
 class Daemon:
     """The running daemon: owns the capture, the sockets, the sniffer and the dumps."""
 
@@ -246,8 +280,9 @@ class Daemon:
         self.sniffer = sniffer
         self.resolver = resolver
         self.allowed = {_norm(a) for a in settings.allowed}
-        self.dump_child: int | None = None
+        self.dump: DumpChild | None = None
         self.dump_wanted = False
+        self.hup_wanted = False
         self.flags: set[int] = set()
         self.running = True
         self.refused = 0
@@ -349,10 +384,7 @@ class Daemon:
             self._terminate()
             return
         if signal.SIGHUP in flags:
-            self._wait_dump()
-            self._dump_in_child()
-            self.sniffer.acct.reset(int(time.time()))
-            log.info("SIGHUP: stats written, counters reset")
+            self.hup_wanted = True
             flags.discard(signal.SIGUSR1)      # the HUP dump serves it
         if signal.SIGUSR1 in flags:
             self.dump_wanted = True
@@ -372,17 +404,25 @@ class Daemon:
 
     # ------------------------------------------------------------------ dumps
     def _start_dump_if_wanted(self) -> None:
+        """Start the wanted dump, unless one is being written (then it waits its turn)."""
         self._reap_dump()
-        if self.dump_wanted and self.dump_child is None:
+        if self.dump_child is not None:
+            return
+        if self.hup_wanted:
+            self.hup_wanted = self.dump_wanted = False
+            self._dump_in_child(hup=True)
+            self.sniffer.acct.reset(int(time.time()))   # the child holds the snapshot
+        elif self.dump_wanted:
             self.dump_wanted = False
             self._dump_in_child()
 
-    def _dump_in_child(self) -> None:
+    def _dump_in_child(self, hup: bool = False) -> None:
         """Fork: the child writes its copy-on-write snapshot and exits; capture goes on."""
         self._log_counters("dump")
         current = int(time.time())
         if self.settings.stats_file is None:      # -d: to stderr, in this process
             self.write_dump(current)
+            self._dump_done(hup, None)
             return
         parent = os.getpid()
         pid = os.fork()
@@ -401,30 +441,52 @@ class Daemon:
                 log.exception("dump failed")
             finally:
                 os._exit(code)
-        self.dump_child = pid
+        self.dump = DumpChild(pid, hup, time.monotonic(), dump_limit(len(self.sniffer.acct.records)))
+
+    @property
+    def dump_child(self) -> int | None:
+        return self.dump.pid if self.dump else None
 
     def write_dump(self, current: int | None = None) -> None:
         self.sniffer.dump(int(time.time()) if current is None else current)
 
     def _reap_dump(self) -> None:
-        if self.dump_child is None:
+        """Collect a finished dump child; kill one that is over its time limit."""
+        dump = self.dump
+        if dump is None:
             return
         try:
-            pid, status = os.waitpid(self.dump_child, os.WNOHANG)
+            pid, status = os.waitpid(dump.pid, os.WNOHANG)
         except ChildProcessError:
-            pid, status = self.dump_child, 0
+            pid, status = dump.pid, 0
         if pid:
-            if status:
-                log.error("dump process exited with status %d", status)
-            self.dump_child = None
+            self.dump = None
+            self._dump_done(dump.hup, dump.failure(status))
+        elif not dump.killed and time.monotonic() - dump.started > dump.limit:
+            os.kill(dump.pid, signal.SIGKILL)
+            dump.killed = True
+            log.error("dump process killed after %g s (it had not finished)", dump.limit)
 
     def _wait_dump(self) -> None:
-        if self.dump_child is not None:
-            try:
-                os.waitpid(self.dump_child, 0)
-            except ChildProcessError:
-                pass
-            self.dump_child = None
+        """Wait for the dump child, killing it at its limit; give up on one that
+        even SIGKILL does not end (a process stuck in a hung disk's I/O)."""
+        while self.dump is not None:
+            self._reap_dump()
+            dump = self.dump
+            if dump is not None and time.monotonic() - dump.started > dump.limit + KILL_GRACE:
+                log.error("dump process %d does not exit; not waiting for it", dump.pid)
+                self.dump = None
+            elif dump is not None:
+                time.sleep(WAIT_STEP)
+
+    def _dump_done(self, hup: bool, failure: str | None) -> None:
+        """Log the outcome; a SIGHUP's line says whether its stats were written."""
+        if hup and failure is None:
+            log.info("SIGHUP: stats written, counters reset")
+        elif hup:
+            log.error("SIGHUP: stats not written (%s), counters reset", failure)
+        elif failure is not None:
+            log.error("dump not written (%s)", failure)
 
     def _log_counters(self, what: str) -> None:
         received, dropped, ifdropped = self.cap.stats()

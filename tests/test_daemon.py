@@ -506,3 +506,106 @@ def test_kill_9_and_immediate_restart_keep_the_stats_file_whole(workdir, sender)
             if not gone(int(child)):
                 os.kill(int(child), signal.SIGKILL)
         d.stop()
+
+
+class _NoCapture:
+    """Enough of a capture for the dump machinery (no packets)."""
+
+    linktype = 1
+
+    def stats(self):
+        return (0, 0, 0)
+
+
+def hang_on_fifo(path: str):
+    """A dump that never finishes, as on a hung disk: opening a FIFO nobody reads."""
+    def write_dump(current=None):
+        with open(path, "w"):
+            pass
+    return write_dump
+
+
+class Alarm:
+    """Fail instead of hanging forever if the event loop blocks."""
+
+    def __init__(self, seconds: int):
+        self.seconds = seconds
+
+    def _raise(self, signum, frame):
+        raise TimeoutError(f"blocked for {self.seconds} s")
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGALRM, self._raise)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc):
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.previous)
+
+
+@pytest.fixture
+def loop_daemon(workdir, monkeypatch, caplog):
+    """An in-process Daemon (no capture) whose dump child really forks (issue 11.19a)."""
+    from ncsniffer import config, daemon
+    from ncsniffer.sniffer import Sniffer
+    monkeypatch.setattr(daemon, "DUMP_MIN_SECONDS", 0.5, raising=False)
+    settings = config.validate({"piddir": workdir, "sniffer": workdir, "bpf": "host 127.0.0.1",
+                                "resolve": False}, "nc.sniffer", offline=True)
+    d = daemon.Daemon(settings, _NoCapture(), None, Sniffer(settings, 1, int(time.time()), "lo"),
+                      None)
+    caplog.set_level("INFO", logger="ncsniffer")
+    yield d
+    if d.dump_child is not None and not gone(d.dump_child):
+        os.kill(d.dump_child, signal.SIGKILL)
+        os.waitpid(d.dump_child, 0)
+
+
+def test_a_hung_dump_is_killed_and_never_blocks_the_loop(loop_daemon, workdir, caplog):
+    d = loop_daemon
+    fifo = os.path.join(workdir, "hung")
+    os.mkfifo(fifo)
+    d.write_dump = hang_on_fifo(fifo)
+    d.dump_wanted = True
+    d._start_dump_if_wanted()
+    child = d.dump_child
+    assert child is not None
+    d.flags.add(signal.SIGHUP)
+    began = time.monotonic()
+    with Alarm(3):
+        d._handle_flags()                        # a SIGHUP while the dump hangs
+    assert time.monotonic() - began < 0.5
+    d.write_dump = lambda current=None: None     # the next dump succeeds
+    with Alarm(5):                               # the loop's turns, until the HUP dump is done
+        wait_for(lambda: d._start_dump_if_wanted() or "SIGHUP: stats" in caplog.text,
+                 timeout=4)
+    assert gone(child)
+    text = caplog.text
+    assert "dump process killed after 0.5 s (it had not finished)" in text
+    assert "SIGHUP: stats written, counters reset" in text
+
+
+@pytest.mark.slow
+def test_sighup_on_a_full_disk_says_the_stats_were_not_written(workdir, sender):
+    if os.path.exists("/dev/log"):
+        pytest.skip("the daemon logs to syslog here; the test reads PIDDIR/NAME.log")
+    small = os.path.join(workdir, "small")
+    os.mkdir(small)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", small]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        d = LiveDaemon(workdir, sniffer=small)
+        d.stats = os.path.join(small, "nc.sniffer.stats")
+        with d:
+            for i in range(3000):                # ~300 kB of records: more than 64k
+                sender.send(loopback_source(i), d.dport)
+            time.sleep(0.5)
+            os.kill(d.pid, signal.SIGHUP)
+            logfile = os.path.join(workdir, "nc.sniffer.log")
+            line = wait_for(lambda: [x for x in open(logfile).read().splitlines()
+                                     if "SIGHUP" in x])[-1]
+        assert line.endswith("SIGHUP: stats not written (the dump failed, exit status 1), "
+                             "counters reset"), line
+        assert "No space left on device" in open(logfile).read()
+        assert tmp_files(d.stats) == []
+    finally:
+        subprocess.run(["umount", small])
