@@ -265,3 +265,22 @@ def test_planted_symlink_as_temporary_file_is_not_followed(tmp_path):
     dumpfile.write_file(path, header(), ROWS, "python")
     assert open(mine).read() == text
     assert not os.path.islink(path) and "10.1.2.3" in open(path).read()
+
+
+def test_a_fifo_at_the_temporary_name_is_replaced_not_waited_on(tmp_path):
+    """A FIFO planted as the temporary file hung the dump forever (issue 11.19a)."""
+    import signal
+
+    def hung(signum, frame):
+        raise TimeoutError("the write waited on the FIFO")
+    path = str(tmp_path / "x.stats")
+    os.mkfifo(path + ".tmp")
+    os.mkfifo(f"{path}.{os.getpid()}.tmp")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(3)
+    try:
+        dumpfile.write_file(path, header(), ROWS, "python")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert "10.1.2.3" in open(path).read()

@@ -1,7 +1,6 @@
 """The pid file: its format, and telling the daemon from strangers (issue 11.16)."""
 
 import os
-import signal
 import subprocess
 import sys
 
