@@ -344,7 +344,7 @@ class Daemon:
 
     def _tick(self, now: int) -> None:
         self.sniffer.acct.purge(now)
-        self._reap_dump()
+        self._start_dump_if_wanted()     # reaps, and starts one that waited its turn
         gc.freeze()          # records never form cycles: keep the collector off them
 
     # ------------------------------------------------------------------ requests

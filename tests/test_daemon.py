@@ -576,8 +576,8 @@ def test_a_hung_dump_is_killed_and_never_blocks_the_loop(loop_daemon, workdir, c
     assert time.monotonic() - began < 0.5
     d.write_dump = lambda current=None: None     # the next dump succeeds
     with Alarm(5):                               # the loop's turns, until the HUP dump is done
-        wait_for(lambda: d._start_dump_if_wanted() or "SIGHUP: stats" in caplog.text,
-                 timeout=4)
+        wait_for(lambda: d._tick(int(time.time())) or "SIGHUP: stats" in caplog.text,
+                 timeout=4, step=0.2)
     assert gone(child)
     text = caplog.text
     assert "dump process killed after 0.5 s (it had not finished)" in text
