@@ -172,8 +172,14 @@ def instance_name(program: str) -> str:
     return base
 
 
+def absolute(path: str | None) -> str | None:
+    """A configured path against the directory the command started in: the
+    daemon changes to '/' when it detaches, so this is done before."""
+    return os.path.abspath(path) if path else path
+
+
 def check_piddir(config: dict) -> str:
-    piddir = config.get("piddir")
+    piddir = absolute(config.get("piddir"))
     if not piddir or not os.path.isdir(piddir) or not os.access(piddir, os.W_OK):
         raise ConfigError("pid directory not specified or not writable")
     return piddir
@@ -215,6 +221,7 @@ def validate(config: dict, name: str, offline: bool = False, to_stderr: bool = F
     if sniffer != "STDERR":
         if not os.path.isdir(sniffer) or not os.access(sniffer, os.W_OK):
             fail(f"sniffer directory '{sniffer}' missing or not writable")
+        sniffer = absolute(sniffer)
         stats_file = os.path.join(sniffer, name + ".stats")
         if os.path.exists(stats_file) and not os.access(stats_file, os.W_OK):
             fail(f"'{stats_file}' not writable")
@@ -239,7 +246,7 @@ def validate(config: dict, name: str, offline: bool = False, to_stderr: bool = F
         payload = None
 
     settings = Settings(
-        name=name, raw=config, piddir=config.get("piddir"), sniffer=sniffer,
+        name=name, raw=config, piddir=absolute(config.get("piddir")), sniffer=sniffer,
         stats_file=stats_file, bpf=str(bpf), me_name=me_name, me=me,
         me_packed=host.pack_address(me), interface=interface, promiscuous=promiscuous,
         snaplen=snaplen, match=match, nomatch=nomatch, payload=payload,

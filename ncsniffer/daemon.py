@@ -21,11 +21,12 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from typing import IO
 
 import daemon as pydaemon
 
-from ncsniffer import batch, capture, pidfile
+from ncsniffer import batch, capture, host, pidfile, safefile
 from ncsniffer.config import Settings
 from ncsniffer.errors import NcSnifferError
 from ncsniffer.sniffer import Sniffer
@@ -48,14 +49,15 @@ def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = Non
     a failure is reported on the terminal.
     """
     stream = log_stream or sys.stderr
+    check_directories(settings)
+    remove_leftovers(settings)
     cap = capture.open_live(settings.interface, settings.snaplen, settings.promiscuous, settings.bpf)
     listener = open_listener(settings) if settings.port else None
     sniffer = Sniffer(settings, cap.linktype, now=int(time.time()), device=settings.interface)
     resolver = make_resolver(settings, sniffer.acct)
     if foreground:
         setup_logging(foreground=True, settings=settings)
-        drop_privileges(settings)
-        return Daemon(settings, cap, listener, sniffer, resolver).run()
+        return _run_holding_pid_file(settings, Daemon(settings, cap, listener, sniffer, resolver))
 
     ready_r, ready_w = os.pipe()
     child = os.fork()
@@ -69,6 +71,7 @@ def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = Non
         return 2
     os.close(ready_r)
     code = 2
+    tell = _Teller(ready_w)
     try:
         keep = [ready_w, cap.fileno()] + ([listener.fileno()] if listener else []) + \
                ([resolver.fileno()] if resolver else [])
@@ -76,19 +79,28 @@ def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = Non
                                      umask=0o022, signal_map={}, prevent_core=False)
         ctx.open()
         setup_logging(foreground=False, settings=settings)
-        pidfile.write_pid(settings.pid_file, os.getpid())
-        drop_privileges(settings)
         d = Daemon(settings, cap, listener, sniffer, resolver)
-        os.write(ready_w, b"ok")
-        os.close(ready_w)
-        code = d.run()
+        code = _run_holding_pid_file(settings, d, ready=lambda: tell("ok"))
     except NcSnifferError as exc:
-        _tell(ready_w, str(exc))
+        tell(str(exc))
     except BaseException as exc:  # the daemon must say why it died, then go
-        _tell(ready_w, f"{type(exc).__name__}: {exc}")
+        tell(f"{type(exc).__name__}: {exc}")
         log.exception("daemon failed")
     finally:
         os._exit(code)
+
+
+def _run_holding_pid_file(settings: Settings, daemon: "Daemon", ready=None) -> int:
+    """Run with the pid file written, and removed however the run ends; a foreground
+    daemon (``-d``, systemd) holds it like a detached one."""
+    pidfile.write_pid(settings.pid_file, os.getpid())
+    try:
+        drop_privileges(settings)
+        if ready is not None:
+            ready()
+        return daemon.run()
+    finally:
+        pidfile.remove_pid(settings.pid_file, os.getpid())
 
 
 def _read_ready(fd: int) -> str:
@@ -108,12 +120,22 @@ def _read_ready(fd: int) -> str:
     return b"".join(chunks).decode("utf-8", errors="replace")
 
 
-def _tell(fd: int, message: str) -> None:
-    try:
-        os.write(fd, message.encode()[:4000])
+class _Teller:
+    """Tell the starting process once how the start went (the pipe is closed after,
+    and its descriptor number may be reused: never written again)."""
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+
+    def __call__(self, message: str) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            os.write(fd, message.encode()[:4000])
+        except OSError:
+            pass
         os.close(fd)
-    except OSError:
-        pass
 
 
 def open_listener(settings: Settings) -> socket.socket:
@@ -151,9 +173,34 @@ def setup_logging(foreground: bool, settings: Settings) -> None:
                                                  facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter(f"{settings.name}[%(process)d]: %(message)s"))
     else:
-        handler = logging.FileHandler(os.path.join(settings.piddir, settings.name + ".log"))
+        handler = log_file_handler(os.path.join(settings.piddir, settings.name + ".log"))
         handler.setFormatter(logging.Formatter(f"%(asctime)s {settings.name}[%(process)d]: %(message)s"))
     log.addHandler(handler)
+
+
+def log_file_handler(path: str) -> logging.Handler:
+    """Append to the fallback log without following a symlink planted in piddir."""
+    try:
+        fd = safefile.open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except OSError as exc:
+        raise NcSnifferError(f"cannot open log file '{path}': {exc.strerror}") from exc
+    return logging.StreamHandler(open(fd, "a", encoding="utf-8", errors="replace"))
+
+
+def remove_leftovers(settings: Settings) -> None:
+    """Temporary files of writers that are gone (a dump child killed with its
+    daemon, a crash) are removed at start, so none pile up."""
+    for path in (settings.pid_file, settings.stats_file):
+        if path:
+            safefile.remove_stale_tmp(path, alive=host.process_exists)
+
+
+def check_directories(settings: Settings) -> None:
+    """Refuse a pid or stats directory every user may write (unless sticky):
+    the root daemon writes there."""
+    safefile.check_directory(settings.piddir, "pid directory")
+    if settings.stats_file:
+        safefile.check_directory(settings.sniffer, "sniffer directory")
 
 
 def drop_privileges(settings: Settings) -> None:
@@ -167,8 +214,7 @@ def drop_privileges(settings: Settings) -> None:
     except KeyError as exc:
         raise NcSnifferError(f"unknown user or group: {exc.args[0]}") from exc
     for path in (settings.pid_file, settings.stats_file):
-        if path and os.path.exists(path):
-            os.chown(path, uid, gid)
+        _chown_if_present(path, uid, gid)
     os.setgroups([gid])
     os.setgid(gid)
     os.setuid(uid)
@@ -177,7 +223,52 @@ def drop_privileges(settings: Settings) -> None:
                              f"by user '{settings.user}'")
 
 
+def _chown_if_present(path: str | None, uid: int, gid: int) -> None:
+    """Hand our file to the daemon user, by descriptor (never a planted symlink's target)."""
+    if not path:
+        return
+    try:
+        safefile.chown_regular(path, uid, gid)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise NcSnifferError(f"cannot hand '{path}' to uid {uid}: {exc.strerror}") from exc
+
+
 # --------------------------------------------------------------------------- the loop
+
+DUMP_MIN_SECONDS = 60.0            # a dump child still writing after this is killed ...
+DUMP_SECONDS_PER_RECORD = 50e-6    # ... plus this per record (1M records: 110 s)
+KILL_GRACE = 5.0                   # after SIGKILL, then given up on (hung I/O)
+WAIT_STEP = 0.05
+
+
+def dump_limit(records: int) -> float:
+    """How long a dump of ``records`` records may take: generous, so only a hung
+    disk, a FIFO or a stopped child reaches it."""
+    return DUMP_MIN_SECONDS + records * DUMP_SECONDS_PER_RECORD
+
+
+@dataclass
+class DumpChild:
+    """The dump being written by a forked child, and what it is for."""
+
+    pid: int
+    hup: bool
+    started: float
+    limit: float
+    killed: bool = False
+
+    def failure(self, status: int) -> str | None:
+        """Why the dump was not written (None: it was), from the child's wait status."""
+        if self.killed:
+            return f"killed after {self.limit:g} s"
+        if os.WIFSIGNALED(status):
+            return f"the dump process died of signal {os.WTERMSIG(status)}"
+        if os.waitstatus_to_exitcode(status):
+            return f"the dump failed, exit status {os.waitstatus_to_exitcode(status)}"
+        return None
+
 
 class Daemon:
     """The running daemon: owns the capture, the sockets, the sniffer and the dumps."""
@@ -189,8 +280,9 @@ class Daemon:
         self.sniffer = sniffer
         self.resolver = resolver
         self.allowed = {_norm(a) for a in settings.allowed}
-        self.dump_child: int | None = None
+        self.dump: DumpChild | None = None
         self.dump_wanted = False
+        self.hup_wanted = False
         self.flags: set[int] = set()
         self.running = True
         self.refused = 0
@@ -252,7 +344,7 @@ class Daemon:
 
     def _tick(self, now: int) -> None:
         self.sniffer.acct.purge(now)
-        self._reap_dump()
+        self._start_dump_if_wanted()     # reaps, and starts one that waited its turn
         gc.freeze()          # records never form cycles: keep the collector off them
 
     # ------------------------------------------------------------------ requests
@@ -292,10 +384,7 @@ class Daemon:
             self._terminate()
             return
         if signal.SIGHUP in flags:
-            self._wait_dump()
-            self._dump_in_child()
-            self.sniffer.acct.reset(int(time.time()))
-            log.info("SIGHUP: stats written, counters reset")
+            self.hup_wanted = True
             flags.discard(signal.SIGUSR1)      # the HUP dump serves it
         if signal.SIGUSR1 in flags:
             self.dump_wanted = True
@@ -315,22 +404,32 @@ class Daemon:
 
     # ------------------------------------------------------------------ dumps
     def _start_dump_if_wanted(self) -> None:
+        """Start the wanted dump, unless one is being written (then it waits its turn)."""
         self._reap_dump()
-        if self.dump_wanted and self.dump_child is None:
+        if self.dump_child is not None:
+            return
+        if self.hup_wanted:
+            self.hup_wanted = self.dump_wanted = False
+            self._dump_in_child(hup=True)
+            self.sniffer.acct.reset(int(time.time()))   # the child holds the snapshot
+        elif self.dump_wanted:
             self.dump_wanted = False
             self._dump_in_child()
 
-    def _dump_in_child(self) -> None:
+    def _dump_in_child(self, hup: bool = False) -> None:
         """Fork: the child writes its copy-on-write snapshot and exits; capture goes on."""
         self._log_counters("dump")
         current = int(time.time())
         if self.settings.stats_file is None:      # -d: to stderr, in this process
             self.write_dump(current)
+            self._dump_done(hup, None)
             return
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                _die_with_parent(parent)
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                     signal.signal(sig, signal.SIG_DFL)
@@ -342,30 +441,52 @@ class Daemon:
                 log.exception("dump failed")
             finally:
                 os._exit(code)
-        self.dump_child = pid
+        self.dump = DumpChild(pid, hup, time.monotonic(), dump_limit(len(self.sniffer.acct.records)))
+
+    @property
+    def dump_child(self) -> int | None:
+        return self.dump.pid if self.dump else None
 
     def write_dump(self, current: int | None = None) -> None:
         self.sniffer.dump(int(time.time()) if current is None else current)
 
     def _reap_dump(self) -> None:
-        if self.dump_child is None:
+        """Collect a finished dump child; kill one that is over its time limit."""
+        dump = self.dump
+        if dump is None:
             return
         try:
-            pid, status = os.waitpid(self.dump_child, os.WNOHANG)
+            pid, status = os.waitpid(dump.pid, os.WNOHANG)
         except ChildProcessError:
-            pid, status = self.dump_child, 0
+            pid, status = dump.pid, 0
         if pid:
-            if status:
-                log.error("dump process exited with status %d", status)
-            self.dump_child = None
+            self.dump = None
+            self._dump_done(dump.hup, dump.failure(status))
+        elif not dump.killed and time.monotonic() - dump.started > dump.limit:
+            os.kill(dump.pid, signal.SIGKILL)
+            dump.killed = True
+            log.error("dump process killed after %g s (it had not finished)", dump.limit)
 
     def _wait_dump(self) -> None:
-        if self.dump_child is not None:
-            try:
-                os.waitpid(self.dump_child, 0)
-            except ChildProcessError:
-                pass
-            self.dump_child = None
+        """Wait for the dump child, killing it at its limit; give up on one that
+        even SIGKILL does not end (a process stuck in a hung disk's I/O)."""
+        while self.dump is not None:
+            self._reap_dump()
+            dump = self.dump
+            if dump is not None and time.monotonic() - dump.started > dump.limit + KILL_GRACE:
+                log.error("dump process %d does not exit; not waiting for it", dump.pid)
+                self.dump = None
+            elif dump is not None:
+                time.sleep(WAIT_STEP)
+
+    def _dump_done(self, hup: bool, failure: str | None) -> None:
+        """Log the outcome; a SIGHUP's line says whether its stats were written."""
+        if hup and failure is None:
+            log.info("SIGHUP: stats written, counters reset")
+        elif hup:
+            log.error("SIGHUP: stats not written (%s), counters reset", failure)
+        elif failure is not None:
+            log.error("dump not written (%s)", failure)
 
     def _log_counters(self, what: str) -> None:
         received, dropped, ifdropped = self.cap.stats()
@@ -376,6 +497,20 @@ class Daemon:
         if self.resolver is not None:
             line += "; dns " + self.resolver.counters_text()
         log.info("%s", line)
+
+
+PR_SET_PDEATHSIG = 1        # prctl(2)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A dump child must not outlive its daemon: after a ``kill -9`` and a restart
+    it would write on while the new daemon dumps."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("dump child: prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:        # the daemon died before prctl took effect
+        os._exit(1)
 
 
 def _norm(address: str) -> str:

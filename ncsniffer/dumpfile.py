@@ -23,7 +23,7 @@ from functools import partial
 from itertools import islice
 from typing import IO, Iterable, Iterator
 
-from ncsniffer import __version__, perlval
+from ncsniffer import __version__, perlval, safefile
 from ncsniffer.errors import DumpFileError
 
 FIELDS = ("B", "C", "E", "N", "R", "S", "T", "W")
@@ -218,40 +218,16 @@ def write_file(path: str, h: Header, rows: Iterable[Row], fmt: str = "python") -
 
 
 def write_atomic(path: str, pieces: Iterable[str], tmp: str | None = None) -> None:
-    """Write ``FILE.tmp``, fsync, rename over ``FILE``.
+    """Write ``FILE.PID.tmp``, fsync, rename over ``FILE``.
 
     A reader never sees half a file; a crash or a full disk leaves the previous
-    file as it was.
+    file as it was; two writers (a daemon and the orphaned dump child of the one
+    before it) never share a temporary file.
     """
-    tmp = tmp or path + ".tmp"
     try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            buf = []
-            size = 0
-            for piece in pieces:
-                buf.append(piece)
-                size += len(piece)
-                if size > 1 << 20:
-                    fh.write("".join(buf))
-                    buf, size = [], 0
-            fh.write("".join(buf))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        safefile.write_atomic(path, pieces, tmp=tmp)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise DumpFileError(f"cannot write '{path}': {exc.strerror or exc}") from exc
-    try:
-        dirfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
-    except OSError:
-        pass
 
 
 # --------------------------------------------------------------------------- reading

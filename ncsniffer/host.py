@@ -110,3 +110,26 @@ def process_exists(pid: int) -> bool:
 
 def current_pid() -> int:
     return os.getpid()
+
+
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (proc(5) stat field 22);
+    None if there is no such live process.  Together with the pid, no other
+    process of this boot can have it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if len(fields) < 20 or fields[0] == b"Z":
+        return None
+    return int(fields[19])
+
+
+def boot_id() -> str:
+    """This boot's random id: a pid file from an earlier boot never matches."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""

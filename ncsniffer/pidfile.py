@@ -1,61 +1,119 @@
-"""The pid file, and whether the process it names is really a running ncsniffer.
+"""The pid file, and whether the process it names is really this running daemon.
 
 A pid file left by a crash must never block a start, and ``stop`` must never
-signal a stranger that happens to have reused the pid.
+signal a stranger that happens to have reused the pid.  The first line is the
+bare pid (what old tools and systemd read); the daemon adds its start time in
+clock ticks and the boot id, which no other process can share with it.
+A pid file without them (an older version's) is matched on the command line:
+the program must be this instance's (``nc.sniffer``, ``nc.sniffer1.pl``...,
+or ``--name NAME``).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 
-from ncsniffer import host
+from ncsniffer import host, safefile
+from ncsniffer.config import instance_name
 from ncsniffer.errors import PidFileError
 
+MAX_PID_FILE = 256
+INTERPRETER = re.compile(r"(?:python|perl)[\d.]*")
 
-def read_pid(path: str) -> int | None:
-    """The pid in the file, or None if the file is missing or holds no pid."""
+
+@dataclass(frozen=True)
+class PidRecord:
+    """What a pid file says: the pid and, when the daemon wrote it, who that was."""
+
+    pid: int
+    starttime: int | None = None
+    boot: str | None = None
+
+
+def read_record(path: str) -> PidRecord | None:
+    """The pid file's contents, or None if it is missing or holds no pid.
+
+    Opened non-blocking and without following a symlink: a FIFO or a link
+    planted as the pid file is an error naming it, never a hang.
+    """
     try:
-        with open(path, "r", encoding="ascii", errors="replace") as fh:
-            text = fh.read(64).strip()
+        fd = safefile.open_regular(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise PidFileError(f"cannot read pid file '{path}': {exc.strerror}") from exc
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    with open(fd, "rb") as fh:
+        lines = fh.read(MAX_PID_FILE).decode("ascii", errors="replace").splitlines()
+    return parse_record(lines)
+
+
+def parse_record(lines: list[str]) -> PidRecord | None:
+    """``PID`` then optional ``starttime TICKS`` and ``boot ID`` lines."""
+    first = lines[0].strip() if lines else ""
+    if not first.isdigit() or int(first) <= 0:
+        return None
+    fields = dict(line.split(None, 1) for line in lines[1:] if len(line.split(None, 1)) == 2)
+    ticks = fields.get("starttime", "").strip()
+    return PidRecord(int(first), int(ticks) if ticks.isdigit() else None,
+                     fields.get("boot", "").strip() or None)
+
+
+def read_pid(path: str) -> int | None:
+    """The pid in the file, or None if the file is missing or holds no pid."""
+    record = read_record(path)
+    return record.pid if record else None
+
+
+def program_names(cmdline: list[str]) -> set[str]:
+    """The instance names a command line runs as: its program (the script after an
+    interpreter) without ``.pl``/``.py``, and a ``--name`` value."""
+    args = list(cmdline)
+    while args and INTERPRETER.fullmatch(os.path.basename(args[0])):
+        args = args[1:]
+        while args and args[0].startswith("-"):     # interpreter options (-u, -O...)
+            args = args[1:]
+    names = {instance_name(args[0])} if args else set()
+    names.update(value for flag, value in zip(cmdline, cmdline[1:]) if flag == "--name")
+    return names
 
 
 def is_ours(cmdline: list[str], name: str) -> bool:
-    """Does this command line belong to the ncsniffer instance ``name``?"""
-    for arg in cmdline:
-        base = os.path.basename(arg)
-        for suffix in (".pl", ".py"):
-            if base.endswith(suffix):
-                base = base[: -len(suffix)]
-        if base == name or "ncsniffer" in arg:
-            return True
-    return False
+    """Does this command line run the ncsniffer instance ``name``?"""
+    return name in program_names(cmdline)
+
+
+def identifies(record: PidRecord, name: str) -> bool:
+    """Is the live process ``record.pid`` the daemon that wrote ``record``?"""
+    if record.starttime is not None:
+        return (host.process_start(record.pid) == record.starttime
+                and record.boot in (None, host.boot_id()))
+    cmdline = host.process_cmdline(record.pid)
+    return cmdline is not None and is_ours(cmdline, name)
 
 
 def running_pid(path: str, name: str) -> int | None:
     """The pid of the running instance, or None (stale or absent pid file)."""
-    pid = read_pid(path)
-    if pid is None or pid == os.getpid():
+    record = read_record(path)
+    if record is None or record.pid == os.getpid():
         return None
-    cmdline = host.process_cmdline(pid)
-    if cmdline is None:
-        return None
-    if cmdline == []:          # not allowed to look: trust the pid file
-        return pid
-    return pid if is_ours(cmdline, name) else None
+    return record.pid if identifies(record, name) else None
+
+
+def record_text(pid: int) -> str:
+    """The pid file's text for the live process ``pid``."""
+    text = f"{pid}\n"
+    ticks = host.process_start(pid)
+    if ticks is not None:
+        text += f"starttime {ticks}\nboot {host.boot_id()}\n"
+    return text
 
 
 def write_pid(path: str, pid: int) -> None:
-    """Write the pid atomically (tmp + rename)."""
-    tmp = f"{path}.{pid}.tmp"
+    """Write the pid file atomically (a new ``FILE.PID.tmp``, then rename)."""
     try:
-        with open(tmp, "w", encoding="ascii") as fh:
-            fh.write(f"{pid}\n")
-        os.replace(tmp, path)
+        safefile.write_atomic(path, [record_text(pid)], tmp=safefile.tmp_name(path, pid))
     except OSError as exc:
         raise PidFileError(f"could not make pidfile '{path}' for {pid}: {exc.strerror}") from exc
 

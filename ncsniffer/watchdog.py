@@ -1,6 +1,7 @@
 """``chkIFrunning PIDFILE [COMMAND ARGS...]``: restart a daemon from cron if it died.
 
-Exit 0 if the pid file's process runs; otherwise remove the stale pid file and
+Exit 0 if the pid file names the running daemon (the same test as ``status``:
+the instance is NAME of ``NAME.pid``); otherwise remove the stale pid file and
 exec COMMAND when it exists and is executable.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ncsniffer import host, pidfile
+from ncsniffer import pidfile
 from ncsniffer.errors import PidFileError
 
 USAGE = "usage: chkIFrunning PIDFILE [COMMAND ARGS...]\n"
@@ -21,13 +22,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(USAGE)
         return 1 if not argv else 0
     path, command = argv[0], argv[1:]
+    name = os.path.basename(path).removesuffix(".pid")
     try:
-        pid = pidfile.read_pid(path)
+        if pidfile.running_pid(path, name) is not None:
+            return 0
     except PidFileError as exc:
         sys.stderr.write(f"chkIFrunning: {exc}\n")
         return 2
-    if pid is not None and host.process_exists(pid):
-        return 0
     if os.path.exists(path):
         try:
             os.unlink(path)

@@ -59,7 +59,7 @@ class LiveDaemon:
     @property
     def pid(self) -> int:
         with open(self.pidfile) as fh:
-            return int(fh.read().strip())
+            return int(fh.readline())         # the first line is the bare pid
 
     def dump(self) -> dict:
         """``nc.sniffer dump`` and wait for the rewritten stats file; return its records."""
@@ -78,3 +78,9 @@ class LiveDaemon:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def tmp_files(path: str) -> list[str]:
+    """The temporary files of writers of ``path`` (``FILE.PID.tmp``, or an old ``FILE.tmp``)."""
+    import glob
+    return sorted(glob.glob(glob.escape(path) + ".*tmp"))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ncsniffer import cli
+from ncsniffer import cli, pidfile
 from tests.conftest import write_config
 
 
@@ -85,9 +85,13 @@ def test_replay_of_missing_file_is_a_runtime_error(workdir):
 def test_chkifrunning(workdir):
     from ncsniffer import watchdog
     pidf = os.path.join(workdir, "x.pid")
-    with open(pidf, "w") as fh:
-        fh.write(f"{os.getpid()}\n")
-    assert watchdog.main([pidf]) == 0 and os.path.exists(pidf)
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        pidfile.write_pid(pidf, alive.pid)          # as the daemon writes it (issue 11.16)
+        assert watchdog.main([pidf]) == 0 and os.path.exists(pidf)
+    finally:
+        alive.kill()
+        alive.wait()
     dead = subprocess.Popen(["true"])
     dead.wait()
     with open(pidf, "w") as fh:

@@ -195,3 +195,15 @@ def test_describe_is_a_literal(base):
     import ast
     text = config.describe(check(dict(base, match="x", payload=10)))
     assert ast.literal_eval(text)["match"] == b"x"
+
+
+def test_relative_directories_resolve_against_the_start_directory(tmp_path, monkeypatch):
+    """Daemonizing changes to '/': paths are made absolute before (issue 11.9)."""
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = {"piddir": "out", "sniffer": "./out", "bpf": "host 127.0.0.1"}
+    s = config.validate(cfg, "rel", offline=True)
+    assert s.piddir == str(tmp_path / "out") and s.sniffer == str(tmp_path / "out")
+    assert s.pid_file == str(tmp_path / "out" / "rel.pid")
+    assert s.stats_file == str(tmp_path / "out" / "rel.stats")
+    assert config.check_piddir(cfg) == str(tmp_path / "out")

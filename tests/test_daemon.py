@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.conftest import NC_SNIFFER, ROOT, plain_read, run_cli, write_config
-from tests.daemonutil import LiveDaemon, free_port, mtime_ns, wait_for
+from tests.conftest import NC_SNIFFER, ROOT, plain_read, run_cli, stop_process, write_config
+from tests.daemonutil import LiveDaemon, free_port, mtime_ns, tmp_files, wait_for
 from tests.netutil import RawSender, loopback_source
 
 pytestmark = [pytest.mark.integration,
@@ -90,7 +90,7 @@ def test_status_start_twice_stop(workdir):
     assert r.returncode == 0
     assert not os.path.exists(d.pidfile)
     assert gone(pid)                                   # stop waited for the exit
-    assert os.path.exists(d.stats) and not os.path.exists(d.stats + ".tmp")
+    assert os.path.exists(d.stats) and tmp_files(d.stats) == []
     r = d.cli("stop")
     assert r.stderr.strip() == "nc.sniffer: not running"
     r = d.cli("dump")
@@ -172,7 +172,7 @@ def test_sigterm_final_dump_and_pid_file_gone(workdir, sender):
     wait_for(lambda: gone(pid))
     assert not os.path.exists(d.pidfile)
     assert "127.0.0.4" in plain_read(d.stats)[1]
-    assert not os.path.exists(d.stats + ".tmp")
+    assert tmp_files(d.stats) == []
 
 
 def test_stop_kills_a_daemon_that_ignores_term(workdir):
@@ -228,8 +228,8 @@ def test_kill_9_during_a_dump_keeps_previous_file(workdir, sender):
         assert len(got) >= 55000
         good = open(d.stats).read()
         os.kill(d.pid, signal.SIGUSR1)
-        # the dump child writes FILE.tmp; kill it (and anything dumping) mid-way
-        wait_for(lambda: os.path.exists(d.stats + ".tmp"), timeout=5, step=0.002)
+        # the dump child writes FILE.PID.tmp; kill it (and anything dumping) mid-way
+        wait_for(lambda: tmp_files(d.stats), timeout=5, step=0.002)
         children = subprocess.run(["pgrep", "-P", str(d.pid)], capture_output=True, text=True).stdout.split()
         for child in children:
             os.kill(int(child), signal.SIGKILL)
@@ -363,7 +363,7 @@ def test_drop_privileges(sender):
     import tempfile
     workdir = tempfile.mkdtemp(prefix="ncs-user-")   # pytest's own tmp root is 0700
     try:
-        os.chmod(workdir, 0o777)
+        os.chmod(workdir, 0o1777)         # sticky: a world-writable directory is refused (11.14)
         with LiveDaemon(workdir, user="nobody", group="nogroup") as d:
             status = open(f"/proc/{d.pid}/status").read()
             assert "\nUid:\t65534\t65534\t65534\t65534\n" in status
@@ -372,3 +372,240 @@ def test_drop_privileges(sender):
         assert not os.path.exists(os.path.join(workdir, "nc.sniffer.pid"))
     finally:
         shutil.rmtree(workdir)
+
+
+def test_foreground_daemon_holds_its_pid_file(workdir):
+    """-d (as systemd runs it): status sees it, a second start refuses (issue 11.8)."""
+    conf = write_config(workdir, bpf=f"host 127.0.0.1 and udp port {free_port()}")
+    pidf = os.path.join(workdir, "nc.sniffer.pid")
+    proc = subprocess.Popen([NC_SNIFFER, "-c", conf, "-d", "start"], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: os.path.exists(pidf) or proc.poll() is not None)
+        assert int(open(pidf).readline()) == proc.pid
+        r = run_cli("-c", conf, "status")
+        assert r.returncode == 0 and r.stderr.strip() == f"{proc.pid} nc.sniffer is running"
+        r = run_cli("-c", conf, "-d", "start", timeout=30)
+        assert r.returncode == 0 and r.stderr.strip() == "already running"
+        assert run_cli("-c", conf, "stop").returncode == 0
+        assert proc.wait(timeout=10) == 0
+        assert not os.path.exists(pidf)
+    finally:
+        stop_process(proc)
+
+
+def test_relative_directories_survive_daemonizing(workdir, sender):
+    """A relative piddir/sniffer (as in samples/demo.conf) is the start directory's (11.9)."""
+    os.mkdir(os.path.join(workdir, "reldir"))
+    d = LiveDaemon(workdir, piddir="reldir", sniffer="reldir")
+    d.pidfile = os.path.join(workdir, "reldir", "nc.sniffer.pid")
+    d.stats = os.path.join(workdir, "reldir", "nc.sniffer.stats")
+    r = d.cli("start", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    try:
+        assert d.cli("status", cwd=workdir).returncode == 0
+        sender.send("127.0.0.2", d.dport, b"rel")
+        time.sleep(0.3)
+        assert d.cli("dump", cwd=workdir).returncode == 0
+        wait_for(lambda: os.path.exists(d.stats) and "127.0.0.2" in plain_read(d.stats)[1])
+    finally:
+        d.cli("stop", cwd=workdir)
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory the daemon user may write, sticky as the README says (like /tmp)."""
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix="ncs-shared-")   # pytest's own tmp root is 0700
+    os.chmod(path, 0o1777)
+    yield path
+    shutil.rmtree(path)
+
+
+def own_file(directory: str) -> tuple[str, bytes]:
+    """A file of the test's own, outside the shared directory, root's and mode 0644."""
+    path = os.path.join(os.path.dirname(directory), os.path.basename(directory) + ".mine")
+    with open(path, "wb") as fh:
+        fh.write(b"the test's own file\n")
+    return path, b"the test's own file\n"
+
+
+def test_planted_log_symlink_is_not_appended_to(shared_dir):
+    """No /dev/log: the fallback log in piddir must not follow a symlink (11.14)."""
+    from ncsniffer import daemon
+    from ncsniffer.errors import NcSnifferError
+    mine, text = own_file(shared_dir)
+    try:
+        log = os.path.join(shared_dir, "nc.sniffer.log")
+        os.symlink(mine, log)
+        with pytest.raises(NcSnifferError, match="is a symbolic link"):
+            daemon.log_file_handler(log)
+        assert open(mine, "rb").read() == text
+    finally:
+        os.unlink(mine)
+
+
+def test_planted_stats_symlink_is_not_chowned(shared_dir):
+    """drop_privileges hands the stats file to 'user' by descriptor, not by name (11.14)."""
+    mine, text = own_file(shared_dir)
+    try:
+        os.symlink(mine, os.path.join(shared_dir, "nc.sniffer.stats"))
+        d = LiveDaemon(shared_dir, user="nobody", group="nogroup")
+        r = d.cli("start")
+        if r.returncode == 0:
+            d.stop()
+        st = os.stat(mine)
+        assert (st.st_uid, st.st_gid) == (0, 0) and open(mine, "rb").read() == text
+        assert r.returncode == 2 and "is a symbolic link; remove it" in r.stderr
+        assert not os.path.exists(d.pidfile)
+    finally:
+        os.unlink(mine)
+
+
+def test_world_writable_directories_are_refused(shared_dir):
+    os.chmod(shared_dir, 0o777)
+    d = LiveDaemon(shared_dir)
+    r = d.cli("start")
+    if r.returncode == 0:
+        d.stop()
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"nc.sniffer: pid directory '{shared_dir}' is writable by "
+                                f"every user; chmod o-w (or make it sticky, chmod +t)")
+
+
+@pytest.mark.slow
+def test_kill_9_and_immediate_restart_keep_the_stats_file_whole(workdir, sender):
+    """systemd's restart, the watchdog's cron: the orphaned dump child must not write
+    on (it dies with its parent) and its temporary file is cleared (issue 11.15)."""
+    d = LiveDaemon(workdir).start()
+    children = []
+    try:
+        assert len(fill(d, sender, 100000)) >= 95000
+        os.kill(d.pid, signal.SIGUSR1)
+        wait_for(lambda: tmp_files(d.stats), timeout=5, step=0.002)
+        children = subprocess.run(["pgrep", "-P", str(d.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        assert children, "the dump child finished before the test could catch it"
+        for child in children:
+            os.kill(int(child), signal.SIGSTOP)      # a slow disk: the child is mid-write
+        old = d.pid
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: gone(old))
+        d.start()                                    # at once
+        orphans = [int(c) for c in children if not gone(int(c))]
+        assert tmp_files(d.stats) == []              # the dead writer's leftover is cleared
+        sender.send("127.0.0.2", d.dport, b"after the restart")
+        got = d.dump()
+        for child in orphans:                        # (the old code's orphan writes on)
+            os.kill(child, signal.SIGCONT)
+            wait_for(lambda: gone(child))
+        assert orphans == []
+        assert plain_read(d.stats)[1] == got == {"127.0.0.2": got["127.0.0.2"]}
+    finally:
+        for child in children:
+            if not gone(int(child)):
+                os.kill(int(child), signal.SIGKILL)
+        d.stop()
+
+
+class _NoCapture:
+    """Enough of a capture for the dump machinery (no packets)."""
+
+    linktype = 1
+
+    def stats(self):
+        return (0, 0, 0)
+
+
+def hang_on_fifo(path: str):
+    """A dump that never finishes, as on a hung disk: opening a FIFO nobody reads."""
+    def write_dump(current=None):
+        with open(path, "w"):
+            pass
+    return write_dump
+
+
+class Alarm:
+    """Fail instead of hanging forever if the event loop blocks."""
+
+    def __init__(self, seconds: int):
+        self.seconds = seconds
+
+    def _raise(self, signum, frame):
+        raise TimeoutError(f"blocked for {self.seconds} s")
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGALRM, self._raise)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc):
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.previous)
+
+
+@pytest.fixture
+def loop_daemon(workdir, monkeypatch, caplog):
+    """An in-process Daemon (no capture) whose dump child really forks (issue 11.19a)."""
+    from ncsniffer import config, daemon
+    from ncsniffer.sniffer import Sniffer
+    monkeypatch.setattr(daemon, "DUMP_MIN_SECONDS", 0.5, raising=False)
+    settings = config.validate({"piddir": workdir, "sniffer": workdir, "bpf": "host 127.0.0.1",
+                                "resolve": False}, "nc.sniffer", offline=True)
+    d = daemon.Daemon(settings, _NoCapture(), None, Sniffer(settings, 1, int(time.time()), "lo"),
+                      None)
+    caplog.set_level("INFO", logger="ncsniffer")
+    yield d
+    if d.dump_child is not None and not gone(d.dump_child):
+        os.kill(d.dump_child, signal.SIGKILL)
+        os.waitpid(d.dump_child, 0)
+
+
+def test_a_hung_dump_is_killed_and_never_blocks_the_loop(loop_daemon, workdir, caplog):
+    d = loop_daemon
+    fifo = os.path.join(workdir, "hung")
+    os.mkfifo(fifo)
+    d.write_dump = hang_on_fifo(fifo)
+    d.dump_wanted = True
+    d._start_dump_if_wanted()
+    child = d.dump_child
+    assert child is not None
+    d.flags.add(signal.SIGHUP)
+    began = time.monotonic()
+    with Alarm(3):
+        d._handle_flags()                        # a SIGHUP while the dump hangs
+    assert time.monotonic() - began < 0.5
+    d.write_dump = lambda current=None: None     # the next dump succeeds
+    with Alarm(5):                               # the loop's turns, until the HUP dump is done
+        wait_for(lambda: d._tick(int(time.time())) or "SIGHUP: stats" in caplog.text,
+                 timeout=4, step=0.2)
+    assert gone(child)
+    text = caplog.text
+    assert "dump process killed after 0.5 s (it had not finished)" in text
+    assert "SIGHUP: stats written, counters reset" in text
+
+
+@pytest.mark.slow
+def test_sighup_on_a_full_disk_says_the_stats_were_not_written(workdir, sender):
+    if os.path.exists("/dev/log"):
+        pytest.skip("the daemon logs to syslog here; the test reads PIDDIR/NAME.log")
+    small = os.path.join(workdir, "small")
+    os.mkdir(small)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", small]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        d = LiveDaemon(workdir, sniffer=small)
+        d.stats = os.path.join(small, "nc.sniffer.stats")
+        with d:
+            for i in range(3000):                # ~300 kB of records: more than 64k
+                sender.send(loopback_source(i), d.dport)
+            time.sleep(0.5)
+            os.kill(d.pid, signal.SIGHUP)
+            logfile = os.path.join(workdir, "nc.sniffer.log")
+            line = wait_for(lambda: [x for x in open(logfile).read().splitlines()
+                                     if "SIGHUP" in x])[-1]
+        assert line.endswith("SIGHUP: stats not written (the dump failed, exit status 1), "
+                             "counters reset"), line
+        assert "No space left on device" in open(logfile).read()
+        assert tmp_files(d.stats) == []
+    finally:
+        subprocess.run(["umount", small])

@@ -98,7 +98,7 @@ def test_round_trip(tmp_path, fmt):
     assert got.header_value("users") == "3"
     assert got.header_number("hits") == 3832
     assert got.header_value("contains") == "m"
-    assert not os.path.exists(path + ".tmp")
+    assert [n for n in os.listdir(os.path.dirname(path)) if n.endswith(".tmp")] == []
 
 
 PERL_ORIGINAL = """
@@ -214,7 +214,7 @@ def test_failed_write_keeps_previous_file(tmp_path):
     path = str(tmp_path / "x.stats")
     dumpfile.write_file(path, header(), ROWS, "python")
     before = open(path).read()
-    os.mkdir(path + ".tmp")               # makes the temporary file impossible to create
+    os.mkdir(f"{path}.{os.getpid()}.tmp")  # makes the temporary file impossible to create
     with pytest.raises(DumpFileError, match="cannot write"):
         dumpfile.write_file(path, header(users=0), [], "python")
     assert open(path).read() == before
@@ -234,7 +234,7 @@ def test_full_disk_keeps_previous_file(tmp_path):
         with pytest.raises(DumpFileError, match="No space left"):
             dumpfile.write_file(path, header(users=5000), many, "python")
         assert open(path).read() == before
-        assert not os.path.exists(path + ".tmp")
+        assert [name for name in os.listdir(mnt) if name.endswith(".tmp")] == []
     finally:
         subprocess.run(["umount", str(mnt)])
 
@@ -246,3 +246,41 @@ def test_rounding_is_printf_rounding(values):
     expected = [int("%.0f" % v) for v in values]
     assert table.whole(np.array(values, np.float64)) == expected
     assert [dumpfile._int(v) for v in values] == expected
+
+
+def planted(tmp_path, *names: str) -> tuple[str, str]:
+    """Symlinks at ``names`` to a file of the test's own; returns (that file, its text)."""
+    mine = str(tmp_path / "mine")
+    with open(mine, "w") as fh:
+        fh.write("the test's own file\n")
+    for name in names:
+        os.symlink(mine, name)
+    return mine, "the test's own file\n"
+
+
+def test_planted_symlink_as_temporary_file_is_not_followed(tmp_path):
+    """Whoever may write the stats directory cannot make root overwrite a file (11.14)."""
+    path = str(tmp_path / "x.stats")
+    mine, text = planted(tmp_path, path + ".tmp", f"{path}.{os.getpid()}.tmp")
+    dumpfile.write_file(path, header(), ROWS, "python")
+    assert open(mine).read() == text
+    assert not os.path.islink(path) and "10.1.2.3" in open(path).read()
+
+
+def test_a_fifo_at_the_temporary_name_is_replaced_not_waited_on(tmp_path):
+    """A FIFO planted as the temporary file hung the dump forever (issue 11.19a)."""
+    import signal
+
+    def hung(signum, frame):
+        raise TimeoutError("the write waited on the FIFO")
+    path = str(tmp_path / "x.stats")
+    os.mkfifo(path + ".tmp")
+    os.mkfifo(f"{path}.{os.getpid()}.tmp")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(3)
+    try:
+        dumpfile.write_file(path, header(), ROWS, "python")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert "10.1.2.3" in open(path).read()
