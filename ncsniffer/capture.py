@@ -17,6 +17,7 @@ from ncsniffer.pcapfile import Batch
 # 40-byte IPv6 header, whatever smaller snaplen the match window asks for.
 MIN_CAPTURE = 64
 BUFFER_BYTES = 64 << 20
+SECONDS_WRAP = 1 << 32        # a classic pcap's seconds are unsigned 32-bit
 
 
 class Capture:
@@ -69,14 +70,20 @@ class Capture:
 
 
 def make_batch(packets: list[tuple[int, int, bytes]]) -> Batch:
-    """A Batch from (second, wire length, data) tuples."""
+    """A Batch from (second, wire length, data) tuples.
+
+    libpcap sign-extends a classic pcap's 32-bit seconds, so times from 2038 on
+    come out negative; they are unsigned in the file, as the batch reader reads
+    them (live seconds are never negative)."""
     sec, wire, datas = zip(*packets)
     caplen = np.fromiter(map(len, datas), np.int64, len(datas))
     buf = b"".join(datas)
     offs = np.zeros(len(datas), np.int64)
     np.cumsum(caplen[:-1], out=offs[1:])
+    seconds = np.array(sec, np.int64)
+    seconds[seconds < 0] += SECONDS_WRAP
     return Batch(buf, np.frombuffer(buf, np.uint8), offs, caplen,
-                 np.array(wire, np.int64), np.array(sec, np.int64))
+                 np.array(wire, np.int64), seconds)
 
 
 def _setfilter(handle, bpf: str, source: str) -> None:

@@ -1,10 +1,12 @@
 """SPEC 6.4: ``nc.sniffer -r FILE start`` end to end, checked against the plain model."""
 
+import importlib.util
 import io
 import ipaddress
 import struct
 import os
 import random
+import sys
 
 import pytest
 
@@ -311,3 +313,57 @@ def test_a_failing_reading_process_is_an_error_not_a_hang(workdir, replay_path, 
     else:
         assert replay_mod.replay(settings, cap, log, quiet=True) == 2
         assert message in log.getvalue()
+
+
+# ---------------------------------------------------------------- the capture corpus
+# Files of tests/data/captures (made by its make_captures.py): each is replayed
+# through the CLI and compared with tcpdump where tcpdump reads it.
+CAPTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "captures")
+
+
+def _load_corpus():
+    spec = importlib.util.spec_from_file_location(
+        "make_captures", os.path.join(CAPTURES, "make_captures.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+corpus = _load_corpus()
+CORPUS = corpus.corpus()
+
+
+def replay_capture(workdir, name, bpf=corpus.BPF, **cfg):
+    """(CLI result, stats file, path) of replaying a corpus file."""
+    path = os.path.join(CAPTURES, name)
+    conf = write_config(workdir, bpf=bpf, **cfg)
+    return run_cli("-c", conf, "-r", path, "start"), os.path.join(workdir, "nc.sniffer.stats"), path
+
+
+def corpus_expected(name, count=None, me=corpus.ME4):
+    """The plain model's stats of the corpus file's first ``count`` packets that pass BPF."""
+    packets = CORPUS[name].packets[:count]
+    model = [(p.ts, ipaddress.ip_address(p.src).packed, ipaddress.ip_address(p.dst).packed,
+              p.wirelen, p.frame) for p in packets if p.passes]
+    return expected(model, me=me)[0]
+
+
+def test_times_past_2_to_the_31_stay_positive(workdir):
+    """Issue 11.3: the file's seconds are unsigned 32-bit, on every replay path."""
+    result, stats, path = replay_capture(workdir, "ts-2038.pcap")
+    assert result.returncode == 0, result.stderr
+    header, got = plain_read(stats)
+    assert got == corpus_expected("ts-2038.pcap")
+    assert min(r["S"] for r in got.values()) == 2 ** 31 - 200
+    assert max(r["E"] for r in got.values()) > 2 ** 31
+    assert header[1].startswith(f"# start:\t{2 ** 31 - 200},")
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_corpus_file_is_what_make_captures_writes(name, replay_path):
+    """The committed files are exactly what tests/data/captures/make_captures.py makes."""
+    if replay_path != "batch":
+        pytest.skip("no replay here: once is enough")
+    with open(os.path.join(CAPTURES, name), "rb") as fh:
+        assert fh.read() == corpus.file_bytes(CORPUS[name])
