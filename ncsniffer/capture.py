@@ -7,6 +7,9 @@ module that imports the capture library.
 
 from __future__ import annotations
 
+import ctypes
+from typing import Callable
+
 import numpy as np
 import pcapy
 
@@ -18,6 +21,19 @@ from ncsniffer.pcapfile import Batch
 MIN_CAPTURE = 64
 BUFFER_BYTES = 64 << 20
 SECONDS_WRAP = 1 << 32        # a classic pcap's seconds are unsigned 32-bit
+
+
+def _libpcap() -> ctypes.CDLL:
+    """The libpcap that pcapy uses (its wheel may bundle its own), for what pcapy
+    does not expose: link type names.  Symbols looked up through the extension
+    resolve in the library it links."""
+    lib = ctypes.CDLL(pcapy.__file__)
+    lib.pcap_datalink_val_to_name.restype = ctypes.c_char_p
+    lib.pcap_datalink_val_to_name.argtypes = [ctypes.c_int]
+    return lib
+
+
+_LIB = _libpcap()
 
 
 class Capture:
@@ -111,6 +127,12 @@ def file_filters(linktype: int, bpf: str) -> list[str]:
     return [bpf]
 
 
+def link_type_name(linktype: int) -> str:
+    """How messages name a link type: libpcap's name and the number."""
+    name = _LIB.pcap_datalink_val_to_name(linktype)
+    return f"{name.decode()} ({linktype})" if name else f"{linktype} (unknown to libpcap)"
+
+
 def compile_filter(linktype: int, bpf: str) -> list[tuple[int, int, int, int]]:
     """libpcap's compiled program for a file of ``linktype`` (as open_offline applies it)."""
     dlt = 12 if linktype == 101 else linktype      # files say LINKTYPE_RAW, libpcap DLT_RAW
@@ -126,20 +148,27 @@ def compile_filter(linktype: int, bpf: str) -> list[tuple[int, int, int, int]]:
         raise CaptureError(f"bad bpf filter '{bpf}': {exc}") from exc
 
 
-def open_offline(path: str, bpf: str) -> Capture:
-    """Open a pcap or pcapng file with the bpf filter applied."""
+def open_offline(path: str, bpf: str, check_link: Callable[[int], None] | None = None) -> Capture:
+    """Open a pcap or pcapng file with the bpf filter applied; ``check_link`` sees
+    the file's link type first (an unsupported one is not the filter's fault)."""
     try:
         handle = pcapy.open_offline(path)
     except pcapy.PcapError as exc:
         raise CaptureError(f"{path}: cannot read capture file: {exc}") from exc
-    *better, own = file_filters(handle.datalink(), bpf)
-    for text in better:
-        try:
-            handle.setfilter(text)
-            return Capture(handle, path)
-        except pcapy.PcapError:
-            pass
-    _setfilter(handle, own, path)
+    try:
+        if check_link is not None:
+            check_link(handle.datalink())
+        *better, own = file_filters(handle.datalink(), bpf)
+        for text in better:
+            try:
+                handle.setfilter(text)
+                return Capture(handle, path)
+            except pcapy.PcapError:
+                pass
+        _setfilter(handle, own, path)
+    except CaptureError:
+        handle.close()
+        raise
     return Capture(handle, path)
 
 

@@ -21,7 +21,7 @@ from typing import IO, Iterator
 from ncsniffer import batch, bpfvm, capture, pcapfile
 from ncsniffer.config import Settings
 from ncsniffer.errors import CaptureError, NcSnifferError
-from ncsniffer.sniffer import Sniffer
+from ncsniffer.sniffer import Sniffer, check_link_type
 
 BATCH = 20000
 PROGRESS_AFTER = 2.0   # seconds of wall time before progress lines appear
@@ -175,7 +175,7 @@ def _prepare_into(wfd: int, batches, prog, linktype: int, sniffer: Sniffer) -> N
 def _open_libpcap(path: str, settings: Settings):
     """(batches, link type, None, close): libpcap reads and filters (the program is
     applied already); the rest is the live daemon's own path."""
-    cap = capture.open_offline(path, settings.bpf)
+    cap = capture.open_offline(path, settings.bpf, lambda linktype: check_link_type(linktype, path))
     return iter(lambda: cap.read_batch(BATCH), None), cap.linktype, None, cap.close
 
 
@@ -195,10 +195,18 @@ def _open_file(path: str, settings: Settings):
         return None
     try:
         reader = pcapfile.Reader(fh, path)
+    except (pcapfile.Unsupported, pcapfile.Truncated, struct.error):
+        fh.close()
+        return None
+    try:
+        check_link_type(reader.linktype, path)     # before the filter: it is not what is wrong
+    except CaptureError:
+        fh.close()
+        raise
+    try:
         prog = capture.compile_filter(reader.linktype, settings.bpf)
         bpfvm.check(prog)
-    except (pcapfile.Unsupported, pcapfile.Truncated, bpfvm.UnsupportedProgram, CaptureError,
-            struct.error):
+    except (bpfvm.UnsupportedProgram, CaptureError):
         fh.close()
         return None
     return _read_batches(reader), reader.linktype, prog, fh.close

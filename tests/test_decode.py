@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ncsniffer import decode, pcapgen
+from ncsniffer import capture, decode, pcapgen
 
 V4 = ("192.0.2.1", "198.51.100.7")
 V6 = ("2001:db8::1", "2001:db8:5::7")
@@ -63,7 +63,9 @@ def test_reasons_for_undecodable_frames():
 
 def test_unsupported_link_type():
     assert decode.decoder_for(105) is None
-    assert decode.link_name(105) == "DLT 105" and decode.link_name(1) == "EN10MB"
+    assert capture.link_type_name(105) == "IEEE802_11 (105)"
+    assert capture.link_type_name(1) == "EN10MB (1)"
+    assert capture.link_type_name(999) == "999 (unknown to libpcap)"
 
 
 @settings(max_examples=400, deadline=None)

@@ -261,7 +261,7 @@ def test_unsupported_link_type_is_a_clear_error(workdir):
     conf = write_config(workdir, bpf=f"host {ME}")
     result = run_cli("-c", conf, "-r", cap, "start")
     assert result.returncode == 2
-    assert result.stderr.strip() == f"nc.sniffer: {cap}: link type DLT 105 is not supported"
+    assert result.stderr.strip() == f"nc.sniffer: {cap}: link type IEEE802_11 (105) is not supported"
 
 
 def test_broken_pcapng_mid_file_is_a_clear_error(workdir):
@@ -358,6 +358,15 @@ def test_times_past_2_to_the_31_stay_positive(workdir):
     assert min(r["S"] for r in got.values()) == 2 ** 31 - 200
     assert max(r["E"] for r in got.values()) > 2 ** 31
     assert header[1].startswith(f"# start:\t{2 ** 31 - 200},")
+
+
+@pytest.mark.parametrize("name", ["linktype-999.pcap", "linktype-999.pcapng"])
+def test_link_type_unknown_to_libpcap_is_named_not_blamed_on_the_filter(workdir, name):
+    """Issue 11.4: the file's link type is the problem, not the user's filter."""
+    result, stats, path = replay_capture(workdir, name)
+    assert result.returncode == 2
+    assert result.stderr.strip() == \
+        f"nc.sniffer: {path}: link type 999 (unknown to libpcap) is not supported"
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
