@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+import sys
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
@@ -34,6 +35,7 @@ SYNC_SECONDS = 10 * 86400    # a lane's first record lies this close in time to 
 PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1), b"\xa1\xb2\xc3\xd4": (">", 1),
                b"\x4d\x3c\xb2\xa1": ("<", 1000), b"\xa1\xb2\x3c\x4d": (">", 1000)}
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+NATIVE = "<" if sys.byteorder == "little" else ">"
 
 
 class Unsupported(Exception):
@@ -42,6 +44,12 @@ class Unsupported(Exception):
 
 class Truncated(Exception):
     """The file ends inside a record, or a record header is bogus."""
+
+
+# What filtering and decoding a packet depend on: its link type, and whether its
+# section is in the other byte order than this machine's (DLT_NULL's family word
+# is in the writer's byte order, so libpcap compiles the filter accordingly).
+Link = tuple[int, bool]
 
 
 @dataclass
@@ -231,6 +239,7 @@ class Reader:
             self.endian, self.per_sec = PCAP_MAGICS[head[:4]]
             _, _, _, _, snaplen, linktype = struct.unpack(self.endian + "HHiIII", head[4:24])
             self.linktype = linktype & 0x03FFFFFF
+            self.links = ((self.linktype, self.endian != NATIVE),)
             self.snaplen = snaplen if 0 < snaplen <= MAX_RECORD else MAX_RECORD
             self.kind = "pcap"
             self.start = 24
@@ -260,6 +269,7 @@ class Reader:
             elif btype in (2, 3, 6):
                 raise Unsupported("packet before any interface description")
             pos += blen
+        self.links = ((self.linktype, self.endian != NATIVE),)
         self.interfaces.clear()      # the walk reads them again, in order
 
     def _block_head(self, buf: bytes, pos: int) -> tuple[int, int]:

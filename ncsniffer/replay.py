@@ -204,7 +204,8 @@ def _open_file(path: str, settings: Settings):
         fh.close()
         raise
     try:
-        prog = capture.compile_filter(reader.linktype, settings.bpf)
+        linktype, swapped = reader.links[0]
+        prog = capture.compile_filter(linktype, settings.bpf, swapped)
         bpfvm.check(prog)
     except (bpfvm.UnsupportedProgram, CaptureError):
         fh.close()

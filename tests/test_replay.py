@@ -6,6 +6,8 @@ import ipaddress
 import struct
 import os
 import random
+import re
+import subprocess
 import sys
 
 import pytest
@@ -334,6 +336,20 @@ corpus = _load_corpus()
 CORPUS = corpus.corpus()
 
 
+def tcpdump_count(path, bpf=""):
+    """(packets tcpdump counts, its error line or None); on Ethernet, with the
+    filter also applied inside a VLAN tag, as a replay applies it (README)."""
+    def run(text):
+        return subprocess.run(["tcpdump", "-r", path, "-n", "--count", *text.split()],
+                              capture_output=True, text=True, timeout=60)
+    out = run(bpf)
+    if bpf and "link-type EN10MB" in out.stderr:
+        out = run(f"({bpf}) or (vlan and ({bpf}))")
+    counted = re.search(r"^(\d+) packets?$", out.stdout, re.M)
+    error = [line for line in out.stderr.splitlines() if line.startswith("tcpdump:")]
+    return (int(counted.group(1)) if counted else None), (error[0] if error else None)
+
+
 def replay_capture(workdir, name, bpf=corpus.BPF, **cfg):
     """(CLI result, stats file, path) of replaying a corpus file."""
     path = os.path.join(CAPTURES, name)
@@ -347,6 +363,28 @@ def corpus_expected(name, count=None, me=corpus.ME4):
     model = [(p.ts, ipaddress.ip_address(p.src).packed, ipaddress.ip_address(p.dst).packed,
               p.wirelen, p.frame) for p in packets if p.passes]
     return expected(model, me=me)[0]
+
+
+def counted_line(path, n):
+    return f"nc.sniffer: {path}: {n} packets, {n} counted, "
+
+
+LOOPBACK = ["null-le.pcap", "null-be.pcap", "loop-le.pcap", "loop-be.pcap", "null-be.pcapng"]
+
+
+@pytest.mark.parametrize("name", LOOPBACK)
+@pytest.mark.parametrize("bpf", [corpus.BPF, f"host {corpus.ME6}", f"host {corpus.ME4} and udp"])
+def test_bsd_loopback_every_family_and_byte_order_counts_like_tcpdump(workdir, name, bpf):
+    """Issue 11.1: AF_INET6 is 24, 28 or 30 in BSD files, and a NULL file's family
+    word is in its writer's byte order; the filter must be the one libpcap
+    compiles for that file."""
+    result, stats, path = replay_capture(workdir, name, bpf)
+    assert result.returncode == 0, result.stderr
+    n, error = tcpdump_count(path, bpf)
+    assert error is None and n > 0
+    assert counted_line(path, n) in result.stderr
+    if bpf == corpus.BPF:
+        assert plain_read(stats)[1] == corpus_expected(name)
 
 
 def test_times_past_2_to_the_31_stay_positive(workdir):
