@@ -10,6 +10,7 @@ where the records live.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -212,17 +213,41 @@ def process(batch: Batch, prog, linktype: int, sniffer: Sniffer) -> None:
     apply(prepare(batch, prog, linktype, sniffer), sniffer)
 
 
+def filter_decode(batch: Batch, heads: Heads, prog, linktype: int):
+    """(rows the filter passes, and per passed row: reason, l3 offset, is IPv6).
+
+    ``prog``: None (every packet passes), the program for ``linktype``, or a
+    mapping from each link of ``batch.links`` to its program; then every packet
+    is filtered and decoded by its own link, one group of packets per link."""
+    if not isinstance(prog, Mapping):
+        return _filter_decode(batch, heads, prog, linktype, None)
+    if batch.link is None:
+        return _filter_decode(batch, heads, prog[batch.links[0]], batch.links[0][0], None)
+    parts = [_filter_decode(batch, heads, prog[link], link[0], np.flatnonzero(batch.link == i))
+             for i, link in enumerate(batch.links)]
+    rows, reason, l3, is6 = (np.concatenate(column) for column in zip(*parts))
+    order = np.argsort(rows, kind="stable")                 # back to file order
+    return rows[order], reason[order], l3[order], is6[order]
+
+
+def _filter_decode(batch: Batch, heads: Heads, prog, linktype: int, idx: np.ndarray | None):
+    """``filter_decode`` for the packets ``idx`` (None: all), all of ``linktype``."""
+    if idx is None:
+        rows = np.arange(len(batch.offs)) if prog is None else \
+            np.flatnonzero(bpfvm.run(prog, heads, batch.offs, batch.caplen, batch.wirelen))
+    else:
+        rows = idx if prog is None else idx[bpfvm.run(
+            prog, heads.g, batch.offs[idx], batch.caplen[idx], batch.wirelen[idx])]
+    return (rows, *decode_batch(linktype, heads, rows, batch.caplen[rows]))
+
+
 def prepare(batch: Batch, prog, linktype: int, sniffer: Sniffer) -> Prepared:
     """Filter, decode, match and find the targets; touches no accounting state
-    (it reads the sniffer's settings only)."""
+    (it reads the sniffer's settings only).  ``prog``: as ``filter_decode`` takes it."""
     width = HEAD if sniffer.payload is None else max(HEAD, min(sniffer.snaplen, MATCH_HEAD))
     heads = Heads(Gather(batch.u8), batch.offs, width)
-    if prog is None:
-        rows = np.arange(len(batch.offs))
-    else:
-        rows = np.flatnonzero(bpfvm.run(prog, heads, batch.offs, batch.caplen, batch.wirelen))
+    rows, reason, l3, is6 = filter_decode(batch, heads, prog, linktype)
     cap = batch.caplen[rows]
-    reason, l3, is6 = decode_batch(linktype, heads, rows, cap)
     undecoded = {name: int(np.count_nonzero(reason == code)) for code, name in REASONS.items()}
     good = np.flatnonzero(reason == OK)
     unmatched = 0

@@ -7,6 +7,13 @@ module that imports the capture library.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import struct
+import sys
+import tempfile
+from typing import Callable, Iterator
+
 import numpy as np
 import pcapy
 
@@ -17,6 +24,39 @@ from ncsniffer.pcapfile import Batch
 # 40-byte IPv6 header, whatever smaller snaplen the match window asks for.
 MIN_CAPTURE = 64
 BUFFER_BYTES = 64 << 20
+FILTER_SNAPLEN = 262144       # the program's accept value; any non-zero one accepts
+SECONDS_WRAP = 1 << 32        # a classic pcap's seconds are unsigned 32-bit
+ERRBUF_SIZE = 256             # PCAP_ERRBUF_SIZE
+
+
+class _Insn(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                ("k", ctypes.c_uint32)]
+
+
+class _Program(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint), ("insns", ctypes.POINTER(_Insn))]
+
+
+def _libpcap() -> ctypes.CDLL:
+    """The libpcap that pcapy uses (its wheel may bundle its own), for what pcapy
+    does not expose: compiling against a savefile, and link type names.  Symbols
+    looked up through the extension resolve in the library it links."""
+    lib = ctypes.CDLL(pcapy.__file__)
+    lib.pcap_open_offline.restype = ctypes.c_void_p
+    lib.pcap_open_offline.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Program), ctypes.c_char_p,
+                                 ctypes.c_int, ctypes.c_uint32]
+    lib.pcap_geterr.restype = ctypes.c_char_p
+    lib.pcap_geterr.argtypes = [ctypes.c_void_p]
+    lib.pcap_freecode.argtypes = [ctypes.POINTER(_Program)]
+    lib.pcap_close.argtypes = [ctypes.c_void_p]
+    lib.pcap_datalink_val_to_name.restype = ctypes.c_char_p
+    lib.pcap_datalink_val_to_name.argtypes = [ctypes.c_int]
+    return lib
+
+
+_LIB = _libpcap()
 
 
 class Capture:
@@ -69,14 +109,20 @@ class Capture:
 
 
 def make_batch(packets: list[tuple[int, int, bytes]]) -> Batch:
-    """A Batch from (second, wire length, data) tuples."""
+    """A Batch from (second, wire length, data) tuples.
+
+    libpcap sign-extends a classic pcap's 32-bit seconds, so times from 2038 on
+    come out negative; they are unsigned in the file, as the batch reader reads
+    them (live seconds are never negative)."""
     sec, wire, datas = zip(*packets)
     caplen = np.fromiter(map(len, datas), np.int64, len(datas))
     buf = b"".join(datas)
     offs = np.zeros(len(datas), np.int64)
     np.cumsum(caplen[:-1], out=offs[1:])
+    seconds = np.array(sec, np.int64)
+    seconds[seconds < 0] += SECONDS_WRAP
     return Batch(buf, np.frombuffer(buf, np.uint8), offs, caplen,
-                 np.array(wire, np.int64), np.array(sec, np.int64))
+                 np.array(wire, np.int64), seconds)
 
 
 def _setfilter(handle, bpf: str, source: str) -> None:
@@ -104,35 +150,82 @@ def file_filters(linktype: int, bpf: str) -> list[str]:
     return [bpf]
 
 
-def compile_filter(linktype: int, bpf: str) -> list[tuple[int, int, int, int]]:
-    """libpcap's compiled program for a file of ``linktype`` (as open_offline applies it)."""
-    dlt = 12 if linktype == 101 else linktype      # files say LINKTYPE_RAW, libpcap DLT_RAW
-    *better, own = file_filters(linktype, bpf)
-    for text in better:
+def link_type_name(linktype: int) -> str:
+    """How messages name a link type: libpcap's name and the number."""
+    name = _LIB.pcap_datalink_val_to_name(linktype)
+    return f"{name.decode()} ({linktype})" if name else f"{linktype} (unknown to libpcap)"
+
+
+@contextlib.contextmanager
+def _savefile(linktype: int, swapped: bool) -> Iterator[int]:
+    """A libpcap handle on an empty savefile of ``linktype`` (the value files
+    store) in the byte order ``swapped`` says: what libpcap compiles a filter
+    for depends on both (DLT_NULL's family word is in the writer's byte order,
+    and a savefile's IPv6 test takes every BSD AF_INET6 value)."""
+    native = "<" if sys.byteorder == "little" else ">"
+    order = {"<": ">", ">": "<"}[native] if swapped else native
+    with tempfile.NamedTemporaryFile(prefix="ncsniffer-", suffix=".pcap") as fh:
+        fh.write(struct.pack(order + "IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, FILTER_SNAPLEN, linktype))
+        fh.flush()
+        err = ctypes.create_string_buffer(ERRBUF_SIZE)
+        handle = _LIB.pcap_open_offline(fh.name.encode(), err)
+        if not handle:
+            raise CaptureError(f"libpcap cannot compile for link type {linktype}: "
+                               f"{err.value.decode(errors='replace')}")
         try:
-            return pcapy.compile(dlt, 262144, text, 1, 0).get_bpf()
-        except pcapy.PcapError:
-            pass
+            yield handle
+        finally:
+            _LIB.pcap_close(handle)
+
+
+def _compile(handle: int, text: str) -> list[tuple[int, int, int, int]]:
+    """The program of ``text``; pcapy.PcapError (as setfilter raises) if it does not compile."""
+    prog = _Program()
+    if _LIB.pcap_compile(handle, ctypes.byref(prog), text.encode(), 1, 0) != 0:
+        raise pcapy.PcapError(_LIB.pcap_geterr(handle).decode(errors="replace"))
     try:
-        return pcapy.compile(dlt, 262144, own, 1, 0).get_bpf()
-    except pcapy.PcapError as exc:
-        raise CaptureError(f"bad bpf filter '{bpf}': {exc}") from exc
+        return [(i.code, i.jt, i.jf, i.k) for i in prog.insns[:prog.len]]
+    finally:
+        _LIB.pcap_freecode(ctypes.byref(prog))
 
 
-def open_offline(path: str, bpf: str) -> Capture:
-    """Open a pcap or pcapng file with the bpf filter applied."""
+def compile_filter(linktype: int, bpf: str, swapped: bool = False) -> list[tuple[int, int, int, int]]:
+    """libpcap's compiled program for a file of ``linktype`` whose byte order is
+    the other one than this machine's if ``swapped`` (as open_offline applies it)."""
+    *better, own = file_filters(linktype, bpf)
+    with _savefile(linktype, swapped) as handle:
+        for text in better:
+            try:
+                return _compile(handle, text)
+            except pcapy.PcapError:
+                pass
+        try:
+            return _compile(handle, own)
+        except pcapy.PcapError as exc:
+            raise CaptureError(f"bad bpf filter '{bpf}': {exc}") from exc
+
+
+def open_offline(path: str, bpf: str, check_link: Callable[[int], None] | None = None) -> Capture:
+    """Open a pcap or pcapng file with the bpf filter applied; ``check_link`` sees
+    the file's link type first (an unsupported one is not the filter's fault)."""
     try:
         handle = pcapy.open_offline(path)
     except pcapy.PcapError as exc:
         raise CaptureError(f"{path}: cannot read capture file: {exc}") from exc
-    *better, own = file_filters(handle.datalink(), bpf)
-    for text in better:
-        try:
-            handle.setfilter(text)
-            return Capture(handle, path)
-        except pcapy.PcapError:
-            pass
-    _setfilter(handle, own, path)
+    try:
+        if check_link is not None:
+            check_link(handle.datalink())
+        *better, own = file_filters(handle.datalink(), bpf)
+        for text in better:
+            try:
+                handle.setfilter(text)
+                return Capture(handle, path)
+            except pcapy.PcapError:
+                pass
+        _setfilter(handle, own, path)
+    except CaptureError:
+        handle.close()
+        raise
     return Capture(handle, path)
 
 

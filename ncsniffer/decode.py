@@ -31,12 +31,6 @@ DLT_IPV4 = 228
 DLT_IPV6 = 229
 DLT_LINUX_SLL2 = 276
 
-LINK_NAMES = {
-    DLT_NULL: "NULL", DLT_EN10MB: "EN10MB", DLT_RAW: "RAW", DLT_RAW_LINKTYPE: "RAW",
-    DLT_LOOP: "LOOP", DLT_LINUX_SLL: "LINUX_SLL", DLT_IPV4: "IPV4", DLT_IPV6: "IPV6",
-    DLT_LINUX_SLL2: "LINUX_SLL2",
-}
-
 Decoded = tuple  # (src, dst) packed addresses, or (None, reason)
 
 
@@ -126,6 +120,3 @@ def decoder_for(linktype: int) -> Callable[[bytes], Decoded] | None:
     """The decoder of a link type, or None if ncsniffer does not support it."""
     return _DECODERS.get(linktype)
 
-
-def link_name(linktype: int) -> str:
-    return LINK_NAMES.get(linktype, f"DLT {linktype}")

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import mmap
 import struct
+import sys
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -33,7 +34,14 @@ MAX_BYTES = 16 << 20         # a batch ends at the first record this far past it
 SYNC_SECONDS = 10 * 86400    # a lane's first record lies this close in time to the batch's first
 PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1), b"\xa1\xb2\xc3\xd4": (">", 1),
                b"\x4d\x3c\xb2\xa1": ("<", 1000), b"\xa1\xb2\x3c\x4d": (">", 1000)}
+PCAP_VERSION = (2, 4)        # older ones swap the two lengths: libpcap reads those
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+SHB, IDB, PB, SPB, EPB = 0x0A0D0D0A, 1, 2, 3, 6
+PACKET_BLOCKS = (PB, SPB, EPB)
+PCAPNG_VERSIONS = ((1, 0), (1, 2))   # 1.2 is 1.0 (so libpcap 1.10 reads it; 1.9 refuses it)
+BYTE_ORDERS = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
+NATIVE = "<" if sys.byteorder == "little" else ">"
+EPB_FIXED, SPB_FIXED = 32, 16        # bytes of a block that are not packet data
 
 
 class Unsupported(Exception):
@@ -41,7 +49,13 @@ class Unsupported(Exception):
 
 
 class Truncated(Exception):
-    """The file ends inside a record, or a record header is bogus."""
+    """The file ends inside a record, or a record or block is damaged."""
+
+
+# What filtering and decoding a packet depend on: its link type, and whether its
+# section is in the other byte order than this machine's (DLT_NULL's family word
+# is in the writer's byte order, so libpcap compiles the filter accordingly).
+Link = tuple[int, bool]
 
 
 @dataclass
@@ -54,6 +68,8 @@ class Batch:
     caplen: np.ndarray
     wirelen: np.ndarray
     sec: np.ndarray
+    links: tuple[Link, ...] = ()         # the packets' links (none known: the caller's)
+    link: np.ndarray | None = None       # per packet, its index in links (None: links[0])
 
 
 @dataclass
@@ -212,12 +228,20 @@ def _lane_major(ends: np.ndarray, at: np.ndarray, hdr: np.ndarray):
     return at.ravel()[flat], hdr.view(np.complex128).ravel()[flat].view(hdr.dtype), tail
 
 
-class Reader:
-    """A capture file opened for batch reading; ``linktype`` known after open."""
+def _trailer_differs(pos: int, blen: int, trailer: int) -> str:
+    return f"block at byte {pos}: total length {blen} in its header, {trailer} in its trailer"
 
-    def __init__(self, fh: BinaryIO, name: str):
+
+class Reader:
+    """A capture file opened for batch reading; ``linktype`` (the first
+    interface's, for pcapng) known after open.  ``check_link`` sees the link
+    type of every interface when it is declared, and may raise."""
+
+    def __init__(self, fh: BinaryIO, name: str,
+                 check_link: Callable[[int], None] | None = None):
         self.fh = fh
         self.name = name
+        self.check_link = check_link
         try:
             self.mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:      # a pipe, an empty file ...
@@ -229,8 +253,13 @@ class Reader:
             if len(head) < 24:
                 raise Truncated("truncated file header")
             self.endian, self.per_sec = PCAP_MAGICS[head[:4]]
-            _, _, _, _, snaplen, linktype = struct.unpack(self.endian + "HHiIII", head[4:24])
+            *version, _, _, snaplen, linktype = struct.unpack(self.endian + "HHiIII", head[4:24])
+            if tuple(version) != PCAP_VERSION:
+                raise Unsupported("pcap version %d.%d" % tuple(version))
             self.linktype = linktype & 0x03FFFFFF
+            if check_link is not None:
+                check_link(self.linktype)
+            self.links = ((self.linktype, self.endian != NATIVE),)
             self.snaplen = snaplen if 0 < snaplen <= MAX_RECORD else MAX_RECORD
             self.kind = "pcap"
             self.start = 24
@@ -239,7 +268,8 @@ class Reader:
             self.kind = "pcapng"
             self.start = 0
             self.linktype = None
-            self.interfaces: list[tuple[int, int, int]] = []   # (linktype, snaplen, units/s)
+            # per interface of the section: (link type, snaplen, units/s, seconds offset)
+            self.interfaces: list[tuple[int, int, int, int]] = []
             self._prime_pcapng()
         else:
             raise Unsupported("not a pcap or pcapng file")
@@ -247,54 +277,96 @@ class Reader:
     # ------------------------------------------------------------------ pcapng
     def _prime_pcapng(self) -> None:
         """Read blocks until the first interface description, for the link type."""
-        self.endian = "<"
+        btype, blen, self.endian = self._block(self.mm, 0, "<")
+        self.version = struct.unpack_from(self.endian + "HH", self.mm, 12)
+        if self.version not in PCAPNG_VERSIONS:
+            raise Unsupported("pcapng version %d.%d" % self.version)
         pos = 0
         while self.linktype is None:
             if pos + 12 > len(self.mm):
                 raise Unsupported("no interface description block")
-            btype, blen = self._block_head(self.mm, pos)
+            btype, blen, _ = self._block(self.mm, pos, self.endian)
             if pos + blen > len(self.mm):
                 raise Unsupported("truncated first blocks")
-            if btype == 1:
+            if btype == IDB:
                 self._interface(self.mm, pos, blen)
-            elif btype in (2, 3, 6):
+                self.linktype = self.interfaces[0][0]
+                self.links = ((self.linktype, self.endian != NATIVE),)
+            elif btype in PACKET_BLOCKS:
                 raise Unsupported("packet before any interface description")
             pos += blen
         self.interfaces.clear()      # the walk reads them again, in order
 
-    def _block_head(self, buf: bytes, pos: int) -> tuple[int, int]:
-        btype = struct.unpack_from("<I", buf, pos)[0]
-        if btype == 0x0A0D0D0A:
-            bom = buf[pos + 8:pos + 12]
-            if bom == b"\x4d\x3c\x2b\x1a":
-                self.endian = "<"
-            elif bom == b"\x1a\x2b\x3c\x4d":
-                self.endian = ">"
-            else:
-                raise Truncated("bad section header byte order")
-        btype, blen = struct.unpack_from(self.endian + "II", buf, pos)
+    def _block(self, buf, pos: int, endian: str) -> tuple[int, int, str]:
+        """(type, total length, byte order) of the block at ``pos`` in a section of
+        byte order ``endian`` (a section header sets its own); Truncated if its
+        header and trailer disagree, or it is a section header libpcap refuses."""
+        if buf[pos:pos + 4] == PCAPNG_SHB:
+            endian = BYTE_ORDERS.get(buf[pos + 8:pos + 12])
+            if endian is None:
+                raise Truncated(f"section header at byte {pos}: bad byte-order magic")
+        btype, blen = struct.unpack_from(endian + "II", buf, pos)
         if blen < 12 or blen % 4:
-            raise Truncated(f"bogus block length {blen}")
-        return btype, blen
+            raise Truncated(f"block at byte {pos}: bogus block length {blen}")
+        if pos + blen <= len(buf):
+            trailer = struct.unpack_from(endian + "I", buf, pos + blen - 4)[0]
+            if trailer != blen:
+                raise Truncated(_trailer_differs(pos, blen, trailer))
+            if btype == SHB:
+                major, minor = struct.unpack_from(endian + "HH", buf, pos + 12)
+                if major != 1:
+                    raise Truncated(f"section header at byte {pos}: unknown pcapng version "
+                                    f"{major}.{minor}")
+        return btype, blen, endian
 
-    def _interface(self, buf: bytes, pos: int, blen: int) -> None:
+    def _interface(self, buf, pos: int, blen: int) -> None:
         linktype, _, snaplen = struct.unpack_from(self.endian + "HHI", buf, pos + 8)
-        per_sec = 10 ** 6
+        if self.check_link is not None:
+            self.check_link(linktype)
+        per_sec, offset = 10 ** 6, 0
         opt = pos + 16
         end = pos + blen - 4
         while opt + 4 <= end:
             code, olen = struct.unpack_from(self.endian + "HH", buf, opt)
             if code == 0:
                 break
-            if code == 9 and olen >= 1:
+            if code == 9 and olen >= 1:                  # if_tsresol
                 v = buf[opt + 4]
                 per_sec = 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
+            elif code == 14 and olen == 8:               # if_tsoffset, seconds (libpcap adds it)
+                offset = struct.unpack_from(self.endian + "q", buf, opt + 4)[0]
             opt += 4 + olen + (-olen % 4)
-        if self.linktype is not None and linktype != self.linktype:
-            raise Unsupported("interfaces with different link types")
-        self.linktype = linktype
         snaplen = snaplen if 0 < snaplen <= MAX_RECORD else MAX_RECORD
-        self.interfaces.append((linktype, snaplen, per_sec))
+        self.interfaces.append((linktype, snaplen, per_sec, offset))
+
+    def beyond_libpcap(self) -> str | None:
+        """What in this file libpcap cannot read, if anything (then only this reader
+        reads it): pcapng version 1.2 (libpcap 1.9), interfaces of different link
+        types or snapshot lengths, sections of different byte orders.  One walk
+        over the block headers, up to any damage (libpcap finds that itself)."""
+        if self.kind != "pcapng":
+            return None
+        if self.version != (1, 0):
+            return "pcapng version %d.%d" % self.version
+        found: dict[str, set] = {"byte orders": set(), "link types": set(),
+                                 "snapshot lengths": set()}
+        pos, endian, n = 0, self.endian, len(self.mm)
+        while pos + 12 <= n:
+            try:
+                btype, blen, endian = self._block(self.mm, pos, endian)
+            except Truncated:
+                break
+            if pos + blen > n:
+                break
+            if btype == SHB:
+                found["byte orders"].add(endian)
+            elif btype == IDB:
+                linktype, _, snaplen = struct.unpack_from(endian + "HHI", self.mm, pos + 8)
+                found["link types"].add(linktype)
+                found["snapshot lengths"].add(snaplen if 0 < snaplen <= MAX_RECORD else MAX_RECORD)
+            pos += blen
+        differ = [what for what, values in found.items() if len(values) > 1]
+        return f"sections or interfaces of different {' and '.join(differ)}" if differ else None
 
     # ------------------------------------------------------------------ batches
     def batches(self, max_packets: int | None = None,
@@ -364,58 +436,114 @@ class Reader:
                 return None, int(at[0])
             at, f, incl, nxt = at[:j], f[:j], incl[:j], int(at[j])
         sec, wirelen = f[:, 0].astype(np.int64), f[:, 3].astype(np.int64)
-        return Batch(self.mm, self.u8, at + 16, np.minimum(incl, self.snaplen), wirelen, sec), nxt
+        return Batch(self.mm, self.u8, at + 16, np.minimum(incl, self.snaplen), wirelen, sec,
+                     self.links), nxt
 
     def _walk_pcapng(self, pos: int, limit: int, stop: int):
+        """(batch or None, next position) of the blocks from ``pos`` on.  A batch
+        ends before a new interface or section, and before damage: what precedes
+        it is counted, the next walk starts at the damage and raises there."""
         buf = self.mm
         n = len(buf)
         blocks, kinds, lengths = [], [], []
+        head = struct.Struct(self.endian + "II").unpack_from
         while pos + 12 <= n and len(blocks) < limit and pos < stop:
-            btype, blen = self._block_head(buf, pos)
-            if pos + blen > n:
-                break
-            if btype in (2, 3, 6):       # packet, simple packet, enhanced packet
+            btype, blen = head(buf, pos)
+            if btype in PACKET_BLOCKS and blen >= 12 and not blen & 3:
+                if pos + blen > n:                   # (their trailers: checked in bulk)
+                    break
                 blocks.append(pos)
                 kinds.append(btype)
                 lengths.append(blen)
-            elif btype == 1:
+                pos += blen
+                continue
+            try:
+                btype, blen, endian = self._block(buf, pos, self.endian)
+            except Truncated:
+                if blocks:
+                    break
+                raise
+            if pos + blen > n:
+                break
+            if btype == IDB:
                 if blocks:     # a new interface: let it apply from the next batch on
                     break
                 self._interface(buf, pos, blen)
-            elif btype == 0x0A0D0D0A:
+            elif btype == SHB:
                 if blocks:     # a new section numbers its interfaces anew
                     break
+                self.endian = endian
+                head = struct.Struct(endian + "II").unpack_from
                 self.interfaces.clear()
             pos += blen
         if not blocks:
             return None, pos
+        return self._pcapng_batch(np.array(blocks, np.int64), np.array(kinds, np.int64),
+                                  np.array(lengths, np.int64), pos)
+
+    def _pcapng_batch(self, at: np.ndarray, kind: np.ndarray, blen: np.ndarray, nxt: int):
+        """The batch of packet blocks ``at``, up to the first one libpcap refuses
+        (a trailer that is not the block length, an undeclared interface, more
+        data than the block or the interface's snapshot length holds): that one
+        raises when it comes first."""
         u16, u32 = self.endian + "u2", self.endian + "u4"
         load = self.g.load
-        at = np.array(blocks, np.int64)
-        kind = np.array(kinds, np.int64)
         data = at + 28
         caplen = np.zeros(len(at), np.int64)
         wirelen = np.zeros(len(at), np.int64)
-        sec = np.zeros(len(at), np.int64)      # a simple packet block has no time: 0
+        ts = np.zeros(len(at), np.int64)       # a simple packet block has no time: 0
         ifid = np.zeros(len(at), np.int64)     # ... and belongs to the first interface
-        timed = np.flatnonzero(kind != 3)
+        timed = np.flatnonzero(kind != SPB)
         if timed.size:
             t = at[timed]
-            ifid[timed] = np.where(kind[timed] == 6, load(u32, t + 8), load(u16, t + 8))
+            ifid[timed] = np.where(kind[timed] == EPB, load(u32, t + 8), load(u16, t + 8))
             caplen[timed] = load(u32, t + 20)
             wirelen[timed] = load(u32, t + 24)
-        simple = np.flatnonzero(kind == 3)
+            ts[timed] = (load(u32, t + 12) << 32) | load(u32, t + 16)
+        simple = np.flatnonzero(kind == SPB)
+        room = blen - EPB_FIXED
         if simple.size:
             wirelen[simple] = load(u32, at[simple] + 8)
-            caplen[simple] = np.minimum(wirelen[simple], np.array(lengths)[simple] - 16)
+            caplen[simple] = np.minimum(wirelen[simple], self.interfaces[0][1] if self.interfaces
+                                        else 0)
             data[simple] = at[simple] + 12
-        if ifid.max() >= len(self.interfaces):
-            raise Truncated("packet of an undeclared interface")
-        per_sec = np.array([i[2] for i in self.interfaces], np.int64)[ifid]
-        snap = np.array([i[1] for i in self.interfaces], np.int64)[ifid]
-        if timed.size:
-            t = at[timed]
-            ts = (load(u32, t + 12) << 32) | load(u32, t + 16)
-            sec[timed] = ts // per_sec[timed]
-        return Batch(buf, self.u8, data, np.minimum(caplen, snap), wirelen, sec), pos
+            room[simple] = blen[simple] - SPB_FIXED
+        known = ifid < len(self.interfaces)
+        iface = np.array(self.interfaces or [(0, 0, 1, 0)], np.int64)[np.where(known, ifid, 0)]
+        trailer = load(u32, at + blen - 4)
+        bad = np.flatnonzero((trailer != blen) | ~known | (caplen > room) | (caplen > iface[:, 1]))
+        if bad.size:
+            j = int(bad[0])
+            if j == 0:
+                raise Truncated(self._refused(int(at[0]), int(blen[0]), int(trailer[0]),
+                                              int(ifid[0]), int(caplen[0]), int(room[0])))
+            at, data, caplen, wirelen, ts, ifid, iface = (
+                a[:j] for a in (at, data, caplen, wirelen, ts, ifid, iface))
+            nxt = int(at[-1] + blen[j - 1])
+        sec = ts // iface[:, 2] + iface[:, 3]
+        links, link = self._links(ifid)
+        return Batch(self.mm, self.u8, data, caplen, wirelen, sec, links, link), nxt
 
+    def _refused(self, pos: int, blen: int, trailer: int, ifid: int, caplen: int,
+                 room: int) -> str:
+        """Why libpcap refuses the packet block at ``pos``."""
+        if trailer != blen:
+            return _trailer_differs(pos, blen, trailer)
+        if ifid >= len(self.interfaces):
+            return f"packet block at byte {pos}: interface {ifid} was not declared"
+        if caplen > room:
+            return f"packet block at byte {pos}: {caplen} bytes of packet in a shorter block"
+        return (f"packet block at byte {pos}: {caplen} bytes of packet, more than its "
+                f"interface's snapshot length {self.interfaces[ifid][1]}")
+
+    def _links(self, ifid: np.ndarray) -> tuple[tuple[Link, ...], np.ndarray | None]:
+        """The batch's links, and per packet its index among them (None if one)."""
+        swapped = self.endian != NATIVE
+        keys = [(i[0], swapped) for i in self.interfaces]
+        links = tuple(dict.fromkeys(keys))
+        if len(links) == 1:
+            return links, None
+        link = np.array([links.index(k) for k in keys], np.int64)[ifid]
+        if (link == link[0]).all():
+            return (links[int(link[0])],), None
+        return links, link

@@ -21,7 +21,7 @@ from typing import IO, Iterator
 from ncsniffer import batch, bpfvm, capture, pcapfile
 from ncsniffer.config import Settings
 from ncsniffer.errors import CaptureError, NcSnifferError
-from ncsniffer.sniffer import Sniffer
+from ncsniffer.sniffer import Sniffer, check_link_type
 
 BATCH = 20000
 PROGRESS_AFTER = 2.0   # seconds of wall time before progress lines appear
@@ -54,7 +54,7 @@ class Progress:
 def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
            lookups=None) -> int:
     """Replay ``path``; write the stats; return the exit code (0, or 2 on a bad file)."""
-    batches, linktype, prog, close = _open_file(path, settings) or _open_libpcap(path, settings)
+    batches, linktype, prog, close = _open(path, settings)
     error: NcSnifferError | None = None
     try:
         sniffer = Sniffer(settings, linktype, now=0, device=path, offline=True,
@@ -172,36 +172,84 @@ def _prepare_into(wfd: int, batches, prog, linktype: int, sniffer: Sniffer) -> N
         os._exit(code)
 
 
-def _open_libpcap(path: str, settings: Settings):
-    """(batches, link type, None, close): libpcap reads and filters (the program is
-    applied already); the rest is the live daemon's own path."""
-    cap = capture.open_offline(path, settings.bpf)
-    return iter(lambda: cap.read_batch(BATCH), None), cap.linktype, None, cap.close
+class Programs(dict):
+    """The filter compiled for each link of a file (link type, byte order), as
+    libpcap compiles it for a file of that kind: a pcapng file's interfaces may
+    differ.  Compiled when a batch first has packets of that link."""
+
+    def __init__(self, bpf: str, path: str):
+        super().__init__()
+        self.bpf = bpf
+        self.path = path
+
+    def __missing__(self, link: pcapfile.Link) -> list:
+        try:
+            prog = capture.compile_filter(link[0], self.bpf, link[1])
+        except CaptureError as exc:
+            raise CaptureError(f"{self.path}: {exc}") from exc
+        try:
+            bpfvm.check(prog)
+        except bpfvm.UnsupportedProgram as exc:
+            raise CaptureError(f"{self.path}: the filter for link type {link[0]} has an "
+                               f"instruction only libpcap runs ({exc}), and libpcap cannot "
+                               "read this file") from exc
+        self[link] = prog
+        return prog
 
 
-def _open_file(path: str, settings: Settings):
-    """(batches, link type, filter program, close) for the batch path, or None to
-    replay through libpcap.
+def _open(path: str, settings: Settings):
+    """(batches, link type, filter programs or None, close) of the batch path, or
+    of libpcap's (``prog`` None: libpcap filters).
 
-    The batch path needs a file layout it knows and a filter program the
-    interpreter runs; ``NCSNIFFER_REPLAY=libpcap`` forces the libpcap path
-    (the tests compare the two).
+    The batch path takes every file whose layout its reader knows, when the
+    interpreter runs the filter program; ``NCSNIFFER_REPLAY=libpcap`` forces
+    libpcap's (the tests compare the two), except for the files libpcap cannot
+    read (``Reader.beyond_libpcap``): those only the batch path reads, in every
+    mode.
     """
+    reader = _reader(path)
+    if reader is None:
+        return _open_libpcap(path, settings)
+    only_ours = None
     if os.environ.get("NCSNIFFER_REPLAY") == "libpcap":
-        return None
+        only_ours = reader.beyond_libpcap()
+        if only_ours is None:
+            reader.fh.close()
+            return _open_libpcap(path, settings)
+    programs = Programs(settings.bpf, path)
+    try:
+        programs[reader.links[0]]
+    except CaptureError:           # a bad filter (libpcap says so), or one only libpcap runs
+        to_libpcap = only_ours is None and reader.beyond_libpcap() is None
+        reader.fh.close()
+        if to_libpcap:
+            return _open_libpcap(path, settings)
+        raise
+    return _read_batches(reader), reader.linktype, programs, reader.fh.close
+
+
+def _reader(path: str) -> pcapfile.Reader | None:
+    """The batch reader on ``path`` (every interface's link type checked as it is
+    declared), or None where libpcap is to read it (or to say what is wrong)."""
     try:
         fh = open(path, "rb")
     except OSError:
         return None
     try:
-        reader = pcapfile.Reader(fh, path)
-        prog = capture.compile_filter(reader.linktype, settings.bpf)
-        bpfvm.check(prog)
-    except (pcapfile.Unsupported, pcapfile.Truncated, bpfvm.UnsupportedProgram, CaptureError,
-            struct.error):
+        return pcapfile.Reader(fh, path, lambda linktype: check_link_type(linktype, path))
+    except (pcapfile.Unsupported, pcapfile.Truncated, struct.error):
         fh.close()
         return None
-    return _read_batches(reader), reader.linktype, prog, fh.close
+    except CaptureError:
+        fh.close()
+        raise
+
+
+def _open_libpcap(path: str, settings: Settings):
+    """(batches, link type, None, close): libpcap reads and filters (the program is
+    applied already); the rest is the live daemon's own path."""
+    cap = capture.open_offline(path, settings.bpf, lambda linktype: check_link_type(linktype, path))
+    return iter(lambda: cap.read_batch(BATCH), None), cap.linktype, None, cap.close
 
 
 def _read_batches(reader: pcapfile.Reader):

@@ -10,11 +10,19 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from ncsniffer import decode, dumpfile
+from ncsniffer import capture, decode, dumpfile
 from ncsniffer.accounting import Accounting
 from ncsniffer.config import Settings
 from ncsniffer.dumpfile import Header
 from ncsniffer.errors import CaptureError
+
+
+def check_link_type(linktype: int, source: str) -> None:
+    """Refuse a link type the decoder does not know, naming it (before any filter
+    is compiled for it: the filter is not what is wrong)."""
+    if decode.decoder_for(linktype) is None:
+        raise CaptureError(f"{source}: link type {capture.link_type_name(linktype)} "
+                           "is not supported")
 
 
 class Sniffer:
@@ -22,8 +30,7 @@ class Sniffer:
 
     def __init__(self, settings: Settings, linktype: int, now: int, device: str,
                  offline: bool = False, on_second: Callable[[int, int], None] | None = None):
-        if decode.decoder_for(linktype) is None:
-            raise CaptureError(f"{device}: link type {decode.link_name(linktype)} is not supported")
+        check_link_type(linktype, device)
         self.settings = settings
         self.device = device
         self.offline = offline

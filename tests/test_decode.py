@@ -1,9 +1,13 @@
 """Link and IP header decoding: every link type, tags, options, truncation, garbage."""
 
+import struct
+
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ncsniffer import decode, pcapgen
+from ncsniffer import batch, capture, decode, pcapgen
+from ncsniffer.gather import Gather, Heads
 
 V4 = ("192.0.2.1", "198.51.100.7")
 V6 = ("2001:db8::1", "2001:db8:5::7")
@@ -24,6 +28,20 @@ def test_every_link_type_yields_both_addresses(link, pair):
         pytest.skip("family fixed by link type")
     data = pcapgen.frame(link, pcapgen.ip_packet(*pair, payload=b"hello"))
     assert decode.decoder_for(link)(data) == (packed(pair[0]), packed(pair[1]))
+
+
+@pytest.mark.parametrize("link", [decode.DLT_NULL, decode.DLT_LOOP])
+@pytest.mark.parametrize("family, pair", [(2, V4), (24, V6), (28, V6), (30, V6), (10, V6)])
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_null_and_loop_every_family_value_and_byte_order(link, family, pair, order):
+    """The family word varies by system and byte order (issue 11.1): the IP
+    version decides, per frame and per batch alike (the filter chooses which)."""
+    data = struct.pack(order + "I", family) + pcapgen.ip_packet(*pair, payload=b"af")
+    assert decode.decoder_for(link)(data) == (packed(pair[0]), packed(pair[1]))
+    u8 = np.frombuffer(data, np.uint8)
+    heads = Heads(Gather(u8), np.zeros(1, np.int64))
+    reason, l3, is6 = batch.decode_batch(link, heads, np.arange(1), np.array([len(data)]))
+    assert reason[0] == batch.OK and l3[0] == 4 and is6[0] == (pair is V6)
 
 
 @pytest.mark.parametrize("vlans", [(7,), (100, 200), (1, 2, 3)])
@@ -63,7 +81,9 @@ def test_reasons_for_undecodable_frames():
 
 def test_unsupported_link_type():
     assert decode.decoder_for(105) is None
-    assert decode.link_name(105) == "DLT 105" and decode.link_name(1) == "EN10MB"
+    assert capture.link_type_name(105) == "IEEE802_11 (105)"
+    assert capture.link_type_name(1) == "EN10MB (1)"
+    assert capture.link_type_name(999) == "999 (unknown to libpcap)"
 
 
 @settings(max_examples=400, deadline=None)

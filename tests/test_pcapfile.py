@@ -6,6 +6,7 @@ parser) and the records and the final error must agree; a few files are also
 checked against libpcap.
 """
 
+import os
 import random
 import struct
 
@@ -258,3 +259,62 @@ def test_lanes_agree_with_libpcap(tmp_path, seed, cut):
     ours = [(s, w, data[o:o + c]) for o, c, w, s in got]
     assert (ours, error is not None) == libpcap(path)
     assert r.chain.trusted > 0
+
+
+# ---------------------------------------------------------------- pcapng corpus
+CAPTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "captures")
+
+
+def read_pcapng(path, max_packets):
+    """((sec, wire length, data) per packet, the links of each, the error or None)."""
+    out, links, error = [], [], None
+    with open(path, "rb") as fh:
+        r = pcapfile.Reader(fh, str(path))
+        try:
+            for b in r.batches(max_packets):
+                which = b.link.tolist() if b.link is not None else [0] * len(b.offs)
+                for o, c, w, s, i in zip(b.offs.tolist(), b.caplen.tolist(),
+                                         b.wirelen.tolist(), b.sec.tolist(), which):
+                    out.append((s, w, bytes(b.buf[o:o + c])))
+                    links.append(b.links[i])
+        except pcapfile.Truncated as exc:
+            error = exc
+    return out, links, error
+
+
+@pytest.mark.parametrize("name", ["trailer-mid.pcapng", "trailer-first.pcapng",
+                                  "section-version-2.0.pcapng", "null-be.pcapng"])
+@pytest.mark.parametrize("max_packets", [1, 7, 64])
+def test_pcapng_damage_ends_where_libpcap_ends(name, max_packets):
+    """Issue 11.2: every packet before the damage, whatever the batch boundaries."""
+    path = os.path.join(CAPTURES, name)
+    ours, _, error = read_pcapng(path, max_packets)
+    assert (ours, error is not None) == libpcap(path)
+
+
+@pytest.mark.parametrize("max_packets", [1, 7, 1000])
+def test_pcapng_each_packet_carries_its_interfaces_link(max_packets):
+    """Issue 11.5: (link type, byte-swapped) per packet, as the file declares it."""
+    _, links, error = read_pcapng(os.path.join(CAPTURES, "mixed-links.pcapng"), max_packets)
+    assert error is None
+    assert [link for link, _ in links[:5]] == [1, 113, 101, 0, 276]    # first of each, in time
+    assert sorted(set(links)) == [(0, False), (1, False), (101, False), (113, False),
+                                  (276, False)]
+    _, links, _ = read_pcapng(os.path.join(CAPTURES, "mixed-byte-order.pcapng"), max_packets)
+    assert links == [(1, False)] * 30 + [(0, True)] * 30
+
+
+def test_libpcap_cannot_read_what_only_this_reader_reads():
+    for name, why in [("mixed-links.pcapng", "link types"),
+                      ("mixed-snaplen.pcapng", "snapshot lengths"),
+                      ("mixed-byte-order.pcapng", "byte orders and link types"),
+                      ("version-1.2.pcapng", "version 1.2"), ("null-be.pcapng", None)]:
+        path = os.path.join(CAPTURES, name)
+        with open(path, "rb") as fh:
+            found = pcapfile.Reader(fh, path).beyond_libpcap()
+        assert (found and why in found) if why else found is None, (name, found)
+        try:
+            refused = libpcap(path)[1]
+        except pcapy.PcapError:           # at open
+            refused = True
+        assert refused == bool(why)

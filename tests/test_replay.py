@@ -1,10 +1,14 @@
 """SPEC 6.4: ``nc.sniffer -r FILE start`` end to end, checked against the plain model."""
 
+import importlib.util
 import io
 import ipaddress
 import struct
 import os
 import random
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -259,15 +263,15 @@ def test_unsupported_link_type_is_a_clear_error(workdir):
     conf = write_config(workdir, bpf=f"host {ME}")
     result = run_cli("-c", conf, "-r", cap, "start")
     assert result.returncode == 2
-    assert result.stderr.strip() == f"nc.sniffer: {cap}: link type DLT 105 is not supported"
+    assert result.stderr.strip() == f"nc.sniffer: {cap}: link type IEEE802_11 (105) is not supported"
 
 
 def test_broken_pcapng_mid_file_is_a_clear_error(workdir):
     records, model = build(traffic(n=30))
     cap = os.path.join(workdir, "in.pcapng")
     pcapgen.write_pcapng(cap, decode.DLT_EN10MB, records)
-    with open(cap, "ab") as fh:       # an interface of another link type after the packets
-        body = struct.pack("<HHI", 113, 0, 65535)
+    with open(cap, "ab") as fh:       # an interface of an unsupported link type after the packets
+        body = struct.pack("<HHI", 105, 0, 65535)
         fh.write(struct.pack("<II", 1, 12 + len(body)) + body + struct.pack("<I", 12 + len(body)))
     conf = write_config(workdir, bpf=f"host {ME}")
     result = run_cli("-c", conf, "-r", cap, "start")
@@ -311,3 +315,181 @@ def test_a_failing_reading_process_is_an_error_not_a_hang(workdir, replay_path, 
     else:
         assert replay_mod.replay(settings, cap, log, quiet=True) == 2
         assert message in log.getvalue()
+
+
+# ---------------------------------------------------------------- the capture corpus
+# Files of tests/data/captures (made by its make_captures.py): each is replayed
+# through the CLI and compared with tcpdump where tcpdump reads it.
+CAPTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "captures")
+
+
+def _load_corpus():
+    spec = importlib.util.spec_from_file_location(
+        "make_captures", os.path.join(CAPTURES, "make_captures.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+corpus = _load_corpus()
+CORPUS = corpus.corpus()
+
+
+def tcpdump_count(path, bpf=""):
+    """(packets tcpdump counts, its error line or None); on Ethernet, with the
+    filter also applied inside a VLAN tag, as a replay applies it (README)."""
+    def run(text):
+        return subprocess.run(["tcpdump", "-r", path, "-n", "--count", *text.split()],
+                              capture_output=True, text=True, timeout=60)
+    out = run(bpf)
+    if bpf and "link-type EN10MB" in out.stderr:
+        out = run(f"({bpf}) or (vlan and ({bpf}))")
+    counted = re.search(r"^(\d+) packets?$", out.stdout, re.M)
+    error = [line for line in out.stderr.splitlines() if line.startswith("tcpdump:")]
+    return (int(counted.group(1)) if counted else None), (error[0] if error else None)
+
+
+def replay_capture(workdir, name, bpf=corpus.BPF, **cfg):
+    """(CLI result, stats file, path) of replaying a corpus file."""
+    path = os.path.join(CAPTURES, name)
+    conf = write_config(workdir, bpf=bpf, **cfg)
+    return run_cli("-c", conf, "-r", path, "start"), os.path.join(workdir, "nc.sniffer.stats"), path
+
+
+def corpus_expected(name, count=None, me=corpus.ME4):
+    """The plain model's stats of the corpus file's first ``count`` packets that pass BPF."""
+    packets = CORPUS[name].packets[:count]
+    model = [(p.ts, ipaddress.ip_address(p.src).packed, ipaddress.ip_address(p.dst).packed,
+              p.wirelen, p.frame) for p in packets if p.passes]
+    return expected(model, me=me)[0]
+
+
+def counted_line(path, n):
+    return f"nc.sniffer: {path}: {n} packets, {n} counted, "
+
+
+LOOPBACK = ["null-le.pcap", "null-be.pcap", "loop-le.pcap", "loop-be.pcap", "null-be.pcapng"]
+
+
+@pytest.mark.parametrize("name", LOOPBACK)
+@pytest.mark.parametrize("bpf", [corpus.BPF, f"host {corpus.ME6}", f"host {corpus.ME4} and udp"])
+def test_bsd_loopback_every_family_and_byte_order_counts_like_tcpdump(workdir, name, bpf):
+    """Issue 11.1: AF_INET6 is 24, 28 or 30 in BSD files, and a NULL file's family
+    word is in its writer's byte order; the filter must be the one libpcap
+    compiles for that file."""
+    result, stats, path = replay_capture(workdir, name, bpf)
+    assert result.returncode == 0, result.stderr
+    n, error = tcpdump_count(path, bpf)
+    assert error is None and n > 0
+    assert counted_line(path, n) in result.stderr
+    if bpf == corpus.BPF:
+        assert plain_read(stats)[1] == corpus_expected(name)
+
+
+@pytest.mark.parametrize("name", ["version-2.5.pcap", "version-3.0.pcap", "version-2.0.pcapng",
+                                  "version-1.1.pcapng"])
+def test_unknown_file_version_is_refused_in_one_line(workdir, name):
+    """Issue 11.2: libpcap, tcpdump and tshark refuse these headers; so do we."""
+    result, stats, path = replay_capture(workdir, name)
+    assert tcpdump_count(path)[1] is not None
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and path in lines[0] and "version" in lines[0], result.stderr
+    assert not os.path.exists(stats)
+
+
+def test_pcapng_version_1_2_is_read(workdir):
+    """Version 1.2 is 1.0 (the pcapng draft; libpcap 1.10 reads it, 1.9 does not)."""
+    result, stats, path = replay_capture(workdir, "version-1.2.pcapng")
+    assert result.returncode == 0, result.stderr
+    assert counted_line(path, tcpdump_count(path, corpus.BPF)[0]) in result.stderr
+    assert plain_read(stats)[1] == corpus_expected("version-1.2.pcapng")
+
+
+@pytest.mark.parametrize("name, good, what", [
+    ("trailer-mid.pcapng", 20, "trailer"),
+    ("trailer-first.pcapng", 0, "trailer"),
+    ("section-version-2.0.pcapng", 20, "version( number)? 2"),
+])
+def test_damaged_pcapng_block_mid_file_exit_2_stats_of_what_came_before(workdir, name, good,
+                                                                          what):
+    """Issue 11.2: a block whose trailer disagrees with its header, or a section of
+    an unknown version: the packets before it are counted (as tcpdump counts
+    them), then one line names the file and the damage, exit 2."""
+    result, stats, path = replay_capture(workdir, name)
+    assert tcpdump_count(path)[0] == good
+    n, error = tcpdump_count(path, corpus.BPF)
+    assert error is not None
+    assert result.returncode == 2
+    assert f"nc.sniffer: {path}: {n} packets, {n} counted, " in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert path in last and re.search(what, last), result.stderr
+    assert plain_read(stats)[1] == (corpus_expected(name, good) if good else {})
+
+
+def test_times_past_2_to_the_31_stay_positive(workdir):
+    """Issue 11.3: the file's seconds are unsigned 32-bit, on every replay path."""
+    result, stats, path = replay_capture(workdir, "ts-2038.pcap")
+    assert result.returncode == 0, result.stderr
+    header, got = plain_read(stats)
+    assert got == corpus_expected("ts-2038.pcap")
+    assert min(r["S"] for r in got.values()) == 2 ** 31 - 200
+    assert max(r["E"] for r in got.values()) > 2 ** 31
+    assert header[1].startswith(f"# start:\t{2 ** 31 - 200},")
+
+
+@pytest.mark.parametrize("name", ["linktype-999.pcap", "linktype-999.pcapng"])
+def test_link_type_unknown_to_libpcap_is_named_not_blamed_on_the_filter(workdir, name):
+    """Issue 11.4: the file's link type is the problem, not the user's filter."""
+    result, stats, path = replay_capture(workdir, name)
+    assert result.returncode == 2
+    assert result.stderr.strip() == \
+        f"nc.sniffer: {path}: link type 999 (unknown to libpcap) is not supported"
+
+
+def split_by_interface(workdir, name):
+    """Per-interface classic pcap files of a corpus file (tcpdump reads those)."""
+    cap = CORPUS[name]
+    out = []
+    for i, iface in enumerate(cap.interfaces):
+        part = corpus.Capture([p for p in cap.packets if p.iface == i], [iface], "pcap")
+        path = os.path.join(workdir, f"{name}.{i}.pcap")
+        with open(path, "wb") as fh:
+            fh.write(corpus.file_bytes(part))
+        out.append(path)
+    return out
+
+
+@pytest.mark.parametrize("name", ["mixed-links.pcapng", "mixed-snaplen.pcapng",
+                                  "mixed-byte-order.pcapng"])
+def test_pcapng_interfaces_that_differ_replay_exactly(workdir, name):
+    """Issue 11.5: interfaces of different link types, snapshot lengths or byte
+    orders (tcpdump refuses the file; tshark reads it): each packet is filtered
+    and decoded by its own interface, as tcpdump does each interface's packets."""
+    result, stats, path = replay_capture(workdir, name)
+    assert result.returncode == 0, result.stderr
+    assert tcpdump_count(path, corpus.BPF)[1] is not None
+    n = sum(tcpdump_count(part, corpus.BPF)[0] for part in split_by_interface(workdir, name))
+    assert counted_line(path, n) in result.stderr
+    assert plain_read(stats)[1] == corpus_expected(name)
+
+
+def test_pcapng_interface_of_an_unsupported_link_type_mid_file(workdir):
+    """Issue 11.5: the packets before it are counted; the line names the link type."""
+    result, stats, path = replay_capture(workdir, "mixed-unsupported.pcapng")
+    assert result.returncode == 2
+    n, error = tcpdump_count(path, corpus.BPF)       # tcpdump stops there too
+    assert error is not None and counted_line(path, n) in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"nc.sniffer: {path}: link type IEEE802_11 (105) is not supported")
+    assert plain_read(stats)[1] == corpus_expected("mixed-unsupported.pcapng", 20)
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_corpus_file_is_what_make_captures_writes(name, replay_path):
+    """The committed files are exactly what tests/data/captures/make_captures.py makes."""
+    if replay_path != "batch":
+        pytest.skip("no replay here: once is enough")
+    with open(os.path.join(CAPTURES, name), "rb") as fh:
+        assert fh.read() == corpus.file_bytes(CORPUS[name])
