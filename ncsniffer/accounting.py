@@ -140,7 +140,8 @@ class Accounting:
         self._purge_min_e = min(self._purge_min_e, low)
         self._pass_min_e = min(self._pass_min_e, low)
         self._global(secs, lengths)
-        if self.max_hosts and len(self.records) + int(np.count_nonzero(
+        if self.max_hosts and len(self.records) + len(addrs) > self.max_hosts and \
+                len(self.records) + int(np.count_nonzero(
                 self.records.find_addresses(addrs) < 0)) > self.max_hosts:
             self._count_lru(addrs, which, secs, lengths)     # evictions: packet by packet
             return None
@@ -263,7 +264,7 @@ class Accounting:
         (an evicted slot may be reused at once, so nothing can be deferred).
         ``recent`` maps each key to its slot, least recently seen first."""
         table, recent, limit = self.records, self.recent, self.max_hosts
-        due = table.cols["T"]
+        cols = table.cols          # the dict: add_one may replace its grown columns
         queue = self.lookup_queue if self.lookups else None
         keys = addrs.keys()
         states = States(table.cols)
@@ -284,7 +285,7 @@ class Accounting:
                 recent.move_to_end(key)
                 st = held.get(slot) or load(slot)
             count_one(st, now, length)
-            if queue is not None and due.item(slot) < now and key not in queue:
+            if queue is not None and cols["T"].item(slot) < now and key not in queue:
                 queue[key] = None
         states.store()
         table.flush()
