@@ -117,15 +117,18 @@ def _tell(fd: int, message: str) -> None:
 
 
 def open_listener(settings: Settings) -> socket.socket:
+    """The dump-request socket, bound exclusively (no SO_REUSEADDR: a second daemon
+    on the port would take the first one's requests)."""
     family = socket.AF_INET6 if ":" in settings.listen_host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    where = f"{settings.listen_host}:{settings.port}"
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.listen_host, settings.port))
     except OSError as exc:
         sock.close()
-        raise NcSnifferError(f"cannot listen on {settings.listen_host}:{settings.port}: "
-                             f"{exc.strerror}") from exc
+        if exc.errno == errno.EADDRINUSE:
+            raise NcSnifferError(f"dump port {where} already in use") from exc
+        raise NcSnifferError(f"cannot listen on {where}: {exc.strerror}") from exc
     sock.setblocking(False)
     return sock
 

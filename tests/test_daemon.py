@@ -372,3 +372,22 @@ def test_drop_privileges(sender):
         assert not os.path.exists(os.path.join(workdir, "nc.sniffer.pid"))
     finally:
         shutil.rmtree(workdir)
+
+
+def test_second_daemon_on_the_same_dump_port_refuses_to_start(tmp_path):
+    """Issue 11.7: SO_REUSEADDR let a second daemon bind the port and take the
+    first one's dump requests; it must refuse to start."""
+    port = free_port()
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    with LiveDaemon(str(one), port=port):
+        second = LiveDaemon(str(two), port=port)
+        try:
+            result = second.cli("start")
+            assert result.returncode == 2, result.stderr
+            assert result.stderr == f"nc.sniffer: dump port 127.0.0.1:{port} already in use\n"
+            assert not os.path.exists(second.pidfile)
+        finally:
+            second.stop()
+        assert udp_request(b"dump", port).startswith(b"OK ")
