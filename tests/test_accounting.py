@@ -377,3 +377,18 @@ def test_default_config_bounds_a_flood_of_a_million_peers(tmp_path):
     assert int(stats.header_value("evicted")) == FLOOD - DEFAULT_MAX_HOSTS
     print(f"peak RSS {peak_mb:.0f} MB")
     assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB (before: {before / 1024:.0f} MB)"
+
+
+def test_lru_order_survives_leaving_and_reaching_the_limit():
+    """The LRU order is kept as numbers far from max_hosts and as an ordered dict
+    at it; switching between the two keeps who is least recently seen."""
+    k = [bytes([10, 1, 0, i]) for i in range(11)]
+    acct = Accounting(0, max_hosts=4)
+    acct.count_run(k[:5], [1] * 5, 0)                  # k0 evicted
+    acct.count(k[5], 1, 86000)                         # k1 evicted
+    assert acct.purge(86450, seconds=1) == 3            # k2 k3 k4 gone, k5 stays
+    acct.count_run([k[6], k[7]], [1, 1], 86450)
+    acct.count_run([k[8], k[6]], [1, 1], 86451)
+    acct.count(k[9], 1, 86452)                          # evicts k5, then k7
+    acct.count(k[10], 1, 86452)
+    assert list(acct.recent) == [k[8], k[6], k[9], k[10]] and acct.evicted == 4
