@@ -431,3 +431,21 @@ def test_signal_dump_includes_the_last_packets(workdir, sender):
         pid = d.pid
         missing = dump_right_after_traffic(d, sender, lambda: os.kill(pid, signal.SIGUSR1))
     assert missing == [0] * len(missing)
+
+
+def test_allowed_name_with_several_addresses(workdir):
+    """Issue 11.19b: every address of a name in 'allowed' may ask for a dump."""
+    from tests.conftest import with_hosts_file
+    name = f"ncs-asker-{os.getpid()}"
+    prefix = with_hosts_file(workdir, {name: ["127.0.0.5", "127.0.0.6"]})
+    port = free_port()
+    d = LiveDaemon(workdir, port=port, allowed=[name])
+    try:
+        result = subprocess.run([*prefix, NC_SNIFFER, "-c", d.conf, "start"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert udp_request(b"dump", port, source="127.0.0.5").startswith(b"OK ")
+        assert udp_request(b"dump", port, source="127.0.0.6").startswith(b"OK ")
+        assert udp_request(b"dump", port, source="127.0.0.7", timeout=1.0) is None
+    finally:
+        d.stop()
