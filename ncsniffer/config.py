@@ -23,6 +23,7 @@ MAX_SNAPLEN = 65535
 DEFAULT_MAX_HOSTS = 250_000
 FORMATS = ("python", "perl", "json")
 MAX_PORT = 65535
+MAX_DIGITS = 30           # longer digit strings are no setting (and int() refuses 4300+)
 MAX_HOSTS_LIMIT = 10**9             # beyond any memory: surely a typo
 DNS_LIMITS = {"dns_max_outstanding": 4096, "dns_max_qps": 100_000}  # 4096: 16-bit ids
 
@@ -170,7 +171,7 @@ def _int(value, message: str, low: int | None = None, high: int | None = None) -
         fail(message)
     if isinstance(value, str):
         text = value.strip()
-        if not (text.isascii() and text.isdigit()):
+        if not (text.isascii() and text.isdigit()) or len(text) > MAX_DIGITS:
             fail(message)
         value = int(text)
     if (low is not None and value < low) or (high is not None and value > high):
@@ -297,7 +298,7 @@ def validate(config: dict, name: str, offline: bool = False, to_stderr: bool = F
 def _match(config: dict, key: str) -> bytes | None:
     """A match / nomatch string, lower-cased bytes; None if not set."""
     value = config.get(key)
-    if _unset(value) or value == b"":
+    if value is None or (not isinstance(value, bool) and value in ("", b"", 0)):
         return None
     if not isinstance(value, (str, bytes)):
         fail(f"invalid {key} '{value}': a string")

@@ -316,3 +316,8 @@ def test_allowed_name_admits_all_its_addresses(workdir):
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert ast.literal_eval(result.stdout)["allowed"] == ["127.0.0.5", "127.0.0.6", "::1"]
+
+
+def test_numbers_as_long_digit_strings_and_match_zero(base):
+    assert message(dict(base, snaplen="9" * 5000)).startswith("config: invalid snaplen '999")
+    assert check(dict(base, match="0", payload=5)).match == b"0"     # a string to look for
