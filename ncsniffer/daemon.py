@@ -234,7 +234,8 @@ class Daemon:
                  f", dump requests on {s.listen_host}:{s.port}" if s.port else "")
         next_tick = time.monotonic() + TICK
         while self.running:
-            until = min(next_tick, self.dump_due) if self.dump_wanted else next_tick
+            waiting = self.dump_wanted and self.dump_child is None    # else: no spinning
+            until = min(next_tick, self.dump_due) if waiting else next_tick
             timeout = max(0.0, min(until - time.monotonic(), 0.1))
             ready = {key.data for key, _ in sel.select(timeout)}
             self._drain_capture()
