@@ -449,3 +449,18 @@ def test_allowed_name_with_several_addresses(workdir):
         assert udp_request(b"dump", port, source="127.0.0.7", timeout=1.0) is None
     finally:
         d.stop()
+
+
+def test_max_hosts_with_names_on_survives_evictions(workdir, sender):
+    """Issue 11.13: the live daemon died (IndexError) once evictions started with
+    name lookups on; queries go to a dead loopback port here."""
+    port = free_port()
+    with LiveDaemon(workdir, port=port, max_hosts=2000, resolve=True,
+                    nameserver=f"127.0.0.1:{free_port()}") as d:
+        for i in range(3000):
+            sender.send(loopback_source(i), d.dport, b"peer")
+        got = d.dump()
+        header = plain_read(d.stats)[0]
+        assert d.cli("status").returncode == 0
+    assert len(got) == 2000 and "# evicted:\t1000" in header
+    assert all(loopback_source(i) in got for i in range(1000, 3000))
