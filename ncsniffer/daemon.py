@@ -40,6 +40,7 @@ TICK = 1.0
 # (TPACKET_V3 batching, kept for throughput): a dump starts once that has passed
 # since its request, so it counts every packet received before the request.
 FLUSH_WAIT = capture.BLOCK_TIMEOUT_MS / 1000 + 0.05
+MAX_DUMP_DELAY = 1.0     # later requests join a waiting dump, for this long at most
 FLUSH_STEP = 0.005
 FLUSH_ROUNDS = 200       # PCAP_BATCH-packet reads while emptying the ring for a dump
 
@@ -201,6 +202,7 @@ class Daemon:
         self.dump_child: int | None = None
         self.dump_wanted = False
         self.dump_due = 0.0           # monotonic time the wanted dump may start
+        self.first_request = 0.0      # of those the wanted dump serves
         self.last_request = 0.0
         self.flags: set[int] = set()
         self.running = True
@@ -332,9 +334,11 @@ class Daemon:
         """A dump request (UDP or SIGUSR1): its dump waits out the ring's block timeout."""
         now = time.monotonic()
         if not self.dump_wanted:
-            self.dump_due = now + FLUSH_WAIT
+            self.first_request = now
         self.dump_wanted = True
         self.last_request = now
+        # one dump for requests close together (a flood cannot put it off for long)
+        self.dump_due = min(now + FLUSH_WAIT, self.first_request + MAX_DUMP_DELAY)
 
     def _start_dump_if_wanted(self) -> None:
         self._reap_dump()
@@ -345,6 +349,7 @@ class Daemon:
         # requests of the last FLUSH_WAIT may lack packets still in a block: next dump
         self.dump_wanted = self.last_request + FLUSH_WAIT > now
         self.dump_due = self.last_request + FLUSH_WAIT
+        self.first_request = self.last_request
         self._dump_in_child()
 
     def _flush_capture(self) -> None:
