@@ -101,7 +101,12 @@ class Accounting:
         self.nextrate = FIRST_GLOBAL_INTERVAL
         self.next = now + FIRST_GLOBAL_INTERVAL
         self.records = Table()
-        self.recent: OrderedDict[bytes, int] | None = OrderedDict() if self.max_hosts else None
+        # The LRU order of max_hosts, kept one of two ways: far from the limit as
+        # each slot's last-seen number (column Q, numpy per run); at the limit,
+        # where evictions go packet by packet, as an OrderedDict key -> slot.
+        self._recent: OrderedDict[bytes, int] = OrderedDict()
+        self._by_seen = True
+        self._seen = 0             # packets so far: the next last-seen number
         self.lookup_queue: dict[bytes, None] = {}
         self._purge_keys: list[bytes] = []
         self._purge_pos = 0
@@ -140,16 +145,46 @@ class Accounting:
         self._purge_min_e = min(self._purge_min_e, low)
         self._pass_min_e = min(self._pass_min_e, low)
         self._global(secs, lengths)
-        if self.max_hosts and len(self.records) + int(np.count_nonzero(
+        if self.max_hosts and len(self.records) + len(addrs) > self.max_hosts and \
+                len(self.records) + int(np.count_nonzero(
                 self.records.find_addresses(addrs) < 0)) > self.max_hosts:
             self._count_lru(addrs, which, secs, lengths)     # evictions: packet by packet
             return None
         slots = self._count_columns(addrs, which, secs, lengths)
-        if self.recent is not None:
-            self._remember_order(addrs, which, slots)
+        if self.max_hosts:
+            if self._by_seen or len(self.records) < self.max_hosts // 2:
+                self._mark_seen(slots)
+            else:
+                self._remember_order(addrs, which, slots)
         if queue:
             self.queue_due(slots, secs)
         return slots
+
+    @property
+    def recent(self) -> OrderedDict[bytes, int] | None:
+        """With ``max_hosts``: key -> slot, least recently seen first."""
+        if not self.max_hosts:
+            return None
+        if self._by_seen:
+            table = self.records
+            slots = table.occupied()
+            slots = slots[np.argsort(table.cols["Q"][slots], kind="stable")]
+            self._recent = OrderedDict(zip(table.keys_at(slots), slots.tolist()))
+            self._by_seen = False
+        return self._recent
+
+    def _mark_seen(self, slots: np.ndarray) -> None:
+        """Number the run's records in the order of their last packets."""
+        if not self._by_seen:                # back from the limit: order to numbers
+            order = np.fromiter(self._recent.values(), np.int64, len(self._recent))
+            self.records.cols["Q"][order] = np.arange(self._seen, self._seen + len(order))
+            self._seen += len(order)
+            self._recent.clear()
+            self._by_seen = True
+        n = len(slots)
+        last, first = np.unique(slots[::-1], return_index=True)
+        self.records.cols["Q"][last] = self._seen + (n - 1 - first)
+        self._seen += n
 
     def _remember_order(self, addrs: Addresses, which: np.ndarray, slots: np.ndarray) -> None:
         """Move the run's addresses to the recent end of the LRU order, in the
@@ -263,7 +298,7 @@ class Accounting:
         (an evicted slot may be reused at once, so nothing can be deferred).
         ``recent`` maps each key to its slot, least recently seen first."""
         table, recent, limit = self.records, self.recent, self.max_hosts
-        due = table.cols["T"]
+        cols = table.cols          # the dict: add_one may replace its grown columns
         queue = self.lookup_queue if self.lookups else None
         keys = addrs.keys()
         states = States(table.cols)
@@ -284,7 +319,7 @@ class Accounting:
                 recent.move_to_end(key)
                 st = held.get(slot) or load(slot)
             count_one(st, now, length)
-            if queue is not None and due.item(slot) < now and key not in queue:
+            if queue is not None and cols["T"].item(slot) < now and key not in queue:
                 queue[key] = None
         states.store()
         table.flush()
@@ -354,12 +389,13 @@ class Accounting:
         e = self.records.cols["E"][slots]
         old = e < limit
         if old.any():
-            if self.lookup_queue or self.recent:
+            recent = None if self._by_seen else self._recent
+            if self.lookup_queue or recent:
                 for slot in slots[old].tolist():
                     key = self.records.key(slot)
                     self.lookup_queue.pop(key, None)
-                    if self.recent is not None:
-                        self.recent.pop(key, None)
+                    if recent is not None:
+                        recent.pop(key, None)
             self.records.release(slots[old])
         if not old.all():
             self._pass_min_e = min(self._pass_min_e, int(e[~old].min()))

@@ -229,17 +229,36 @@ def open_offline(path: str, bpf: str, check_link: Callable[[int], None] | None =
     return Capture(handle, path)
 
 
+# pcap_activate()'s errors (pcap/pcap.h), as a user can act on them; pcapy-ng
+# returns the code instead of raising.
+PCAP_ERROR_NO_SUCH_DEVICE = -5
+PCAP_ERROR_PERM_DENIED = -8
+PCAP_ERROR_IFACE_NOT_UP = -9
+PCAP_ERROR_PROMISC_PERM_DENIED = -11
+ACTIVATE_ERRORS = {
+    PCAP_ERROR_NO_SUCH_DEVICE: "no such device '{0}'",
+    PCAP_ERROR_PERM_DENIED: "cannot capture on '{0}': needs root or CAP_NET_RAW",
+    PCAP_ERROR_IFACE_NOT_UP: "interface '{0}' is down",
+    PCAP_ERROR_PROMISC_PERM_DENIED: "cannot capture on '{0}' in promiscuous mode: "
+                                    "needs root or CAP_NET_RAW",
+}
+BLOCK_TIMEOUT_MS = 100     # the kernel hands over a ring block at least this often
+
+
 def open_live(interface: str, snaplen: int, promiscuous: bool, bpf: str) -> Capture:
     """Open an interface, non-blocking, with a large kernel buffer against drops."""
     try:
         handle = pcapy.create(interface)
         handle.set_snaplen(max(snaplen, MIN_CAPTURE))
         handle.set_promisc(1 if promiscuous else 0)
-        handle.set_timeout(100)
+        handle.set_timeout(BLOCK_TIMEOUT_MS)
         handle.set_buffer_size(BUFFER_BYTES)
-        handle.activate()
+        status = handle.activate()
     except pcapy.PcapError as exc:
         raise CaptureError(f"cannot capture on '{interface}': {exc}") from exc
+    if status is not None and status < 0:
+        raise CaptureError(ACTIVATE_ERRORS.get(
+            status, "cannot capture on '{0}': libpcap error {1}").format(interface, status))
     _setfilter(handle, bpf, interface)
     handle.setnonblock(1)
     return Capture(handle, interface)

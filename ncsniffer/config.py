@@ -7,7 +7,9 @@ an operator migrating from Net::Connection::Sniffer sees the errors they know.
 from __future__ import annotations
 
 import ast
+import grp
 import os
+import pwd
 import re
 from dataclasses import dataclass, field
 
@@ -16,7 +18,14 @@ from ncsniffer.errors import ConfigError
 
 DEFAULT_SNAPLEN = 14 + 20 + 4
 MAX_SNAPLEN = 65535
+# About 250 B a peer with names: 250,000 peers stay near 60 MB, well above the
+# 100,000 of a busy server (SPEC 6.1); 0 in the config lifts the bound.
+DEFAULT_MAX_HOSTS = 250_000
 FORMATS = ("python", "perl", "json")
+MAX_PORT = 65535
+MAX_DIGITS = 30           # longer digit strings are no setting (and int() refuses 4300+)
+MAX_HOSTS_LIMIT = 10**9             # beyond any memory: surely a typo
+DNS_LIMITS = {"dns_max_outstanding": 4096, "dns_max_qps": 100_000}  # 4096: 16-bit ids
 
 KNOWN_KEYS = {
     "piddir", "sniffer", "bpf", "snaplen", "match", "nomatch", "payload", "port",
@@ -54,7 +63,7 @@ class Settings:
     dump_format: str = "python"
     user: str | None = None
     group: str | None = None
-    max_hosts: int | None = None
+    max_hosts: int | None = DEFAULT_MAX_HOSTS
     dns_max_outstanding: int = 500
     dns_max_qps: int = 50
 
@@ -63,8 +72,12 @@ class Settings:
         return os.path.join(self.piddir, self.name + ".pid") if self.piddir else None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def fail(message: str) -> None:
-    raise ConfigError(f"config: {message}")
+    """Raise the one-line error; control characters of a quoted value are escaped."""
+    raise ConfigError("config: " + _CONTROL.sub(lambda m: repr(m.group())[1:-1], message))
 
 
 # --------------------------------------------------------------------------- loading
@@ -152,15 +165,34 @@ def to_bytes(value) -> bytes:
         return text.encode("utf-8")
 
 
-def _int(value, message: str) -> int:
-    if isinstance(value, bool):
+def _int(value, message: str, low: int | None = None, high: int | None = None) -> int:
+    """An int or a string of digits (the original's configs hold both), in range."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
         fail(message)
-    if isinstance(value, int):
-        return value
-    text = str(value).strip()
-    if not text.isdigit():
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > MAX_DIGITS:
+            fail(message)
+        value = int(text)
+    if (low is not None and value < low) or (high is not None and value > high):
         fail(message)
-    return int(text)
+    return value
+
+
+def _unset(value) -> bool:
+    """Not set: None, or one of the original's false values ('' and 0, not False)."""
+    return value is None or (not isinstance(value, bool) and isinstance(value, (int, str))
+                             and value in ("", 0, "0"))
+
+
+def _string(config: dict, key: str, message: str) -> str | None:
+    """An optional text setting: None if not set (None or ''), else it must be a string."""
+    value = config.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        fail(message)
+    return value
 
 
 def instance_name(program: str) -> str:
@@ -175,12 +207,15 @@ def instance_name(program: str) -> str:
 def absolute(path: str | None) -> str | None:
     """A configured path against the directory the command started in: the
     daemon changes to '/' when it detaches, so this is done before."""
-    return os.path.abspath(path) if path else path
+    return os.path.abspath(path) if path and isinstance(path, str) else path
 
 
 def check_piddir(config: dict) -> str:
-    piddir = absolute(config.get("piddir"))
-    if not piddir or not os.path.isdir(piddir) or not os.access(piddir, os.W_OK):
+    piddir = config.get("piddir")
+    if not piddir or not isinstance(piddir, str):
+        raise ConfigError("pid directory not specified or not writable")
+    piddir = absolute(piddir)
+    if not os.path.isdir(piddir) or not os.access(piddir, os.W_OK):
         raise ConfigError("pid directory not specified or not writable")
     return piddir
 
@@ -194,7 +229,9 @@ def validate(config: dict, name: str, offline: bool = False, to_stderr: bool = F
 
     # 1-3: bpf host, its address, its interface
     bpf = config.get("bpf") or ""
-    m = _BPF_HOST.search(str(bpf))
+    if not isinstance(bpf, str):
+        fail(f"invalid bpf '{bpf}': a tcpdump filter string")
+    m = _BPF_HOST.search(bpf)
     if not m:
         fail("missing hostname in bpf string")
     me_name = m.group(1)
@@ -202,8 +239,8 @@ def validate(config: dict, name: str, offline: bool = False, to_stderr: bool = F
     if me is None:
         fail(f"bad hostname '{me_name}' in bpf filter string")
     interface, promiscuous = None, False
-    if config.get("interface"):
-        interface = str(config["interface"])
+    if _string(config, "interface", f"invalid interface '{config.get('interface')}'"):
+        interface = config["interface"]
         found = host.find_interface(me, {k: v for k, v in host.interface_addresses().items()
                                          if k == interface})
         promiscuous = not (found and not found[1])
@@ -215,6 +252,8 @@ def validate(config: dict, name: str, offline: bool = False, to_stderr: bool = F
 
     # 4: the stats directory and file
     sniffer = "STDERR" if to_stderr else (config.get("sniffer") or "")
+    if not isinstance(sniffer, str):
+        fail(f"sniffer directory '{sniffer}' missing or not writable")
     if not sniffer:
         fail("sniffer directory missing from configuration")
     stats_file = None
@@ -228,21 +267,18 @@ def validate(config: dict, name: str, offline: bool = False, to_stderr: bool = F
 
     # 5: snaplen
     snaplen = DEFAULT_SNAPLEN
-    if config.get("snaplen"):
-        snaplen = _int(config["snaplen"], f"invalid snaplen '{config['snaplen']}'")
+    if not _unset(config.get("snaplen")):
+        snaplen = _int(config["snaplen"], f"invalid snaplen '{config['snaplen']}'", low=1)
     snaplen = min(snaplen, MAX_SNAPLEN)
 
     # 6: payload window for match / nomatch
-    match = to_bytes(config["match"]).lower() if config.get("match") else None
-    nomatch = to_bytes(config["nomatch"]).lower() if config.get("nomatch") else None
+    match, nomatch = _match(config, "match"), _match(config, "nomatch")
     payload = config.get("payload")
     if match or nomatch:
-        if isinstance(payload, bool) or not isinstance(payload, int) and not str(payload).isdigit():
-            fail("invalid payload length")
-        payload = int(payload)
-        if not payload or payload >= snaplen:
-            fail("invalid payload length")
+        payload = _int(payload, "invalid payload length", low=1, high=snaplen - 1)
     else:
+        if not _unset(payload):          # unused, as in the original, but not nonsense
+            _int(payload, "invalid payload length", low=0)
         payload = None
 
     settings = Settings(
@@ -253,63 +289,93 @@ def validate(config: dict, name: str, offline: bool = False, to_stderr: bool = F
     )
 
     # 7: the UDP dump listener
-    if config.get("port") not in (None, "", 0, "0"):
-        port = str(config["port"]).strip()
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            fail(f"invalid port number '{config['port']}'")
-        settings.port = int(port)
-        listen = config.get("host") or "127.0.0.1"
+    if not _unset(config.get("port")):
+        settings.port = _int(config["port"], f"invalid port number '{config['port']}'",
+                             low=1, high=MAX_PORT)
+        listen = _string(config, "host", f"bad dump host '{config.get('host')}'") or "127.0.0.1"
         listen = {"INADDR_LOOPBACK": "127.0.0.1", "INADDR_ANY": "0.0.0.0"}.get(listen, listen)
         address = host.resolve_address(listen)
         if address is None:
             fail(f"bad dump host '{config.get('host')}'")
         settings.listen_host = address
-        allowed = config.get("allowed") or ["127.0.0.1"]
-        if isinstance(allowed, str):
-            allowed = [allowed]
-        settings.allowed = []
-        for entry in allowed:
-            address = host.resolve_address(entry)
-            if address is None:
-                fail(f"invalid 'allowed' host or IP '{entry}'")
-            settings.allowed.append(address)
+        settings.allowed = _allowed(config.get("allowed"))
 
     _validate_new_keys(config, settings)
     return settings
 
 
+def _match(config: dict, key: str) -> bytes | None:
+    """A match / nomatch string, lower-cased bytes; None if not set."""
+    value = config.get(key)
+    if value is None or (not isinstance(value, bool) and value in ("", b"", 0)):
+        return None
+    if not isinstance(value, (str, bytes)):
+        fail(f"invalid {key} '{value}': a string")
+    return to_bytes(value).lower()
+
+
+def _allowed(allowed) -> list[str]:
+    """Every address of every ``allowed`` entry (a name may have several, IPv4 and IPv6)."""
+    if _unset(allowed) or allowed == []:
+        allowed = ["127.0.0.1"]
+    if isinstance(allowed, str):
+        allowed = [allowed]
+    if not isinstance(allowed, (list, tuple)):
+        fail(f"invalid 'allowed' host or IP '{allowed}'")
+    addresses: list[str] = []
+    for entry in allowed:
+        found = host.resolve_all(entry) if isinstance(entry, str) else []
+        if not found:
+            fail(f"invalid 'allowed' host or IP '{entry}'")
+        addresses.extend(a for a in found if a not in addresses)
+    return addresses
+
+
+def _account(config: dict, key: str) -> str | None:
+    """``user`` / ``group``: a name this machine knows."""
+    name = _string(config, key, f"invalid {key} '{config.get(key)}'")
+    if name is None:
+        return None
+    try:
+        (pwd.getpwnam if key == "user" else grp.getgrnam)(name)
+    except (KeyError, ValueError):       # ValueError: a NUL in the name
+        fail(f"unknown {key} '{name}'")
+    return name
+
+
 def _validate_new_keys(config: dict, settings: Settings) -> None:
     """Keys the original did not have, then keys nobody knows (typos)."""
-    for key in sorted(set(config) - KNOWN_KEYS):
+    for key in sorted(set(config) - KNOWN_KEYS, key=repr):
         fail(f"unknown configuration key '{key}'")
-    resolve = config.get("resolve", True)
-    if not isinstance(resolve, (bool, int)):
-        fail(f"invalid resolve '{resolve}': use True or False")
-    settings.resolve = bool(resolve)
+    resolve = config.get("resolve")
+    if resolve is not None:
+        if resolve not in (True, False) or not isinstance(resolve, (bool, int)):
+            fail(f"invalid resolve '{resolve}': use True or False")
+        settings.resolve = bool(resolve)
 
-    fmt = config.get("dump_format", "python") or "python"
-    if fmt not in FORMATS:
-        fail(f"invalid dump_format '{fmt}': use one of {', '.join(FORMATS)}")
-    settings.dump_format = fmt
+    fmt = config.get("dump_format")
+    if fmt is not None and fmt != "":
+        if not isinstance(fmt, str) or fmt not in FORMATS:
+            fail(f"invalid dump_format '{fmt}': use one of {', '.join(FORMATS)}")
+        settings.dump_format = fmt
 
-    ns = config.get("nameserver")
-    if ns:
-        addr, port = parse_nameserver(str(ns))
-        if addr is None:
+    ns = _string(config, "nameserver", f"invalid nameserver '{config.get('nameserver')}': "
+                                       f"use 'IP' or 'IP:port'")
+    if ns is not None:
+        if parse_nameserver(ns)[0] is None:
             fail(f"invalid nameserver '{ns}': use 'IP' or 'IP:port'")
-        settings.nameserver = str(ns)
+        settings.nameserver = ns
 
-    if config.get("max_hosts") not in (None, 0):
-        settings.max_hosts = _int(config["max_hosts"], f"invalid max_hosts '{config['max_hosts']}'")
-    for key in ("dns_max_outstanding", "dns_max_qps"):
+    if config.get("max_hosts") is not None:
+        limit = _int(config["max_hosts"], f"invalid max_hosts '{config['max_hosts']}': "
+                                          f"0 (no limit) to {MAX_HOSTS_LIMIT}",
+                     low=0, high=MAX_HOSTS_LIMIT)
+        settings.max_hosts = limit or None
+    for key, high in DNS_LIMITS.items():
         if config.get(key) is not None:
-            value = _int(config[key], f"invalid {key} '{config[key]}'")
-            if value < 1:
-                fail(f"invalid {key} '{config[key]}'")
-            setattr(settings, key, value)
-    for key in ("user", "group"):
-        if config.get(key):
-            setattr(settings, key, str(config[key]))
+            setattr(settings, key, _int(config[key], f"invalid {key} '{config[key]}': 1 to {high}",
+                                        low=1, high=high))
+    settings.user, settings.group = _account(config, "user"), _account(config, "group")
 
 
 def parse_nameserver(text: str) -> tuple[str | None, int]:
@@ -321,7 +387,7 @@ def parse_nameserver(text: str) -> tuple[str | None, int]:
         addr, port = m.group(1), int(m.group(2) or 53)
     elif text.count(":") == 1:
         addr, _, p = text.partition(":")
-        if not p.isdigit():
+        if not (p.isascii() and p.isdigit()):
             return None, port
         port = int(p)
     else:

@@ -37,6 +37,13 @@ READY_TIMEOUT = 20.0
 UDP_BATCH = 256          # datagrams served before capture gets its turn again
 PCAP_BATCH = 5000        # packets per dispatch call
 TICK = 1.0
+# A packet waits in the kernel's ring block until the block timeout hands it over
+# (TPACKET_V3 batching, kept for throughput): a dump starts once that has passed
+# since its request, so it counts every packet received before the request.
+FLUSH_WAIT = capture.BLOCK_TIMEOUT_MS / 1000 + 0.05
+MAX_DUMP_DELAY = 1.0     # later requests join a waiting dump, for this long at most
+FLUSH_STEP = 0.005
+FLUSH_ROUNDS = 200       # PCAP_BATCH-packet reads while emptying the ring for a dump
 
 
 # --------------------------------------------------------------------------- start-up
@@ -139,15 +146,18 @@ class _Teller:
 
 
 def open_listener(settings: Settings) -> socket.socket:
+    """The dump-request socket, bound exclusively (no SO_REUSEADDR: a second daemon
+    on the port would take the first one's requests)."""
     family = socket.AF_INET6 if ":" in settings.listen_host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    where = f"{settings.listen_host}:{settings.port}"
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.listen_host, settings.port))
     except OSError as exc:
         sock.close()
-        raise NcSnifferError(f"cannot listen on {settings.listen_host}:{settings.port}: "
-                             f"{exc.strerror}") from exc
+        if exc.errno == errno.EADDRINUSE:
+            raise NcSnifferError(f"dump port {where} already in use") from exc
+        raise NcSnifferError(f"cannot listen on {where}: {exc.strerror}") from exc
     sock.setblocking(False)
     return sock
 
@@ -283,6 +293,9 @@ class Daemon:
         self.dump: DumpChild | None = None
         self.dump_wanted = False
         self.hup_wanted = False
+        self.dump_due = 0.0           # monotonic time the wanted dump may start
+        self.first_request = 0.0      # of those the wanted dump serves
+        self.last_request = 0.0
         self.flags: set[int] = set()
         self.running = True
         self.refused = 0
@@ -315,7 +328,9 @@ class Daemon:
                  f", dump requests on {s.listen_host}:{s.port}" if s.port else "")
         next_tick = time.monotonic() + TICK
         while self.running:
-            timeout = max(0.0, min(next_tick - time.monotonic(), 0.1))
+            waiting = self.dump_wanted and self.dump_child is None    # else: no spinning
+            until = min(next_tick, self.dump_due) if waiting else next_tick
+            timeout = max(0.0, min(until - time.monotonic(), 0.1))
             ready = {key.data for key, _ in sel.select(timeout)}
             self._drain_capture()
             if "signal" in ready:
@@ -327,14 +342,15 @@ class Daemon:
             if self.resolver is not None:
                 self.resolver.tick(int(time.time()))
             self._handle_flags()
+            self._start_dump_if_wanted()
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + TICK
                 self._tick(int(time.time()))
         return 0
 
-    def _drain_capture(self) -> None:
+    def _drain_capture(self, rounds: int = 20) -> None:
         linktype = self.cap.linktype
-        for _ in range(20):           # bounded, so requests and signals get served
+        for _ in range(rounds):       # bounded, so requests and signals get served
             got = self.cap.read_batch(PCAP_BATCH)
             if got is None:
                 break
@@ -366,7 +382,7 @@ class Daemon:
             now = int(time.time())
             if data.startswith(b"dump"):
                 reply = f"OK {now}".encode()
-                self.dump_wanted = True
+                self._want_dump()
             else:
                 reply = b"??"
             try:
@@ -385,13 +401,13 @@ class Daemon:
             return
         if signal.SIGHUP in flags:
             self.hup_wanted = True
+            self._want_dump()
             flags.discard(signal.SIGUSR1)      # the HUP dump serves it
         if signal.SIGUSR1 in flags:
-            self.dump_wanted = True
-        self._start_dump_if_wanted()
+            self._want_dump()
 
     def _terminate(self) -> None:
-        self._drain_capture()      # what the kernel already holds is counted too
+        self._flush_capture()      # what the kernel already holds is counted too
         self._wait_dump()
         try:
             self.write_dump()
@@ -403,18 +419,43 @@ class Daemon:
         self.running = False
 
     # ------------------------------------------------------------------ dumps
+    def _want_dump(self) -> None:
+        """A dump request (UDP or SIGUSR1): its dump waits out the ring's block timeout."""
+        now = time.monotonic()
+        if not self.dump_wanted:
+            self.first_request = now
+        self.dump_wanted = True
+        self.last_request = now
+        # one dump for requests close together (a flood cannot put it off for long)
+        self.dump_due = min(now + FLUSH_WAIT, self.first_request + MAX_DUMP_DELAY)
+
     def _start_dump_if_wanted(self) -> None:
         """Start the wanted dump, unless one is being written (then it waits its turn)."""
         self._reap_dump()
         if self.dump_child is not None:
+            return              # the wanted dump waits its turn
+        now = time.monotonic()
+        if not (self.dump_wanted or self.hup_wanted) or now < self.dump_due:
             return
+        self._drain_capture(FLUSH_ROUNDS)
+        # requests of the last FLUSH_WAIT may lack packets still in a block: next dump
+        self.dump_wanted = self.last_request + FLUSH_WAIT > now
+        self.dump_due = self.last_request + FLUSH_WAIT
+        self.first_request = self.last_request
         if self.hup_wanted:
-            self.hup_wanted = self.dump_wanted = False
+            self.hup_wanted = False
             self._dump_in_child(hup=True)
             self.sniffer.acct.reset(int(time.time()))   # the child holds the snapshot
-        elif self.dump_wanted:
-            self.dump_wanted = False
+        else:
             self._dump_in_child()
+
+    def _flush_capture(self) -> None:
+        """Count every packet received until now, waiting out the block timeout."""
+        deadline = time.monotonic() + FLUSH_WAIT
+        while time.monotonic() < deadline:
+            self._drain_capture()
+            time.sleep(FLUSH_STEP)
+        self._drain_capture(FLUSH_ROUNDS)
 
     def _dump_in_child(self, hup: bool = False) -> None:
         """Fork: the child writes its copy-on-write snapshot and exits; capture goes on."""

@@ -14,33 +14,39 @@ _NUMERIC = re.compile(r"^[\d.]+$")
 
 
 def resolve_address(name: str) -> str | None:
-    """Return the first address of ``name`` as text, or None if it does not resolve.
+    """Return the first address of ``name`` as text (IPv4 first), or None if it
+    does not resolve."""
+    found = resolve_all(name)
+    return found[0] if found else None
+
+
+def resolve_all(name: str) -> list[str]:
+    """Every address of ``name`` as text, IPv4 ones first; [] if it does not resolve.
 
     Dotted numbers follow inet_aton (as the Perl original did), so ``1.2.3.4.5``
     fails at once instead of waiting for a DNS answer.
     """
     name = str(name).strip()
     if not name:
-        return None
+        return []
     if _NUMERIC.match(name):
         try:
-            return socket.inet_ntoa(socket.inet_aton(name))
+            return [socket.inet_ntoa(socket.inet_aton(name))]
         except OSError:
-            return None
+            return []
     if ":" in name:
         try:
-            return str(ipaddress.ip_address(name.split("%")[0]))
+            return [str(ipaddress.ip_address(name.split("%")[0]))]
         except ValueError:
-            return None
+            return []
     try:
         infos = socket.getaddrinfo(name, None, 0, socket.SOCK_DGRAM)
     except (OSError, UnicodeError):
-        return None
+        return []
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    for family, _, _, _, sockaddr in infos:
-        if family in (socket.AF_INET, socket.AF_INET6):
-            return sockaddr[0].split("%")[0]
-    return None
+    found = [sockaddr[0].split("%")[0] for family, _, _, _, sockaddr in infos
+             if family in (socket.AF_INET, socket.AF_INET6)]
+    return list(dict.fromkeys(found))
 
 
 def pack_address(text: str) -> bytes:

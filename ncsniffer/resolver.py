@@ -28,7 +28,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import IO, Callable
+from typing import IO, Callable, Iterable
 
 import dns.exception
 import dns.flags
@@ -51,6 +51,11 @@ RECV_BATCH = 1000         # datagrams read per on_readable() call, at most
 MAX_OUTSTANDING = 4096    # upper bound of dns_max_outstanding (ids are 16 bits)
 ID_TRIES = 64             # random ids tried before giving up on a query for this tick
 RESOLV_CONF = "/etc/resolv.conf"
+# One 64 KB answer can carry thousands of compressed PTR names of ~1,000
+# characters each as text: keep what a report can use.  A name in plain text is
+# at most 253 characters; a longer one is mostly \DDD escapes, and is dropped.
+MAX_NAMES = 16            # names kept per address
+MAX_NAME_CHARS = 255      # longest name kept, as text
 
 # Outcomes of one datagram, also the names of the counters.
 ANSWERED = "answered"     # accepted, names stored in the record
@@ -117,27 +122,40 @@ def judge(msg: dns.message.Message) -> Verdict:
     names: list[str] = []
     ttl = 0
     if rcode == dns.rcode.NOERROR and msg.answer:
+        targets = []
         for rrset in msg.answer:
             ttl = rrset.ttl
             if rrset.rdtype == dns.rdatatype.PTR:
-                names.extend(_text(rdata.target) for rdata in rrset)
+                targets.extend(rdata.target for rdata in rrset)
+        names = filter_names(_text(t) for t in targets)
     elif rcode == dns.rcode.NXDOMAIN and msg.authority:
         for rrset in msg.authority:
             if rrset.rdtype == dns.rdatatype.SOA:
                 ttl = rrset.ttl
-                names.append(":" + _text(rrset[0].mname))
+                names = filter_names([":" + _text(rrset[0].mname)])
                 break
     else:
         return Verdict(REJECTED)
     if not names:
         return Verdict(EMPTY)
-    return Verdict(ANSWERED, tuple(filter_names(names)), ttl)
+    return Verdict(ANSWERED, tuple(names), ttl)
 
 
-def filter_names(names: list[str]) -> list[str]:
-    """Drop names containing ``in-addr.arpa`` (any case), unless that would leave none."""
-    kept = [n for n in names if "in-addr.arpa" not in n.lower()]
-    return kept or names
+def filter_names(names: Iterable[str]) -> list[str]:
+    """Drop names containing ``in-addr.arpa`` (any case), unless that would leave none;
+    keep at most MAX_NAMES names of at most MAX_NAME_CHARS characters."""
+    kept: list[str] = []
+    arpa: list[str] = []
+    for name in names:
+        if len(name) > MAX_NAME_CHARS:
+            continue
+        if "in-addr.arpa" not in name.lower():
+            kept.append(name)
+            if len(kept) == MAX_NAMES:
+                break
+        elif len(arpa) < MAX_NAMES:
+            arpa.append(name)
+    return kept or arpa
 
 
 def _text(name: dns.name.Name) -> str:

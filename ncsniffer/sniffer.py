@@ -71,7 +71,7 @@ class Sniffer:
             bytes=acct.bytes_per_second(), users=len(acct.records), device=self.device,
             promiscuous=s.promiscuous and not self.offline, bpf=s.bpf, payload=s.payload,
             snaplen=s.snaplen, match=s.match, nomatch=s.nomatch,
-            evicted=acct.evicted if s.max_hosts else None,
+            evicted=acct.evicted if s.raw.get("max_hosts") or acct.evicted else None,
         )
 
     def dump(self, current: int) -> None:

@@ -98,7 +98,8 @@ class Table(MutableMapping):
     """
 
     DTYPES = {**{f: np.int64 for f in INTS}, **{f: np.float64 for f in FLOATS},
-              "N": object, "H": np.uint64, "L": np.uint64, "K": np.uint8}
+              "N": object, "H": np.uint64, "L": np.uint64, "K": np.uint8,
+              "Q": np.int64}     # Q: when last seen, for max_hosts (``Accounting``)
 
     def __init__(self, capacity: int = 1024):
         self.v4 = np.zeros(0, np.uint32)      # sorted IPv4 numbers ...
@@ -142,6 +143,14 @@ class Table(MutableMapping):
         if c["K"][slot] == 16:
             return c["H"].item(slot).to_bytes(8, "big") + c["L"].item(slot).to_bytes(8, "big")
         return c["L"].item(slot).to_bytes(4, "big")
+
+    def keys_at(self, slots: np.ndarray) -> list[bytes]:
+        """The packed keys of many ``slots`` at once."""
+        c = self.cols
+        out = c["L"][slots].astype(">u4").view("V4").tolist()
+        for i in np.flatnonzero(c["K"][slots] == 16).tolist():
+            out[i] = self.key(int(slots[i]))
+        return out
 
     def occupied(self) -> np.ndarray:
         return np.flatnonzero(self.cols["K"][:self.size])

@@ -74,3 +74,16 @@ def workdir(tmp_path):
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+def with_hosts_file(directory: str, entries: dict[str, list[str]]) -> list[str]:
+    """A command prefix that runs a program in a mount namespace of its own where
+    ``/etc/hosts`` is a test file: localhost, plus each name with its addresses
+    (root only; the machine's /etc/hosts is never touched)."""
+    path = os.path.join(directory, "hosts")
+    with open(path, "w") as fh:
+        fh.write("127.0.0.1 localhost\n::1 localhost\n")
+        for name, addresses in entries.items():
+            fh.writelines(f"{a} {name}\n" for a in addresses)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'mount --bind "{path}" /etc/hosts && exec "$0" "$@"']

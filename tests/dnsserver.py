@@ -2,11 +2,15 @@
 """A tiny real DNS server for the resolver's tests (loopback only, UDP, PTR only).
 
     python tests/dnsserver.py --port P [--log FILE] [--ptr IP=NAME[,NAME...]]...
-                              [--synth PREFIX] [--ttl N] [--soa-ttl N] [--lifetime S]
+                              [--synth PREFIX] [--many IP=COUNT] [--ttl N] [--soa-ttl N]
+                              [--lifetime S]
 
 Reverse names of the ``--ptr`` addresses get NOERROR with those PTR targets
 (several names: several records).  Addresses starting with ``--synth`` get
-one made-up name, ``h-a-b-c-d.flood.test``.  Everything else gets NXDOMAIN
+one made-up name, ``h-a-b-c-d.flood.test``.  ``--many`` addresses get COUNT
+PTR records of distinct long names, in one datagram of up to 64 KB whatever the
+query's EDNS size: the even ones share a suffix of unprintable bytes (as text
+~780 characters each, with \\DDD escapes), the odd ones a printable one (~200).  Everything else gets NXDOMAIN
 with the SOA ``ns.soa.test`` in the authority section.  Every query is logged
 as ``<arrival time> <query name>`` to ``--log`` (the kernel's receive time,
 epoch seconds), so a test can count what a name server really received and when.  The process prints ``ready`` once the
@@ -33,11 +37,22 @@ import dns.reversename
 import dns.rrset
 
 SOA_MNAME = "ns.soa.test."
+SUFFIXES = (dns.name.Name([bytes([0x80 + i]) * 63 for i in range(3)] + [b"many", b"test", b""]),
+            dns.name.Name([bytes([0x61 + i]) * 60 for i in range(3)] + [b"many", b"test", b""]))
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
+def many_names(qname: dns.name.Name, count: int, ttl: int) -> dns.rrset.RRset:
+    """``count`` PTR records of distinct long names."""
+    rrset = dns.rrset.RRset(qname, dns.rdataclass.IN, dns.rdatatype.PTR)
+    for i in range(count):
+        target = dns.name.Name([b"n%d" % i] + list(SUFFIXES[i % 2].labels))
+        rrset.add(dns.rdata.from_text("IN", "PTR", target.to_text()), ttl)
+    return rrset
+
+
 def answer(query: dns.message.Message, ptrs: dict, synth: str | None, ttl: int,
-           soa_ttl: int) -> dns.message.Message:
+           soa_ttl: int, many: dict | None = None) -> dns.message.Message:
     """The response to one query."""
     response = dns.message.make_response(query)
     if len(query.question) != 1 or query.question[0].rdtype != dns.rdatatype.PTR:
@@ -48,6 +63,9 @@ def answer(query: dns.message.Message, ptrs: dict, synth: str | None, ttl: int,
         address = dns.reversename.to_address(qname)
     except (dns.exception.SyntaxError, ValueError):
         address = None
+    if many and address in many:
+        response.answer.append(many_names(qname, many[address], ttl))
+        return response
     names = ptrs.get(address)
     if names is None and synth and address and address.startswith(synth):
         names = ["h-" + address.replace(".", "-").replace(":", "-") + ".flood.test"]
@@ -71,6 +89,7 @@ def main() -> int:
     p.add_argument("--log")
     p.add_argument("--ptr", action="append", default=[])
     p.add_argument("--synth")
+    p.add_argument("--many", action="append", default=[])
     p.add_argument("--ttl", type=int, default=3600)
     p.add_argument("--soa-ttl", type=int, default=900)
     p.add_argument("--lifetime", type=float, default=300.0)
@@ -81,6 +100,7 @@ def main() -> int:
     for item in args.ptr:
         ip, _, names = item.partition("=")
         ptrs[ip] = names.split(",")
+    many = {ip: int(count) for ip, _, count in (item.partition("=") for item in args.many)}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -108,7 +128,8 @@ def main() -> int:
         if log is not None:
             qname = query.question[0].name.to_text() if query.question else "-"
             log.write(f"{t:.6f} {qname}\n")
-        sock.sendto(answer(query, ptrs, args.synth, args.ttl, args.soa_ttl).to_wire(), source)
+        response = answer(query, ptrs, args.synth, args.ttl, args.soa_ttl, many)
+        sock.sendto(response.to_wire(max_size=65535), source)
     return 0
 
 

@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 import numpy as np
 
 from hypothesis import given, settings, strategies as st
@@ -276,3 +278,117 @@ def test_max_hosts_churn_keeps_the_index_small():
     assert len(acct.records) == 100 and acct.evicted == 29900
     assert len(acct.records.v4) < 5000          # not one entry per address ever seen
     assert all(k in acct.records for k in [(29000 + i).to_bytes(4, "big") for i in range(900, 1000)])
+
+
+def test_max_hosts_with_lookups_survives_the_table_growing():
+    """Issue 11.13: evictions with name lookups on read a column the table had
+    since replaced by a bigger one (IndexError at the first growth)."""
+    acct = Accounting(1000, max_hosts=1500, lookups=True)
+    keys = [(0x0b000000 + i).to_bytes(4, "big") for i in range(2000)]
+    acct.count_run(keys, [60] * 2000, 1000)
+    assert len(acct.records) == 1500 and acct.evicted == 500
+    assert list(acct.lookup_queue) == keys[500:]
+
+
+def lru_model(packets, limit):
+    """The plain reference of SPEC 4, plus max_hosts (evict the least recently seen)
+    and the lookup queue (each IP once while pending; an evicted IP leaves it)."""
+    ref, recent, queue, evicted = reference.new_state(packets[0][1]), [], [], 0
+    for key, now, length in packets:
+        if key in recent:
+            recent.remove(key)
+        elif len(ref["ips"]) >= limit:
+            gone = recent.pop(0)
+            del ref["ips"][gone]
+            evicted += 1
+            if gone in queue:
+                queue.remove(gone)
+        recent.append(key)
+        reference.account(ref, key, length, now)
+        if ref["ips"][key]["T"] < now and key not in queue:
+            queue.append(key)
+    return ref, queue, evicted
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 400)), min_size=1, max_size=300),
+       st.one_of(st.integers(1, 50), st.integers(1025, 1100)), st.lists(st.integers(0, 300), max_size=4))
+def test_max_hosts_with_lookups_equals_the_plain_model(steps, limit, cuts):
+    """Many peers (the table grows past its first size) and evictions, lookups on."""
+    now, packets = 1_000_000, []
+    for which, gap in steps:
+        now += gap % 7 if which % 3 else gap
+        packets.append(((0x0a000000 + which).to_bytes(4, "big"), now, 100))
+    packets += [((0x0c000000 + i).to_bytes(4, "big"), now, 60) for i in range(1150)]
+    acct = Accounting(packets[0][1], max_hosts=limit, lookups=True)
+    feed_in_runs(acct, packets, cuts)
+    ref, queue, evicted = lru_model(packets, limit)
+    assert {k: r.as_dict() for k, r in acct.records.items()} == ref["ips"]
+    assert list(acct.lookup_queue) == queue
+    assert acct.evicted == evicted
+
+
+FLOOD = 1_000_000
+
+
+def write_flood(path: str, count: int, me: str = "192.0.2.10", per_second: int = 100_000) -> None:
+    """A pcap of ``count`` UDP packets to ``me``, each from a different source."""
+    import ipaddress
+    import struct
+
+    from ncsniffer import decode, pcapgen
+    frame = bytearray(pcapgen.frame(decode.DLT_EN10MB, pcapgen.ip_packet("10.0.0.1", me)))
+    record = struct.Struct("<IIII")
+    base = int(ipaddress.ip_address("10.0.0.0"))
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        chunk = []
+        for i in range(count):
+            frame[26:30] = (base + i).to_bytes(4, "big")
+            chunk.append(record.pack(1_600_000_000 + i // per_second, 0, len(frame), len(frame)))
+            chunk.append(bytes(frame))
+            if len(chunk) >= 20000:
+                fh.write(b"".join(chunk))
+                chunk.clear()
+        fh.write(b"".join(chunk))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_default_config_bounds_a_flood_of_a_million_peers(tmp_path):
+    """Issue 11.13: with the default config (names on, no max_hosts) nothing bounded
+    the table; a flood of 1,000,000 sources must stay within the default bound."""
+    import resource
+
+    from ncsniffer import dumpfile
+    from ncsniffer.config import DEFAULT_MAX_HOSTS
+    from tests.conftest import run_cli, write_config
+    from tests.daemonutil import free_port
+    cap = str(tmp_path / "flood.pcap")
+    write_flood(cap, FLOOD)
+    conf = write_config(str(tmp_path), bpf="host 192.0.2.10", resolve=True,
+                        nameserver=f"127.0.0.1:{free_port()}")     # nothing answers there
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = run_cli("-c", conf, "-q", "-r", cap, "start", timeout=120)
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert result.returncode == 0, result.stderr
+    stats = dumpfile.read_stats(str(tmp_path / "nc.sniffer.stats"))
+    assert int(stats.header_value("users")) == len(stats.records) == DEFAULT_MAX_HOSTS
+    assert int(stats.header_value("evicted")) == FLOOD - DEFAULT_MAX_HOSTS
+    print(f"peak RSS {peak_mb:.0f} MB")
+    assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB (before: {before / 1024:.0f} MB)"
+
+
+def test_lru_order_survives_leaving_and_reaching_the_limit():
+    """The LRU order is kept as numbers far from max_hosts and as an ordered dict
+    at it; switching between the two keeps who is least recently seen."""
+    k = [bytes([10, 1, 0, i]) for i in range(11)]
+    acct = Accounting(0, max_hosts=4)
+    acct.count_run(k[:5], [1] * 5, 0)                  # k0 evicted
+    acct.count(k[5], 1, 86000)                         # k1 evicted
+    assert acct.purge(86450, seconds=1) == 3            # k2 k3 k4 gone, k5 stays
+    acct.count_run([k[6], k[7]], [1, 1], 86450)
+    acct.count_run([k[8], k[6]], [1, 1], 86451)
+    acct.count(k[9], 1, 86452)                          # evicts k5, then k7
+    acct.count(k[10], 1, 86452)
+    assert list(acct.recent) == [k[8], k[6], k[9], k[10]] and acct.evicted == 4

@@ -207,3 +207,129 @@ def test_relative_directories_resolve_against_the_start_directory(tmp_path, monk
     assert s.pid_file == str(tmp_path / "out" / "rel.pid")
     assert s.stats_file == str(tmp_path / "out" / "rel.stats")
     assert config.check_piddir(cfg) == str(tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- issue 11.19b
+
+BAD_VALUES = [None, [], ["x"], {}, {"a": 1}, 10**30, -5, 1.5, "abc", "", True, False,
+              b"x", "-3", float("nan")]
+# The values of BAD_VALUES each key accepts (None and "" mean "not set"; 0 too
+# where the original's false values mean it; snaplen clamps huge values).
+ACCEPTED = {
+    "piddir": [None, ""], "sniffer": [], "bpf": [],
+    "snaplen": [None, "", 10**30], "match": [None, "", "abc", b"x", "-3"],
+    "nomatch": [None, "", "abc", b"x", "-3"], "payload": [None, ""], "port": [None, ""],
+    "host": [None, ""], "allowed": [None, "", []], "nameserver": [None, ""],
+    "resolve": [None, True, False], "dump_format": [None, ""], "user": [None, ""],
+    "group": [None, ""], "max_hosts": [None], "interface": [None, "", "abc", "-3"],
+    "dns_max_outstanding": [None], "dns_max_qps": [None],
+}
+NEEDS = {"payload": {"match": "x"}, "host": {"port": 10004}, "allowed": {"port": 10004}}
+
+
+@pytest.fixture
+def no_dns(monkeypatch):
+    """Names other than localhost fail at once: the bad names of these tests must
+    not become DNS queries to the machine's name server."""
+    import socket
+    real = socket.getaddrinfo
+
+    def local_only(name, *args, **kw):
+        if name != "localhost":
+            raise socket.gaierror(socket.EAI_NONAME, "not looked up in tests")
+        return real(name, *args, **kw)
+    monkeypatch.setattr(socket, "getaddrinfo", local_only)
+
+
+def bad_cases():
+    for key in sorted(config.KNOWN_KEYS):
+        for value in BAD_VALUES:
+            if not any(value is ok or (type(value) is type(ok) and value == ok)
+                       for ok in ACCEPTED[key]):
+                yield key, value
+
+
+@pytest.mark.parametrize("key,value", list(bad_cases()))
+def test_every_bad_value_is_one_config_line(base, no_dns, key, value):
+    """Issue 11.19b: wrong types and values gave tracebacks or passed silently."""
+    cfg = dict(base, **NEEDS.get(key, {}), **{key: value})
+    if key == "piddir":
+        with pytest.raises(ConfigError, match="^pid directory not specified or not writable$"):
+            config.check_piddir(cfg)
+        return
+    text = message(cfg)
+    assert text.startswith("config: ") and "\n" not in text, text
+
+
+@pytest.mark.parametrize("key,value", [(k, v) for k, v in bad_cases() if v == v])  # no nan: not a literal
+def test_every_bad_value_through_the_config_verb(workdir, no_dns, key, value):
+    import io
+
+    from ncsniffer import cli
+    cfg = {"bpf": "host 127.0.0.1", **NEEDS.get(key, {}), key: value}
+    conf = write_config(workdir, **cfg)
+    env = cli.Env(stdout=io.StringIO(), stderr=io.StringIO(), program="nc.sniffer")
+    code = cli.main(["-c", conf, "config"], env)
+    err = env.stderr.getvalue()
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("config: " if key != "piddir" else "pid directory "), err
+
+
+def test_negative_values_are_refused(base):
+    assert message(dict(base, snaplen=-1)) == "config: invalid snaplen '-1'"
+    assert message(dict(base, match="x", payload=-5)) == "config: invalid payload length"
+    assert message(dict(base, max_hosts=-5)).startswith("config: invalid max_hosts '-5'")
+
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**40, 10**40), st.floats(), st.text(max_size=12),
+    st.binary(max_size=4), st.lists(st.one_of(st.integers(), st.text(max_size=5)), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@hsettings(max_examples=300, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(sorted(config.KNOWN_KEYS)), ANY_VALUE, st.booleans())
+def test_any_value_of_any_key_is_settings_or_one_config_line(tmp_path_factory, no_dns, key,
+                                                             value, offline):
+    """Whatever the value: valid Settings within range, or one ``config:`` line."""
+    d = str(tmp_path_factory.getbasetemp())
+    cfg = {"piddir": d, "sniffer": d, "bpf": "host 127.0.0.1", "resolve": False,
+           **NEEDS.get(key, {}), key: value}
+    try:
+        s = config.validate(cfg, "nc.sniffer", offline=offline)
+    except ConfigError as exc:
+        assert str(exc).startswith("config: ") and "\n" not in str(exc)
+        return
+    assert 1 <= s.snaplen <= 65535 and (s.payload is None or 1 <= s.payload < s.snaplen)
+    assert s.port is None or 1 <= s.port <= 65535
+    assert s.max_hosts is None or 1 <= s.max_hosts
+    assert 1 <= s.dns_max_outstanding <= 4096 and 1 <= s.dns_max_qps
+    assert isinstance(s.resolve, bool) and s.dump_format in config.FORMATS
+    for text in (s.bpf, s.sniffer, s.interface or "", s.user or "", s.group or "",
+                 s.nameserver or "", s.listen_host, *s.allowed):
+        assert isinstance(text, str)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0, reason="a test hosts file needs a mount namespace")
+def test_allowed_name_admits_all_its_addresses(workdir):
+    """Issue 11.19b: a name in 'allowed' admitted only its first address."""
+    import ast
+    import subprocess
+
+    from tests.conftest import NC_SNIFFER, with_hosts_file
+    name = f"ncs-peer-{os.getpid()}"
+    prefix = with_hosts_file(workdir, {name: ["127.0.0.5", "127.0.0.6", "::1"]})
+    conf = write_config(workdir, bpf="host 127.0.0.1", port=10004, allowed=[name, "127.0.0.6"])
+    result = subprocess.run([*prefix, NC_SNIFFER, "-c", conf, "config"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert ast.literal_eval(result.stdout)["allowed"] == ["127.0.0.5", "127.0.0.6", "::1"]
+
+
+def test_numbers_as_long_digit_strings_and_match_zero(base):
+    assert message(dict(base, snaplen="9" * 5000)).startswith("config: invalid snaplen '999")
+    assert check(dict(base, match="0", payload=5)).match == b"0"     # a string to look for

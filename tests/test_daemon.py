@@ -516,6 +516,9 @@ class _NoCapture:
     def stats(self):
         return (0, 0, 0)
 
+    def read_batch(self, count):
+        return None
+
 
 def hang_on_fifo(path: str):
     """A dump that never finishes, as on a hung disk: opening a FIFO nobody reads."""
@@ -609,3 +612,95 @@ def test_sighup_on_a_full_disk_says_the_stats_were_not_written(workdir, sender):
         assert tmp_files(d.stats) == []
     finally:
         subprocess.run(["umount", small])
+
+
+def test_second_daemon_on_the_same_dump_port_refuses_to_start(tmp_path):
+    """Issue 11.7: SO_REUSEADDR let a second daemon bind the port and take the
+    first one's dump requests; it must refuse to start."""
+    port = free_port()
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    with LiveDaemon(str(one), port=port):
+        second = LiveDaemon(str(two), port=port)
+        try:
+            result = second.cli("start")
+            assert result.returncode == 2, result.stderr
+            assert result.stderr == f"nc.sniffer: dump port 127.0.0.1:{port} already in use\n"
+            assert not os.path.exists(second.pidfile)
+        finally:
+            second.stop()
+        assert udp_request(b"dump", port).startswith(b"OK ")
+
+
+def dump_right_after_traffic(d: LiveDaemon, sender, request, rounds: int = 5) -> list[int]:
+    """Per round: packets from new sources, then ``request()`` within 10 ms of the
+    last one; the number of those sources missing from the dump it causes."""
+    missing = []
+    for r in range(rounds):
+        sources = [loopback_source(r * 100 + i) for i in range(40)]
+        before = mtime_ns(d.stats)
+        for src in sources:
+            sender.send(src, d.dport, b"late")
+        last = time.monotonic()
+        request()
+        assert time.monotonic() - last < 0.010, "the request left more than 10 ms late"
+        wait_for(lambda: mtime_ns(d.stats) > before)
+        got = plain_read(d.stats)[1]
+        missing.append(sum(src not in got for src in sources))
+    return missing
+
+
+def test_udp_dump_includes_the_last_packets(workdir, sender):
+    """Issue 11.10: packets still in the kernel's ring block (TPACKET_V3 hands a
+    block over after up to 100 ms) were missing from a dump requested at once."""
+    port = free_port()
+    asker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with LiveDaemon(workdir, port=port) as d:
+            udp_request(b"dump", port)         # the listener is up
+            missing = dump_right_after_traffic(
+                d, sender, lambda: asker.sendto(b"dump", ("127.0.0.1", port)))
+    finally:
+        asker.close()
+    assert missing == [0] * len(missing)
+
+
+def test_signal_dump_includes_the_last_packets(workdir, sender):
+    with LiveDaemon(workdir) as d:
+        pid = d.pid
+        missing = dump_right_after_traffic(d, sender, lambda: os.kill(pid, signal.SIGUSR1))
+    assert missing == [0] * len(missing)
+
+
+def test_allowed_name_with_several_addresses(workdir):
+    """Issue 11.19b: every address of a name in 'allowed' may ask for a dump."""
+    from tests.conftest import with_hosts_file
+    name = f"ncs-asker-{os.getpid()}"
+    prefix = with_hosts_file(workdir, {name: ["127.0.0.5", "127.0.0.6"]})
+    port = free_port()
+    d = LiveDaemon(workdir, port=port, allowed=[name])
+    try:
+        result = subprocess.run([*prefix, NC_SNIFFER, "-c", d.conf, "start"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert udp_request(b"dump", port, source="127.0.0.5").startswith(b"OK ")
+        assert udp_request(b"dump", port, source="127.0.0.6").startswith(b"OK ")
+        assert udp_request(b"dump", port, source="127.0.0.7", timeout=1.0) is None
+    finally:
+        d.stop()
+
+
+def test_max_hosts_with_names_on_survives_evictions(workdir, sender):
+    """Issue 11.13: the live daemon died (IndexError) once evictions started with
+    name lookups on; queries go to a dead loopback port here."""
+    port = free_port()
+    with LiveDaemon(workdir, port=port, max_hosts=2000, resolve=True,
+                    nameserver=f"127.0.0.1:{free_port()}") as d:
+        for i in range(3000):
+            sender.send(loopback_source(i), d.dport, b"peer")
+        got = d.dump()
+        header = plain_read(d.stats)[0]
+        assert d.cli("status").returncode == 0
+    assert len(got) == 2000 and "# evicted:\t1000" in header
+    assert all(loopback_source(i) in got for i in range(1000, 3000))

@@ -597,3 +597,17 @@ def test_resolver_over_ipv6_loopback():
     finally:
         r.close()
         server.close()
+
+
+def test_names_are_bounded_in_number_and_length():
+    """Issue 11.17: an answer's names are kept up to MAX_NAMES, each at most
+    MAX_NAME_CHARS long; the in-addr.arpa rule still applies."""
+    from ncsniffer.resolver import MAX_NAME_CHARS, MAX_NAMES, filter_names
+    long_one = "x" * (MAX_NAME_CHARS + 1)
+    names = [long_one] + [f"h{i}.example.com" for i in range(3000)]
+    assert filter_names(names) == [f"h{i}.example.com" for i in range(MAX_NAMES)]
+    arpa = [f"{i}.0/25.2.0.192.in-addr.arpa" for i in range(100)]
+    assert filter_names(arpa) == arpa[:MAX_NAMES]
+    assert filter_names(arpa + ["ok.example.com"]) == ["ok.example.com"]
+    assert filter_names([long_one]) == []
+    assert filter_names(["y" * MAX_NAME_CHARS]) == ["y" * MAX_NAME_CHARS]

@@ -284,3 +284,35 @@ def test_live_daemon_names_from_dnsmasq(tmp_path, dnsmasq):
     with open(tmp_path / "dnsmasq.log") as fh:
         asked = [line for line in fh if "auth[PTR]" in line and ".1.127.in-addr.arpa" in line]
     assert len(asked) == 3, asked
+
+
+@pytest.mark.skipif(not is_root(), reason="live capture needs root")
+def test_live_daemon_bounds_an_answer_of_thousands_of_names(tmp_path, dnsserver):
+    """Issue 11.17: one answer of thousands of long PTR names was stored whole
+    (3,406 names, 3.3 MB in the stats file); names per address and the length of
+    a name are bounded, and the stats file stays readable by our reader."""
+    from ncsniffer.resolver import MAX_NAME_CHARS, MAX_NAMES
+    from tests.netutil import RawSender
+    port, _ = dnsserver("--many", "127.1.0.7=3000", "--ptr", "127.1.0.8=ok.example.com")
+    daemon = LiveDaemon(str(tmp_path), resolve=True, nameserver=f"127.0.0.1:{port}")
+    sender = RawSender()
+    try:
+        daemon.start()
+        for src in ("127.1.0.7", "127.1.0.8"):
+            sender.send(src, daemon.dport, b"hello")
+
+        def named():
+            records = daemon.dump()
+            return records if all(records.get(ip, {}).get("N")
+                                  for ip in ("127.1.0.7", "127.1.0.8")) else None
+        wait_for(named, timeout=15, step=0.2)
+    finally:
+        sender.close()
+        daemon.stop()
+    stats = dumpfile.read_stats(daemon.stats)
+    many = stats.records["127.1.0.7"]["N"]
+    assert stats.records["127.1.0.8"]["N"] == ["ok.example.com"]
+    assert len(many) == MAX_NAMES and all(len(n) <= MAX_NAME_CHARS for n in many)
+    suffix = "." + ".".join(c * 60 for c in "abc") + ".many.test"
+    assert all(n.endswith(suffix) and int(n[1:-len(suffix)]) % 2 for n in many)  # ~780 chars: dropped
+    assert os.path.getsize(daemon.stats) < 64 << 10
