@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-quick bench clean
+.PHONY: setup test-setup demo test test-quick bench clean
 
 setup: $(STAMP)
 
@@ -17,13 +17,17 @@ $(STAMP): setup.cfg setup.py tools/ensure-system
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# the servers and tools only the tests use, installed and left disabled
+test-setup: setup
+	./tools/ensure-test-system
+
 demo: setup
 	$(PY) samples/demo.py
 
-test: setup
+test: test-setup
 	$(PY) -m pytest -q
 
-test-quick: setup
+test-quick: test-setup
 	$(PY) -m pytest -q -m "not integration and not slow"
 
 bench: setup
