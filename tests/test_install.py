@@ -207,6 +207,17 @@ def test_installed_replays_the_sample_and_the_web_user_reports_it(installed, web
     assert "Permission denied" not in page.stderr and page.stdout.strip()
 
 
+def test_installed_coalesce_sample_imports_the_installed_package(installed, web_dir):
+    """Run as a script by the web user, the sample finds ncsniffer (issue 15: it died
+    with ModuleNotFoundError).  A bad argument makes it answer without any ssh."""
+    script = os.path.join(web_dir, "nc.sniffer.coalesce.cgi")
+    shutil.copy(f"{PREFIX}/share/ncsniffer/nc.sniffer.coalesce.cgi.sample", script)
+    os.chmod(script, 0o755)
+    r = as_web_user("./nc.sniffer.coalesce.cgi", "0", "extra", cwd=web_dir)
+    assert "ModuleNotFoundError" not in r.stderr, r.stderr
+    assert r.returncode == 1 and "unrecognized arguments: extra" in r.stdout
+
+
 def test_installed_daemon_tells_readiness_and_pings_the_watchdog(installed, web_dir,
                                                                  notify_socket):  # noqa: F811
     got = run_notified_daemon("/usr/local/bin/nc.sniffer", web_dir, *notify_socket)
