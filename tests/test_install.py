@@ -126,7 +126,7 @@ def test_destdir_unit_is_notify_with_watchdog_and_reload_dumps(staged):
                  "Restart=on-failure", "RuntimeDirectory=nc.sniffer"]:
         assert line in unit
     caps = next(x for x in unit if x.startswith("CapabilityBoundingSet=")).split("=")[1].split()
-    assert {"CAP_NET_RAW", "CAP_NET_ADMIN"} <= set(caps)
+    assert {"CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_KILL"} <= set(caps)
     tmpfiles = open(f"{root}/usr/local/lib/tmpfiles.d/nc.sniffer.conf").read()
     assert "d /run/nc.sniffer 0755 root root -\n" in tmpfiles
 
