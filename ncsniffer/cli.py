@@ -1,4 +1,4 @@
-"""``nc.sniffer [-c CONFIG] [-r FILE] [-d] start|stop|restart|status|dump|config``.
+"""``nc.sniffer [-c CONFIG] [-r FILE] [-d|-f] start|stop|restart|status|dump|config``.
 
 Exit codes: 0 ok, 1 usage or configuration error, 2 runtime failure,
 3 for ``status`` when the daemon is not running (the LSB convention).
@@ -23,7 +23,7 @@ STOP_WAIT = 15.0
 EXIT_OK, EXIT_USAGE, EXIT_RUNTIME, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 USAGE = """\
-usage: {prog} [-c CONFIG] [-r FILE] [-d] [-q] [--name NAME] COMMAND
+usage: {prog} [-c CONFIG] [-r FILE] [-d|-f] [-q] [--name NAME] COMMAND
 
 commands:
   start     start the daemon unless it runs, write the pid file
@@ -39,6 +39,9 @@ options:
             dict literal, or an old nc.sniffer.pl script
   -r FILE   read packets from a pcap/pcapng file instead of an interface
   -d        stay in the foreground and write dumps to stderr
+  -f, --foreground
+            stay in the foreground, log to stderr, write the stats file as
+            usual (for systemd: Type=notify, readiness and watchdog)
   -q        no progress lines while replaying a file
   --name N  instance name (default: the program name, e.g. nc.sniffer1)
 """
@@ -58,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config")
     p.add_argument("-r", "--read")
     p.add_argument("-d", "--debug", action="store_true")
+    p.add_argument("-f", "--foreground", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("--name")
     p.add_argument("-h", "--help", action="store_true")
@@ -175,7 +179,7 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
         env.stderr.write("already running\n")
         return EXIT_OK
     from ncsniffer import daemon
-    return daemon.start(settings, foreground=args.debug, log_stream=env.stderr)
+    return daemon.start(settings, foreground=args.debug or args.foreground, log_stream=env.stderr)
 
 
 def _offline_lookups(settings, log):

@@ -26,7 +26,7 @@ from typing import IO
 
 import daemon as pydaemon
 
-from ncsniffer import batch, capture, host, pidfile, safefile
+from ncsniffer import batch, capture, host, notify, pidfile, safefile
 from ncsniffer.config import Settings
 from ncsniffer.errors import NcSnifferError
 from ncsniffer.sniffer import Sniffer
@@ -105,6 +105,7 @@ def _run_holding_pid_file(settings: Settings, daemon: "Daemon", ready=None) -> i
         drop_privileges(settings)
         if ready is not None:
             ready()
+        daemon.notifier.ready(f"capturing on {settings.interface}")
         return daemon.run()
     finally:
         pidfile.remove_pid(settings.pid_file, os.getpid())
@@ -300,6 +301,7 @@ class Daemon:
         self.running = True
         self.refused = 0
         self.wake_r, self.wake_w = os.pipe()
+        self.notifier = notify.Notifier()
 
     # signals only set flags; the loop acts on them
     def _on_signal(self, signum, frame) -> None:
@@ -360,6 +362,7 @@ class Daemon:
 
     def _tick(self, now: int) -> None:
         self.sniffer.acct.purge(now)
+        self.notifier.ping()
         self._start_dump_if_wanted()     # reaps, and starts one that waited its turn
         gc.freeze()          # records never form cycles: keep the collector off them
 
@@ -407,6 +410,7 @@ class Daemon:
             self._want_dump()
 
     def _terminate(self) -> None:
+        self.notifier.stopping()
         self._flush_capture()      # what the kernel already holds is counted too
         self._wait_dump()
         try:
