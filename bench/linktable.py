@@ -11,7 +11,9 @@ with the bench's; default, serial, libpcap, with a match string) are compared
 byte for byte; then the bench capture is replayed ``--runs`` times per commit,
 old and new interleaved, and the medians of user+sys CPU seconds (wait4,
 children included: the machine is shared, CPU time is steadier than wall time)
-are tabled.  Results: bench/results/linktable.md.
+are tabled, and so are the stages the change touched (import, reading the
+batches, decoding them) timed inside one process.  Results:
+bench/results/linktable.md.
 """
 
 from __future__ import annotations
@@ -45,6 +47,24 @@ CASES = [
     ("bench match", BENCH_CAPTURE, FILTER, MATCH, None),
 ]
 TIMED = ["bench", "bench match"]
+# The parts the change touched, in one process (less noise than a whole replay):
+# importing, reading every batch of the bench capture, decoding each batch.
+STAGES = ["import", "read", "decode"]
+STAGE_SCRIPT = """
+import sys, time
+t0 = time.process_time()
+from ncsniffer import batch, pcapfile, replay
+from ncsniffer.gather import HEAD, Gather, Heads
+import numpy as np
+t1 = time.process_time()
+with open(sys.argv[1], "rb") as fh:
+    batches = list(pcapfile.Reader(fh, sys.argv[1]).batches())
+    t2 = time.process_time()
+    for b in batches:
+        batch.decode_batch(1, Heads(Gather(b.u8), b.offs, HEAD), np.arange(len(b.offs)), b.caplen)
+    t3 = time.process_time()
+print(t1 - t0, t2 - t1, t3 - t2)
+"""
 
 
 def export(commit: str, into: str) -> str:
@@ -116,6 +136,25 @@ def timed(trees: dict[str, str], scratch: str, runs: int) -> list[list[str]]:
     return rows
 
 
+def stages(trees: dict[str, str], runs: int) -> list[list[str]]:
+    """Per stage and commit: median CPU seconds over ``runs`` interleaved processes."""
+    took: dict[tuple[str, str], list[float]] = {}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for r in range(runs):
+        for label, tree in trees.items():
+            log(f"stages {r + 1}/{runs}: {label}")
+            out = subprocess.run([PYTHON, "-c", STAGE_SCRIPT, BENCH_CAPTURE], check=True,
+                                 capture_output=True, text=True, cwd=tree,
+                                 env={**env, "PYTHONPATH": tree}).stdout.split()
+            for stage, value in zip(STAGES, out):
+                took.setdefault((stage, label), []).append(float(value))
+    rows = []
+    for stage in STAGES:
+        old, new = (benchlib.median(took[stage, label]) for label in trees)
+        rows.append([stage, f"{old:.3f}", f"{new:.3f}", f"{(new - old) / old * 100:+.1f} %"])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
@@ -131,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             shorts[label] = export(commit, trees[label])
         lines = [f"# Link table restructure: old {shorts['old']} against new {shorts['new']}", ""]
         lines += benchlib.machine_lines()
+        code = {label: subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h", commit,
+                                       "--", "ncsniffer"], check=True, capture_output=True,
+                                      text=True).stdout.strip()
+                for label, commit in (("old", args.old), ("new", args.new))}
+        lines += [f"- package code (last commit under ncsniffer/): old {code['old']}, "
+                  f"new {code['new']}"]
         lines += ["", "## Stats files, old and new (compared byte for byte)", ""]
         lines += benchlib.table(["replay", "bytes", "old vs new"], identical(trees, scratch))
         lines += ["", f"## CPU time of the replay (user+sys s, median of {args.runs}, "
@@ -138,7 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         lines += benchlib.table(["replay", f"old {shorts['old']}", f"new {shorts['new']}",
                                  "change", "old wall s", "new wall s", "CPU s of each run"],
                                 timed(trees, scratch, args.runs), right={1, 2, 3, 4, 5})
-        lines += ["", f"- bench: `{FILTER}` on bench/work/bench.pcap (1,000,000 packets); "
+        lines += ["", f"## The touched stages in one process (CPU s, median of {args.runs})", ""]
+        lines += benchlib.table(["stage", f"old {shorts['old']}", f"new {shorts['new']}",
+                                 "change"], stages(trees, args.runs))
+        lines += ["", "- stages: importing the package, reading the bench capture's batches "
+                  "(pcapfile), decoding them (batch.decode_batch, Ethernet)",
+                  f"- bench: `{FILTER}` on bench/work/bench.pcap (1,000,000 packets); "
                   f"match: `{MATCH}`; serial / libpcap: NCSNIFFER_REPLAY",
                   f"- sample: `{SAMPLE_FILTER}` on samples/sample.pcap (the demo's)",
                   f"- load average at end: {benchlib.load_text()}"]
