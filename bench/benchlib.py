@@ -88,11 +88,13 @@ class Run:
     extra: dict = field(default_factory=dict)
 
 
-def run_measured(cmd: list[str], timeout: float = 600.0, cwd: str | None = None) -> Run:
+def run_measured(cmd: list[str], timeout: float = 600.0, cwd: str | None = None,
+                 env: dict[str, str] | None = None) -> Run:
     """Run ``cmd`` to completion; rusage from wait4 covers the children it reaped."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd,
+                                env=env)
         deadline = started + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

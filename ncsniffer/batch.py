@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from ncsniffer import bpfvm, decode
+from ncsniffer import bpfvm, decode, linktypes
 from ncsniffer.table import Addresses
 from ncsniffer.gather import HEAD, Gather, Heads
 from ncsniffer.pcapfile import Batch
@@ -24,14 +24,17 @@ from ncsniffer.sniffer import Sniffer
 
 OK, TRUNCATED, NOT_IP, INVALID = 0, 1, 2, 3
 REASONS = {TRUNCATED: decode.TRUNCATED, NOT_IP: decode.NOT_IP, INVALID: decode.INVALID}
-VLAN = np.array(sorted(decode.VLAN_TAGS))
-LINK_HEADER = {decode.DLT_EN10MB: (14, 12), decode.DLT_LINUX_SLL: (16, 14),
-               decode.DLT_LINUX_SLL2: (20, 0)}
+VLAN = np.array(sorted(linktypes.VLAN_TAGS))
+TAG, TAG_TYPE = linktypes.VLAN_TAG.itemsize, linktypes.VLAN_TAG.fields["type"][1]
+# Per link value, from the table: (header length, type field offset) where an
+# Ethernet type tells the protocol, the header length where the version nibble does.
+LINK_HEADER = {value: (link.length, link.type_at) for value, link in linktypes.BY_VALUE.items()
+               if link.type_at is not None}
+BY_VERSION = {value: link.length for value, link in linktypes.BY_VALUE.items()
+              if link.type_at is None}
 LOWER = np.arange(256, dtype=np.uint8)
 LOWER[ord("A"):ord("Z") + 1] += 32                # bytes.lower(): ASCII letters only
 MATCH_HEAD = 256     # with match/nomatch, copy this much of each packet (if snaplen is less)
-BY_VERSION = {decode.DLT_NULL: 4, decode.DLT_LOOP: 4, decode.DLT_RAW: 0,
-              decode.DLT_RAW_LINKTYPE: 0, decode.DLT_IPV4: 0, decode.DLT_IPV6: 0}
 
 
 def decode_batch(linktype: int, heads: Heads, rows: np.ndarray, cap: np.ndarray):
@@ -52,13 +55,13 @@ def decode_batch(linktype: int, heads: Heads, rows: np.ndarray, cap: np.ndarray)
             tagged = (reason == OK) & np.isin(et, VLAN)
             if not tagged.any():
                 break
-            short = tagged & (cap < l3 + 4)
+            short = tagged & (cap < l3 + TAG)
             reason[short] = TRUNCATED
             tagged &= ~short
-            et = np.where(tagged, heads.load(">u2", rows, l3 + 2), et)
-            l3 = np.where(tagged, l3 + 4, l3)
-        v4 = (reason == OK) & (et == decode.ETH_IPV4)
-        v6 = (reason == OK) & (et == decode.ETH_IPV6)
+            et = np.where(tagged, heads.load(">u2", rows, l3 + TAG_TYPE), et)
+            l3 = np.where(tagged, l3 + TAG, l3)
+        v4 = (reason == OK) & (et == linktypes.ETH_IPV4)
+        v6 = (reason == OK) & (et == linktypes.ETH_IPV6)
         reason[(reason == OK) & ~v4 & ~v6] = NOT_IP
         if first is not None:
             moved = np.flatnonzero(l3 != hl)      # behind VLAN tags: load again
@@ -73,9 +76,9 @@ def decode_batch(linktype: int, heads: Heads, rows: np.ndarray, cap: np.ndarray)
         first = None
     if first is None:
         first = heads.load("u1", rows, l3)
-    reason[v4 & (cap < l3 + 20)] = TRUNCATED
+    reason[v4 & (cap < l3 + linktypes.IPV4_HEADER)] = TRUNCATED
     reason[v4 & (reason == OK) & ((first >> 4 != 4) | (first & 15 < 5))] = INVALID
-    reason[v6 & (cap < l3 + 40)] = TRUNCATED
+    reason[v6 & (cap < l3 + linktypes.IPV6_HEADER)] = TRUNCATED
     reason[v6 & (reason == OK) & (first >> 4 != 6)] = INVALID
     return reason, l3, v6
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import struct
 import sys
 import tempfile
 from typing import Callable, Iterator
@@ -17,12 +16,14 @@ from typing import Callable, Iterator
 import numpy as np
 import pcapy
 
+from ncsniffer import linktypes
 from ncsniffer.errors import CaptureError
-from ncsniffer.pcapfile import Batch
+from ncsniffer.pcapfile import Batch, pcap_header
 
-# Decoding needs the link header (up to 22 bytes with two VLAN tags) plus the
-# 40-byte IPv6 header, whatever smaller snaplen the match window asks for.
-MIN_CAPTURE = 64
+# Decoding needs the longest link header (Ethernet with two VLAN tags, 22 bytes)
+# plus the IPv6 header, whatever smaller snaplen the match window asks for:
+# 62 bytes, rounded up to a power of two (64, the value live captures always had).
+MIN_CAPTURE = 1 << (linktypes.DECODE_BYTES - 1).bit_length()
 BUFFER_BYTES = 64 << 20
 FILTER_SNAPLEN = 262144       # the program's accept value; any non-zero one accepts
 SECONDS_WRAP = 1 << 32        # a classic pcap's seconds are unsigned 32-bit
@@ -132,20 +133,25 @@ def _setfilter(handle, bpf: str, source: str) -> None:
         raise CaptureError(f"{source}: bad bpf filter '{bpf}': {exc}") from exc
 
 
-def vlan_aware(bpf: str) -> str:
-    """The filter, also applied inside up to two VLAN tags.
+def vlan_aware(bpf: str, depth: int = linktypes.VLAN_DEPTH) -> str:
+    """The filter, also applied inside up to ``depth`` VLAN tags.
 
     A live Linux capture filters the frame with its tag stripped, so ``host X``
     sees tagged traffic; a file keeps the tags, and the same filter would miss
     it.  Replaying must count what a live run counts.
     """
-    return f"({bpf}) or (vlan and (({bpf}) or (vlan and ({bpf}))))"
+    inner = bpf
+    for _ in range(depth):
+        inner = f"({bpf}) or (vlan and ({inner}))"
+    return inner
 
 
 def file_filters(linktype: int, bpf: str) -> list[str]:
-    """The filters to try for a file, best first: on Ethernet the VLAN-aware one,
-    then the user's own (whose compile error is the one to report)."""
-    if linktype == 1 and "vlan" not in bpf.lower():       # DLT_EN10MB
+    """The filters to try for a file, best first: where VLAN tags can follow the
+    link header the VLAN-aware one, then the user's own (whose compile error is
+    the one to report)."""
+    link = linktypes.lookup(linktype)
+    if link is not None and link.vlan and "vlan" not in bpf.lower():
         return [vlan_aware(bpf), bpf]
     return [bpf]
 
@@ -158,14 +164,14 @@ def link_type_name(linktype: int) -> str:
 
 @contextlib.contextmanager
 def _savefile(linktype: int, swapped: bool) -> Iterator[int]:
-    """A libpcap handle on an empty savefile of ``linktype`` (the value files
-    store) in the byte order ``swapped`` says: what libpcap compiles a filter
-    for depends on both (DLT_NULL's family word is in the writer's byte order,
-    and a savefile's IPv6 test takes every BSD AF_INET6 value)."""
+    """A libpcap handle on an empty savefile of ``linktype`` (as libpcap reports
+    it, or the value files store) in the byte order ``swapped`` says: what libpcap
+    compiles a filter for depends on both (DLT_NULL's family word is in the
+    writer's byte order, and a savefile's IPv6 test takes every BSD AF_INET6 value)."""
     native = "<" if sys.byteorder == "little" else ">"
     order = {"<": ">", ">": "<"}[native] if swapped else native
     with tempfile.NamedTemporaryFile(prefix="ncsniffer-", suffix=".pcap") as fh:
-        fh.write(struct.pack(order + "IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, FILTER_SNAPLEN, linktype))
+        fh.write(pcap_header(linktypes.file_value(linktype), FILTER_SNAPLEN, order))
         fh.flush()
         err = ctypes.create_string_buffer(ERRBUF_SIZE)
         handle = _LIB.pcap_open_offline(fh.name.encode(), err)

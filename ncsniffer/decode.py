@@ -1,6 +1,7 @@
 """Link and IP header decoding: the rules that find the two addresses of a frame.
 
-One small function per supported link type, on raw bytes at fixed offsets;
+One rule per kind of link header (an Ethernet type field, or the IP version
+nibble), at the offsets of the link type's row in ``ncsniffer.linktypes``;
 they never raise: a frame that cannot be decoded yields ``(None, reason)``.
 These are the reference rules, frame by frame: ``ncsniffer.batch`` applies
 the same rules to whole batches with numpy, and its tests check that both
@@ -9,27 +10,25 @@ agree on every frame, truncated and random ones included.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
+
+from ncsniffer import linktypes
 
 # Why a frame was not decoded; the caller counts them.
 TRUNCATED = "truncated"
 NOT_IP = "non-ip"
 INVALID = "invalid"
 
-ETH_IPV4 = 0x0800
-ETH_IPV6 = 0x86DD
-VLAN_TAGS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))
+# Re-exported: callers name link types and protocols through the decoder.
+ETH_IPV4, ETH_IPV6, VLAN_TAGS = linktypes.ETH_IPV4, linktypes.ETH_IPV6, linktypes.VLAN_TAGS
+DLT_NULL, DLT_EN10MB, DLT_LOOP = linktypes.DLT_NULL, linktypes.DLT_EN10MB, linktypes.DLT_LOOP
+DLT_RAW, DLT_RAW_LINKTYPE = linktypes.DLT_RAW, linktypes.DLT_RAW_LINKTYPE
+DLT_IPV4, DLT_IPV6 = linktypes.DLT_IPV4, linktypes.DLT_IPV6
+DLT_LINUX_SLL, DLT_LINUX_SLL2 = linktypes.DLT_LINUX_SLL, linktypes.DLT_LINUX_SLL2
 
-# libpcap DLT_* values (as pcap_datalink() reports them) and file LINKTYPE_* values.
-DLT_NULL = 0
-DLT_EN10MB = 1
-DLT_RAW = 12
-DLT_RAW_LINKTYPE = 101
-DLT_LOOP = 108
-DLT_LINUX_SLL = 113
-DLT_IPV4 = 228
-DLT_IPV6 = 229
-DLT_LINUX_SLL2 = 276
+TAG, TAG_TYPE = linktypes.VLAN_TAG.itemsize, linktypes.VLAN_TAG.fields["type"][1]
+IPV4_HEADER, IPV6_HEADER = linktypes.IPV4_HEADER, linktypes.IPV6_HEADER
 
 Decoded = tuple  # (src, dst) packed addresses, or (None, reason)
 
@@ -37,19 +36,19 @@ Decoded = tuple  # (src, dst) packed addresses, or (None, reason)
 def ip_by_ethertype(data: bytes, off: int, etype: int) -> Decoded:
     """Addresses of the IP header at ``off``, announced by an Ethernet type."""
     while etype in VLAN_TAGS:
-        if len(data) < off + 4:
+        if len(data) < off + TAG:
             return None, TRUNCATED
-        etype = data[off + 2] << 8 | data[off + 3]
-        off += 4
+        etype = data[off + TAG_TYPE] << 8 | data[off + TAG_TYPE + 1]
+        off += TAG
     if etype == ETH_IPV4:
-        if len(data) < off + 20:
+        if len(data) < off + IPV4_HEADER:
             return None, TRUNCATED
         vihl = data[off]
         if vihl >> 4 != 4 or vihl & 15 < 5:
             return None, INVALID
         return data[off + 12:off + 16], data[off + 16:off + 20]
     if etype == ETH_IPV6:
-        if len(data) < off + 40:
+        if len(data) < off + IPV6_HEADER:
             return None, TRUNCATED
         if data[off] >> 4 != 6:
             return None, INVALID
@@ -69,54 +68,36 @@ def ip_by_version(data: bytes, off: int) -> Decoded:
     return None, INVALID
 
 
-def ethernet(data: bytes) -> Decoded:
-    """DLT_EN10MB, with any number of 802.1Q / 802.1ad tags."""
-    if len(data) < 14:
+def by_type_field(data: bytes, length: int, type_at: int) -> Decoded:
+    """A link header of ``length`` bytes whose Ethernet type is at ``type_at``."""
+    if len(data) < length:
         return None, TRUNCATED
-    return ip_by_ethertype(data, 14, data[12] << 8 | data[13])
+    return ip_by_ethertype(data, length, data[type_at] << 8 | data[type_at + 1])
 
 
-def linux_sll(data: bytes) -> Decoded:
-    """DLT_LINUX_SLL (the 'any' device, 16-byte header, protocol at 14)."""
-    if len(data) < 16:
+def by_version(data: bytes, length: int) -> Decoded:
+    """A link header of ``length`` bytes whose protocol the IP version tells
+    (DLT_NULL / DLT_LOOP: a 4-byte address family whose byte order and values
+    vary between systems; DLT_RAW and kin: no header at all)."""
+    if len(data) < length:
         return None, TRUNCATED
-    return ip_by_ethertype(data, 16, data[14] << 8 | data[15])
+    return ip_by_version(data, length)
 
 
-def linux_sll2(data: bytes) -> Decoded:
-    """DLT_LINUX_SLL2 (20-byte header, protocol first)."""
-    if len(data) < 20:
-        return None, TRUNCATED
-    return ip_by_ethertype(data, 20, data[0] << 8 | data[1])
+def _decoder(link: linktypes.LinkType) -> Callable[[bytes], Decoded]:
+    """The scalar rule of a table row."""
+    if link.type_at is None:
+        return functools.partial(by_version, length=link.length)
+    return functools.partial(by_type_field, length=link.length, type_at=link.type_at)
 
 
-def null_loop(data: bytes) -> Decoded:
-    """DLT_NULL / DLT_LOOP: a 4-byte address family whose byte order and values
-    vary between systems, so the IP version nibble decides."""
-    if len(data) < 4:
-        return None, TRUNCATED
-    return ip_by_version(data, 4)
-
-
-def raw(data: bytes) -> Decoded:
-    """DLT_RAW, DLT_IPV4, DLT_IPV6: the frame is the IP packet."""
-    return ip_by_version(data, 0)
-
-
-_DECODERS: dict[int, Callable[[bytes], Decoded]] = {
-    DLT_EN10MB: ethernet,
-    DLT_LINUX_SLL: linux_sll,
-    DLT_LINUX_SLL2: linux_sll2,
-    DLT_NULL: null_loop,
-    DLT_LOOP: null_loop,
-    DLT_RAW: raw,
-    DLT_RAW_LINKTYPE: raw,
-    DLT_IPV4: raw,
-    DLT_IPV6: raw,
-}
+_DECODERS = {value: _decoder(link) for value, link in linktypes.BY_VALUE.items()}
+# Some rows' rules by name, as callers knew them.
+ethernet, linux_sll, linux_sll2 = (_DECODERS[v] for v in (DLT_EN10MB, DLT_LINUX_SLL,
+                                                         DLT_LINUX_SLL2))
+null_loop, raw = _DECODERS[DLT_NULL], _DECODERS[DLT_RAW]
 
 
 def decoder_for(linktype: int) -> Callable[[bytes], Decoded] | None:
     """The decoder of a link type, or None if ncsniffer does not support it."""
     return _DECODERS.get(linktype)
-

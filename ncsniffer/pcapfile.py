@@ -18,6 +18,7 @@ batch.  Plausibility only decides speed, never results.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import struct
 import sys
@@ -34,14 +35,84 @@ MAX_BYTES = 16 << 20         # a batch ends at the first record this far past it
 SYNC_SECONDS = 10 * 86400    # a lane's first record lies this close in time to the batch's first
 PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1), b"\xa1\xb2\xc3\xd4": (">", 1),
                b"\x4d\x3c\xb2\xa1": ("<", 1000), b"\xa1\xb2\x3c\x4d": (">", 1000)}
+PCAP_MAGIC_US = 0xA1B2C3D4  # what a classic pcap writer of microseconds stores
 PCAP_VERSION = (2, 4)        # older ones swap the two lengths: libpcap reads those
+LINKTYPE_MASK = 0x03FFFFFF   # the link type's bits of the header's field (FCS flags above)
+US_PER_SEC = 10 ** 6         # a classic pcap's (and a pcapng's default) time units
+NATIVE = "<" if sys.byteorder == "little" else ">"
+
+# Classic pcap headers, in the file's byte order (read through ``layout``).
+PCAP_FILE_HEADER = np.dtype([("magic", "u4"), ("major", "u2"), ("minor", "u2"),
+                             ("thiszone", "i4"), ("sigfigs", "u4"), ("snaplen", "u4"),
+                             ("linktype", "u4")])
+PCAP_RECORD = np.dtype([("ts_sec", "u4"), ("ts_frac", "u4"), ("incl_len", "u4"),
+                        ("orig_len", "u4")])
+RECORD = PCAP_RECORD.itemsize
+SEC, FRAC, INCL, ORIG = range(len(PCAP_RECORD.names))    # columns of Chain.fields
+INCL_AT = PCAP_RECORD.fields["incl_len"][1]
+SEC_TOP = {"<": PCAP_RECORD["ts_sec"].itemsize - 1, ">": 0}  # where ts_sec keeps its top byte
+SEC_TOP_SHIFT = 8 * (PCAP_RECORD["ts_sec"].itemsize - 1)     # ... and which bits it holds
+SEC_MAX = np.iinfo(PCAP_RECORD["ts_sec"]).max
+
+# pcapng: block type codes, the blocks' fixed parts (header included), option codes.
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 SHB, IDB, PB, SPB, EPB = 0x0A0D0D0A, 1, 2, 3, 6
 PACKET_BLOCKS = (PB, SPB, EPB)
 PCAPNG_VERSIONS = ((1, 0), (1, 2))   # 1.2 is 1.0 (so libpcap 1.10 reads it; 1.9 refuses it)
 BYTE_ORDERS = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
-NATIVE = "<" if sys.byteorder == "little" else ">"
-EPB_FIXED, SPB_FIXED = 32, 16        # bytes of a block that are not packet data
+BLOCK_HEADER = np.dtype([("type", "u4"), ("length", "u4")])
+TRAILER = np.dtype([("length", "u4")])    # the total length again, after the body
+SHB_BLOCK = np.dtype(BLOCK_HEADER.descr + [("byte_order", "u4"), ("major", "u2"),
+                                          ("minor", "u2"), ("section_length", "i8")])
+IDB_BLOCK = np.dtype(BLOCK_HEADER.descr + [("linktype", "u2"), ("reserved", "u2"),
+                                          ("snaplen", "u4")])
+EPB_BLOCK = np.dtype(BLOCK_HEADER.descr + [("interface", "u4"), ("ts_high", "u4"),
+                                          ("ts_low", "u4"), ("caplen", "u4"), ("wirelen", "u4")])
+PB_BLOCK = np.dtype(BLOCK_HEADER.descr + [("interface", "u2"), ("drops", "u2"),
+                                         ("ts_high", "u4"), ("ts_low", "u4"), ("caplen", "u4"),
+                                         ("wirelen", "u4")])
+SPB_BLOCK = np.dtype(BLOCK_HEADER.descr + [("wirelen", "u4")])
+OPTION = np.dtype([("code", "u2"), ("length", "u2")])
+OPT_ENDOFOPT, IF_TSRESOL, IF_TSOFFSET = 0, 9, 14
+IF_TSOFFSET_VALUE = np.dtype([("seconds", "i8")])
+TSRESOL_BINARY = 0x80                # if_tsresol: a power of two, else of ten
+ALIGN = 4                            # blocks and option values are padded to 32 bits
+MIN_BLOCK = BLOCK_HEADER.itemsize + TRAILER.itemsize
+EPB_FIXED = EPB_BLOCK.itemsize + TRAILER.itemsize    # bytes of a block that are not packet data
+SPB_FIXED = SPB_BLOCK.itemsize + TRAILER.itemsize
+
+
+def field_at(block: np.dtype, field: str) -> int:
+    """Offset of ``field`` in a header layout."""
+    return block.fields[field][1]
+
+
+# Where a packet block's fields are: an enhanced and an (obsolete) packet block
+# differ only in the interface field's width, not in the offsets read.
+EPB_AT = {name: field_at(EPB_BLOCK, name) for name in EPB_BLOCK.names}
+PB_AT = {name: field_at(PB_BLOCK, name) for name in PB_BLOCK.names}
+
+_STRUCT_CODES = {"u1": "B", "u2": "H", "u4": "I", "i4": "i", "u8": "Q", "i8": "q"}
+
+
+@functools.lru_cache(maxsize=None)
+def layout(header: np.dtype, endian: str, names: tuple[str, ...] | None = None) -> struct.Struct:
+    """A struct reading ``header``'s fields (``names`` only, if given) in order, from
+    its start to the end of the last one: the dtype says what is where, struct
+    reads one header faster than numpy does."""
+    codes, pos = [endian], 0
+    for name in header.names if names is None else names:
+        field, off = header.fields[name][:2]
+        codes.append(f"{off - pos}x" if off > pos else "")
+        codes.append(_STRUCT_CODES[f"{field.kind}{field.itemsize}"])
+        pos = off + field.itemsize
+    return struct.Struct("".join(codes))
+
+
+def pcap_header(linktype: int, snaplen: int, endian: str = "=") -> bytes:
+    """A classic pcap file header (microseconds, version 2.4) for ``linktype``."""
+    return layout(PCAP_FILE_HEADER, endian).pack(PCAP_MAGIC_US, *PCAP_VERSION, 0, 0, snaplen,
+                                                 linktype)
 
 
 class Unsupported(Exception):
@@ -93,13 +164,13 @@ class Chain:
         self.snaplen = snaplen
         self.units = units               # fractional timestamp units per second
         self.lanes = Lanes()
-        self.top = 3 if endian == "<" else 0      # where ts_sec keeps its top byte
-        self.scratch = np.empty(0, np.int64), np.empty(0, "V16")
+        self.top = SEC_TOP[endian]
+        self.scratch = np.empty(0, np.int64), np.empty(0, f"V{RECORD}")
         self.tried = self.trusted = 0             # batches the lanes walked, and verified
 
     def fields(self, hdr: np.ndarray) -> np.ndarray:
-        """(n, 4) view of 16-byte headers: ts_sec, ts_frac, incl_len, orig_len."""
-        return hdr.view(self.word).reshape(-1, 4)
+        """(n, 4) view of record headers: columns SEC, FRAC, INCL, ORIG."""
+        return hdr.view(self.word).reshape(-1, len(PCAP_RECORD.names))
 
     def walk(self, pos: int, stop: int) -> tuple[np.ndarray, np.ndarray, int] | None:
         """(starts, headers, next start) of the records starting in [pos, stop),
@@ -108,7 +179,7 @@ class Chain:
         if n < self.lanes.minimum:
             return None
         self.tried += 1
-        t0 = int(self.fields(self.g.block([pos], 16))[0, 0])
+        t0 = int(self.fields(self.g.block([pos], RECORD))[0, SEC])
         starts = self._starts(pos, n, t0)
         if len(starts) < max(self.lanes.minimum, n // 4):
             return None
@@ -154,8 +225,8 @@ class Chain:
                          (spacing, 1))
         if lanes > len(base):
             win = win[(base - base[0]) // spacing]
-        low, high = (max(t0 - SYNC_SECONDS, 0) >> 24,
-                     min(t0 + SYNC_SECONDS, 0xFFFFFFFF) >> 24)
+        low, high = (max(t0 - SYNC_SECONDS, 0) >> SEC_TOP_SHIFT,
+                     min(t0 + SYNC_SECONDS, SEC_MAX) >> SEC_TOP_SHIFT)
         hit = win == low
         if high != low:
             hit |= win == high
@@ -165,11 +236,11 @@ class Chain:
         """Mask of offsets where ``length`` plausible record headers follow each other."""
         ok = np.ones(len(at), bool)
         for _ in range(length):
-            f = self.fields(self.g.block(at, 16)).astype(np.int64)
-            sec, frac, incl, orig = f.T
+            f = self.fields(self.g.block(at, RECORD)).astype(np.int64)
+            sec, frac, incl, orig = f[:, SEC], f[:, FRAC], f[:, INCL], f[:, ORIG]
             ok &= (np.abs(sec - t0) <= SYNC_SECONDS) & (frac < self.units) & \
                 (incl <= self.snaplen) & (incl <= orig) & (orig <= MAX_RECORD)
-            at = at + 16 + incl
+            at = at + RECORD + incl
         return ok
 
     def _lockstep(self, starts: np.ndarray, stop: int):
@@ -189,12 +260,12 @@ class Chain:
             if step == len(at):
                 at, hdr, incl = self._rows(step, len(starts))
             at[step] = pos
-            hdr[step] = block(pos, 16)
+            hdr[step] = block(pos, RECORD)
             pos += incl[step]
-            pos += 16
+            pos += RECORD
             step += 1
         at, hdr, tail = _lane_major(ends, at[:step], hdr[:step])
-        landed = at[tail] + 16 + self.fields(hdr[tail])[:, 2]
+        landed = at[tail] + RECORD + self.fields(hdr[tail])[:, INCL]
         if (landed[:-1] != ends[:-1]).any():
             return None
         return at, hdr, int(landed[-1])
@@ -207,12 +278,13 @@ class Chain:
         if at.size < max(2 * steps, 128) * lanes:
             old = at, hdr
             size = max(2 * steps, 128) * lanes
-            self.scratch = at, hdr = np.empty(size, np.int64), np.empty(size, "V16")
+            self.scratch = at, hdr = np.empty(size, np.int64), np.empty(size, f"V{RECORD}")
             for new, kept in zip(self.scratch, old):
                 new[:steps * lanes] = kept[:steps * lanes]
         rows = at.size // lanes
         at, hdr = at[:rows * lanes].reshape(rows, lanes), hdr[:rows * lanes].reshape(rows, lanes)
-        return at, hdr, hdr.view(self.word).reshape(rows, lanes, 4)[:, :, 2]
+        fields = hdr.view(self.word).reshape(rows, lanes, len(PCAP_RECORD.names))
+        return at, hdr, fields[:, :, INCL]
 
 
 def _lane_major(ends: np.ndarray, at: np.ndarray, hdr: np.ndarray):
@@ -248,23 +320,25 @@ class Reader:
             raise Unsupported(f"cannot map the file: {exc}") from exc
         self.g = Gather(self.mm)
         self.u8 = self.g.u8
-        head = self.mm[:24]
-        if head[:4] in PCAP_MAGICS:
-            if len(head) < 24:
+        head = self.mm[:PCAP_FILE_HEADER.itemsize]
+        magic = head[:PCAP_FILE_HEADER["magic"].itemsize]
+        if magic in PCAP_MAGICS:
+            if len(head) < PCAP_FILE_HEADER.itemsize:
                 raise Truncated("truncated file header")
-            self.endian, self.per_sec = PCAP_MAGICS[head[:4]]
-            *version, _, _, snaplen, linktype = struct.unpack(self.endian + "HHiIII", head[4:24])
+            self.endian, self.per_sec = PCAP_MAGICS[magic]
+            fields = layout(PCAP_FILE_HEADER, self.endian).unpack(head)
+            _, *version, _, _, snaplen, linktype = fields
             if tuple(version) != PCAP_VERSION:
                 raise Unsupported("pcap version %d.%d" % tuple(version))
-            self.linktype = linktype & 0x03FFFFFF
+            self.linktype = linktype & LINKTYPE_MASK
             if check_link is not None:
                 check_link(self.linktype)
             self.links = ((self.linktype, self.endian != NATIVE),)
             self.snaplen = snaplen if 0 < snaplen <= MAX_RECORD else MAX_RECORD
             self.kind = "pcap"
-            self.start = 24
-            self.chain = Chain(self.g, self.endian, self.snaplen, 10 ** 6 * self.per_sec)
-        elif head[:4] == PCAPNG_SHB:
+            self.start = PCAP_FILE_HEADER.itemsize
+            self.chain = Chain(self.g, self.endian, self.snaplen, US_PER_SEC * self.per_sec)
+        elif magic == PCAPNG_SHB:
             self.kind = "pcapng"
             self.start = 0
             self.linktype = None
@@ -278,12 +352,12 @@ class Reader:
     def _prime_pcapng(self) -> None:
         """Read blocks until the first interface description, for the link type."""
         btype, blen, self.endian = self._block(self.mm, 0, "<")
-        self.version = struct.unpack_from(self.endian + "HH", self.mm, 12)
+        self.version = self._version(self.mm, 0, self.endian)
         if self.version not in PCAPNG_VERSIONS:
             raise Unsupported("pcapng version %d.%d" % self.version)
         pos = 0
         while self.linktype is None:
-            if pos + 12 > len(self.mm):
+            if pos + MIN_BLOCK > len(self.mm):
                 raise Unsupported("no interface description block")
             btype, blen, _ = self._block(self.mm, pos, self.endian)
             if pos + blen > len(self.mm):
@@ -301,41 +375,55 @@ class Reader:
         """(type, total length, byte order) of the block at ``pos`` in a section of
         byte order ``endian`` (a section header sets its own); Truncated if its
         header and trailer disagree, or it is a section header libpcap refuses."""
-        if buf[pos:pos + 4] == PCAPNG_SHB:
-            endian = BYTE_ORDERS.get(buf[pos + 8:pos + 12])
+        if buf[pos:pos + len(PCAPNG_SHB)] == PCAPNG_SHB:
+            order = pos + field_at(SHB_BLOCK, "byte_order")
+            endian = BYTE_ORDERS.get(buf[order:order + SHB_BLOCK["byte_order"].itemsize])
             if endian is None:
                 raise Truncated(f"section header at byte {pos}: bad byte-order magic")
-        btype, blen = struct.unpack_from(endian + "II", buf, pos)
-        if blen < 12 or blen % 4:
+        btype, blen = layout(BLOCK_HEADER, endian).unpack_from(buf, pos)
+        if blen < MIN_BLOCK or blen % ALIGN:
             raise Truncated(f"block at byte {pos}: bogus block length {blen}")
         if pos + blen <= len(buf):
-            trailer = struct.unpack_from(endian + "I", buf, pos + blen - 4)[0]
+            trailer = layout(TRAILER, endian).unpack_from(buf, pos + blen - TRAILER.itemsize)[0]
             if trailer != blen:
                 raise Truncated(_trailer_differs(pos, blen, trailer))
             if btype == SHB:
-                major, minor = struct.unpack_from(endian + "HH", buf, pos + 12)
+                major, minor = self._version(buf, pos, endian)
                 if major != 1:
                     raise Truncated(f"section header at byte {pos}: unknown pcapng version "
                                     f"{major}.{minor}")
         return btype, blen, endian
 
+    @staticmethod
+    def _version(buf, pos: int, endian: str) -> tuple[int, int]:
+        """(major, minor) of the section header at ``pos``."""
+        return layout(SHB_BLOCK, endian, ("major", "minor")).unpack_from(buf, pos)
+
+    @staticmethod
+    def _link_snaplen(buf, pos: int, endian: str) -> tuple[int, int]:
+        """(link type, snaplen) of the interface description at ``pos``."""
+        _, _, linktype, _, snaplen = layout(IDB_BLOCK, endian).unpack_from(buf, pos)
+        return linktype, snaplen
+
     def _interface(self, buf, pos: int, blen: int) -> None:
-        linktype, _, snaplen = struct.unpack_from(self.endian + "HHI", buf, pos + 8)
+        linktype, snaplen = self._link_snaplen(buf, pos, self.endian)
         if self.check_link is not None:
             self.check_link(linktype)
-        per_sec, offset = 10 ** 6, 0
-        opt = pos + 16
-        end = pos + blen - 4
-        while opt + 4 <= end:
-            code, olen = struct.unpack_from(self.endian + "HH", buf, opt)
-            if code == 0:
+        per_sec, offset = US_PER_SEC, 0
+        option = layout(OPTION, self.endian).unpack_from
+        opt = pos + IDB_BLOCK.itemsize
+        end = pos + blen - TRAILER.itemsize
+        while opt + OPTION.itemsize <= end:
+            code, olen = option(buf, opt)
+            value = opt + OPTION.itemsize
+            if code == OPT_ENDOFOPT:
                 break
-            if code == 9 and olen >= 1:                  # if_tsresol
-                v = buf[opt + 4]
-                per_sec = 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
-            elif code == 14 and olen == 8:               # if_tsoffset, seconds (libpcap adds it)
-                offset = struct.unpack_from(self.endian + "q", buf, opt + 4)[0]
-            opt += 4 + olen + (-olen % 4)
+            if code == IF_TSRESOL and olen >= 1:
+                v = buf[value]
+                per_sec = 2 ** (v & ~TSRESOL_BINARY) if v & TSRESOL_BINARY else 10 ** v
+            elif code == IF_TSOFFSET and olen == IF_TSOFFSET_VALUE.itemsize:  # libpcap adds it
+                offset = layout(IF_TSOFFSET_VALUE, self.endian).unpack_from(buf, value)[0]
+            opt = value + olen + (-olen % ALIGN)
         snaplen = snaplen if 0 < snaplen <= MAX_RECORD else MAX_RECORD
         self.interfaces.append((linktype, snaplen, per_sec, offset))
 
@@ -351,7 +439,7 @@ class Reader:
         found: dict[str, set] = {"byte orders": set(), "link types": set(),
                                  "snapshot lengths": set()}
         pos, endian, n = 0, self.endian, len(self.mm)
-        while pos + 12 <= n:
+        while pos + MIN_BLOCK <= n:
             try:
                 btype, blen, endian = self._block(self.mm, pos, endian)
             except Truncated:
@@ -361,7 +449,7 @@ class Reader:
             if btype == SHB:
                 found["byte orders"].add(endian)
             elif btype == IDB:
-                linktype, _, snaplen = struct.unpack_from(endian + "HHI", self.mm, pos + 8)
+                linktype, snaplen = self._link_snaplen(self.mm, pos, endian)
                 found["link types"].add(linktype)
                 found["snapshot lengths"].add(snaplen if 0 < snaplen <= MAX_RECORD else MAX_RECORD)
             pos += blen
@@ -401,22 +489,22 @@ class Reader:
 
     def _walk_pcap(self, pos: int, limit: int, stop: int):
         """(batch or None, next position) of the records from ``pos`` on."""
-        stop = min(stop, len(self.mm) - 15)        # a record header needs 16 bytes
+        stop = min(stop, len(self.mm) - RECORD + 1)    # a record header must fit
         walked = self.chain.walk(pos, stop)
         if walked is None:
-            at, nxt = self._plain_walk(pos, stop, limit)
-            walked = at, self.g.block(at, 16), nxt
+            starts, nxt = self._plain_walk(pos, stop, limit)
+            walked = starts, self.g.block(starts, RECORD), nxt
         return self._pcap_batch(*walked, limit)
 
     def _plain_walk(self, pos: int, stop: int, limit: int) -> tuple[np.ndarray, int]:
         """The plain walk: one unpack per record; lengths are checked afterwards, in bulk."""
-        incl_at = struct.Struct(self.endian + "8xI").unpack_from
+        incl_at = struct.Struct(f"{self.endian}{INCL_AT}xI").unpack_from
         buf = self.mm
         starts: list[int] = []
         append = starts.append
         while pos < stop and len(starts) < limit:
             append(pos)
-            pos += 16 + incl_at(buf, pos)[0]
+            pos += RECORD + incl_at(buf, pos)[0]
         return np.array(starts, np.int64), pos
 
     def _pcap_batch(self, at: np.ndarray, hdr: np.ndarray, nxt: int, limit: int):
@@ -426,8 +514,8 @@ class Reader:
         if not len(at):
             return None, nxt
         f = self.chain.fields(hdr)
-        incl = f[:, 2].astype(np.int64)
-        bad = np.flatnonzero((incl > MAX_RECORD) | (at + 16 + incl > len(self.mm)))
+        incl = f[:, INCL].astype(np.int64)
+        bad = np.flatnonzero((incl > MAX_RECORD) | (at + RECORD + incl > len(self.mm)))
         if bad.size:                       # keep what precedes a bogus or cut record
             j = int(bad[0])
             if j == 0:
@@ -435,8 +523,8 @@ class Reader:
                     raise Truncated(f"bogus record length {int(incl[0])}")
                 return None, int(at[0])
             at, f, incl, nxt = at[:j], f[:j], incl[:j], int(at[j])
-        sec, wirelen = f[:, 0].astype(np.int64), f[:, 3].astype(np.int64)
-        return Batch(self.mm, self.u8, at + 16, np.minimum(incl, self.snaplen), wirelen, sec,
+        sec, wirelen = f[:, SEC].astype(np.int64), f[:, ORIG].astype(np.int64)
+        return Batch(self.mm, self.u8, at + RECORD, np.minimum(incl, self.snaplen), wirelen, sec,
                      self.links), nxt
 
     def _walk_pcapng(self, pos: int, limit: int, stop: int):
@@ -446,10 +534,10 @@ class Reader:
         buf = self.mm
         n = len(buf)
         blocks, kinds, lengths = [], [], []
-        head = struct.Struct(self.endian + "II").unpack_from
-        while pos + 12 <= n and len(blocks) < limit and pos < stop:
+        head = layout(BLOCK_HEADER, self.endian).unpack_from
+        while pos + MIN_BLOCK <= n and len(blocks) < limit and pos < stop:
             btype, blen = head(buf, pos)
-            if btype in PACKET_BLOCKS and blen >= 12 and not blen & 3:
+            if btype in PACKET_BLOCKS and blen >= MIN_BLOCK and not blen % ALIGN:
                 if pos + blen > n:                   # (their trailers: checked in bulk)
                     break
                 blocks.append(pos)
@@ -473,7 +561,7 @@ class Reader:
                 if blocks:     # a new section numbers its interfaces anew
                     break
                 self.endian = endian
-                head = struct.Struct(endian + "II").unpack_from
+                head = layout(BLOCK_HEADER, endian).unpack_from
                 self.interfaces.clear()
             pos += blen
         if not blocks:
@@ -488,7 +576,7 @@ class Reader:
         raises when it comes first."""
         u16, u32 = self.endian + "u2", self.endian + "u4"
         load = self.g.load
-        data = at + 28
+        data = at + EPB_BLOCK.itemsize         # (a packet block's data starts there too)
         caplen = np.zeros(len(at), np.int64)
         wirelen = np.zeros(len(at), np.int64)
         ts = np.zeros(len(at), np.int64)       # a simple packet block has no time: 0
@@ -496,21 +584,22 @@ class Reader:
         timed = np.flatnonzero(kind != SPB)
         if timed.size:
             t = at[timed]
-            ifid[timed] = np.where(kind[timed] == EPB, load(u32, t + 8), load(u16, t + 8))
-            caplen[timed] = load(u32, t + 20)
-            wirelen[timed] = load(u32, t + 24)
-            ts[timed] = (load(u32, t + 12) << 32) | load(u32, t + 16)
+            ifid[timed] = np.where(kind[timed] == EPB, load(u32, t + EPB_AT["interface"]),
+                                   load(u16, t + PB_AT["interface"]))
+            caplen[timed] = load(u32, t + EPB_AT["caplen"])
+            wirelen[timed] = load(u32, t + EPB_AT["wirelen"])
+            ts[timed] = (load(u32, t + EPB_AT["ts_high"]) << 32) | load(u32, t + EPB_AT["ts_low"])
         simple = np.flatnonzero(kind == SPB)
         room = blen - EPB_FIXED
         if simple.size:
-            wirelen[simple] = load(u32, at[simple] + 8)
+            wirelen[simple] = load(u32, at[simple] + field_at(SPB_BLOCK, "wirelen"))
             caplen[simple] = np.minimum(wirelen[simple], self.interfaces[0][1] if self.interfaces
                                         else 0)
-            data[simple] = at[simple] + 12
+            data[simple] = at[simple] + SPB_BLOCK.itemsize
             room[simple] = blen[simple] - SPB_FIXED
         known = ifid < len(self.interfaces)
         iface = np.array(self.interfaces or [(0, 0, 1, 0)], np.int64)[np.where(known, ifid, 0)]
-        trailer = load(u32, at + blen - 4)
+        trailer = load(u32, at + blen - TRAILER.itemsize)
         bad = np.flatnonzero((trailer != blen) | ~known | (caplen > room) | (caplen > iface[:, 1]))
         if bad.size:
             j = int(bad[0])

@@ -11,10 +11,24 @@ import struct
 from typing import BinaryIO, Iterable
 
 import dpkt
+import numpy as np
 
-from ncsniffer import decode
+from ncsniffer import linktypes
+from ncsniffer.pcapfile import PCAP_RECORD, layout, pcap_header
 
-PCAP_MAGIC_US = 0xA1B2C3D4
+MAC_DST, MAC_SRC = bytes.fromhex("001122334455"), bytes.fromhex("66778899aabb")
+SLL_ADDRESS = MAC_DST + bytes(2)            # a 6-byte hardware address in 8 bytes
+ARPHRD_ETHER = 1
+# What the synthetic frames put in a link header besides its type (zeros elsewhere).
+HEADER_FIELDS = {
+    "EN10MB": {"dst": MAC_DST, "src": MAC_SRC},
+    "LINUX_SLL": {"hatype": ARPHRD_ETHER, "halen": len(MAC_DST), "addr": SLL_ADDRESS},
+    "LINUX_SLL2": {"ifindex": 1, "hatype": ARPHRD_ETHER, "halen": len(MAC_DST),
+                   "addr": SLL_ADDRESS},
+}
+# The address family word, by IP version: AF_INET, and Linux's / OpenBSD's AF_INET6.
+FAMILIES = {"NULL": {4: 2, 6: 10}, "LOOP": {4: 2, 6: 24}}
+DOT1Q_TPID, QINQ_TPID = 0x8100, 0x88A8
 
 
 def ip_packet(src: str, dst: str, proto: str = "udp", payload: bytes = b"",
@@ -48,32 +62,31 @@ def ip_packet(src: str, dst: str, proto: str = "udp", payload: bytes = b"",
 
 
 def frame(linktype: int, packet: bytes, vlans: Iterable[int] = ()) -> bytes:
-    """Wrap an IP packet in the link header of ``linktype`` (VLAN tags for Ethernet)."""
-    version = packet[0] >> 4
-    etype = decode.ETH_IPV4 if version == 4 else decode.ETH_IPV6
-    if linktype == decode.DLT_EN10MB:
-        head = b"\x00\x11\x22\x33\x44\x55" + b"\x66\x77\x88\x99\xaa\xbb"
-        tags = list(vlans)
-        for i, vid in enumerate(tags):
-            tpid = 0x88A8 if (len(tags) > 1 and i == 0) else 0x8100
-            head += struct.pack("!HH", tpid, vid)
-        return head + struct.pack("!H", etype) + packet
-    if linktype == decode.DLT_LINUX_SLL:
-        return struct.pack("!HHH8sH", 0, 1, 6, b"\x00\x11\x22\x33\x44\x55\x00\x00", etype) + packet
-    if linktype == decode.DLT_LINUX_SLL2:
-        return struct.pack("!HHIHBB8s", etype, 0, 1, 1, 0, 6, b"\x00\x11\x22\x33\x44\x55\x00\x00") + packet
-    if linktype == decode.DLT_NULL:
-        return struct.pack("=I", 2 if version == 4 else 10) + packet
-    if linktype == decode.DLT_LOOP:
-        return struct.pack("!I", 2 if version == 4 else 24) + packet
-    if linktype in (decode.DLT_RAW, decode.DLT_RAW_LINKTYPE, decode.DLT_IPV4, decode.DLT_IPV6):
-        return packet
-    raise ValueError(f"no frame builder for link type {linktype}")
+    """Wrap an IP packet in the link header of ``linktype`` (VLAN tags where the
+    link type has them: two or more are 802.1ad then 802.1Q)."""
+    link = linktypes.lookup(linktype)
+    if link is None:
+        raise ValueError(f"no frame builder for link type {linktype}")
+    version = 4 if packet[0] >> 4 == 4 else 6
+    head = np.zeros((), link.header)
+    for name, value in HEADER_FIELDS.get(link.name, {}).items():
+        head[name] = value
+    if link.name in FAMILIES:
+        head["family"] = FAMILIES[link.name][version]
+    if link.ethertype is None:
+        return head.tobytes() + packet
+    tags = list(vlans) if link.vlan else []
+    types = [QINQ_TPID if len(tags) > 1 and i == 0 else DOT1Q_TPID for i in range(len(tags))]
+    types.append(linktypes.ETH_IPV4 if version == 4 else linktypes.ETH_IPV6)
+    head[link.ethertype] = types[0]
+    stack = np.zeros(len(tags), linktypes.VLAN_TAG)
+    stack["tci"], stack["type"] = tags, types[1:]
+    return head.tobytes() + stack.tobytes() + packet
 
 
 def file_linktype(linktype: int) -> int:
     """LINKTYPE_ value stored in a file for a DLT_ value (RAW is 101 in files)."""
-    return decode.DLT_RAW_LINKTYPE if linktype == decode.DLT_RAW else linktype
+    return linktypes.file_value(linktype)
 
 
 class PcapWriter:
@@ -83,9 +96,9 @@ class PcapWriter:
                  stored_linktype: int | None = None):
         self.fh = fh
         self.snaplen = snaplen
-        self._rec = struct.Struct("=IIII")
+        self._rec = layout(PCAP_RECORD, "=")
         stored = file_linktype(linktype) if stored_linktype is None else stored_linktype
-        fh.write(struct.pack("=IHHiIII", PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, stored))
+        fh.write(pcap_header(stored, snaplen))
 
     def write(self, ts: float, data: bytes, wirelen: int | None = None) -> None:
         sec = int(ts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from ncsniffer import capture, decode, dumpfile
+from ncsniffer import capture, decode, dumpfile, linktypes
 from ncsniffer.accounting import Accounting
 from ncsniffer.config import Settings
 from ncsniffer.dumpfile import Header
@@ -18,9 +18,9 @@ from ncsniffer.errors import CaptureError
 
 
 def check_link_type(linktype: int, source: str) -> None:
-    """Refuse a link type the decoder does not know, naming it (before any filter
+    """Refuse a link type the table does not hold, naming it (before any filter
     is compiled for it: the filter is not what is wrong)."""
-    if decode.decoder_for(linktype) is None:
+    if linktypes.lookup(linktype) is None:
         raise CaptureError(f"{source}: link type {capture.link_type_name(linktype)} "
                            "is not supported")
 

@@ -318,3 +318,22 @@ def test_libpcap_cannot_read_what_only_this_reader_reads():
         except pcapy.PcapError:           # at open
             refused = True
         assert refused == bool(why)
+
+
+def test_header_layouts_are_the_fields_libpcap_reads():
+    formats = {"PCAP_FILE_HEADER": "IHHiIII", "PCAP_RECORD": "IIII", "BLOCK_HEADER": "II",
+               "TRAILER": "I", "SHB_BLOCK": "IIIHHq", "IDB_BLOCK": "IIHHI", "OPTION": "HH",
+               "EPB_BLOCK": "IIIIIII", "PB_BLOCK": "IIHHIIII", "SPB_BLOCK": "III",
+               "IF_TSOFFSET_VALUE": "q"}
+    for name, fmt in formats.items():
+        for e in "<>":
+            assert pcapfile.layout(getattr(pcapfile, name), e).format == e + fmt
+    assert (pcapfile.RECORD, pcapfile.MIN_BLOCK, pcapfile.EPB_FIXED, pcapfile.SPB_FIXED) == \
+        (16, 12, 32, 16)
+    # a packet block reads its fields where an enhanced one has them
+    for name in ("interface", "ts_high", "ts_low", "caplen", "wirelen"):
+        assert pcapfile.PB_AT[name] == pcapfile.EPB_AT[name]
+    assert pcapfile.PB_BLOCK.itemsize == pcapfile.EPB_BLOCK.itemsize == 28
+    assert pcapfile.pcap_header(1, 65535, "<") == struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0,
+                                                              65535, 1)
+    assert pcapfile.layout(pcapfile.SHB_BLOCK, "<", ("major", "minor")).format == "<12xHH"

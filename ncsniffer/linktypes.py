@@ -1,0 +1,119 @@
+"""The link types ncsniffer decodes: one row each, from which the rest derives.
+
+Each row says what libpcap and capture files call the link type, lays out its
+fixed header as a numpy structured dtype (so the header length and the offset
+of its type field are read off the layout, never written twice), and says how
+the network protocol is told: by an Ethernet type field (then VLAN tags may
+follow it, on Ethernet) or by the IP version nibble of what follows (the BSD
+loopback family word varies between systems, so it is not trusted).
+
+The scalar rules (``ncsniffer.decode``), the batch offsets (``ncsniffer.batch``),
+the filters compiled for files (``ncsniffer.capture``), the support check and
+the synthetic frames (``ncsniffer.pcapgen``) all come from ``LINKS``: a new
+link type is a new row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Ethernet types (EtherType) of the network protocols decoded, and of VLAN tags.
+ETH_IPV4 = 0x0800
+ETH_IPV6 = 0x86DD
+VLAN_TAGS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))
+# What a VLAN type announces: the tag's control information, then the next type.
+VLAN_TAG = np.dtype([("tci", ">u2"), ("type", ">u2")])
+VLAN_DEPTH = 2                # tags a file filter looks inside, and the capture covers
+IPV4_HEADER = 20              # without options
+IPV6_HEADER = 40
+
+# libpcap DLT_* values (as pcap_datalink() reports them) and file LINKTYPE_* values.
+DLT_NULL = 0
+DLT_EN10MB = 1
+DLT_RAW = 12
+DLT_RAW_LINKTYPE = 101        # LINKTYPE_RAW: what files carry for DLT_RAW
+DLT_LOOP = 108
+DLT_LINUX_SLL = 113
+DLT_IPV4 = 228
+DLT_IPV6 = 229
+DLT_LINUX_SLL2 = 276
+
+ETHERNET_HEADER = np.dtype([("dst", "V6"), ("src", "V6"), ("type", ">u2")])
+SLL_HEADER = np.dtype([("pkttype", ">u2"), ("hatype", ">u2"), ("halen", ">u2"),
+                       ("addr", "V8"), ("protocol", ">u2")])
+SLL2_HEADER = np.dtype([("protocol", ">u2"), ("reserved", ">u2"), ("ifindex", ">u4"),
+                        ("hatype", ">u2"), ("pkttype", "u1"), ("halen", "u1"), ("addr", "V8")])
+NULL_HEADER = np.dtype([("family", "=u4")])    # in the byte order of the writer's host
+LOOP_HEADER = np.dtype([("family", ">u4")])
+NO_HEADER = np.dtype([])                       # the frame is the IP packet
+ETHERTYPE = np.dtype(">u2")                    # how a type field is stored
+
+
+@dataclass(frozen=True)
+class LinkType:
+    """One supported link type: its names and values, its header, how it is decoded."""
+
+    name: str                     # libpcap's name, without DLT_
+    dlt: int                      # what pcap_datalink() reports
+    header: np.dtype              # the fixed link header
+    ethertype: str | None = None  # the header field holding the Ethernet type; None:
+    #                               the IP version nibble after the header tells
+    vlan: bool = False            # 802.1Q / 802.1ad tags can follow the header
+    linktype: int | None = None   # what files carry, if not ``dlt``
+
+    def __post_init__(self) -> None:
+        if self.ethertype is not None and self.header.fields[self.ethertype][0] != ETHERTYPE:
+            raise ValueError(f"{self.name}: field {self.ethertype} is not a big-endian u2")
+
+    @property
+    def length(self) -> int:
+        """Bytes of the fixed header: where the IP header (or the first tag) starts."""
+        return self.header.itemsize
+
+    @property
+    def type_at(self) -> int | None:
+        """Offset of the Ethernet type field, None if the version nibble decides."""
+        return None if self.ethertype is None else self.header.fields[self.ethertype][1]
+
+    @property
+    def file_value(self) -> int:
+        """The LINKTYPE_ value a capture file stores for this link type."""
+        return self.dlt if self.linktype is None else self.linktype
+
+    @property
+    def values(self) -> tuple[int, ...]:
+        """Every value that names this link type (libpcap's, then a file's)."""
+        return (self.dlt,) if self.linktype is None else (self.dlt, self.linktype)
+
+    @property
+    def longest(self) -> int:
+        """The longest link header before the IP header that decoding must capture."""
+        return self.length + (VLAN_DEPTH * VLAN_TAG.itemsize if self.vlan else 0)
+
+
+LINKS = (
+    LinkType("EN10MB", DLT_EN10MB, ETHERNET_HEADER, "type", vlan=True),
+    LinkType("LINUX_SLL", DLT_LINUX_SLL, SLL_HEADER, "protocol"),
+    LinkType("LINUX_SLL2", DLT_LINUX_SLL2, SLL2_HEADER, "protocol"),
+    LinkType("NULL", DLT_NULL, NULL_HEADER),
+    LinkType("LOOP", DLT_LOOP, LOOP_HEADER),
+    LinkType("RAW", DLT_RAW, NO_HEADER, linktype=DLT_RAW_LINKTYPE),
+    LinkType("IPV4", DLT_IPV4, NO_HEADER),
+    LinkType("IPV6", DLT_IPV6, NO_HEADER),
+)
+BY_VALUE = {value: link for link in LINKS for value in link.values}
+# What decoding reads at most: the longest link header, its tags, an IPv6 header.
+DECODE_BYTES = max(link.longest for link in LINKS) + IPV6_HEADER
+
+
+def lookup(value: int) -> LinkType | None:
+    """The row of a DLT_ or LINKTYPE_ value, None if ncsniffer does not decode it."""
+    return BY_VALUE.get(value)
+
+
+def file_value(value: int) -> int:
+    """The LINKTYPE_ value a file stores for a DLT_ value (RAW: 101); others as they are."""
+    link = BY_VALUE.get(value)
+    return value if link is None else link.file_value
