@@ -75,7 +75,7 @@ class Source:
     ssh_host: str               # destination argument of ssh
     rsync_host: str             # HOST part of rsync's HOST:PATH
     command: tuple[str, ...]    # remote command words ('' = no dump request)
-    fetch: str                  # remote stats file
+    fetch: str | None           # remote stats file (None: the file arrives another way)
     local: str                  # CACHEDIR/NAME.stats
 
 
@@ -161,10 +161,11 @@ def _source(name: object, spec: object, cache_dir: str) -> Source:
     if not isinstance(spec, Mapping):
         raise CoalesceError(f"source '{name}': needs {{'exec': ..., 'fetch': ...}}")
     fetch = spec.get("fetch")
-    if not isinstance(fetch, str) or not fetch.strip() or _UNSAFE_WORD.search(fetch):
-        raise CoalesceError(f"source '{name}': 'fetch' (the remote stats file) missing or invalid")
+    if fetch is not None and fetch != "" and (
+            not isinstance(fetch, str) or not fetch.strip() or _UNSAFE_WORD.search(fetch)):
+        raise CoalesceError(f"source '{name}': 'fetch' (the remote stats file) is invalid")
     command = _words(spec.get("exec"), f"'exec' of source '{name}'")
-    return Source(str(name), ssh_host, rsync_host, tuple(command), fetch,
+    return Source(str(name), ssh_host, rsync_host, tuple(command), fetch or None,
                   os.path.join(cache_dir, local_copy_name(str(name))))
 
 
@@ -418,6 +419,7 @@ def fetch_source(cfg: Coalesce, src: Source, runner=None) -> str:
 
     If the dump request fails but the host answers (exit status other than ssh's
     255), the copy is still tried: the file is only older, and the failure is noted.
+    Without ``fetch`` nothing is copied: CACHEDIR/HOST.stats is merged as it is.
     """
     runner = runner or run_bounded
     problem = ""
@@ -427,6 +429,8 @@ def fetch_source(cfg: Coalesce, src: Source, runner=None) -> str:
             problem = outcome.reason("ssh", cfg.timeout)
             if outcome.timed_out or outcome.returncode in (None, 255):
                 return problem
+    if src.fetch is None:
+        return problem
     outcome = runner(rsync_argv(cfg, src), cfg.timeout)
     if not outcome.ok:
         return "; ".join(x for x in (problem, outcome.reason("rsync", cfg.timeout)) if x)
@@ -474,17 +478,27 @@ def read_parts(cfg: Coalesce, failures: Mapping[str, str]) -> list[Part]:
     wanted = [(src.name, src.local) for src in cfg.sources]
     if cfg.stats is not None:
         wanted.append((LOCAL_NAME, cfg.stats))
+    pushed = {src.name for src in cfg.sources if src.fetch is None}
     parts = []
     for name, path in wanted:
         failure = failures.get(name, "")
         try:
             stats = read_stats(path)
         except DumpFileError as exc:
-            reason = "no stats file" if not os.path.exists(path) else str(exc)
-            parts.append(Part(name, [], {}, failure or reason, used=False))
+            parts.append(Part(name, [], {}, _unread(failure, path, exc, name in pushed),
+                              used=False))
             continue
         parts.append(Part(name, stats.header, stats.records, failure))
     return parts
+
+
+def _unread(failure: str, path: str, exc: Exception, pushed: bool) -> str:
+    """Why a host's stats file was not merged: the fetch failure and/or the file's problem."""
+    if not os.path.exists(path):
+        if failure:
+            return failure
+        return f"no stats file '{path}'" + (" (it has no 'fetch')" if pushed else "")
+    return "; ".join(x for x in (failure, str(exc)) if x)
 
 
 def write_composite(path: str, header: Sequence[str], records: Mapping[str, Mapping],

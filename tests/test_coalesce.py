@@ -101,7 +101,7 @@ def test_config_defaults(tmp_path):
     ({"cache": None}, "missing cache file entry"),
     ({"cache": "/nonexistent/dir/cache"}, "cache directory not writable: '/nonexistent/dir/'"),
     ({"src": {"bad;name": {"fetch": "x"}}}, "invalid source host name"),
-    ({"src": {"h": {"exec": "x"}}}, "'fetch' (the remote stats file) missing"),
+    ({"src": {"h": {"exec": "x", "fetch": 5}}}, "'fetch' (the remote stats file) is invalid"),
     ({"src": {"h": "just a string"}}, "needs {'exec'"),
     ({"src": ["h"]}, "'src' must map host names"),
     ({"src": {}}, "nothing to coalesce"),
@@ -581,3 +581,34 @@ def test_local_daemon_that_does_not_answer_is_named(tmp_path, utc):
     assert failures["localhost"]
     coalesce.rem_update(cfg, failures)
     assert "# host:\tlocalhost\tFAILED (" in (tmp_path / "sniffer.cache.1").read_text()
+
+
+# --------------------------------------------------------------------------- sources without fetch (11.11)
+
+def test_source_without_fetch_merges_its_cached_file(tmp_path, utc):
+    """``'host': {}``: its file arrives another way (pushed); the others are still fetched."""
+    fetched(tmp_path)
+    conf = config(tmp_path)
+    conf["src"]["beta"] = {}
+    conf["src"]["pushed"] = {"exec": "nc.sniffer.dump"}     # exec, but no copy to make
+    cfg = coalesce.rem_wchk(conf)
+    runner = FakeRunner([coalesce.Outcome(0)] * 5)
+    failures = coalesce.rem_dump(cfg, runner)
+    assert sorted(runner.calls) == ["rsync", "rsync", "ssh", "ssh", "ssh"]
+    assert failures == {"alpha": "", "beta": "", "gamma": "", "pushed": ""}
+    coalesce.rem_update(cfg, failures)
+    text = (tmp_path / "sniffer.cache.1").read_text()
+    assert "# host:\tbeta\n" in text                     # beta's cached file merged
+    assert text.split("\nComposite report")[1] == \
+        expected("expected.report.1").split("\nComposite report")[1]
+    assert ("# host:\tpushed\tFAILED (no stats file "
+            f"'{tmp_path / 'pushed.stats'}' (it has no 'fetch')), no stats file\n") in text
+    assert "# failed hosts:\tpushed\n" in text
+
+
+def test_source_with_a_bad_fetch_is_still_refused(tmp_path):
+    conf = config(tmp_path)
+    for bad in (5, "x\ny", ["f"]):
+        conf["src"] = {"h": {"fetch": bad}}
+        with pytest.raises(CoalesceError, match="'fetch' .* invalid"):
+            coalesce.rem_wchk(conf)
