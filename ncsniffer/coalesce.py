@@ -32,8 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Iterable, Mapping, Sequence
 
-from ncsniffer import config, dumpfile
-from ncsniffer.dumpfile import read_stats, rows_from_dicts
+from ncsniffer import config, dumpfile, safetext
+from ncsniffer.dumpfile import MAX_NUMBER, read_stats, rows_from_dicts
 from ncsniffer.errors import ConfigError, DumpFileError, NcSnifferError
 
 LOCK_WAIT = 120.0          # how long a coalescer waits for another one (the original's 2 min)
@@ -250,10 +250,19 @@ def merge_record(a: Mapping, b: Mapping) -> dict:
     """
     names = sorted(set(a["N"]) | set(b["N"]), key=_name_order)
     return {
-        "B": a["B"] + b["B"], "C": a["C"] + b["C"], "E": max(a["E"], b["E"]), "N": names,
-        "R": a["R"] + b["R"], "S": min(a["S"], b["S"]), "T": max(a["T"], b["T"]),
-        "W": a["W"] + b["W"],
+        "B": _sum(a["B"], b["B"]), "C": _sum(a["C"], b["C"]), "E": max(a["E"], b["E"]),
+        "N": names, "R": _sum(a["R"], b["R"]), "S": min(a["S"], b["S"]),
+        "T": max(a["T"], b["T"]), "W": _sum(a["W"], b["W"]),
     }
+
+
+def _sum(a, b):
+    """A sum kept within what a stats file may hold, so that composite.stats stays
+    readable even when a source sits at the limit (only absurd counters get there)."""
+    total = a + b
+    if -MAX_NUMBER <= total <= MAX_NUMBER:
+        return total
+    return MAX_NUMBER if total > 0 else -MAX_NUMBER
 
 
 def merge_records(a: Mapping[str, Mapping], b: Mapping[str, Mapping]) -> dict[str, dict]:
@@ -286,9 +295,9 @@ class Part:
     used: bool = True          # False when no stats file could be read at all
 
 
-def _one_line(text: str, limit: int = 200) -> str:
+def _one_line(text: str, limit: int = 400) -> str:
     """Error text fit for one header line: printable, no tabs or newlines, bounded."""
-    text = " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", text).split())
+    text = safetext.one_line(text)
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
@@ -488,6 +497,11 @@ def read_parts(cfg: Coalesce, failures: Mapping[str, str]) -> list[Part]:
             parts.append(Part(name, [], {}, _unread(failure, path, exc, name in pushed),
                               used=False))
             continue
+        except Exception as exc:  # noqa: BLE001 - a reader bug must not lose the other hosts
+            bug = f"internal error reading {path}: {type(exc).__name__}: {exc}"
+            parts.append(Part(name, [], {}, "; ".join(x for x in (failure, bug) if x),
+                              used=False))
+            continue
         parts.append(Part(name, stats.header, stats.records, failure))
     return parts
 
@@ -656,6 +670,10 @@ def rem_report(conf: Mapping | Coalesce, out: IO[str] | None = None, by_name: bo
         out.write(_html(_composite_report(cfg, by_name, wait), escape))
     except NcSnifferError as exc:
         out.write(_html(_one_line(str(exc), 1000) + "\n", escape))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the page shows a line, never nothing
+        out.write(_html(_one_line(f"internal error: {type(exc).__name__}: {exc}", 1000) + "\n",
+                        escape))
         return 1
     finally:
         out.flush()
