@@ -338,3 +338,13 @@ def test_memory_in_proportion_to_the_records(tmp_path, fmt):
     assert extra < 32 << 20, (fmt, size, got)            # before: 62 to 247 MB here
     assert got["peak"] - got["base"] < 7 * size, (fmt, size, got)
     assert took < 60
+
+
+def test_a_long_non_json_record_is_refused_before_parsing(tmp_path):
+    """ast needs ~150 bytes per byte of text: a long line that is not JSON is not parsed."""
+    path = tmp_path / "long.stats"
+    path.write_text("# x\n{\n'1.2.3.4': {'B': " + "1+" * 400_000 + "1},\n}\n")
+    started = time.monotonic()
+    with pytest.raises(DumpFileError, match="line 3: a record of more than 64 KiB"):
+        dumpfile.read_stats(str(path))
+    assert time.monotonic() - started < 2
