@@ -32,8 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Iterable, Mapping, Sequence
 
-from ncsniffer import config, dumpfile
-from ncsniffer.dumpfile import read_stats, rows_from_dicts
+from ncsniffer import config, dumpfile, safetext
+from ncsniffer.dumpfile import MAX_NUMBER, read_stats, rows_from_dicts
 from ncsniffer.errors import ConfigError, DumpFileError, NcSnifferError
 
 LOCK_WAIT = 120.0          # how long a coalescer waits for another one (the original's 2 min)
@@ -75,7 +75,7 @@ class Source:
     ssh_host: str               # destination argument of ssh
     rsync_host: str             # HOST part of rsync's HOST:PATH
     command: tuple[str, ...]    # remote command words ('' = no dump request)
-    fetch: str                  # remote stats file
+    fetch: str | None           # remote stats file (None: the file arrives another way)
     local: str                  # CACHEDIR/NAME.stats
 
 
@@ -161,10 +161,11 @@ def _source(name: object, spec: object, cache_dir: str) -> Source:
     if not isinstance(spec, Mapping):
         raise CoalesceError(f"source '{name}': needs {{'exec': ..., 'fetch': ...}}")
     fetch = spec.get("fetch")
-    if not isinstance(fetch, str) or not fetch.strip() or _UNSAFE_WORD.search(fetch):
-        raise CoalesceError(f"source '{name}': 'fetch' (the remote stats file) missing or invalid")
+    if fetch is not None and fetch != "" and (
+            not isinstance(fetch, str) or not fetch.strip() or _UNSAFE_WORD.search(fetch)):
+        raise CoalesceError(f"source '{name}': 'fetch' (the remote stats file) is invalid")
     command = _words(spec.get("exec"), f"'exec' of source '{name}'")
-    return Source(str(name), ssh_host, rsync_host, tuple(command), fetch,
+    return Source(str(name), ssh_host, rsync_host, tuple(command), fetch or None,
                   os.path.join(cache_dir, local_copy_name(str(name))))
 
 
@@ -249,10 +250,19 @@ def merge_record(a: Mapping, b: Mapping) -> dict:
     """
     names = sorted(set(a["N"]) | set(b["N"]), key=_name_order)
     return {
-        "B": a["B"] + b["B"], "C": a["C"] + b["C"], "E": max(a["E"], b["E"]), "N": names,
-        "R": a["R"] + b["R"], "S": min(a["S"], b["S"]), "T": max(a["T"], b["T"]),
-        "W": a["W"] + b["W"],
+        "B": _sum(a["B"], b["B"]), "C": _sum(a["C"], b["C"]), "E": max(a["E"], b["E"]),
+        "N": names, "R": _sum(a["R"], b["R"]), "S": min(a["S"], b["S"]),
+        "T": max(a["T"], b["T"]), "W": _sum(a["W"], b["W"]),
     }
+
+
+def _sum(a, b):
+    """A sum kept within what a stats file may hold, so that composite.stats stays
+    readable even when a source sits at the limit (only absurd counters get there)."""
+    total = a + b
+    if -MAX_NUMBER <= total <= MAX_NUMBER:
+        return total
+    return MAX_NUMBER if total > 0 else -MAX_NUMBER
 
 
 def merge_records(a: Mapping[str, Mapping], b: Mapping[str, Mapping]) -> dict[str, dict]:
@@ -285,9 +295,9 @@ class Part:
     used: bool = True          # False when no stats file could be read at all
 
 
-def _one_line(text: str, limit: int = 200) -> str:
+def _one_line(text: str, limit: int = 400) -> str:
     """Error text fit for one header line: printable, no tabs or newlines, bounded."""
-    text = " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", text).split())
+    text = safetext.one_line(text)
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
@@ -418,6 +428,7 @@ def fetch_source(cfg: Coalesce, src: Source, runner=None) -> str:
 
     If the dump request fails but the host answers (exit status other than ssh's
     255), the copy is still tried: the file is only older, and the failure is noted.
+    Without ``fetch`` nothing is copied: CACHEDIR/HOST.stats is merged as it is.
     """
     runner = runner or run_bounded
     problem = ""
@@ -427,6 +438,8 @@ def fetch_source(cfg: Coalesce, src: Source, runner=None) -> str:
             problem = outcome.reason("ssh", cfg.timeout)
             if outcome.timed_out or outcome.returncode in (None, 255):
                 return problem
+    if src.fetch is None:
+        return problem
     outcome = runner(rsync_argv(cfg, src), cfg.timeout)
     if not outcome.ok:
         return "; ".join(x for x in (problem, outcome.reason("rsync", cfg.timeout)) if x)
@@ -474,17 +487,32 @@ def read_parts(cfg: Coalesce, failures: Mapping[str, str]) -> list[Part]:
     wanted = [(src.name, src.local) for src in cfg.sources]
     if cfg.stats is not None:
         wanted.append((LOCAL_NAME, cfg.stats))
+    pushed = {src.name for src in cfg.sources if src.fetch is None}
     parts = []
     for name, path in wanted:
         failure = failures.get(name, "")
         try:
             stats = read_stats(path)
         except DumpFileError as exc:
-            reason = "no stats file" if not os.path.exists(path) else str(exc)
-            parts.append(Part(name, [], {}, failure or reason, used=False))
+            parts.append(Part(name, [], {}, _unread(failure, path, exc, name in pushed),
+                              used=False))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a reader bug must not lose the other hosts
+            bug = f"internal error reading {path}: {type(exc).__name__}: {exc}"
+            parts.append(Part(name, [], {}, "; ".join(x for x in (failure, bug) if x),
+                              used=False))
             continue
         parts.append(Part(name, stats.header, stats.records, failure))
     return parts
+
+
+def _unread(failure: str, path: str, exc: Exception, pushed: bool) -> str:
+    """Why a host's stats file was not merged: the fetch failure and/or the file's problem."""
+    if not os.path.exists(path):
+        if failure:
+            return failure
+        return f"no stats file '{path}'" + (" (it has no 'fetch')" if pushed else "")
+    return "; ".join(x for x in (failure, str(exc)) if x)
 
 
 def write_composite(path: str, header: Sequence[str], records: Mapping[str, Mapping],
@@ -642,6 +670,10 @@ def rem_report(conf: Mapping | Coalesce, out: IO[str] | None = None, by_name: bo
         out.write(_html(_composite_report(cfg, by_name, wait), escape))
     except NcSnifferError as exc:
         out.write(_html(_one_line(str(exc), 1000) + "\n", escape))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the page shows a line, never nothing
+        out.write(_html(_one_line(f"internal error: {type(exc).__name__}: {exc}", 1000) + "\n",
+                        escape))
         return 1
     finally:
         out.flush()

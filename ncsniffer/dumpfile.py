@@ -10,7 +10,7 @@ object, header fields included, for other tools.
 from __future__ import annotations
 
 import ast
-import io
+import gc
 import ipaddress
 import json
 import math
@@ -18,17 +18,18 @@ import os
 import re
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from typing import IO, Iterable, Iterator
 
-from ncsniffer import __version__, perlval, safefile
+from ncsniffer import __version__, perlval, safefile, safetext
 from ncsniffer.errors import DumpFileError
 
 FIELDS = ("B", "C", "E", "N", "R", "S", "T", "W")
 MAX_FILE_BYTES = 512 << 20
-MAX_LITERAL_BYTES = 64 << 20
+MAX_LITERAL_BYTES = 16 << 20
 MAX_LINE = 1 << 20
 
 Row = tuple  # (ip_text, B, C, E, N, R, S, T, W): the numbers as ints, R and W rounded
@@ -232,6 +233,21 @@ def write_atomic(path: str, pieces: Iterable[str], tmp: str | None = None) -> No
 
 # --------------------------------------------------------------------------- reading
 
+MAX_HEADER_BYTES = 1 << 20      # '#' lines and blank lines before the records
+MAX_NAME = 2048                 # a PTR name as text (\DDD escapes included) is far shorter
+MAX_NUMBER = (1 << 63) - 1      # counters and times: sums over many hosts stay finite floats
+MAX_TIME = 1 << 34              # header times time.ctime can show everywhere (year 2514)
+MAX_RECORD_LINES = 64           # a record spread over lines (hand-edited files)...
+MAX_RECORD_TEXT = 64 << 10      # ...and its size
+BLOCK = 1 << 20                 # bytes read at a time: memory follows the records kept
+PERL_LOOKAHEAD = 2 * MAX_LINE   # text held ahead of the Perl record being matched
+
+_END_PYTHON = re.compile(r"^[ \t\r]*\}[ \t\r]*$", re.M)
+_END_JSON = re.compile(r"^[ \t\r]*\}[ \t\r]*\}[ \t\r]*$", re.M)
+_JSON_RECORDS = ', "records": {'
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 @dataclass
 class StatsFile:
     """A stats file as read: header lines (without newline) and records by IP text."""
@@ -260,6 +276,39 @@ def _bad(path: str, problem: str) -> DumpFileError:
     return DumpFileError(f"{path}: not a readable stats file: {problem}")
 
 
+class _Duplicate(Exception):
+    """A key given twice in one object (raised from inside json.loads)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+class _NotANumber(ValueError):
+    """NaN or Infinity in a JSON text: no counter is either."""
+
+
+def _no_constant(name: str):
+    raise _NotANumber(name)
+
+
+def _unique_pairs(pairs: list) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set = set()
+        raise _Duplicate(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return result
+
+
+def _shown(key) -> str:
+    """A key for a message: quoted, bounded, never a big number's digits."""
+    return f"{key[:60]!r}" if isinstance(key, str) else f"a {type(key).__name__} key"
+
+
+def _twice(path: str, key) -> DumpFileError:
+    return _bad(path, f"{key[:60] if isinstance(key, str) else _shown(key)} appears twice")
+
+
 _PERL_NAME = re.compile(r"'((?:[^'\\]|\\.)*)',")
 _NUM = r"(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 _PERL_RECORD = re.compile(
@@ -274,17 +323,33 @@ def read_stats(path: str) -> StatsFile:
     """Read a stats file in any format, written by ncsniffer or by the Perl daemon.
 
     Nothing in the file is executed; anything that is not a stats file raises
-    DumpFileError naming the file.
+    DumpFileError naming the file.  The records are read block by block, so
+    memory follows the records kept, not the size of the text.
     """
     try:
         size = os.path.getsize(path)
         if size > MAX_FILE_BYTES:
             raise _bad(path, f"{size} bytes is more than a stats file may hold "
                              f"({MAX_FILE_BYTES >> 20} MiB)")
-        with open(path, "rb") as fh:
+        with open(path, "rb") as fh, _collector_paused():
             return _read(path, fh)
     except OSError as exc:
         raise DumpFileError(f"{path}: {exc.strerror or exc}") from exc
+    except (RecursionError, MemoryError) as exc:      # last guard: one line, not a traceback
+        raise _bad(path, f"nested too deeply or too big ({type(exc).__name__})") from None
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Records are dicts and lists without cycles; with the cyclic collector on, a
+    million of them cost it full passes over the growing heap (40 % of the time)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _readline(fh, path: str) -> str:
@@ -294,114 +359,275 @@ def _readline(fh, path: str) -> str:
     return line.decode("utf-8", errors="replace")
 
 
-def _read(path: str, fh) -> StatsFile:
+def _read_header(path: str, fh) -> tuple[list[str], str, int]:
+    """The '#' lines, the first line after them and its line number."""
     header: list[str] = []
+    size = number = 0
     line = _readline(fh, path)
     while line and (line.startswith("#") or not line.strip()):
+        size += len(line)
+        number += 1
+        if size > MAX_HEADER_BYTES:
+            raise _bad(path, "the header is longer than 1 MiB")
         if line.startswith("#"):
             header.append(line.rstrip("\n"))
         line = _readline(fh, path)
     if not line:
         raise _bad(path, "no records section" if header else "the file is empty")
+    return header, line, number + 1
+
+
+def _read(path: str, fh) -> StatsFile:
+    header, line, number = _read_header(path, fh)
     if line.startswith('{"ncsniffer"'):
-        return _read_json(path, line + fh.read().decode("utf-8", errors="replace"))
+        return _read_json(path, fh, line, number)
     if line.rstrip("\n").strip() != "{":
         raise _bad(path, f"unexpected text {line[:40]!r}")
     body_start = fh.tell()
     line = _readline(fh, path)
     if line.strip().startswith("my $dump"):
         return StatsFile(path, header, _read_perl(path, fh, body_start, line), "perl")
-    return StatsFile(path, header, _read_python(path, fh, line), "python")
+    records = _read_records(path, _blocks(fh, path, line), _END_PYTHON, number + 1)
+    return StatsFile(path, header, records, "python")
 
 
-def _read_python(path: str, fh, line: str) -> dict[str, dict]:
-    """Fast path: the whole records section is JSON but for its last comma.
+def _blocks(fh, path: str, first: str = "") -> Iterator[str]:
+    """The rest of the file as text, in blocks of whole lines of about BLOCK bytes."""
+    if first:
+        yield first
+    carry = b""
+    while True:
+        data = fh.read(BLOCK)
+        if not data:
+            if carry:
+                yield carry.decode("utf-8", errors="replace")
+            return
+        data = carry + data if carry else data
+        cut = data.rfind(b"\n") + 1
+        carry = data[cut:]
+        if len(carry) > MAX_LINE:
+            raise _bad(path, "a line is longer than 1 MiB")
+        if cut:
+            yield data[:cut].decode("utf-8", errors="replace")
 
-    One json.loads of the body is several times faster than one per line;
-    anything it does not accept is read again line by line (the careful path).
+
+class _Records:
+    """Records being read block by block; a record spread over lines waits in ``pending``."""
+
+    def __init__(self, path: str, line: int):
+        self.path = path
+        self.records: dict[str, dict] = {}
+        self.line = line               # number of the next line of the file
+        self.pending: list[str] = []
+        self.pending_line = 0
+        self.literal = 0               # characters given to the Python parser so far
+
+
+def _read_records(path: str, blocks: Iterator[str], end: re.Pattern, line: int) -> dict:
+    """The records section (Python and JSON formats) up to its ``end`` line.
+
+    Fast path: a block of one-record lines is JSON but for its last comma, one
+    json.loads per block.  A block it does not accept is read line by line.
     """
-    rest = fh.read()
-    text = line + rest.decode("utf-8", errors="replace")
-    body = text.rstrip()
-    if body.endswith("}"):
-        inner = body[:-1].rstrip()
-        try:
-            data = json.loads("{" + (inner[:-1] if inner.endswith(",") else inner) + "}")
-        except (ValueError, RecursionError):
-            data = None
-        if isinstance(data, dict):
-            return {ip: _check_record(path, ip, rec) for ip, rec in data.items()}
-    return _read_python_lines(path, io.BytesIO(rest), line)
+    state = _Records(path, line)
+    for text in blocks:
+        if not state.pending:
+            m = _find_end(text, end)
+            if _add_block(state, text if m is None else text[:m.start()]):
+                if m is not None:
+                    return _finish(state, text[m.end():], blocks)
+                state.line += text.count("\n")
+                continue
+        at = _add_lines(state, text, end)
+        if at is not None:
+            return _finish(state, text[at:], blocks)
+    if state.pending:
+        raise _bad(path, f"line {state.pending_line}: the record is not complete "
+                         "(truncated file?)")
+    raise _bad(path, "the records section is not closed (truncated file?)")
 
 
-def _read_python_lines(path: str, fh, line: str) -> dict[str, dict]:
-    records: dict[str, dict] = {}
-    pending = [line]
-    loads = json.loads
-    while line and line.strip() != "}":
-        text = line.strip().rstrip(",")
-        if text:
-            try:
-                item = loads("{" + text + "}")
-            except ValueError:
-                return _read_python_literal(path, fh, pending)
-            for ip, rec in item.items():
-                records[ip] = _check_record(path, ip, rec)
-        line = _readline(fh, path)
-        pending.append(line)
-    if not line:
-        raise _bad(path, "the records section is not closed (truncated file?)")
-    if fh.read(1024).strip():
-        raise _bad(path, "unexpected text after the records")
-    return records
+def _find_end(text: str, end: re.Pattern) -> re.Match | None:
+    """The end line, if it starts with its '}' (str.find is 10x faster than a search for ^)."""
+    probe = "\n" + text
+    at = probe.find("\n}")
+    while at >= 0:
+        m = end.match(text, at)
+        if m:
+            return m
+        at = probe.find("\n}", at + 1)
+    return None
 
 
-def _read_python_literal(path: str, fh, seen: list[str]) -> dict[str, dict]:
-    """Slow path: a hand-edited Python dict literal, parsed without evaluation."""
-    rest = fh.read(MAX_LITERAL_BYTES + 1)
-    if len(rest) > MAX_LITERAL_BYTES:
-        raise _bad(path, "records are not in the one-per-line layout and too large to parse")
-    text = "{\n" + "".join(seen) + rest.decode("utf-8", errors="replace")
+def _finish(state: _Records, rest: str, blocks: Iterator[str]) -> dict:
+    if (rest + next(blocks, "")).strip():
+        raise _bad(state.path, "unexpected text after the records")
+    return state.records
+
+
+def _add_block(state: _Records, body: str) -> bool:
+    """One block as one JSON object; False if it is not that (the careful path decides)."""
+    text = body.rstrip()
+    if not text:
+        return True
+    if text.endswith(","):
+        text = text[:-1]
     try:
-        data = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
-        raise _bad(path, f"not a plain dict literal ({type(exc).__name__})") from None
+        chunk = json.loads("{" + text + "}", parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return False
+    if body.count("}") != len(chunk):
+        return False      # a '}' in a name, or an IP twice (json keeps the last): look closer
+    path, records = state.path, state.records
+    for ip, rec in chunk.items():
+        checked = _check_record(path, ip, rec)
+        if checked is not rec:
+            chunk[ip] = checked
+    if not records.keys().isdisjoint(chunk):
+        raise _twice(path, next(ip for ip in chunk if ip in records))
+    records.update(chunk)
+    return True
+
+
+def _add_lines(state: _Records, text: str, end: re.Pattern) -> int | None:
+    """Careful path, line by line; the offset after the ``end`` line, None if not in ``text``."""
+    pos, size = 0, len(text)
+    while pos < size:
+        stop = text.find("\n", pos) + 1 or size
+        line = text[pos:stop]
+        pos = stop
+        if not state.pending and end.fullmatch(line.rstrip("\n")):
+            return pos
+        _add_line(state, line)
+        state.line += 1
+    return None
+
+
+def _add_line(state: _Records, line: str) -> None:
+    """A JSON record line, else a line of a Python dict literal (a record may take several)."""
+    if not state.pending:
+        text = line.strip()
+        if not text:
+            return
+        item = _json_line(state, text[:-1] if text.endswith(",") else text)
+        if item is not None:
+            _keep(state, item)
+            return
+        state.pending_line = state.line
+    state.pending.append(line)
+    item = _literal(state)
+    if item is not None:
+        state.pending = []
+        _keep(state, item)
+
+
+def _json_line(state: _Records, text: str) -> dict | None:
+    try:
+        return json.loads("{" + text + "}", parse_constant=_no_constant,
+                          object_pairs_hook=_unique_pairs)
+    except _Duplicate as exc:
+        raise _twice(state.path, exc.key) from None
+    except _NotANumber as exc:
+        raise _bad(state.path, f"line {state.line}: {exc} is not a number a stats file "
+                               "holds") from None
+    except RecursionError:
+        raise _bad(state.path, f"line {state.line}: data nested too deeply") from None
+    except ValueError:
+        return None
+
+
+def _keep(state: _Records, item: dict) -> None:
+    records = state.records
+    for ip, rec in item.items():
+        if ip in records:
+            raise _twice(state.path, ip)
+        records[ip] = _check_record(state.path, ip, rec)
+
+
+def _literal(state: _Records) -> dict | None:
+    """The pending lines as entries of a Python dict literal, parsed, never evaluated;
+    None while they are not complete."""
+    path, where = state.path, f"line {state.pending_line}"
+    text = "".join(state.pending).strip()
+    if len(text) > MAX_RECORD_TEXT:         # before parsing: ast needs ~150 bytes per byte
+        raise _bad(path, f"{where}: a record of more than {MAX_RECORD_TEXT >> 10} KiB "
+                         "that is not JSON")
+    state.literal += len(text)
+    if state.literal > MAX_LITERAL_BYTES:
+        raise _bad(path, f"more than {MAX_LITERAL_BYTES >> 20} MiB of records not in the "
+                         "one-per-line layout")
+    try:
+        tree = ast.parse("{" + text + "}", mode="eval")
+    except SyntaxError as exc:
+        if len(state.pending) >= MAX_RECORD_LINES:
+            raise _bad(path, f"{where}: not a record ({exc.msg})") from None
+        return None
+    except (ValueError, MemoryError, RecursionError) as exc:
+        raise _bad(path, f"{where}: not a record ({type(exc).__name__})") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
+            if len(set(keys)) != len(keys):
+                seen: set = set()
+                raise _twice(path, next(k for k in keys if k in seen or seen.add(k)))
+    try:
+        data = ast.literal_eval(tree)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise _bad(path, f"{where}: not plain data (a name, call or expression where a "
+                         "value belongs)") from None
     if not isinstance(data, dict):
-        raise _bad(path, "the records section is not a dict")
-    return {ip: _check_record(path, ip, rec) for ip, rec in data.items()}
+        raise _bad(path, f"{where}: not a record")
+    return data
 
 
 def _read_perl(path: str, fh, body_start: int, first: str) -> dict[str, dict]:
-    """The original daemon's exact layout, one regex match per record; anything
-    else goes to the general Perl parser."""
+    """The original daemon's exact layout, one regex match per record, block by
+    block; anything else goes to the general Perl parser."""
     if first != "  my $dump = {\n":
         return _read_perl_general(path, fh, body_start)
-    text = fh.read(MAX_FILE_BYTES).decode("utf-8", errors="replace")
     records: dict[str, dict] = {}
+    blocks = _blocks(fh, path)
     match = _PERL_RECORD.match
-    pos = 0
+    text, pos, refill, plain = "", 0, 0, True
     while True:
+        if pos >= refill:
+            piece = next(blocks, None)
+            if piece is None:
+                refill = len(text) + 1
+            else:
+                text, pos = text[pos:] + piece, 0
+                refill = len(text) - PERL_LOOKAHEAD
+                plain = text.isascii()      # O(1): then every name is plain ASCII
+                continue
         m = match(text, pos)
         if m is None:
             break
-        ip, b, c, e, names, r, s_, t, w = m.groups()
-        if names:
-            names = _PERL_NAME.findall(names)
-            if "\\" in m.group(5):
+        ip, b, c, e, quoted, r, s_, t, w = m.groups()
+        if ip in records:
+            raise _twice(path, ip)
+        if quoted:
+            names = _PERL_NAME.findall(quoted)
+            if "\\" in quoted:
                 names = [_perl_unquote(x) for x in names]
         else:
             names = []
-        try:       # the regex vouches for numbers and strings; only the IP is left
-            rec = {"B": int(b), "C": int(c), "E": int(e), "N": names, "R": int(r),
-                   "S": int(s_), "T": int(t), "W": int(w)}
+        try:       # the regex vouches for numbers and strings; ranges and the IP are left
+            B, C, E, R, S, T, W = int(b), int(c), int(e), int(r), int(s_), int(t), int(w)
         except ValueError:
-            rec = {"B": _number(b), "C": _number(c), "E": _number(e), "N": names,
-                   "R": _number(r), "S": _number(s_), "T": _number(t), "W": _number(w)}
-        records[ip] = rec if _is_ip_fast(ip) else _check_record(path, ip, rec)
+            records[ip] = _check_record_slow(path, ip, {
+                "B": _number(b), "C": _number(c), "E": _number(e), "N": names,
+                "R": _number(r), "S": _number(s_), "T": _number(t), "W": _number(w)})
+        else:
+            rec = {"B": B, "C": C, "E": E, "N": names, "R": R, "S": S, "T": T, "W": W}
+            if not (0 <= (B | C | E | R | S | T | W) <= MAX_NUMBER and _is_ip_fast(ip)
+                    and (not names or (plain and len(quoted) <= MAX_NAME)
+                         or _plain_names(names))):
+                rec = _check_record_slow(path, ip, rec)
+            records[ip] = rec
         pos = m.end()
     rest = text[pos:]
     if rest.startswith("  };\n"):
-        if rest[5:].strip() != "}":
+        if (rest[5:] + next(blocks, "")).strip() != "}":
             raise _bad(path, "unexpected text after the records")
         return records
     if rest.startswith("\t'"):            # records in another layout
@@ -422,36 +648,102 @@ def _read_perl_general(path: str, fh, start: int) -> dict[str, dict]:
         raise _bad(path, "records are not in the original layout and too large to parse")
     text = "{\n" + rest.decode("utf-8", errors="replace")
     try:
-        data = perlval.parse_dump(text)
+        data = perlval.parse_dump(text, unique=True)
     except perlval.PerlSyntaxError as exc:
         raise _bad(path, f"Perl records: {exc}") from None
     return {ip: _check_record(path, ip, rec) for ip, rec in data.items()}
 
 
-def _read_json(path: str, text: str) -> StatsFile:
+def _read_json(path: str, fh, first: str, line: int) -> StatsFile:
+    """Our JSON layout is read record by record; any other JSON layout whole (bounded)."""
+    opening = first.rstrip()
+    if opening.endswith(_JSON_RECORDS):
+        head = _load_json(path, opening[:-len(_JSON_RECORDS)] + "}")
+        records = _read_records(path, _blocks(fh, path), _END_JSON, line + 1)
+    else:
+        rest = fh.read(MAX_LITERAL_BYTES + 1)
+        if len(rest) > MAX_LITERAL_BYTES:
+            raise _bad(path, "JSON not in the one-record-per-line layout and too large to parse")
+        head = _load_json(path, first + rest.decode("utf-8", errors="replace"))
+        found = head.pop("records", None) if isinstance(head, dict) else None
+        if not isinstance(found, dict):
+            raise _bad(path, "JSON without a 'records' object")
+        records = {ip: _check_record(path, ip, rec) for ip, rec in found.items()}
+    if not isinstance(head, dict):
+        raise _bad(path, "JSON without a 'records' object")
+    return StatsFile(path, _json_header(path, head), records, "json")
+
+
+def _load_json(path: str, text: str):
     try:
-        doc = json.loads(text)
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_pairs)
+    except _Duplicate as exc:
+        raise _twice(path, exc.key) from None
+    except _NotANumber as exc:
+        raise _bad(path, f"invalid JSON ({exc} is not a number a stats file holds)") from None
+    except RecursionError:
+        raise _bad(path, "invalid JSON (nested too deeply)") from None
     except ValueError as exc:
         raise _bad(path, f"invalid JSON ({exc})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("records"), dict):
-        raise _bad(path, "JSON without a 'records' object")
+
+
+def _json_header(path: str, head: dict) -> list[str]:
+    """The header lines the fields of a JSON stats file stand for."""
     try:
-        h = Header(start=int(doc["start"]), current=int(doc["current"]), hits=float(doc["hits"]),
-                   bytes=float(doc["bytes"]), users=int(doc["users"]), device=str(doc["device"]),
-                   promiscuous=bool(doc["promiscuous"]), bpf=str(doc["bpf"]),
-                   evicted=doc.get("evicted"), version=str(doc.get("ncsniffer", "?")),
-                   extra=[str(x) for x in doc.get("extra", [])])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _bad(path, f"JSON header field missing or wrong ({exc})") from None
-    lines = header_text(h).splitlines()[1:]
-    if "fragment" in doc:
-        at = next(i for i, x in enumerate(lines) if x.startswith("# bpf:")) + 1
-        extra = [f"# fragment:\t{doc['fragment'][0]} - {doc['fragment'][1]}"]
-        extra += [f"# contains:\t{doc['contains']}"] if "contains" in doc else []
-        extra += [f"# excludes:\t{doc['excludes']}"] if "excludes" in doc else []
-        lines[at:at] = extra
-    records = {ip: _check_record(path, ip, rec) for ip, rec in doc["records"].items()}
-    return StatsFile(path, lines, records, "json")
+        h = Header(start=_whole(head, "start", MAX_TIME), current=_whole(head, "current", MAX_TIME),
+                   hits=_finite(head, "hits"), bytes=_finite(head, "bytes"),
+                   users=_whole(head, "users"), device=_text(head["device"]),
+                   promiscuous=bool(head["promiscuous"]), bpf=_text(head["bpf"]),
+                   evicted=None if head.get("evicted") is None else _whole(head, "evicted"),
+                   version=_text(head.get("ncsniffer", "?")),
+                   extra=[_text(x) for x in _list(head, "extra")])
+        lines = header_text(h).split("\n")[1:-1]
+        if "fragment" in head:
+            frag = _list(head, "fragment")
+            if len(frag) != 2:
+                raise ValueError("'fragment' is not [payload, snaplen]")
+            at = next(i for i, x in enumerate(lines) if x.startswith("# bpf:")) + 1
+            more = [f"# fragment:\t{_whole_value(frag[0], 'payload')} - "
+                    f"{_whole_value(frag[1], 'snaplen')}"]
+            more += [f"# contains:\t{_text(head['contains'])}"] if "contains" in head else []
+            more += [f"# excludes:\t{_text(head['excludes'])}"] if "excludes" in head else []
+            lines[at:at] = more
+    except KeyError as exc:
+        raise _bad(path, f"JSON header field {exc} missing") from None
+    except (TypeError, ValueError) as exc:
+        raise _bad(path, f"JSON header: {exc}") from None
+    return lines
+
+
+def _whole(head: dict, name: str, high: int = MAX_NUMBER) -> int:
+    return _whole_value(head[name], name, high)
+
+
+def _whole_value(value, name: str, high: int = MAX_NUMBER) -> int:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not (isinstance(value, int) or math.isfinite(value)) or not 0 <= value <= high):
+        raise ValueError(f"{name!r} is not a whole number from 0 to {high}")
+    return int(value)
+
+
+def _finite(head: dict, name: str) -> float:
+    value = head[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not -MAX_NUMBER <= value <= MAX_NUMBER:
+        raise ValueError(f"{name!r} is not a number up to {MAX_NUMBER}")
+    return float(value)
+
+
+def _list(head: dict, name: str) -> list:
+    value = head.get(name, [])
+    if not isinstance(value, list):
+        raise ValueError(f"{name!r} is not a list")
+    return value
+
+
+def _text(value) -> str:
+    """A header text field on one line: no control characters, no lone surrogates."""
+    return _SURROGATES.sub("\ufffd", safetext.strip_controls(str(value), keep="\t"))
 
 
 def _number(text: str) -> int | float:
@@ -462,7 +754,8 @@ def _number(text: str) -> int | float:
 
 
 def _is_ip_fast(ip) -> bool:
-    """inet_pton accepts only plain dotted quads and IPv6 texts (no leading zeros)."""
+    """inet_pton accepts only plain dotted quads and IPv6 texts (no leading zeros, no
+    %scope: a scoped key would not sort or group)."""
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
         return True
@@ -471,11 +764,11 @@ def _is_ip_fast(ip) -> bool:
 
 
 def _check_record(path: str, ip, rec) -> dict:
-    """A record must be an IP address mapping to numbers and a list of names.
+    """A record must be an IP address mapping to bounded numbers and a list of names.
 
     Fast path for what our writers and the original daemon produce (all eight
-    keys, integer numbers, a list of strings): 100,000 records must be read
-    within a report's time budget.  Anything else takes the careful path.
+    keys, integer numbers, a list of short ASCII strings): 100,000 records must
+    be read within a report's time budget.  Anything else takes the careful path.
     """
     if type(rec) is dict and len(rec) == 8 and _is_ip_fast(ip):
         try:
@@ -485,42 +778,54 @@ def _check_record(path: str, ip, rec) -> dict:
             return _check_record_slow(path, ip, rec)
         if (type(b) is int and type(c) is int and type(e) is int and type(r) is int
                 and type(s) is int and type(t) is int and type(w) is int
-                and type(n) is list and _all_str(n)):
+                and 0 <= (b | c | e | r | s | t | w) <= MAX_NUMBER
+                and type(n) is list and (not n or _plain_names(n))):
             return rec
     return _check_record_slow(path, ip, rec)
 
 
-def _all_str(names: list) -> bool:
+def _plain_names(names: list) -> bool:
     for x in names:
-        if type(x) is not str:
+        if type(x) is not str or len(x) > MAX_NAME or not x.isascii():
             return False
     return True
 
 
 def _check_record_slow(path: str, ip, rec) -> dict:
     """The careful check, with a message naming what is wrong."""
-    try:
-        ipaddress.ip_address(ip)
-    except (ValueError, TypeError):
-        raise _bad(path, f"{str(ip)[:60]!r} is not an IP address") from None
+    if not _is_ip_fast(ip):
+        raise _bad(path, f"{_shown(ip)} is not an IP address")
     if not isinstance(rec, dict):
         raise _bad(path, f"the record of {ip} is not a mapping")
+    unknown = set(rec) - set(FIELDS)
+    if unknown:
+        raise _bad(path, f"the record of {ip} has unknown keys "
+                         f"{sorted(_shown(k) for k in unknown)[:5]}")
     out = {}
     for key in FIELDS:
         value = rec.get(key, [] if key == "N" else 0)
         if key == "N":
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
-                raise _bad(path, f"the names of {ip} are not a list of strings")
-            value = list(value)
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            out[key] = _names(path, ip, value)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _bad(path, f"{key} of {ip} is not a number")
-        elif isinstance(value, float) and not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             # json and Perl texts can spell inf/nan (1e999, NaN); no counter is infinite
             raise _bad(path, f"{key} of {ip} is not a finite number")
+        if not -MAX_NUMBER <= value <= MAX_NUMBER:
+            raise _bad(path, f"{key} of {ip} is out of range (beyond 2**63)")
         out[key] = value
-    unknown = set(rec) - set(FIELDS)
-    if unknown:
-        raise _bad(path, f"the record of {ip} has unknown keys {sorted(unknown)}")
     return out
+
+
+def _names(path: str, ip: str, value) -> list[str]:
+    """A record's names: strings of sane length; lone surrogates (which no file can hold
+    as UTF-8) become U+FFFD."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+        raise _bad(path, f"the names of {ip} are not a list of strings")
+    for x in value:
+        if len(x) > MAX_NAME:
+            raise _bad(path, f"a name of {ip} is longer than {MAX_NAME} characters")
+    return [_SURROGATES.sub("\ufffd", x) for x in value]

@@ -9,6 +9,7 @@ parser is enough, and it can never execute anything.
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 from ncsniffer.errors import NcSnifferError
@@ -37,6 +38,7 @@ _TOKEN = re.compile(
 )
 
 MAX_DEPTH = 32
+TOKENS_KEPT = 4096
 
 _DQ_ESCAPE = re.compile(r"\\(x\{([0-9a-fA-F]*)\}|x([0-9a-fA-F]{0,2})|([0-7]{1,3})|(.))", re.DOTALL)
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "a": "\a", "e": "\x1b", "0": "\0"}
@@ -50,15 +52,24 @@ def _unescape_dq(body: str, line: int) -> str:
 
     def repl(m: re.Match) -> str:
         if m.group(2) is not None:
-            return chr(int(m.group(2) or "0", 16))
+            return _char(m.group(2) or "0", 16, line)
         if m.group(3) is not None:
-            return chr(int(m.group(3) or "0", 16))
+            return _char(m.group(3) or "0", 16, line)
         if m.group(4) is not None:
-            return chr(int(m.group(4), 8))
+            return _char(m.group(4), 8, line)
         ch = m.group(5)
         return _SIMPLE_ESCAPES.get(ch, ch)
 
     return _DQ_ESCAPE.sub(repl, body)
+
+
+def _char(digits: str, base: int, line: int) -> str:
+    """The character of an escape; Perl allows code points beyond Unicode, Python does not."""
+    significant = digits.lstrip("0")
+    code = int(significant or "0", base) if len(significant) <= 8 else sys.maxunicode + 1
+    if code > sys.maxunicode:
+        raise PerlSyntaxError(f"\\x{{{digits[:8]}}} is not a Unicode character", line)
+    return chr(code)
 
 
 def _number(text: str) -> int | float:
@@ -75,11 +86,12 @@ class _Parser:
     """Recursive descent over tokens produced on demand, so that whatever Perl
     code follows the literal (``gather($config);``) is never looked at."""
 
-    def __init__(self, text: str, pos: int = 0):
+    def __init__(self, text: str, pos: int = 0, unique: bool = False):
         self.text = text
         self.pos = pos
         self.tokens: list[tuple[str, str, int]] = []
         self.i = 0
+        self.unique = unique           # a key given twice is an error (dumps), not "last wins"
 
     def line_of(self, pos: int) -> int:
         return self.text.count("\n", 0, pos) + 1
@@ -99,6 +111,9 @@ class _Parser:
             self.pos = m.end()
 
     def peek(self, ahead: int = 0) -> tuple[str, str, int]:
+        if self.i > TOKENS_KEPT:       # tokens already taken are never looked at again
+            del self.tokens[:self.i]
+            self.i = 0
         self._fill(self.i + ahead)
         return self.tokens[self.i + ahead]
 
@@ -135,6 +150,8 @@ class _Parser:
         if kind == "word":
             self.i += 1
             return text
+        if text in ("{", "["):         # checked before reading it: keys do not nest
+            raise PerlSyntaxError("a hash key must be a word, string or number", self.line_of(pos))
         value = self.value()
         if isinstance(value, (dict, list)) or value is None:
             raise PerlSyntaxError("a hash key must be a word, string or number", self.line_of(pos))
@@ -144,7 +161,10 @@ class _Parser:
         self.take("{")
         result: dict[str, Any] = {}
         while self.peek()[1] != "}":
+            at = self.peek()[2]
             key = self.key()
+            if self.unique and key in result:
+                raise PerlSyntaxError(f"key {key[:60]!r} appears twice", self.line_of(at))
             if self.peek()[1] not in ("=>", ","):
                 self.take("=>")
             self.i += 1
@@ -190,9 +210,10 @@ def extract_config_hash(text: str) -> dict:
     return _Parser(text, m.end()).hash()
 
 
-def parse_dump(text: str) -> dict:
-    """Parse the body of a Perl stats dump: ``{ my $dump = {...}; }`` or a bare hash."""
-    parser = _Parser(text)
+def parse_dump(text: str, unique: bool = False) -> dict:
+    """Parse the body of a Perl stats dump: ``{ my $dump = {...}; }`` or a bare hash;
+    with ``unique``, a key given twice in a hash is an error."""
+    parser = _Parser(text, unique=unique)
     if parser.peek()[1] == "{" and parser.peek(1)[1] == "my":
         parser.take("{")
         parser.take("my")

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Iterable, Optional, Union
 
-from ncsniffer import config, dumpfile
+from ncsniffer import config, dumpfile, safetext
 from ncsniffer.errors import ConfigError, NcSnifferError
 
 DEFAULT_UPDTO = 15
@@ -193,12 +193,15 @@ def render_report(header: list, records: dict, by_domain: bool) -> Iterable[str]
     groups, rate, bw = by_cidr24(records)
     if by_domain:
         groups, rate, bw = by_name(records, groups)
-    yield "\n" + "".join(line + "\n" for line in header)
+    # names and header lines are shown stripped: no escape sequence, no forged line
+    strip = safetext.strip_controls
+    yield "\n" + "".join(strip(line, "\t") + "\n" for line in header)
     yield "\nComposite report, %s ordered by BANDWIDTH\n" % ("SUB DOMAIN" if by_domain else "CIDR/24")
     yield TITLE
     for g in report_order(groups):
         ips = sorted(g.A, key=ip_order)
-        yield "".join("%s\t%s\n" % (ip, "\n\t\t".join(records[ip]["N"])) for ip in ips)
+        yield "".join("%s\t%s\n" % (ip, "\n\t\t".join(map(strip, records[ip]["N"])))
+                      for ip in ips)
         yield " %6.0f\t -- %.0f\t -- %d\t%s\n" % (g.R / 60, g.W / 3600, len(ips), my_time(g.E))
     yield TITLE
     yield ("rate\t\t= %.0f connections per minute\nbandwidth\t= %.0f bytes per second\n"
@@ -225,9 +228,12 @@ def report(handle: IO[str], file: str, by_name: bool) -> None:
     """Write the /24 report (``by_name`` false) or the sub-domain report of ``file``.
 
     The file is read completely before anything is written, so an unreadable
-    file raises ``DumpFileError`` and leaves ``handle`` untouched.
+    file raises ``DumpFileError`` and leaves ``handle`` untouched; the report is
+    then written piece by piece (no second copy of a big report's text).
     """
-    handle.write(report_text(file, bool(by_name)))
+    stats = read_stf(file)
+    for piece in render_report(stats.header, stats.records, bool(by_name)):
+        handle.write(piece)
 
 
 # --------------------------------------------------------------------------- file times
@@ -620,8 +626,8 @@ def web_text(conf: dict, by_domain: bool) -> str:
 
 
 def one_line(text: str) -> str:
-    """An error as one line, whatever it contains."""
-    return " ".join(str(text).split()) or "failed: nothing processed"
+    """An error as one printable line, whatever it contains."""
+    return safetext.one_line(text) or "failed: nothing processed"
 
 
 def web_report(conf: dict, by_domain: bool = False, out: Optional[IO[str]] = None,
@@ -754,9 +760,16 @@ def cgi_main(argv: Optional[list] = None, out: Optional[IO[str]] = None,
             return 0
         conf = load_wconf(args.config or find_wconf(program, environ))
     except NcSnifferError as exc:
-        if terminal:
-            err.write(f"{PROG}: {one_line(exc)}\n")
-        else:
-            out.write(html.escape(one_line(exc), quote=False) + "\n")
-        return 1
+        return _fail(one_line(exc), terminal, out, err)
+    except Exception as exc:  # noqa: BLE001 - one line, as for any error, not a traceback
+        return _fail(one_line(f"internal error: {type(exc).__name__}: {exc}"), terminal, out, err)
     return 1 if web_report(conf, report_type(args.type), out) else 0
+
+
+def _fail(line: str, terminal: bool, out: IO[str], err: IO[str]) -> int:
+    """The error line: on stderr on a terminal, HTML-escaped on stdout for a page."""
+    if terminal:
+        err.write(f"{PROG}: {line}\n")
+    else:
+        out.write(html.escape(line, quote=False) + "\n")
+    return 1

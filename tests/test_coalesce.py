@@ -101,7 +101,7 @@ def test_config_defaults(tmp_path):
     ({"cache": None}, "missing cache file entry"),
     ({"cache": "/nonexistent/dir/cache"}, "cache directory not writable: '/nonexistent/dir/'"),
     ({"src": {"bad;name": {"fetch": "x"}}}, "invalid source host name"),
-    ({"src": {"h": {"exec": "x"}}}, "'fetch' (the remote stats file) missing"),
+    ({"src": {"h": {"exec": "x", "fetch": 5}}}, "'fetch' (the remote stats file) is invalid"),
     ({"src": {"h": "just a string"}}, "needs {'exec'"),
     ({"src": ["h"]}, "'src' must map host names"),
     ({"src": {}}, "nothing to coalesce"),
@@ -581,3 +581,133 @@ def test_local_daemon_that_does_not_answer_is_named(tmp_path, utc):
     assert failures["localhost"]
     coalesce.rem_update(cfg, failures)
     assert "# host:\tlocalhost\tFAILED (" in (tmp_path / "sniffer.cache.1").read_text()
+
+
+# --------------------------------------------------------------------------- sources without fetch (11.11)
+
+def test_source_without_fetch_merges_its_cached_file(tmp_path, utc):
+    """``'host': {}``: its file arrives another way (pushed); the others are still fetched."""
+    fetched(tmp_path)
+    conf = config(tmp_path)
+    conf["src"]["beta"] = {}
+    conf["src"]["pushed"] = {"exec": "nc.sniffer.dump"}     # exec, but no copy to make
+    cfg = coalesce.rem_wchk(conf)
+    runner = FakeRunner([coalesce.Outcome(0)] * 5)
+    failures = coalesce.rem_dump(cfg, runner)
+    assert sorted(runner.calls) == ["rsync", "rsync", "ssh", "ssh", "ssh"]
+    assert failures == {"alpha": "", "beta": "", "gamma": "", "pushed": ""}
+    coalesce.rem_update(cfg, failures)
+    text = (tmp_path / "sniffer.cache.1").read_text()
+    assert "# host:\tbeta\n" in text                     # beta's cached file merged
+    assert text.split("\nComposite report")[1] == \
+        expected("expected.report.1").split("\nComposite report")[1]
+    assert ("# host:\tpushed\tFAILED (no stats file "
+            f"'{tmp_path / 'pushed.stats'}' (it has no 'fetch')), no stats file\n") in text
+    assert "# failed hosts:\tpushed\n" in text
+
+
+def test_source_with_a_bad_fetch_is_still_refused(tmp_path):
+    conf = config(tmp_path)
+    for bad in (5, "x\ny", ["f"]):
+        conf["src"] = {"h": {"fetch": bad}}
+        with pytest.raises(CoalesceError, match="'fetch' .* invalid"):
+            coalesce.rem_wchk(conf)
+
+
+# --------------------------------------------------------------------------- a hostile source (11.12, 11.18)
+
+from tests import hostile  # noqa: E402
+
+
+def body_of(text: str) -> str:
+    return text.split("\nComposite report")[1]
+
+
+@pytest.fixture
+def without_beta(tmp_path_factory, utc):
+    """The report of alpha and gamma alone: what a bad beta must leave."""
+    base = tmp_path_factory.mktemp("twohosts")
+    fetched(base, ("alpha", "gamma"))
+    coalesce.rem_update(config(base), {})
+    return body_of((base / "sniffer.cache.1").read_text())
+
+
+@pytest.mark.parametrize("kind,fmt", hostile.BAD_CASES)
+def test_one_hostile_source_is_named_and_skipped(tmp_path, utc, without_beta, kind, fmt):
+    fetched(tmp_path, ("alpha", "gamma"))
+    hostile.write(tmp_path / "beta.stats", kind, fmt)
+    parts = coalesce.rem_update(config(tmp_path), {})
+    assert [p.used for p in parts] == [True, False, True]
+    text = (tmp_path / "sniffer.cache.1").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("# host:\tbeta"))
+    assert line.startswith(f"# host:\tbeta\tFAILED ({tmp_path / 'beta.stats'}: not a readable "
+                           "stats file: ") and line.endswith("), no stats file")
+    assert "# failed hosts:\tbeta\n" in text
+    assert body_of(text) == without_beta
+    assert not os.path.exists("/tmp/ncs-hostile-ran")
+
+
+@pytest.mark.parametrize("fmt", hostile.FORMATS)
+def test_odd_names_are_merged_and_shown_harmlessly(tmp_path, utc, fmt):
+    fetched(tmp_path, ("alpha", "gamma"))
+    hostile.write(tmp_path / "beta.stats", "odd_names", fmt)
+    coalesce.rem_update(config(tmp_path), {})
+    out = io.StringIO()
+    assert coalesce.rem_report(config(tmp_path), out, escape=True) == 0
+    page = out.getvalue()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.evil.org" in page and "<script>" not in page
+    assert "\x1b" not in page and "\x9b" not in page and "\x07" not in page
+    assert "# host:\tbeta\n" in page
+    composite = dumpfile.read_stats(str(tmp_path / "composite.stats"))
+    assert composite.records["1.2.3.4"]["N"][0] == "<script>alert(1)</script>.evil.org"
+
+
+def test_merged_sums_stay_readable_at_the_limit(tmp_path, utc):
+    """A source at the largest accepted counter must not make composite.stats unreadable."""
+    fetched(tmp_path, ("alpha", "gamma"))
+    big = dumpfile.MAX_NUMBER
+    with open(tmp_path / "beta.stats", "w") as fh:
+        fh.write(hostile.python_text([("10.1.2.3", hostile.record(B=big, C=big, R=big, W=big))]))
+    coalesce.rem_update(config(tmp_path), {})
+    merged = dumpfile.read_stats(str(tmp_path / "composite.stats")).records["10.1.2.3"]
+    assert merged["W"] == merged["B"] == big
+    assert "# failed hosts" not in (tmp_path / "sniffer.cache.1").read_text()
+
+
+def test_a_reader_bug_loses_one_host_only(tmp_path, utc, without_beta, monkeypatch):
+    fetched(tmp_path)
+    real = coalesce.read_stats
+
+    def flaky(path):
+        if path.endswith("beta.stats"):
+            raise KeyError("boom")
+        return real(path)
+    monkeypatch.setattr(coalesce, "read_stats", flaky)
+    coalesce.rem_update(config(tmp_path), {})
+    text = (tmp_path / "sniffer.cache.1").read_text()
+    assert "# host:\tbeta\tFAILED (internal error reading " in text
+    assert body_of(text) == without_beta
+
+
+@pytest.mark.integration
+def test_coalescer_cgi_with_a_hostile_source(tmp_path):
+    """The script as a process: sources without ssh ('host': {}), one of them hostile."""
+    import sys
+    fetched(tmp_path, ("alpha", "gamma"))
+    hostile.write(tmp_path / "beta.stats", "deep_nesting", "json")
+    hostile.write(tmp_path / "delta.stats", "odd_names", "perl")
+    conf = tmp_path / "coalesce.conf"
+    conf.write_text(repr({"cache": str(tmp_path / "sniffer.cache"),
+                          "src": {h: {} for h in ("alpha", "beta", "gamma", "delta")}}))
+    script = os.path.join(os.path.dirname(DATA), "..", "..", "scripts", "nc.sniffer.coalesce.cgi")
+    proc = subprocess.Popen([sys.executable, script, "-c", str(conf)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TZ": "UTC"})
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert err == ""
+    assert f"# host:\tbeta\tFAILED ({tmp_path / 'beta.stats'}: not a readable stats file: " in out
+    assert "# failed hosts:\tbeta\n" in out and "# host:\talpha\n" in out
+    assert "&lt;script&gt;" in out and "<script>" not in out and "\x1b" not in out

@@ -284,3 +284,105 @@ def test_a_fifo_at_the_temporary_name_is_replaced_not_waited_on(tmp_path):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert "10.1.2.3" in open(path).read()
+
+
+# --------------------------------------------------------------------------- crafted files (11.12, 11.18)
+
+from tests import hostile  # noqa: E402
+
+
+@pytest.mark.parametrize("kind,fmt", hostile.BAD_CASES)
+def test_crafted_files_give_one_line_naming_the_file(tmp_path, kind, fmt):
+    path = hostile.write(tmp_path / f"{kind}.{fmt}.stats", kind, fmt)
+    started = time.monotonic()
+    with pytest.raises(DumpFileError) as info:
+        dumpfile.read_stats(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable stats file: ")
+    assert "\n" not in message and len(message) < 300 + len(path), message
+    assert message.isprintable(), message
+    assert time.monotonic() - started < 5
+    assert not os.path.exists("/tmp/ncs-hostile-ran")
+
+
+@pytest.mark.parametrize("fmt", hostile.FORMATS)
+def test_names_with_html_and_escapes_are_read_as_data(tmp_path, fmt):
+    got = dumpfile.read_stats(hostile.write(tmp_path / "odd.stats", "odd_names", fmt))
+    names = got.records["1.2.3.4"]["N"]
+    assert names[:len(hostile.EVIL_NAMES)] == hostile.EVIL_NAMES
+    if fmt != "perl":
+        assert names[-1] == "\ufffdlone.evil.org"       # a lone surrogate cannot be written out
+    for name in names:
+        name.encode("utf-8")
+
+
+def test_duplicate_ip_names_the_ip(tmp_path):
+    path = hostile.write(tmp_path / "dup.stats", "duplicate_ip", "python")
+    with pytest.raises(DumpFileError, match="1.2.3.4 appears twice"):
+        dumpfile.read_stats(path)
+
+
+def test_hand_edited_literal_is_read_record_by_record(tmp_path):
+    """A dict literal a person edited (single quotes, records over several lines) is still
+    read, one record at a time, and duplicates are caught there too."""
+    lines = [f"'10.0.{i // 256}.{i % 256}': {{'B': {i}, 'C': 1, 'E': 2,\n 'N': ['x'], 'R': 0, "
+             f"'S': 2, 'T': 0, 'W': 0}},\n" for i in range(3000)]
+    path = tmp_path / "hand.stats"
+    path.write_text("# edited\n{\n" + "".join(lines) + "}\n")
+    got = dumpfile.read_stats(str(path))
+    assert len(got.records) == 3000 and got.records["10.0.11.183"]["B"] == 2999
+    path.write_text("# edited\n{\n" + "".join(lines) + lines[5] + "}\n")
+    with pytest.raises(DumpFileError, match="10.0.0.5 appears twice"):
+        dumpfile.read_stats(str(path))
+
+
+MEASURE = """
+import json, resource, sys
+from ncsniffer import dumpfile
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize()
+base = rss()
+stats = dumpfile.read_stats(sys.argv[1])
+print(json.dumps({"base": base, "after": rss(), "records": len(stats.records),
+                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def big_file(path: str, fmt: str, count: int) -> None:
+    rows = ((f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 1000 + i, 7, 1700000000 + i,
+             [f"h{i}.d{i % 999}.example.com"] if i % 5 else [], 3600 + i, 1699990000,
+             1700086400 + i, 72000 + i) for i in range(count))
+    dumpfile.write_file(path, header(users=count), rows, fmt)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", hostile.FORMATS)
+def test_memory_in_proportion_to_the_records(tmp_path, fmt):
+    """Reading costs the records kept (a dict each), not the file's text several times over."""
+    import json as _json
+    import sys
+    path = str(tmp_path / f"big.{fmt}.stats")
+    big_file(path, fmt, 350_000)
+    size = os.path.getsize(path)
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-c", MEASURE, path], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    took = time.monotonic() - started
+    got = _json.loads(run.stdout)
+    assert got["records"] == 350_000
+    extra = got["peak"] - got["after"]
+    assert extra < 32 << 20, (fmt, size, got)            # before: 62 to 247 MB here
+    assert got["peak"] - got["base"] < 7 * size, (fmt, size, got)
+    assert took < 60
+
+
+def test_a_long_non_json_record_is_refused_before_parsing(tmp_path):
+    """ast needs ~150 bytes per byte of text: a long line that is not JSON is not parsed."""
+    path = tmp_path / "long.stats"
+    path.write_text("# x\n{\n'1.2.3.4': {'B': " + "1+" * 400_000 + "1},\n}\n")
+    started = time.monotonic()
+    with pytest.raises(DumpFileError, match="line 3: a record of more than 64 KiB"):
+        dumpfile.read_stats(str(path))
+    assert time.monotonic() - started < 2

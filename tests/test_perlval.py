@@ -76,3 +76,29 @@ def test_garbage_raises_only_our_error(text):
         perlval.parse_value(text)
     except perlval.PerlSyntaxError:
         pass
+
+
+def test_code_points_beyond_unicode_are_a_syntax_error():
+    for text in (r'"\x{110000}"', r'"\x{ffffffffffffffffffff}"'):
+        with pytest.raises(perlval.PerlSyntaxError, match="not a Unicode character"):
+            perlval.parse_value(text)
+    assert perlval.parse_value(r'"\x{0000000041}\x{10ffff}"') == "A\U0010ffff"
+
+
+def test_keys_do_not_nest():
+    """A '{' where a key belongs used to recurse without a depth limit (RecursionError)."""
+    with pytest.raises(perlval.PerlSyntaxError, match="hash key must be"):
+        perlval.parse_value("{" * 100_000)
+
+
+def test_dump_keys_must_be_unique():
+    text = "{ '1.2.3.4' => { B => 1 }, '1.2.3.4' => { B => 2 } }"
+    with pytest.raises(perlval.PerlSyntaxError, match="'1.2.3.4' appears twice"):
+        perlval.parse_dump(text, unique=True)
+    assert perlval.parse_dump(text) == {"1.2.3.4": {"B": 2}}      # config files: Perl's rule
+
+
+def test_long_input_keeps_few_tokens():
+    parser = perlval._Parser("[" + "1, " * 50_000 + "]")
+    assert len(parser.value()) == 50_000
+    assert len(parser.tokens) <= perlval.TOKENS_KEPT + 2

@@ -605,3 +605,74 @@ def test_sample_config_reads():
     conf = report.load_wconf(os.path.join(DATA, "..", "..", "..", "samples", "nc.sniffer.cgi.sample"))
     assert sorted(conf) == ["cache", "refresh", "stats", "update", "updto"]
     assert conf["update"] == "127.0.0.1:10004"
+
+
+# --------------------------------------------------------------------------- crafted files (11.12, 11.18)
+
+from tests import hostile  # noqa: E402
+
+CONTROLS = [chr(i) for i in range(32) if chr(i) not in "\t\n"] + \
+    [chr(i) for i in range(0x7f, 0xa0)] + ["\u202e"]
+
+
+def shows_no_controls(text: str) -> bool:
+    return not any(c in text for c in CONTROLS)
+
+
+@pytest.mark.parametrize("kind,fmt", hostile.BAD_CASES)
+def test_crafted_files_one_line_in_every_reader(tmp_path, kind, fmt):
+    path = hostile.write(tmp_path / f"{kind}.{fmt}.stats", kind, fmt)
+    with pytest.raises(DumpFileError, match="not a readable stats file"):
+        report.read_stf(path)
+    out = io.StringIO()
+    with pytest.raises(DumpFileError) as info:
+        report.report(out, path, True)
+    assert str(path) in str(info.value) and out.getvalue() == ""
+    out, err = io.StringIO(), io.StringIO()
+    assert report.cgi_main(["--stats", path, "1"], out=out, err=err) == 1
+    assert out.getvalue() == "" and err.getvalue().count("\n") == 1
+    assert err.getvalue().startswith(f"nc.sniffer.cgi: {path}: not a readable stats file: ")
+    assert shows_no_controls(err.getvalue())
+    out = io.StringIO()
+    error = report.web_report({"stats": path}, False, out)
+    assert out.getvalue() == html_line(error) and path in error
+    assert not os.path.exists("/tmp/ncs-hostile-ran")
+
+
+def html_line(text: str) -> str:
+    import html
+    return html.escape(text, quote=False) + "\n"
+
+
+@pytest.mark.parametrize("fmt", hostile.FORMATS)
+def test_terminal_report_strips_control_characters(tmp_path, fmt):
+    path = hostile.write(tmp_path / "odd.stats", "odd_names", fmt)
+    (tmp_path / "odd.stats").write_text((tmp_path / "odd.stats").read_text()
+                                        .replace("# device:\teth0", "# device:\teth0\x1b[2J\x07"))
+    out, err = io.StringIO(), io.StringIO()
+    assert report.cgi_main(["--stats", path, "0"], out=out, err=err) == 0, err.getvalue()
+    text = out.getvalue()
+    assert shows_no_controls(text), repr(text)
+    assert "# device:\teth0\tnon-promiscuous\n" in text
+    assert "\n1.2.3.4\t<script>alert(1)</script>.evil.org\n\t\tred.evil.org\n" \
+           "\t\tlinerate= 999999 connections per minute\n\t\tc1control.evil.org\n" \
+           "\t\trtlgro.live\n" in text
+    assert "\nrate\t\t= 999999" not in text                     # no forged report line
+
+
+@pytest.mark.parametrize("fmt", hostile.FORMATS)
+def test_web_report_escapes_and_strips(tmp_path, fmt):
+    path = hostile.write(tmp_path / "odd.stats", "odd_names", fmt)
+    out = io.StringIO()
+    assert report.web_report({"stats": path}, False, out) == ""
+    page = out.getvalue()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.evil.org" in page and "<script>" not in page
+    assert shows_no_controls(page) and "\t\tred.evil.org\n" in page
+
+
+def test_scoped_and_infinite_records_never_reach_the_report(tmp_path):
+    """Before: a scoped IPv6 key crashed ip_order (OSError), a Perl 1e999 int() (OverflowError)."""
+    for kind, fmt in (("scoped_ipv6", "python"), ("infinite", "perl"), ("huge_int", "json")):
+        path = hostile.write(tmp_path / f"{kind}.stats", kind, fmt)
+        with pytest.raises(DumpFileError):
+            report.report_text(path, False)

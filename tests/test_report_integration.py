@@ -230,3 +230,64 @@ def test_installed_script_terminal_mode():
     assert run.returncode == 0, run.stderr
     with open(os.path.join(ROOT, "tests", "data", "report", "mixed.report.1")) as fh:
         assert run.stdout == fh.read()
+
+
+# --------------------------------------------------------------------------- crafted files (11.12, 11.18)
+
+from tests import hostile  # noqa: E402
+
+CHILD_MEMORY = 512 << 20          # a crafted file of a few hundred KB must not cost more
+
+
+def run_cgi(args: list, env: dict) -> tuple:
+    """nc.sniffer.cgi as a process: (status, stdout, stderr, seconds, its own peak RSS)."""
+    import tempfile
+    import threading
+    cmd = [VENV_CGI] if os.path.exists(VENV_CGI) else [
+        sys.executable, os.path.join(ROOT, "scripts", "nc.sniffer.cgi")]
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd + args, stdout=out, stderr=err,
+                                env={**os.environ, "TZ": "UTC", **env})
+        timer = threading.Timer(60, proc.kill)        # bounded time, whatever happens
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage alone
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return (proc.returncode, out.read().decode("utf-8", "replace"),
+                err.read().decode("utf-8", "replace"), time.monotonic() - started,
+                usage.ru_maxrss * 1024)
+
+
+@pytest.mark.parametrize("kind,fmt", hostile.BAD_CASES)
+def test_cgi_process_crafted_file_terminal_and_ssi(tmp_path, kind, fmt):
+    path = hostile.write(tmp_path / f"{kind}.{fmt}.stats", kind, fmt)
+    status, out, err, took, peak = run_cgi(["--stats", path, "0"], {})
+    assert status == 1 and out == "", (out, err)
+    assert err.count("\n") == 1 and err.startswith(f"nc.sniffer.cgi: {path}: not a readable")
+    assert took < 30 and peak < CHILD_MEMORY
+    conf = tmp_path / "web.conf"
+    conf.write_text(repr({"stats": path}))
+    status, out, err, took, peak = run_cgi(["1"], {"NCSNIFFER_CGI_CONF": str(conf)})
+    assert status == 1 and err == "", err
+    assert out.count("\n") == 1 and out.startswith(f"{path}: not a readable stats file: ")
+    assert "<" not in out and took < 30 and peak < CHILD_MEMORY
+    assert not os.path.exists("/tmp/ncs-hostile-ran")
+
+
+@pytest.mark.parametrize("fmt", hostile.FORMATS)
+def test_cgi_process_odd_names(tmp_path, fmt):
+    path = hostile.write(tmp_path / "odd.stats", "odd_names", fmt)
+    status, out, err, _, _ = run_cgi(["--stats", path, "1"], {})
+    assert status == 0 and err == ""
+    assert "<script>alert(1)</script>.evil.org" in out        # a terminal shows it as text
+    assert not any(c in out for c in "\x1b\x07\x9b\x85\x7f\u202e")
+    conf = tmp_path / "web.conf"
+    conf.write_text(repr({"stats": path}))
+    status, out, err, _, _ = run_cgi(["0"], {"NCSNIFFER_CGI_CONF": str(conf)})
+    assert status == 0 and "&lt;script&gt;" in out and "<script>" not in out
+    assert "\x1b" not in out
