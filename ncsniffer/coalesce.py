@@ -523,9 +523,10 @@ def write_composite(path: str, header: Sequence[str], records: Mapping[str, Mapp
 
 
 def _write_atomic(path: str, pieces: Iterable[str]) -> None:
-    """``FILE.PID.tmp`` then rename: two coalescers never share a temporary file."""
+    """``FILE.PID.tmp`` then rename (dumpfile's writer): two coalescers never share a
+    temporary file."""
     try:
-        dumpfile.write_atomic(path, pieces, tmp=f"{path}.{os.getpid()}.tmp")
+        dumpfile.write_atomic(path, pieces)
     except DumpFileError as exc:
         raise CoalesceError(str(exc)) from exc
 
