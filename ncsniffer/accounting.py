@@ -11,12 +11,16 @@ next packet at which each rule updates, apply that update, repeat; everything
 between two updates is a sum.  The result is the same, bit for bit, as
 applying the rules packet by packet (``tests/test_accounting.py`` checks it
 against a plain model).  Records live in parallel arrays (``ncsniffer.table``).
+
+Names are not kept here: the accounting only tells a ``Names`` sink (the
+resolver's queue) which IP needs a name (its T has passed) and which IP is
+gone; the resolver writes N and T through the table.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -29,6 +33,19 @@ GLOBAL_INTERVAL = 60       # seconds between global rate updates ...
 FIRST_GLOBAL_INTERVAL = 300  # ... except the first one
 FIRST_PACKETS = 5          # both rules wait for this many packets while starting
 PURGE_BATCH = 10000        # records examined per second of purge work
+
+
+class Names(Protocol):
+    """Where the accounting says which IPs need a name (the resolver's queue)."""
+
+    def want(self, key: bytes) -> None:
+        """``key``'s name is due; asking again while it waits changes nothing."""
+
+    def drop(self, key: bytes) -> None:
+        """``key``'s record is gone (evicted or purged): no name is needed."""
+
+    def __len__(self) -> int:
+        """How many IPs wait for a name."""
 
 
 def count_one(st: list, now: int, length: int) -> None:
@@ -81,11 +98,12 @@ class States:
 
 
 class Accounting:
-    """Global counters, per-IP records, the lookup queue and the daily purge."""
+    """Global counters, per-IP records and the daily purge; with ``names``, it
+    tells them which IPs need a name."""
 
-    def __init__(self, now: int, max_hosts: int | None = None, lookups: bool = False):
+    def __init__(self, now: int, max_hosts: int | None = None, names: Names | None = None):
         self.max_hosts = max_hosts
-        self.lookups = lookups
+        self.names = names
         self.evicted = 0
         self.purged = 0
         self.reset(now)
@@ -107,7 +125,6 @@ class Accounting:
         self._recent: OrderedDict[bytes, int] = OrderedDict()
         self._by_seen = True
         self._seen = 0             # packets so far: the next last-seen number
-        self.lookup_queue: dict[bytes, None] = {}
         self._purge_keys: list[bytes] = []
         self._purge_pos = 0
         self._purge_began = now
@@ -129,11 +146,11 @@ class Accounting:
 
     def count_packets(self, addrs: Addresses | Sequence[bytes], which: np.ndarray,
                       secs: np.ndarray, lengths: np.ndarray,
-                      queue: bool = True) -> np.ndarray | None:
+                      ask: bool = True) -> np.ndarray | None:
         """Account packets in order: packet i exchanged ``lengths[i]`` bytes with
         address ``which[i]`` of ``addrs`` in the second ``secs[i]`` (``addrs`` may
         also be a list of distinct packed keys).  Returns each packet's slot, for
-        ``queue_due`` when ``queue`` is False (None with evictions: they queue
+        ``ask_names`` when ``ask`` is False (None with evictions: they ask
         packet by packet)."""
         if not isinstance(addrs, Addresses):
             addrs, which = Addresses.of(addrs, which)
@@ -156,8 +173,8 @@ class Accounting:
                 self._mark_seen(slots)
             else:
                 self._remember_order(addrs, which, slots)
-        if queue:
-            self.queue_due(slots, secs)
+        if ask:
+            self.ask_names(slots, secs)
         return slots
 
     @property
@@ -299,7 +316,7 @@ class Accounting:
         ``recent`` maps each key to its slot, least recently seen first."""
         table, recent, limit = self.records, self.recent, self.max_hosts
         cols = table.cols          # the dict: add_one may replace its grown columns
-        queue = self.lookup_queue if self.lookups else None
+        names = self.names
         keys = addrs.keys()
         states = States(table.cols)
         held, load = states.held, states.load
@@ -309,7 +326,8 @@ class Accounting:
             if slot is None:
                 while table.count >= limit and recent:
                     old, gone = recent.popitem(last=False)
-                    self.lookup_queue.pop(old, None)
+                    if names is not None:
+                        names.drop(old)
                     states.forget(gone)
                     table.release_one(gone)
                     self.evicted += 1
@@ -319,25 +337,23 @@ class Accounting:
                 recent.move_to_end(key)
                 st = held.get(slot) or load(slot)
             count_one(st, now, length)
-            if queue is not None and cols["T"].item(slot) < now and key not in queue:
-                queue[key] = None
+            if names is not None and cols["T"].item(slot) < now:
+                names.want(key)
         states.store()
         table.flush()
 
-    def queue_due(self, slots: np.ndarray, secs: np.ndarray) -> None:
-        """Queue, in packet order, each IP whose name is due (T < now) and not
-        queued, for packets of records ``slots`` in seconds ``secs``."""
-        if not self.lookups:
+    def ask_names(self, slots: np.ndarray, secs: np.ndarray) -> None:
+        """Tell the names, in packet order, each IP whose name is due (T < now),
+        for packets of records ``slots`` in seconds ``secs``."""
+        if self.names is None:
             return
         due = np.flatnonzero(self.records.cols["T"][slots] < secs)
         if not due.size:
             return
         _, first = np.unique(slots[due], return_index=True)
-        key, queue = self.records.key, self.lookup_queue
+        key, want = self.records.key, self.names.want
         for slot in slots[due[np.sort(first)]].tolist():
-            k = key(slot)
-            if k not in queue:
-                queue[k] = None
+            want(key(slot))
 
     # ----------------------------------------------------------------- timers
     def purge_due(self, now: int, low: int | None = None) -> bool:
@@ -390,26 +406,18 @@ class Accounting:
         old = e < limit
         if old.any():
             recent = None if self._by_seen else self._recent
-            if self.lookup_queue or recent:
+            names = self.names or None       # an empty queue: nothing to drop
+            if names is not None or recent:
                 for slot in slots[old].tolist():
                     key = self.records.key(slot)
-                    self.lookup_queue.pop(key, None)
+                    if names is not None:
+                        names.drop(key)
                     if recent is not None:
                         recent.pop(key, None)
             self.records.release(slots[old])
         if not old.all():
             self._pass_min_e = min(self._pass_min_e, int(e[~old].min()))
         return int(np.count_nonzero(old))
-
-    # ----------------------------------------------------------------- names
-    def set_names(self, key: bytes, names: list[str], expires: int) -> bool:
-        """Store a lookup answer; False if the record is gone."""
-        rec = self.records.get(key)
-        if rec is None:
-            return False
-        rec.N = list(names)
-        rec.T = expires
-        return True
 
     # ----------------------------------------------------------------- reports
     def hits_per_minute(self) -> float:

@@ -2,25 +2,30 @@
 
 Same results as taking the packets one at a time — the same decode rules and
 counters, the same accounting in the same order, the same per-second ticks —
-but every step runs on arrays.  ``prepare`` (filter, decode, match, target
-addresses) touches no accounting state, so a replay runs it in a second
-process; ``apply`` (distinct addresses, counters, clock, accounting) runs
-where the records live.
+but every step runs on arrays.  What goes in is a frozen :class:`Rules` record
+(the few settings the per-packet rules read), what comes out is
+:class:`Counters` and the accounting's records: nothing here knows of the
+config, the dump file or the daemon.  ``prepare`` (filter, decode, match,
+target addresses) touches no state, so a replay runs it in a second process;
+its :class:`Prepared` record is what a batch decoded to, for every consumer;
+``apply`` (counters, distinct addresses, clock, accounting) runs where the
+records live.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from ncsniffer import bpfvm, decode, linktypes
+from ncsniffer.accounting import Accounting
+from ncsniffer.clock import Clock
 from ncsniffer.table import Addresses
 from ncsniffer.gather import HEAD, Gather, Heads
 from ncsniffer.pcapfile import Batch
-from ncsniffer.sniffer import Sniffer
 
 OK, TRUNCATED, NOT_IP, INVALID = 0, 1, 2, 3
 REASONS = {TRUNCATED: decode.TRUNCATED, NOT_IP: decode.NOT_IP, INVALID: decode.INVALID}
@@ -35,6 +40,44 @@ BY_VERSION = {value: link.length for value, link in linktypes.BY_VALUE.items()
 LOWER = np.arange(256, dtype=np.uint8)
 LOWER[ord("A"):ord("Z") + 1] += 32                # bytes.lower(): ASCII letters only
 MATCH_HEAD = 256     # with match/nomatch, copy this much of each packet (if snaplen is less)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the per-packet rules read of the settings, and nothing more."""
+
+    linktype: int                  # of the capture (a pcapng file's links: ``prog``)
+    me: bytes                      # packed; a packet from "me" counts for its destination
+    snaplen: int
+    payload: int | None = None     # set with match / nomatch: where their window starts
+    match: bytes | None = None     # lower-case
+    nomatch: bytes | None = None
+
+
+@dataclass
+class Counters:
+    """What became of the packets the filter passed."""
+
+    seen: int = 0                  # frames the bpf let through
+    counted: int = 0
+    unmatched: int = 0             # dropped by match / nomatch
+    undecoded: dict[str, int] = field(
+        default_factory=lambda: {decode.TRUNCATED: 0, decode.NOT_IP: 0, decode.INVALID: 0})
+
+    def add(self, p: "Prepared") -> None:
+        """Add a prepared batch's counts."""
+        self.seen += p.seen
+        for name, n in p.undecoded.items():
+            self.undecoded[name] += n
+        self.unmatched += p.unmatched
+        self.counted += len(p.good)
+
+    def text(self, hosts: int) -> str:
+        """The counters on one line, for the log."""
+        u = self.undecoded
+        return (f"{self.seen} packets, {self.counted} counted, {self.unmatched} unmatched, "
+                f"{u[decode.TRUNCATED]} truncated, {u[decode.NOT_IP]} non-IP, "
+                f"{u[decode.INVALID]} invalid, {hosts} hosts")
 
 
 def decode_batch(linktype: int, heads: Heads, rows: np.ndarray, cap: np.ndarray):
@@ -142,11 +185,11 @@ def _unique32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[new], inverse
 
 
-def matching(heads: Heads, rows: np.ndarray, cap: np.ndarray, sniffer: Sniffer) -> np.ndarray:
+def matching(heads: Heads, rows: np.ndarray, cap: np.ndarray, rules: Rules) -> np.ndarray:
     """Mask of the packets ``rows`` whose window [payload, snaplen) passes match /
     nomatch (read from the packet-start copy when it reaches that far)."""
-    payload = sniffer.payload
-    length = np.maximum(np.minimum(cap, sniffer.snaplen) - payload, 0)
+    payload = rules.payload
+    length = np.maximum(np.minimum(cap, rules.snaplen) - payload, 0)
     width = int(length.max()) if len(length) else 0
     if payload + width <= heads.width:
         first, n = (int(rows[0]), len(rows)) if len(rows) else (0, 0)
@@ -162,7 +205,7 @@ def matching(heads: Heads, rows: np.ndarray, cap: np.ndarray, sniffer: Sniffer) 
         def windows(lo: int, hi: int) -> np.ndarray:
             return heads.g.window(start[lo:hi], width)
     keep = np.ones(len(length), bool)
-    for needle, wanted in ((sniffer.match, True), (sniffer.nomatch, False)):
+    for needle, wanted in ((rules.match, True), (rules.nomatch, False)):
         if needle is not None:
             keep &= contains(windows, length, needle) == wanted
     return keep
@@ -198,8 +241,9 @@ def contains(windows: Callable[[int, int], np.ndarray], length: np.ndarray,
 
 @dataclass
 class Prepared:
-    """A batch filtered, decoded and matched, ready for the accounting: what
-    ``prepare`` hands to ``apply`` (possibly from another process)."""
+    """A batch filtered, decoded and matched: what ``prepare`` hands to ``apply``
+    (possibly from another process), and what a consumer of decoded packets
+    (the accounting; next, connection tracking) reads."""
 
     seen: int                     # packets the filter passed
     undecoded: dict[str, int]     # ... not decoded, by reason
@@ -210,10 +254,11 @@ class Prepared:
     lengths: np.ndarray           # ... their wire lengths
 
 
-def process(batch: Batch, prog, linktype: int, sniffer: Sniffer) -> None:
+def process(batch: Batch, prog, rules: Rules, counters: Counters, acct: Accounting,
+            clock: Clock) -> None:
     """Account every packet of the batch that the filter program passes
     (``prog`` None: all of them, the kernel filtered them already)."""
-    apply(prepare(batch, prog, linktype, sniffer), sniffer)
+    apply(prepare(batch, prog, rules), counters, acct, clock)
 
 
 def filter_decode(batch: Batch, heads: Heads, prog, linktype: int):
@@ -244,68 +289,66 @@ def _filter_decode(batch: Batch, heads: Heads, prog, linktype: int, idx: np.ndar
     return (rows, *decode_batch(linktype, heads, rows, batch.caplen[rows]))
 
 
-def prepare(batch: Batch, prog, linktype: int, sniffer: Sniffer) -> Prepared:
-    """Filter, decode, match and find the targets; touches no accounting state
-    (it reads the sniffer's settings only).  ``prog``: as ``filter_decode`` takes it."""
-    width = HEAD if sniffer.payload is None else max(HEAD, min(sniffer.snaplen, MATCH_HEAD))
+def prepare(batch: Batch, prog, rules: Rules) -> Prepared:
+    """Filter, decode, match and find the targets; touches no state (it reads the
+    rules only).  ``prog``: as ``filter_decode`` takes it."""
+    width = HEAD if rules.payload is None else max(HEAD, min(rules.snaplen, MATCH_HEAD))
     heads = Heads(Gather(batch.u8), batch.offs, width)
-    rows, reason, l3, is6 = filter_decode(batch, heads, prog, linktype)
+    rows, reason, l3, is6 = filter_decode(batch, heads, prog, rules.linktype)
     cap = batch.caplen[rows]
     undecoded = {name: int(np.count_nonzero(reason == code)) for code, name in REASONS.items()}
     good = np.flatnonzero(reason == OK)
     unmatched = 0
-    if sniffer.payload is not None and good.size:
-        keep = matching(heads, rows[good], cap[good], sniffer)
+    if rules.payload is not None and good.size:
+        keep = matching(heads, rows[good], cap[good], rules)
         unmatched = int(good.size - np.count_nonzero(keep))
         good = good[keep]
     return Prepared(len(rows), undecoded, unmatched,
-                    targets(heads, rows[good], l3[good], is6[good], sniffer.me),
+                    targets(heads, rows[good], l3[good], is6[good], rules.me),
                     batch.sec[rows], good, batch.wirelen[rows][good])
 
 
-def apply(p: Prepared, sniffer: Sniffer) -> None:
-    """Count a prepared batch: the counters, the clock, the accounting."""
+def apply(p: Prepared, counters: Counters, acct: Accounting, clock: Clock) -> None:
+    """Count a prepared batch: the counters, then the accounting on ``clock``."""
     if not p.seen:
         return
-    sniffer.seen += p.seen
-    for name, n in p.undecoded.items():
-        sniffer.undecoded[name] += n
-    sniffer.unmatched += p.unmatched
-    sniffer.counted += len(p.good)
-    account(sniffer, *distinct(p.targets), p.sec, p.good, p.lengths)
+    counters.add(p)
+    account(acct, clock, *distinct(p.targets), p.sec, p.good, p.lengths)
 
 
-def account(sniffer: Sniffer, keys: Addresses, which: np.ndarray, sec: np.ndarray,
-            good: np.ndarray, lengths: np.ndarray) -> None:
-    """Move the clock second by second over the batch (``sec``: every packet's,
-    counted or not) and account the counted packets (``good``).
+def account(acct: Accounting, clock: Clock, keys: Addresses, which: np.ndarray,
+            sec: np.ndarray, good: np.ndarray, lengths: np.ndarray) -> None:
+    """Account the counted packets (``good``) at their own seconds and, on a
+    packet clock, move it second by second over the batch (``sec``: every
+    packet's, counted or not).
 
-    A replay's ticks (the purge, DNS) must see the state of their second.  The
-    records' arithmetic is independent of the DNS state (T, N, the queue), so
-    it takes the whole batch in one step, and only the lookup queue follows
-    the clock second by second.  While the purge may delete records in the
-    batch's seconds (or with max_hosts and DNS together), everything goes
-    second by second.
+    A replay's per-second jobs (the purge, DNS) must see the state of their
+    second.  The records' arithmetic is independent of the DNS state (T, N, the
+    names wanted), so it takes the whole batch in one step, and only the names
+    wanted follow the clock second by second.  While the purge may delete
+    records in the batch's seconds (or with max_hosts and DNS together),
+    everything goes second by second.  On the wall clock nothing waits for the
+    packets: the batch is one step.
     """
     bounds = np.flatnonzero(sec[1:] != sec[:-1]) + 1
     run_secs = sec[np.concatenate(([0], bounds))].tolist()
-    acct = sniffer.acct
     times = sec[good]
-    advance = sniffer.advance
+    packets = clock.packets
     cuts = np.searchsorted(good, np.concatenate((bounds, [len(sec)]))).tolist()
-    advance(run_secs[0])            # (replay: the first second starts the clock)
-    queue_by_second = sniffer.offline and acct.lookups
-    stepwise = sniffer.offline and (
+    packets(run_secs[0])            # (replay: the first second starts the clock)
+    by_second = clock.packet_time
+    names_by_second = by_second and acct.names is not None
+    stepwise = by_second and (
         acct.purge_due(int(sec.max()), int(times.min()) if good.size else None)
-        or (queue_by_second and acct.max_hosts))
+        or (names_by_second and acct.max_hosts))
     if not stepwise:
-        slots = acct.count_packets(keys, which, times, lengths, queue=not queue_by_second)
+        slots = acct.count_packets(keys, which, times, lengths, ask=not names_by_second)
     c0 = 0
     for i, (now, c1) in enumerate(zip(run_secs, cuts)):
         if i:
-            advance(now)
+            packets(now)
         if c1 > c0 and stepwise:
             acct.count_packets(keys, which[c0:c1], times[c0:c1], lengths[c0:c1])
-        elif c1 > c0 and queue_by_second:
-            acct.queue_due(slots[c0:c1], times[c0:c1])
+        elif c1 > c0 and names_by_second:
+            acct.ask_names(slots[c0:c1], times[c0:c1])
         c0 = c1

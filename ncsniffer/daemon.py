@@ -26,7 +26,8 @@ from typing import IO
 
 import daemon as pydaemon
 
-from ncsniffer import batch, capture, host, notify, pidfile, safefile
+from ncsniffer import capture, host, notify, pidfile, safefile
+from ncsniffer.clock import WallClock
 from ncsniffer.config import Settings
 from ncsniffer.errors import NcSnifferError
 from ncsniffer.sniffer import Sniffer
@@ -60,7 +61,7 @@ def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = Non
     remove_leftovers(settings)
     cap = capture.open_live(settings.interface, settings.snaplen, settings.promiscuous, settings.bpf)
     listener = open_listener(settings) if settings.port else None
-    sniffer = Sniffer(settings, cap.linktype, now=int(time.time()), device=settings.interface)
+    sniffer = Sniffer(settings, cap.linktype, WallClock(interval=TICK), device=settings.interface)
     resolver = make_resolver(settings, sniffer.acct)
     if foreground:
         setup_logging(foreground=True, settings=settings)
@@ -164,11 +165,14 @@ def open_listener(settings: Settings) -> socket.socket:
 
 
 def make_resolver(settings: Settings, acct):
-    """The reverse-DNS resolver, when names are wanted (its socket opens now, as root)."""
+    """The reverse-DNS resolver, when names are wanted (its socket opens now, as root);
+    ``acct`` tells its queue which names are due."""
     if not settings.resolve:
         return None
     from ncsniffer import resolver
-    return resolver.Resolver(settings, acct)
+    r = resolver.Resolver(settings, acct)
+    acct.names = r.queue
+    return r
 
 
 def setup_logging(foreground: bool, settings: Settings) -> None:
@@ -289,6 +293,8 @@ class Daemon:
         self.cap = cap
         self.listener = listener
         self.sniffer = sniffer
+        self.clock = sniffer.clock      # wall time: one now per loop turn; after the purge,
+        self.clock.every_second(self._tick)     # the per-second jobs of the loop itself
         self.resolver = resolver
         self.allowed = {_norm(a) for a in settings.allowed}
         self.dump: DumpChild | None = None
@@ -328,40 +334,38 @@ class Daemon:
         log.info("started on %s (%s), bpf '%s'%s", s.interface,
                  "promiscuous" if s.promiscuous else "non-promiscuous", s.bpf,
                  f", dump requests on {s.listen_host}:{s.port}" if s.port else "")
-        next_tick = time.monotonic() + TICK
+        clock = self.clock
         while self.running:
             waiting = self.dump_wanted and self.dump_child is None    # else: no spinning
-            until = min(next_tick, self.dump_due) if waiting else next_tick
+            until = min(clock.next_tick, self.dump_due) if waiting else clock.next_tick
             timeout = max(0.0, min(until - time.monotonic(), 0.1))
             ready = {key.data for key, _ in sel.select(timeout)}
+            now = clock.update()             # this turn's now, for every decision in it
             self._drain_capture()
             if "signal" in ready:
                 _drain(self.wake_r)
             if "udp" in ready:
                 self._serve_requests()
             if "dns" in ready:
-                self.resolver.on_readable(int(time.time()))
+                self.resolver.on_readable(now)
             if self.resolver is not None:
-                self.resolver.tick(int(time.time()))
+                self.resolver.tick(now)
             self._handle_flags()
             self._start_dump_if_wanted()
-            if time.monotonic() >= next_tick:
-                next_tick = time.monotonic() + TICK
-                self._tick(int(time.time()))
+            clock.tick_if_due()              # the purge, then ``_tick``
         return 0
 
     def _drain_capture(self, rounds: int = 20) -> None:
-        linktype = self.cap.linktype
         for _ in range(rounds):       # bounded, so requests and signals get served
             got = self.cap.read_batch(PCAP_BATCH)
             if got is None:
                 break
-            batch.process(got, None, linktype, self.sniffer)
+            self.sniffer.process(got)
             if len(got.offs) < PCAP_BATCH:
                 break
 
-    def _tick(self, now: int) -> None:
-        self.sniffer.acct.purge(now)
+    def _tick(self, now: int, elapsed: int = 1) -> None:
+        """The loop's own per-second work (the clock ran the purge before it)."""
         self.notifier.ping()
         self._start_dump_if_wanted()     # reaps, and starts one that waited its turn
         gc.freeze()          # records never form cycles: keep the collector off them
@@ -382,9 +386,8 @@ class Daemon:
                     log.warning("dump request from %s refused (not allowed; %d so far)",
                                 addr[0], self.refused)
                 continue
-            now = int(time.time())
             if data.startswith(b"dump"):
-                reply = f"OK {now}".encode()
+                reply = f"OK {self.clock.now}".encode()
                 self._want_dump()
             else:
                 reply = b"??"
@@ -442,16 +445,19 @@ class Daemon:
         if not (self.dump_wanted or self.hup_wanted) or now < self.dump_due:
             return
         self._drain_capture(FLUSH_ROUNDS)
+        now = self.clock.update()        # the drain took a while: the dump's own moment
         # requests of the last FLUSH_WAIT may lack packets still in a block: next dump
         self.dump_wanted = self.last_request + FLUSH_WAIT > now
         self.dump_due = self.last_request + FLUSH_WAIT
         self.first_request = self.last_request
         if self.hup_wanted:
             self.hup_wanted = False
-            self._dump_in_child(hup=True)
-            self.sniffer.acct.reset(int(time.time()))   # the child holds the snapshot
+            self._dump_in_child(now, hup=True)
+            self.sniffer.acct.reset(now)   # the child holds the snapshot
+            if self.resolver is not None:
+                self.resolver.reset()      # no name is due in the new records yet
         else:
-            self._dump_in_child()
+            self._dump_in_child(now)
 
     def _flush_capture(self) -> None:
         """Count every packet received until now, waiting out the block timeout."""
@@ -461,10 +467,9 @@ class Daemon:
             time.sleep(FLUSH_STEP)
         self._drain_capture(FLUSH_ROUNDS)
 
-    def _dump_in_child(self, hup: bool = False) -> None:
+    def _dump_in_child(self, current: int, hup: bool = False) -> None:
         """Fork: the child writes its copy-on-write snapshot and exits; capture goes on."""
         self._log_counters("dump")
-        current = int(time.time())
         if self.settings.stats_file is None:      # -d: to stderr, in this process
             self.write_dump(current)
             self._dump_done(hup, None)
@@ -493,7 +498,7 @@ class Daemon:
         return self.dump.pid if self.dump else None
 
     def write_dump(self, current: int | None = None) -> None:
-        self.sniffer.dump(int(time.time()) if current is None else current)
+        self.sniffer.dump(self.clock.update() if current is None else current)
 
     def _reap_dump(self) -> None:
         """Collect a finished dump child; kill one that is over its time limit."""

@@ -1,8 +1,8 @@
 """Offline mode (``nc.sniffer -r FILE start``): replay a capture file.
 
-The clock is the packets' own timestamps, so the numbers are exactly those a
-live run would have produced; the purge and other once-a-second work is driven
-by packet time too.  At the end of the file, one dump.  With a second CPU, a
+The clock is the packets' own timestamps (a ``PacketClock``), so the numbers
+are exactly those a live run would have produced; the purge and the DNS, its
+per-second jobs, run on packet time too.  At the end of the file, one dump.  With a second CPU, a
 forked process reads and prepares the batches while this one accounts them.
 """
 
@@ -19,6 +19,7 @@ import traceback
 from typing import IO, Iterator
 
 from ncsniffer import batch, bpfvm, capture, pcapfile
+from ncsniffer.clock import PacketClock
 from ncsniffer.config import Settings
 from ncsniffer.errors import CaptureError, NcSnifferError
 from ncsniffer.sniffer import Sniffer, check_link_type
@@ -56,46 +57,42 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
     """Replay ``path``; write the stats; return the exit code (0, or 2 on a bad file)."""
     batches, linktype, prog, close = _open(path, settings)
     error: NcSnifferError | None = None
+    clock = PacketClock()
     try:
-        sniffer = Sniffer(settings, linktype, now=0, device=path, offline=True,
-                          on_second=lambda now, elapsed: tick(now, elapsed))
+        sniffer = Sniffer(settings, linktype, clock, device=path)   # the purge: its first job
     except NcSnifferError:
         close()
         raise
-
-    def tick(now: int, elapsed: int) -> None:
-        sniffer.acct.purge(now, elapsed)
-        if lookups is not None:
-            lookups.tick(now)
-
     if lookups is not None:
         lookups.attach(sniffer)
+        clock.every_second(lambda now, elapsed: lookups.tick(now))
     progress = Progress(None if quiet else log)
+    counters = sniffer.counters
     prepared = (_two_processes if prog is not None and _pipeline() else _one_process)(
-        batches, prog, linktype, sniffer)
+        batches, prog, sniffer.rules)
     try:
         for ready in prepared:
-            batch.apply(ready, sniffer)
+            batch.apply(ready, counters, sniffer.acct, clock)
             gc.freeze()      # records never form cycles: keep the collector off them
             if lookups is not None:
-                lookups.poll(sniffer.now)
-            progress.update(sniffer.seen)
+                lookups.poll(clock.now)
+            progress.update(counters.seen)
     except CaptureError as exc:
         error = exc
     finally:
         prepared.close()
         close()
-    progress.update(sniffer.seen, final=True)
+    progress.update(counters.seen, final=True)
     if lookups is not None:
-        lookups.finish(sniffer.now)
+        lookups.finish(clock.now)
 
-    sniffer.dump(sniffer.now)
+    sniffer.dump(clock.now)
     log.write(f"nc.sniffer: {path}: {sniffer.counters_text()}\n")
     if lookups is not None and hasattr(lookups, "counters_text"):
         log.write(f"nc.sniffer: dns {lookups.counters_text()}\n")
     if error is not None:
         log.write(f"nc.sniffer: {error}; stats of the packets read so far were written\n"
-                  if sniffer.seen else f"nc.sniffer: {error}\n")
+                  if counters.seen else f"nc.sniffer: {error}\n")
         return 2
     return 0
 
@@ -106,13 +103,12 @@ def _pipeline() -> bool:
     return os.environ.get("NCSNIFFER_REPLAY") != "serial" and len(os.sched_getaffinity(0)) > 1
 
 
-def _one_process(batches, prog, linktype: int, sniffer: Sniffer) -> Iterator[batch.Prepared]:
+def _one_process(batches, prog, rules: batch.Rules) -> Iterator[batch.Prepared]:
     for got in batches:
-        yield batch.prepare(got, prog, linktype, sniffer)
+        yield batch.prepare(got, prog, rules)
 
 
-def _two_processes(batches, prog, linktype: int,
-                   sniffer: Sniffer) -> Iterator[batch.Prepared]:
+def _two_processes(batches, prog, rules: batch.Rules) -> Iterator[batch.Prepared]:
     """Prepared batches from a forked child: it reads, filters, decodes and finds
     the targets of batch n + 1 while this process accounts batch n (the
     accounting stays in one process, in file order).  A reading error ends the
@@ -125,7 +121,7 @@ def _two_processes(batches, prog, linktype: int,
     pid = os.fork()
     if pid == 0:                                    # the child: never returns
         os.close(rfd)
-        _prepare_into(wfd, batches, prog, linktype, sniffer)
+        _prepare_into(wfd, batches, prog, rules)
     os.close(wfd)
     try:
         with os.fdopen(rfd, "rb", PIPE_BUFFER) as inp:
@@ -151,7 +147,7 @@ def _two_processes(batches, prog, linktype: int,
         os.waitpid(pid, 0)
 
 
-def _prepare_into(wfd: int, batches, prog, linktype: int, sniffer: Sniffer) -> None:
+def _prepare_into(wfd: int, batches, prog, rules: batch.Rules) -> None:
     """The child's work: prepared batches, then ("end", ""), ("capture", message)
     or ("crash", traceback) into the pipe; then exit without Python's clean-up
     (the parent's buffers and atexit handlers are not ours)."""
@@ -160,7 +156,7 @@ def _prepare_into(wfd: int, batches, prog, linktype: int, sniffer: Sniffer) -> N
         with os.fdopen(wfd, "wb", PIPE_BUFFER) as out:
             try:
                 for got in batches:
-                    pickle.dump(batch.prepare(got, prog, linktype, sniffer), out, protocol=5)
+                    pickle.dump(batch.prepare(got, prog, rules), out, protocol=5)
                 pickle.dump(("end", ""), out)
             except CaptureError as exc:
                 pickle.dump(("capture", str(exc)), out)

@@ -43,6 +43,7 @@ import dns.reversename
 from ncsniffer import config as configmod
 from ncsniffer.accounting import ONEDAY, Accounting
 from ncsniffer.errors import ResolverError
+from ncsniffer.table import Table
 
 QUERY_TIMEOUT = 300       # seconds a query waits for its answer (SPEC 5)
 EXPIRE_EVERY = 15         # seconds between sweeps of timed-out queries (SPEC 5)
@@ -165,6 +166,43 @@ def _text(name: dns.name.Name) -> str:
 
 # --------------------------------------------------------------------------- decisions
 
+class LookupQueue:
+    """The IPs waiting for a name, in the order their names fell due; the
+    accounting's ``Names`` sink (``want``, ``drop``), owned by the resolver."""
+
+    def __init__(self) -> None:
+        self._keys: dict[bytes, None] = {}
+
+    def want(self, key: bytes) -> None:
+        """Queue ``key`` at the end, unless it waits already."""
+        self._keys.setdefault(key)
+
+    put_back = want
+
+    def drop(self, key: bytes) -> None:
+        """``key``'s record is gone: it needs no name."""
+        self._keys.pop(key, None)
+
+    def take(self, limit: int) -> list[bytes]:
+        """Remove up to ``limit`` keys from the head and return them."""
+        keys = list(itertools.islice(self._keys, limit))
+        for key in keys:
+            del self._keys[key]
+        return keys
+
+    def clear(self) -> None:
+        self._keys.clear()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __contains__(self, key) -> bool:
+        return key in self._keys
+
+
 @dataclass
 class Pending:
     """One outstanding query."""
@@ -178,15 +216,17 @@ class Pending:
 class Lookups:
     """The resolver's state and decisions, without I/O.
 
-    ``acct`` is the accounting whose ``lookup_queue`` feeds the queries and whose
-    records receive the names; its dicts are always reached through ``acct``
-    because a SIGHUP reset replaces them.
+    ``queue`` holds the IPs whose names are due (the accounting says which);
+    the names go to the records of ``acct``, reached through it each time
+    because a SIGHUP reset replaces its table.  ``reset`` (SIGHUP) empties the
+    queue; queries already sent still answer into the new records.
     """
 
     def __init__(self, acct: Accounting, server: tuple[str, int], max_outstanding: int,
                  max_qps: int, clock: Callable[[], float] = time.monotonic,
                  random_id: Callable[[], int] | None = None):
         self.acct = acct
+        self.queue = LookupQueue()
         self.server = server
         # Ids are 16 bits: keep the table sparse so that a random id is free at once.
         self.max_outstanding = max(1, min(max_outstanding, MAX_OUTSTANDING))
@@ -200,6 +240,14 @@ class Lookups:
         self.counters = dict.fromkeys(("sent", ANSWERED, EMPTY, REJECTED, IGNORED, GONE,
                                        "timed out", "skipped", "errors"), 0)
 
+    @property
+    def records(self) -> Table:
+        return self.acct.records
+
+    def reset(self) -> None:
+        """SIGHUP: the counters start over, so no IP waits for a name any more."""
+        self.queue.clear()
+
     # ----------------------------------------------------------------- sending
     def budget(self) -> int:
         """How many queries may go out now: bounded by outstanding room and the rate."""
@@ -212,11 +260,7 @@ class Lookups:
 
     def take(self, limit: int) -> list[bytes]:
         """Remove up to ``limit`` keys from the head of the lookup queue and return them."""
-        queue = self.acct.lookup_queue
-        keys = list(itertools.islice(queue, limit))
-        for key in keys:
-            del queue[key]
-        return keys
+        return self.queue.take(limit)
 
     def start(self, key: bytes, now: int) -> tuple[int, bytes] | None:
         """Begin the lookup of ``key``: set T = now + 1 day, register the query.
@@ -224,12 +268,10 @@ class Lookups:
         Returns ``(id, wire)`` to send, or None when there is nothing to send (the
         record is gone, its query is already outstanding, or no free id was found).
         """
-        rec = self.acct.records.get(key)
-        if rec is None:
+        old_t = self.records.set_expiry(key, now + ONEDAY)   # retry in a day if nothing
+        if old_t is None:                                     # usable answers
             self.counters["skipped"] += 1
             return None
-        old_t = rec.T
-        rec.T = now + ONEDAY           # retry in a day if nothing usable answers
         if key in self.pending_keys:   # e.g. queued again after a SIGHUP reset
             self.counters["skipped"] += 1
             return None
@@ -238,8 +280,8 @@ class Lookups:
             if qid not in self.outstanding:
                 break
         else:
-            rec.T = old_t
-            self.acct.lookup_queue[key] = None
+            self.records.set_expiry(key, old_t)
+            self.queue.put_back(key)
             return None
         qname = reverse_name(key)
         t = self.clock()
@@ -258,10 +300,8 @@ class Lookups:
         self.counters["sent"] -= 1
         if self.recent:
             self.recent.pop()
-        rec = self.acct.records.get(p.key)
-        if rec is not None:
-            rec.T = p.old_t
-            self.acct.lookup_queue[p.key] = None
+        if self.records.set_expiry(p.key, p.old_t) is not None:
+            self.queue.put_back(p.key)
 
     def expire(self) -> int:
         """Every EXPIRE_EVERY seconds, forget queries whose deadline has passed."""
@@ -302,7 +342,7 @@ class Lookups:
         verdict = judge(msg)
         if verdict.outcome != ANSWERED:
             return verdict.outcome
-        if not self.acct.set_names(p.key, list(verdict.names), now + verdict.ttl):
+        if not self.records.set_names(p.key, list(verdict.names), now + verdict.ttl):
             return GONE
         return ANSWERED
 
@@ -312,7 +352,7 @@ class Lookups:
         return (f"{_endpoint(self.server)}: {c['sent']} sent, {c[ANSWERED]} answered, "
                 f"{c[EMPTY]} without name, {c[REJECTED]} rejected, {c['timed out']} timed out, "
                 f"{c[GONE]} for records gone, {c[IGNORED]} ignored, {c['errors']} socket errors; "
-                f"{len(self.outstanding)} outstanding, {len(self.acct.lookup_queue)} queued")
+                f"{len(self.outstanding)} outstanding, {len(self.queue)} queued")
 
 
 def _same_address(source: tuple, server: tuple[str, int]) -> bool:
@@ -387,7 +427,8 @@ class Resolver:
 
     The daemon registers ``fileno()`` for reading and calls ``on_readable(now)``
     when it is readable, and ``tick(now)`` at least once a second and after each
-    batch of packets.  Nothing here ever blocks.
+    batch of packets; it makes ``queue`` the accounting's ``names``.  Nothing
+    here ever blocks.
     """
 
     def __init__(self, settings, acct: Accounting, clock: Callable[[], float] = time.monotonic,
@@ -397,6 +438,15 @@ class Resolver:
                                settings.dns_max_qps, clock=clock)
         self.sock = _open_socket(self.server)
         self._buf = bytearray(65535)
+
+    @property
+    def queue(self) -> LookupQueue:
+        """The IPs waiting for a name: the accounting's ``names`` sink."""
+        return self.lookups.queue
+
+    def reset(self) -> None:
+        """SIGHUP: empty the queue (the accounting starts over)."""
+        self.lookups.reset()
 
     def fileno(self) -> int:
         """The UDP socket, to register for reading."""
@@ -420,7 +470,7 @@ class Resolver:
         lookups = self.lookups
         lookups.expire()
         budget = lookups.budget()
-        remaining = len(lookups.acct.lookup_queue)   # each key is looked at once per tick
+        remaining = len(lookups.queue)   # each key is looked at once per tick
         while budget > 0 and remaining > 0:
             keys = lookups.take(min(budget, remaining))
             if not keys:
@@ -433,7 +483,7 @@ class Resolver:
                 qid, wire = started
                 if not self._send(qid, wire):
                     for rest in keys[i + 1:]:         # back in the queue, for the next tick
-                        lookups.acct.lookup_queue[rest] = None
+                        lookups.queue.put_back(rest)
                     return
                 budget -= 1
 
@@ -519,8 +569,9 @@ class OfflineLookups:
         self.resolver: Resolver | None = None
 
     def attach(self, sniffer) -> None:
-        """Open the socket; names go to ``sniffer.acct``."""
+        """Open the socket; ``sniffer.acct`` says which names are due, and gets them."""
         self.resolver = Resolver(self.settings, sniffer.acct)
+        sniffer.acct.names = self.resolver.queue
 
     def tick(self, now: int) -> None:
         """A new second of packet time: read answers, send what the limits allow."""
@@ -543,7 +594,7 @@ class OfflineLookups:
             t = time.monotonic()
             if t >= deadline:
                 break
-            sending = t < stop_sending and bool(r.lookups.acct.lookup_queue)
+            sending = t < stop_sending and bool(r.lookups.queue)
             if sending:
                 r.tick(now)
             else:

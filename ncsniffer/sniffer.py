@@ -1,17 +1,18 @@
-"""What live capture and replay share: the accounting, the settings that the
-per-packet rules need, the packet clock, the counters, and the dump header.
+"""What live capture and replay share: the settings turned into the pipeline's
+rules, the accounting on the driver's clock, the counters, and the dump.
 
 The per-packet rules themselves (decode -> payload match -> target address ->
-accounting) run over whole batches in ``ncsniffer.batch``.
+accounting) run over whole batches in ``ncsniffer.batch``, which knows
+nothing of this module, the config or the dump file.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Callable
 
-from ncsniffer import capture, decode, dumpfile, linktypes
+from ncsniffer import batch, capture, dumpfile, linktypes
 from ncsniffer.accounting import Accounting
+from ncsniffer.clock import Clock, PacketClock
 from ncsniffer.config import Settings
 from ncsniffer.dumpfile import Header
 from ncsniffer.errors import CaptureError
@@ -26,42 +27,29 @@ def check_link_type(linktype: int, source: str) -> None:
 
 
 class Sniffer:
-    """The state behind one capture: accounting, clock, counters, header."""
+    """The state behind one capture: rules, accounting, clock, counters, header.
 
-    def __init__(self, settings: Settings, linktype: int, now: int, device: str,
-                 offline: bool = False, on_second: Callable[[int, int], None] | None = None):
+    ``clock`` is the driver's: a ``PacketClock`` for a replay (which then starts
+    at the first packet), a ``WallClock`` for the daemon.  The purge is its
+    first per-second job."""
+
+    def __init__(self, settings: Settings, linktype: int, clock: Clock, device: str):
         check_link_type(linktype, device)
         self.settings = settings
         self.device = device
-        self.offline = offline
-        self.acct = Accounting(now, settings.max_hosts, lookups=settings.resolve)
-        self.me = settings.me_packed
-        self.match = settings.match
-        self.nomatch = settings.nomatch
-        self.payload = settings.payload
-        self.snaplen = settings.snaplen
-        self.on_second = on_second
-        self.seen = 0          # frames the bpf let through
-        self.counted = 0
-        self.unmatched = 0     # dropped by match / nomatch
-        self.undecoded = {decode.TRUNCATED: 0, decode.NOT_IP: 0, decode.INVALID: 0}
-        self._second = None    # the current second, as one shared int object
-        self.now = now
+        self.clock = clock
+        self.offline = isinstance(clock, PacketClock)
+        self.acct = Accounting(clock.now, settings.max_hosts)
+        self.rules = batch.Rules(linktype, settings.me_packed, settings.snaplen,
+                                 settings.payload, settings.match, settings.nomatch)
+        self.counters = batch.Counters()
+        if isinstance(clock, PacketClock):
+            clock.at_start(self.acct.reset)           # replay: start at the first packet
+        clock.every_second(self.acct.purge)
 
-    def advance(self, now: int) -> int:
-        """Move the clock to ``now`` (ticks when replaying); return the shared int."""
-        if now == self._second:
-            return self._second
-        previous = self._second
-        self._second = now
-        if self.offline:
-            if previous is None:
-                self.acct.reset(now)          # replay: start at the first packet
-            elif now > self.now and self.on_second is not None:
-                self.on_second(now, now - self.now)
-        if now > self.now or previous is None:
-            self.now = now
-        return now
+    def process(self, got, prog=None) -> None:
+        """Account a batch of packets (``prog`` None: the kernel filtered them)."""
+        batch.process(got, prog, self.rules, self.counters, self.acct, self.clock)
 
     def header(self, current: int) -> Header:
         s = self.settings
@@ -84,7 +72,4 @@ class Sniffer:
             dumpfile.write_file(s.stats_file, self.header(current), rows, s.dump_format)
 
     def counters_text(self) -> str:
-        u = self.undecoded
-        return (f"{self.seen} packets, {self.counted} counted, {self.unmatched} unmatched, "
-                f"{u[decode.TRUNCATED]} truncated, {u[decode.NOT_IP]} non-IP, "
-                f"{u[decode.INVALID]} invalid, {len(self.acct.records)} hosts")
+        return self.counters.text(len(self.acct.records))

@@ -155,6 +155,26 @@ class Table(MutableMapping):
     def occupied(self) -> np.ndarray:
         return np.flatnonzero(self.cols["K"][:self.size])
 
+    # --------------------------------------------------------------- names
+    def set_names(self, key: bytes, names: list[str], expires: int) -> bool:
+        """Store a lookup answer (N, and T: when to ask again); False if the record is gone."""
+        slot = int(self.find((key,))[0])
+        if slot < 0:
+            return False
+        self.cols["N"][slot] = list(names) or None
+        self.cols["T"][slot] = expires
+        return True
+
+    def set_expiry(self, key: bytes, t: int) -> int | None:
+        """Set when ``key``'s name is due again (T); the T it had, or None if the
+        record is gone."""
+        slot = int(self.find((key,))[0])
+        if slot < 0:
+            return None
+        old = self.cols["T"].item(slot)
+        self.cols["T"][slot] = t
+        return old
+
     # --------------------------------------------------------------- storage
     def find(self, keys: Sequence[bytes]) -> np.ndarray:
         """Slot of each packed key, -1 where there is no record."""

@@ -9,6 +9,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from ncsniffer.accounting import Accounting, PURGE_BATCH
+from ncsniffer.resolver import LookupQueue
 from tests import reference
 
 A = bytes([10, 0, 0, 2])
@@ -128,32 +129,32 @@ def test_purge_covers_elapsed_seconds_in_one_call():
 
 
 def test_reset_clears_records_and_globals():
-    acct = Accounting(1000, lookups=True)
+    acct = Accounting(1000)
     acct.count(A, 100, 1000)
     acct.reset(2000)
-    assert not acct.records and not acct.lookup_queue
+    assert not acct.records     # the names queue: the resolver's reset (test_resolver)
     assert (acct.start, acct.rate, acct.bw, acct.ra, acct.ba, acct.next) == (2000, 0, 0, 0, 0, 2300)
     acct.count(B, 1, 2005)
     assert acct.records[B].S == 2000
 
 
 def test_lookup_queued_once_while_pending():
-    acct = Accounting(1000, lookups=True)
+    acct = Accounting(1000, names=LookupQueue())
     for now in range(1000, 1010):
         acct.count(A, 1, now)
-    assert list(acct.lookup_queue) == [A]
-    del acct.lookup_queue[A]
+    assert list(acct.names) == [A]
+    acct.names.take(1)
     acct.records[A].T = 1000 + 86400        # what the resolver does when it sends
     acct.count(A, 1, 1011)
-    assert not acct.lookup_queue
-    assert acct.set_names(A, ["a.example"], 5000) and acct.records[A].N == ["a.example"]
-    assert not acct.set_names(B, ["b"], 1)
+    assert not acct.names
+    assert acct.records.set_names(A, ["a.example"], 5000) and acct.records[A].N == ["a.example"]
+    assert not acct.records.set_names(B, ["b"], 1)
 
 
 def test_no_lookups_when_disabled():
-    acct = Accounting(1000, lookups=False)
+    acct = Accounting(1000)
     acct.count(A, 1, 1000)
-    assert not acct.lookup_queue and acct.records[A].T == 0
+    assert acct.names is None and acct.records[A].T == 0
 
 
 def test_max_hosts_evicts_least_recently_updated():
@@ -226,7 +227,7 @@ def test_runs_of_many_seconds_match_reference_model(steps, cuts):
     """Whole runs (many seconds, time sometimes going back) give the plain model's
     numbers exactly, and the lookup queue in first-packet order."""
     now = 1_000_000
-    acct = Accounting(now, lookups=True)
+    acct = Accounting(now, names=LookupQueue())
     ref = reference.new_state(now)
     packets = []
     for which, gap, length in steps:
@@ -237,7 +238,7 @@ def test_runs_of_many_seconds_match_reference_model(steps, cuts):
     assert {k: r.as_dict() for k, r in acct.records.items()} == ref["ips"]
     assert (acct.rate, acct.bw, acct.ra, acct.ba, acct.next, acct.nextrate) == \
         (ref["rate"], ref["bw"], ref["ra"], ref["ba"], ref["next"], ref["nextrate"])
-    assert list(acct.lookup_queue) == list(dict.fromkeys(k for k, _, _ in packets))
+    assert list(acct.names) == list(dict.fromkeys(k for k, _, _ in packets))
 
 
 @settings(max_examples=60, deadline=None)
@@ -283,11 +284,11 @@ def test_max_hosts_churn_keeps_the_index_small():
 def test_max_hosts_with_lookups_survives_the_table_growing():
     """Issue 11.13: evictions with name lookups on read a column the table had
     since replaced by a bigger one (IndexError at the first growth)."""
-    acct = Accounting(1000, max_hosts=1500, lookups=True)
+    acct = Accounting(1000, max_hosts=1500, names=LookupQueue())
     keys = [(0x0b000000 + i).to_bytes(4, "big") for i in range(2000)]
     acct.count_run(keys, [60] * 2000, 1000)
     assert len(acct.records) == 1500 and acct.evicted == 500
-    assert list(acct.lookup_queue) == keys[500:]
+    assert list(acct.names) == keys[500:]
 
 
 def lru_model(packets, limit):
@@ -320,11 +321,11 @@ def test_max_hosts_with_lookups_equals_the_plain_model(steps, limit, cuts):
         now += gap % 7 if which % 3 else gap
         packets.append(((0x0a000000 + which).to_bytes(4, "big"), now, 100))
     packets += [((0x0c000000 + i).to_bytes(4, "big"), now, 60) for i in range(1150)]
-    acct = Accounting(packets[0][1], max_hosts=limit, lookups=True)
+    acct = Accounting(packets[0][1], max_hosts=limit, names=LookupQueue())
     feed_in_runs(acct, packets, cuts)
     ref, queue, evicted = lru_model(packets, limit)
     assert {k: r.as_dict() for k, r in acct.records.items()} == ref["ips"]
-    assert list(acct.lookup_queue) == queue
+    assert list(acct.names) == queue
     assert acct.evicted == evicted
 
 

@@ -5,8 +5,6 @@ import random
 import socket
 import struct
 import zlib
-from types import SimpleNamespace
-
 import numpy as np
 import pcapy
 import pytest
@@ -383,8 +381,8 @@ def test_matching_reads_the_payload_window_of_the_chosen_rows(frames, data):
     payload = data.draw(st.integers(0, 40))
     snaplen = data.draw(st.integers(payload + 1, 400))
     nomatch = data.draw(st.booleans())
-    s = SimpleNamespace(payload=payload, snaplen=snaplen, match=None if nomatch else needle,
-                        nomatch=needle if nomatch else None)
+    s = batch.Rules(decode.DLT_EN10MB, b"", snaplen, payload, match=None if nomatch else needle,
+                    nomatch=needle if nomatch else None)
     heads = Heads(Gather(u8), offs, data.draw(st.sampled_from((64, 256))))
     rows = np.arange(len(frames))
     if data.draw(st.booleans()):
@@ -403,6 +401,8 @@ def test_lookup_queue_follows_the_clock_in_a_whole_batch(tmp_path_factory, steps
     second (the arithmetic in one step, the queue following the clock)."""
     from ncsniffer import config
     from ncsniffer.accounting import ONEDAY
+    from ncsniffer.clock import PacketClock
+    from ncsniffer.resolver import LookupQueue
     from ncsniffer.sniffer import Sniffer
     from ncsniffer.table import Addresses
     from tests.conftest import write_config
@@ -421,19 +421,19 @@ def test_lookup_queue_follows_the_clock_in_a_whole_batch(tmp_path_factory, steps
 
     def run(by_second: bool):
         taken = []
-        sn = Sniffer(settings_, decode.DLT_EN10MB, now=0, device="x", offline=True,
-                     on_second=lambda t, _: tick(t))
+        sn = Sniffer(settings_, decode.DLT_EN10MB, PacketClock(), device="x")
+        queue = sn.acct.names = LookupQueue()
 
         def tick(t):                      # a resolver sending two queries a second
-            for key in list(sn.acct.lookup_queue)[:2]:
-                del sn.acct.lookup_queue[key]
+            for key in queue.take(2):
                 sn.acct.records[key].T = t + ONEDAY
                 taken.append((t, key))
+        sn.clock.every_second(lambda t, _: tick(t))
         parts = [np.flatnonzero(secs == t) for t in dict.fromkeys(secs.tolist())] \
             if by_second else [np.arange(len(secs))]
         for idx in parts:
-            batch.account(sn, addrs, which[idx], secs[idx], np.arange(len(idx)),
+            batch.account(sn.acct, sn.clock, addrs, which[idx], secs[idx], np.arange(len(idx)),
                           np.full(len(idx), 60))
-        return taken, list(sn.acct.lookup_queue), \
+        return taken, list(queue), \
             {k: r.as_dict() for k, r in sn.acct.records.items()}
     assert run(False) == run(True)

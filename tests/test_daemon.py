@@ -550,11 +550,12 @@ class Alarm:
 def loop_daemon(workdir, monkeypatch, caplog):
     """An in-process Daemon (no capture) whose dump child really forks (issue 11.19a)."""
     from ncsniffer import config, daemon
+    from ncsniffer.clock import WallClock
     from ncsniffer.sniffer import Sniffer
     monkeypatch.setattr(daemon, "DUMP_MIN_SECONDS", 0.5, raising=False)
     settings = config.validate({"piddir": workdir, "sniffer": workdir, "bpf": "host 127.0.0.1",
                                 "resolve": False}, "nc.sniffer", offline=True)
-    d = daemon.Daemon(settings, _NoCapture(), None, Sniffer(settings, 1, int(time.time()), "lo"),
+    d = daemon.Daemon(settings, _NoCapture(), None, Sniffer(settings, 1, WallClock(), "lo"),
                       None)
     caplog.set_level("INFO", logger="ncsniffer")
     yield d

@@ -51,10 +51,11 @@ def ids(*values):
 
 
 def make_lookups(keys=(A,), qps=50, outstanding=500, clock=None, random_id=None):
-    acct = Accounting(NOW, lookups=True)
+    acct = Accounting(NOW)
+    lk = Lookups(acct, SERVER, outstanding, qps, clock=clock or Clock(), random_id=random_id)
+    acct.names = lk.queue
     for key in keys:
         acct.count(key, 100, NOW)
-    lk = Lookups(acct, SERVER, outstanding, qps, clock=clock or Clock(), random_id=random_id)
     return acct, lk
 
 
@@ -117,12 +118,12 @@ def test_query_is_a_recursive_ptr_query_in_class_in():
 def test_sending_sets_t_a_day_ahead_and_unqueues():
     acct, lk, qid, wire = one_query()
     assert acct.records[A].T == NOW + ONEDAY
-    assert A not in acct.lookup_queue
+    assert A not in lk.queue
     assert lk.outstanding[qid].key == A
     assert lk.counters["sent"] == 1
     # T is in the future now: more packets do not queue the IP again
     acct.count(A, 100, NOW + 5)
-    assert A not in acct.lookup_queue
+    assert A not in lk.queue
 
 
 def test_ids_are_random_not_sequential():
@@ -354,12 +355,21 @@ def test_answer_after_a_reset_goes_to_the_new_record_without_a_second_query():
     acct, lk, qid, wire = one_query()
     acct.reset(NOW + 10)                 # SIGHUP: new dicts
     acct.count(A, 1, NOW + 10)
-    assert A in acct.lookup_queue
+    assert A in lk.queue
     assert send_all(lk, NOW + 10) == []  # already outstanding: no second query
     assert acct.records[A].T == NOW + 10 + ONEDAY
     r = response(wire, answers=[ptr(reverse_name(A), 60, "host.example.")])
     assert lk.receive(r, SERVER, NOW + 11) == ANSWERED
     assert acct.records[A].N == ["host.example"]
+
+
+def test_reset_empties_the_queue():
+    """SIGHUP: the accounting starts over and the resolver's reset empties its
+    queue (Accounting.reset did it while the queue was the accounting's)."""
+    acct, lk = make_lookups(keys=(A, B))
+    acct.reset(NOW + 10)
+    lk.reset()
+    assert not lk.queue
 
 
 def test_answers_only_touch_their_own_record():
@@ -387,7 +397,7 @@ def test_rate_limit_per_second():
     clock.t += 1.0
     assert len(send_all(lk)) == 20
     assert lk.counters["sent"] == 120
-    assert not acct.lookup_queue
+    assert not lk.queue
 
 
 def test_outstanding_limit():
@@ -395,7 +405,7 @@ def test_outstanding_limit():
     keys = [bytes([10, 2, 0, i]) for i in range(30)]
     acct, lk = make_lookups(keys=keys, qps=100, outstanding=10, clock=clock)
     sent = send_all(lk)
-    assert len(sent) == 10 and len(acct.lookup_queue) == 20
+    assert len(sent) == 10 and len(lk.queue) == 20
     clock.t += 5
     assert send_all(lk) == []
     qid, wire = sent[0]
@@ -424,7 +434,7 @@ def test_queries_expire_after_300s_checked_every_15s():
 def test_cancel_restores_the_record_and_the_queue():
     acct, lk, qid, wire = one_query()
     lk.cancel(qid)
-    assert acct.records[A].T == 0 and A in acct.lookup_queue
+    assert acct.records[A].T == 0 and A in lk.queue
     assert lk.counters["sent"] == 0 and not lk.outstanding and not lk.recent
 
 
@@ -515,7 +525,9 @@ def fake_server():
 
 def _resolver(fake_server, acct, **kw):
     port = fake_server.getsockname()[1]
-    return resolver.Resolver(_settings(nameserver=f"127.0.0.1:{port}", **kw), acct)
+    r = resolver.Resolver(_settings(nameserver=f"127.0.0.1:{port}", **kw), acct)
+    acct.names = r.queue
+    return r
 
 
 def _wait_readable(r, seconds=2.0):
@@ -523,14 +535,14 @@ def _wait_readable(r, seconds=2.0):
 
 
 def test_resolver_round_trip_on_loopback(fake_server):
-    acct = Accounting(NOW, lookups=True)
-    acct.count(A, 100, NOW)
+    acct = Accounting(NOW)
     r = _resolver(fake_server, acct)
+    acct.count(A, 100, NOW)
     try:
         r.on_readable(NOW)                        # nothing there: returns at once
         r.tick(NOW)
         wire, client = fake_server.recvfrom(4096)
-        assert acct.records[A].T == NOW + ONEDAY and not acct.lookup_queue
+        assert acct.records[A].T == NOW + ONEDAY and not r.queue
         # a stranger (another port of the same address) is dropped by the kernel
         stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -549,7 +561,7 @@ def test_resolver_round_trip_on_loopback(fake_server):
 
 
 def test_resolver_respects_reset_of_the_accounting(fake_server):
-    acct = Accounting(NOW, lookups=True)
+    acct = Accounting(NOW)
     r = _resolver(fake_server, acct, dns_max_qps=3)
     try:
         acct.reset(NOW)                            # new dicts after the resolver exists
@@ -558,7 +570,7 @@ def test_resolver_respects_reset_of_the_accounting(fake_server):
         r.tick(NOW)
         r.tick(NOW)
         got = [fake_server.recvfrom(4096)[0] for _ in range(3)]
-        assert len(got) == 3 and len(acct.lookup_queue) == 2
+        assert len(got) == 3 and len(r.queue) == 2
         fake_server.settimeout(0.05)
         with pytest.raises(socket.timeout):
             fake_server.recvfrom(4096)
@@ -582,9 +594,10 @@ def test_resolver_over_ipv6_loopback():
     except OSError:
         pytest.skip("no IPv6 loopback")
     server.settimeout(2)
-    acct = Accounting(NOW, lookups=True)
-    acct.count(V6, 100, NOW)
+    acct = Accounting(NOW)
     r = resolver.Resolver(_settings(nameserver=f"[::1]:{server.getsockname()[1]}"), acct)
+    acct.names = r.queue
+    acct.count(V6, 100, NOW)
     try:
         r.tick(NOW)
         wire, client = server.recvfrom(4096)
