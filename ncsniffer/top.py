@@ -39,6 +39,7 @@ NUM_W = 7                     # width of each number column
 NUM_COLUMNS = (("B/s", "bps"), ("pkt/s", "pps"), ("avgB/s", "avg_bps"), ("pkt/min", "avg_ppm"))
 SORTS = {"b": "bytes/s", "p": "packets/s", "r": "hourly rate"}
 QUIT_KEYS = ("q", "Q")
+KEYS_HINT = "   keys: b bytes  p packets  r hourly  q quit"
 CLEAR = "\x1b[H\x1b[2J"
 
 USAGE = """\
@@ -190,10 +191,13 @@ def uptime(seconds: float) -> str:
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    return f"{days}d {hours:02d}:{minutes:02d}" if days else f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    if days:
+        return f"{days}d {hours:02d}:{minutes:02d}"
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
-def header_lines(cur: Snapshot, prev: Snapshot | None, peers: list[Peer], key: str) -> list[str]:
+def header_lines(cur: Snapshot, prev: Snapshot | None, peers: list[Peer], key: str,
+                 keys: bool = True) -> list[str]:
     """The lines above the table: instance, device, daemon rates, current totals, sort."""
     clock = time.strftime("%H:%M:%S", time.localtime(cur.taken))
     first = (f"{cur.instance} on {cur.device}  up {uptime(cur.taken - cur.start)}"
@@ -206,7 +210,7 @@ def header_lines(cur: Snapshot, prev: Snapshot | None, peers: list[Peer], key: s
                    f" {human(total_p)} pkt/s")
     else:
         second += "   current rates from the next refresh"
-    third = f"sort: {SORTS[key]}   keys: b bytes  p packets  r hourly  q quit"
+    third = f"sort: {SORTS[key]}" + (KEYS_HINT if keys else "")
     return [first, second, third]
 
 
@@ -235,11 +239,13 @@ def table_lines(peers: list[Peer], width: int, rows: int) -> list[str]:
 
 
 def frame(cur: Snapshot, prev: Snapshot | None, key: str = "b",
-          size: tuple[int, int] = FALLBACK_SIZE) -> list[str]:
-    """The whole screen as lines: at most ``size`` = (columns, lines), never wider."""
+          size: tuple[int, int] = FALLBACK_SIZE, keys: bool = True) -> list[str]:
+    """The whole screen as lines: at most ``size`` = (columns, lines), never wider.
+
+    ``keys``: name the keys (not in plain frames, where there are none to press)."""
     width, height = max(size[0], MIN_WIDTH), max(size[1], HEADER_LINES + 1)
     peers = order(peers_of(cur, prev), key)
-    head = [fit(text, width) for text in header_lines(cur, prev, peers, key)]
+    head = [fit(text, width) for text in header_lines(cur, prev, peers, key, keys)]
     return head + table_lines(peers, width, height - HEADER_LINES)
 
 
@@ -386,7 +392,8 @@ def run(argv: list[str], config: dict, instance: str, out: IO[str] | None = None
     if args.once:
         prev = source.snapshot()
         time.sleep(args.interval)
-        out.write("\n".join(frame(source.snapshot(), prev, args.sort, screen_size())) + "\n")
+        lines = frame(source.snapshot(), prev, args.sort, screen_size(), keys=False)
+        out.write("\n".join(lines) + "\n")
         return 0
     try:
         if not out.isatty() or os.environ.get("TERM", "dumb") in ("dumb", ""):
@@ -430,7 +437,8 @@ def plain_loop(source: Source, args: argparse.Namespace, out: IO[str]) -> int:
     """Not a terminal (or TERM=dumb): plain frames one after the other, blank lines between."""
     tick = Ticker(source, args)
     while True:
-        out.write("\n".join(frame(tick.cur, tick.prev, args.sort, screen_size())) + "\n")
+        lines = frame(tick.cur, tick.prev, args.sort, screen_size(), keys=False)
+        out.write("\n".join(lines) + "\n")
         out.flush()
         if tick.done():
             return 0

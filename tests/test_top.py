@@ -262,4 +262,11 @@ def test_an_unreadable_stats_file_is_one_line_and_exit_2(conf, tmp_path, monkeyp
     monkeypatch.setattr(top, "source_for", lambda config, name: FileSource())
     code, out, err = run_cli(["-c", conf, "top", "--once", "--interval", "0.5"])
     assert (code, out) == (2, "")
-    assert err.startswith(f"nc.sniffer: {damaged}: not a readable stats file") and err.count("\n") == 1
+    assert err.startswith(f"nc.sniffer: {damaged}: not a readable stats file")
+    assert err.count("\n") == 1
+
+
+def test_plain_frames_name_no_keys():
+    cur = snap({"10.0.0.1": rec(100, 1, T0 + 1)}, T0 + 1.0)
+    assert top.frame(cur, None, "p")[2] == "sort: packets/s" + top.KEYS_HINT
+    assert top.frame(cur, None, "p", keys=False)[2] == "sort: packets/s"
