@@ -18,7 +18,8 @@ from typing import IO
 from ncsniffer import __version__, config as configmod, pidfile
 from ncsniffer.errors import ConfigError, NcSnifferError, UsageError
 
-VERBS = ("start", "stop", "restart", "status", "dump", "config")
+VERBS = ("start", "stop", "restart", "status", "dump", "config", "top")
+VALUE_OPTIONS = ("-c", "--config", "-r", "--read", "--name")
 STOP_WAIT = 15.0
 EXIT_OK, EXIT_USAGE, EXIT_RUNTIME, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -33,6 +34,7 @@ commands:
   status    tell whether the daemon is running
   dump      have the daemon rewrite its stats file (SIGUSR1)
   config    print the effective configuration
+  top       live view of the busiest peers (top --help: its options)
 
 options:
   -c FILE   configuration file (default /etc/nc.sniffer/NAME.conf); a Python
@@ -73,13 +75,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 
+def _split_top(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``top`` has options of its own: the words after the verb are its (ncsniffer.top)."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == "top":
+            return argv[:i + 1], argv[i + 1:]
+        i += 2 if argv[i] in VALUE_OPTIONS else 1
+    return argv, []
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = _parser()
+    argv, top_args = _split_top(argv)
 
     def error(message: str):
         raise UsageError(message)
     parser.error = error  # type: ignore[method-assign]
     args = parser.parse_args(argv)
+    args.top_args = top_args
     if args.help or args.version:
         return args
     if not args.verbs:
@@ -140,6 +154,9 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
     if config is None:
         path = args.config or f"/etc/nc.sniffer/{name}.conf"
         config = configmod.load_file(path)
+    if verb == "top":
+        from ncsniffer import top
+        return top.run(args.top_args, config, name, env.stdout)
     if args.read:
         settings = configmod.validate(config, name, offline=True, to_stderr=args.debug)
         if verb == "config":

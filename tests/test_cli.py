@@ -118,3 +118,10 @@ def test_rc_script_passes_arguments(workdir):
     r = subprocess.run([os.path.join(ROOT, "rc.nc.sniffer"), "bogus"], capture_output=True,
                        text=True, env=env, timeout=60)
     assert r.returncode == 1 and "unknown command argument 'bogus'" in r.stderr
+
+
+def test_top_options_belong_to_top():
+    args = cli.parse_args(["-c", "top", "--name", "x", "top", "--once", "-c", "y"])
+    assert (args.config, args.name, args.verbs, args.top_args) == ("top", "x", ["top"],
+                                                                    ["--once", "-c", "y"])
+    assert cli.parse_args(["start", "-d"]).top_args == []
