@@ -239,28 +239,53 @@ from tests import hostile  # noqa: E402
 CHILD_MEMORY = 512 << 20          # a crafted file of a few hundred KB must not cost more
 
 
+# Runs argv[2:] as its own child and writes that child's peak RSS (ru_maxrss, KiB)
+# to the descriptor argv[1].  The child is forked from this small process, so its figure is its own:
+# a process forked straight from pytest starts with pytest's whole RSS.
+PEAK_LAUNCHER = """
+import os, sys
+fd, argv = int(sys.argv[1]), sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    os.execv(argv[0], argv)
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, str(usage.ru_maxrss).encode())
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
 def run_cgi(args: list, env: dict) -> tuple:
     """nc.sniffer.cgi as a process: (status, stdout, stderr, seconds, its own peak RSS)."""
+    import signal
     import tempfile
     import threading
     cmd = [VENV_CGI] if os.path.exists(VENV_CGI) else [
         sys.executable, os.path.join(ROOT, "scripts", "nc.sniffer.cgi")]
     started = time.monotonic()
+    peak_r, peak_w = os.pipe()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd + args, stdout=out, stderr=err,
-                                env={**os.environ, "TZ": "UTC", **env})
-        timer = threading.Timer(60, proc.kill)        # bounded time, whatever happens
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", PEAK_LAUNCHER, str(peak_w),
+                                     *cmd, *args],
+                                    stdout=out, stderr=err, pass_fds=(peak_w,),
+                                    start_new_session=True,
+                                    env={**os.environ, "TZ": "UTC", **env})
+        finally:
+            os.close(peak_w)
+        timer = threading.Timer(60, os.killpg, (proc.pid, signal.SIGKILL))   # bounded time
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage alone
+            proc.wait()
         finally:
             timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        with os.fdopen(peak_r, "rb") as fh:
+            peak_kib = int(fh.read() or 0)
         out.seek(0)
         err.seek(0)
         return (proc.returncode, out.read().decode("utf-8", "replace"),
                 err.read().decode("utf-8", "replace"), time.monotonic() - started,
-                usage.ru_maxrss * 1024)
+                peak_kib * 1024)
 
 
 @pytest.mark.parametrize("kind,fmt", hostile.BAD_CASES)
