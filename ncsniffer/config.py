@@ -86,20 +86,22 @@ MAX_CONFIG_BYTES = 1 << 20
 _PERL_HASH = re.compile(r"^[^#\n]*\$(\w+)\s*=\s*(?=\{)", re.MULTILINE)
 
 
-def load_file(path: str) -> dict:
+def load_file(path: str, error: type = ConfigError, prefix: str = "config: ") -> dict:
     """Read a configuration file without running it.
 
     Accepted: a Python dict literal; a Python script assigning ``CONFIG = {...}``
     (the samples); an old Perl script's ``my $config = {...};`` hash (or the first
-    ``$NAME = {...}`` one, as in the original's report scripts).
+    ``$NAME = {...}`` one, as in the original's report scripts).  Problems raise
+    ``error`` (an NcSnifferError class) with ``prefix`` before the message, so the
+    web tools word them as their own errors.
     """
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"config: cannot read '{path}': {exc.strerror}") from exc
+        raise error(prefix + f"cannot read '{path}': {exc.strerror}") from exc
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config: '{path}' is larger than 1 MiB")
+        raise error(prefix + f"'{path}' is larger than 1 MiB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -110,21 +112,21 @@ def load_file(path: str) -> dict:
         try:
             config = perlval.extract_config_hash(text[:m.start(1)] + "config" + text[m.end(1):])
         except perlval.PerlSyntaxError as exc:
-            raise ConfigError(f"config: '{path}' {exc}") from exc
+            raise error(prefix + f"'{path}' {exc}") from exc
     else:
-        config = _literal(text, path)
+        config = _literal(text, path, error, prefix)
     if not isinstance(config, dict):
-        raise ConfigError(f"config: '{path}' must hold a dict {{...}} of settings")
+        raise error(prefix + f"'{path}' must hold a dict {{...}} of settings")
     return config
 
 
-def _literal(text: str, path: str) -> object:
+def _literal(text: str, path: str, error: type, prefix: str) -> object:
     try:
         tree = ast.parse(text, filename=path)
     except SyntaxError as exc:
-        raise ConfigError(f"config: '{path}' line {exc.lineno}: {exc.msg}") from exc
+        raise error(prefix + f"'{path}' line {exc.lineno}: {exc.msg}") from exc
     except (ValueError, MemoryError, RecursionError) as exc:
-        raise ConfigError(f"config: '{path}': not a readable file ({type(exc).__name__})") from exc
+        raise error(prefix + f"'{path}': not a readable file ({type(exc).__name__})") from exc
     node = None
     if len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr):
         node = tree.body[0].value
@@ -133,13 +135,13 @@ def _literal(text: str, path: str) -> object:
                 and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id == "CONFIG"):
             node = stmt.value
     if node is None:
-        raise ConfigError(f"config: '{path}' holds neither a dict literal nor CONFIG = {{...}}")
+        raise error(prefix + f"'{path}' holds neither a dict literal nor CONFIG = {{...}}")
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, MemoryError, RecursionError) as exc:
         line = _first_non_literal_line(node)
-        raise ConfigError(
-            f"config: '{path}' line {line}: only plain values (strings, numbers, lists, "
+        raise error(
+            prefix + f"'{path}' line {line}: only plain values (strings, numbers, lists, "
             f"True/False/None) are allowed") from exc
 
 

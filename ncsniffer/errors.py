@@ -33,3 +33,17 @@ class PidFileError(NcSnifferError):
 
 class ResolverError(NcSnifferError):
     """The DNS resolver cannot be set up."""
+
+
+class ReportError(NcSnifferError):
+    """A report, dump request, lock or web configuration failed."""
+
+
+class LockTimeout(ReportError):
+    """Another process held the lock for longer than the timeout."""
+
+
+class CoalesceError(NcSnifferError):
+    """The coalescing configuration or one of its steps failed."""
+
+    exit_code = 1

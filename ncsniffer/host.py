@@ -6,7 +6,6 @@ The one module that imports psutil; everything here is a thin, testable edge.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import socket
 
@@ -112,10 +111,6 @@ def process_cmdline(pid: int) -> list[str] | None:
 def process_exists(pid: int) -> bool:
     """True while ``pid`` is a live (non-zombie) process."""
     return process_cmdline(pid) is not None
-
-
-def current_pid() -> int:
-    return os.getpid()
 
 
 def process_start(pid: int) -> int | None:

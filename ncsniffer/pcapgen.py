@@ -2,6 +2,11 @@
 
 Frames are built with dpkt; files are written with explicit record headers so
 that a frame's wire length can differ from what is stored (as with a snaplen).
+It stays in the package, beside the link table (``linktypes.LINKS``) and the pcap
+layout (``pcapfile``) it is built from, so that a new link type is one row for
+the decoder and for the synthetic frames alike; ``samples/make_sample.py``
+(``make demo``), ``bench/`` and the tests use it.  It is the one module that
+imports dpkt, and nothing on the daemon's path imports it.
 """
 
 from __future__ import annotations

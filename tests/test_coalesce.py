@@ -282,7 +282,7 @@ def test_merge_record_rules():
 def test_merge_keeps_inputs_and_single_records_unchanged():
     a = {"10.0.0.1": rec(n=["b", "a"])}
     b = {"10.0.0.2": rec(n=["z"])}
-    merged = coalesce.merge_records(a, b)
+    merged = coalesce.merge_all((a, b))
     assert merged == {"10.0.0.1": rec(n=["b", "a"]), "10.0.0.2": rec(n=["z"])}
     merged["10.0.0.1"]["N"].append("c")
     assert a == {"10.0.0.1": rec(n=["b", "a"])}
@@ -290,7 +290,7 @@ def test_merge_keeps_inputs_and_single_records_unchanged():
 
 def test_newest_e_not_c():
     """The original compared E with C; a big C must not become the epoch."""
-    merged = coalesce.merge_records({"10.0.0.1": rec(c=10**12, e=5)}, {"10.0.0.1": rec(c=1, e=7)})
+    merged = coalesce.merge_all(({"10.0.0.1": rec(c=10**12, e=5)}, {"10.0.0.1": rec(c=1, e=7)}))
     assert merged["10.0.0.1"]["E"] == 7
 
 
@@ -305,14 +305,15 @@ RECORDS = st.dictionaries(IPS, RECORD, max_size=5)
 @settings(max_examples=300, deadline=None)
 @given(RECORDS, RECORDS, RECORDS)
 def test_merge_is_associative(a, b, c):
-    m = coalesce.merge_records
+    def m(x, y):
+        return coalesce.merge_all((x, y))
     assert m(m(a, b), c) == m(a, m(b, c))
 
 
 @settings(max_examples=300, deadline=None)
 @given(RECORDS, RECORDS)
 def test_merge_is_commutative(a, b):
-    assert coalesce.merge_records(a, b) == coalesce.merge_records(b, a)
+    assert coalesce.merge_all((a, b)) == coalesce.merge_all((b, a))
 
 
 @settings(max_examples=100, deadline=None)
@@ -383,13 +384,13 @@ def test_lock_holds_pid_and_is_exclusive(tmp_path):
         assert coalesce.try_lock(path) is None
         started = time.monotonic()
         assert coalesce.take_lock(path, wait=0.5) is None
-        assert coalesce.chk_lock(path, wait=0.3) is False
+        assert coalesce.take_lock(path, wait=0.3) is None
         assert 0.5 <= time.monotonic() - started < 3
     finally:
         proc.kill()
         proc.wait(10)
     # its process is gone: the lock is free at once, and ours now
-    assert coalesce.chk_lock(path, wait=0) is True
+    assert coalesce.lock_holder(path) is None
     with coalesce.take_lock(path, wait=0) as lock:
         assert lock is not None and coalesce.lock_holder(path) == os.getpid()
     assert not os.path.exists(path)

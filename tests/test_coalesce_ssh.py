@@ -188,7 +188,7 @@ def lab(tmp_path_factory):
     for tool in (SSHD, shutil.which("ssh"), shutil.which("rsync"), shutil.which("ip"),
                  shutil.which("ssh-keygen")):
         need(bool(tool) and os.path.exists(tool), "needs openssh-server, openssh-client, "
-             "rsync and iproute2 (tools/ensure-system installs them)")
+             "rsync and iproute2 (tools/ensure-test-system installs them)")
     base = str(tmp_path_factory.mktemp("coalesce-lab"))
     os.chmod(base, 0o755)
     lab = Lab(base)

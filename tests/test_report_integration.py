@@ -156,7 +156,7 @@ def lighttpd(tmp_path):
     """lighttpd serving a docroot with the SSI page; it runs SSI commands in its
     own working directory, so it is started from the docroot."""
     if not os.access(LIGHTTPD, os.X_OK):
-        pytest.skip("lighttpd is not installed (tools/ensure-system installs it)")
+        pytest.skip("lighttpd is not installed (tools/ensure-test-system installs it)")
     base = tmp_path / "web"
     docroot = base / "htdocs"
     docroot.mkdir(parents=True)

@@ -51,7 +51,7 @@ def _answers(port: int, timeout: float = 5.0) -> None:
 def dnsmasq(tmp_path):
     """dnsmasq, authoritative for example.com and reverse zones of our test peers."""
     if not os.path.exists(DNSMASQ):
-        pytest.skip("dnsmasq is not installed (tools/ensure-system installs it)")
+        pytest.skip("dnsmasq is not installed (tools/ensure-test-system installs it)")
     port = free_port()
     log = tmp_path / "dnsmasq.log"
     hosts = {"198.51.100.1": "peer1.example.com", "198.51.100.2": "peer2.example.com",
