@@ -26,11 +26,14 @@ MAX_PORT = 65535
 MAX_DIGITS = 30           # longer digit strings are no setting (and int() refuses 4300+)
 MAX_HOSTS_LIMIT = 10**9             # beyond any memory: surely a typo
 DNS_LIMITS = {"dns_max_outstanding": 4096, "dns_max_qps": 100_000}  # 4096: 16-bit ids
+DEFAULT_METRICS_TOP = 10
+MAX_METRICS_TOP = 1000    # peers in /metrics: the series stay bounded (SPEC 11)
 
 KNOWN_KEYS = {
     "piddir", "sniffer", "bpf", "snaplen", "match", "nomatch", "payload", "port",
     "host", "allowed", "nameserver", "resolve", "dump_format", "user", "group",
     "max_hosts", "interface", "dns_max_outstanding", "dns_max_qps",
+    "metrics", "metrics_top",
 }
 
 _BPF_HOST = re.compile(r"host\s+([\w.:-]+)", re.IGNORECASE)
@@ -66,6 +69,8 @@ class Settings:
     max_hosts: int | None = DEFAULT_MAX_HOSTS
     dns_max_outstanding: int = 500
     dns_max_qps: int = 50
+    metrics: tuple[str, int] | None = None      # (address, port) of /metrics
+    metrics_top: int = DEFAULT_METRICS_TOP
 
     @property
     def pid_file(self) -> str | None:
@@ -378,6 +383,33 @@ def _validate_new_keys(config: dict, settings: Settings) -> None:
             setattr(settings, key, _int(config[key], f"invalid {key} '{config[key]}': 1 to {high}",
                                         low=1, high=high))
     settings.user, settings.group = _account(config, "user"), _account(config, "group")
+    _metrics(config, settings)
+
+
+def _metrics(config: dict, settings: Settings) -> None:
+    """``metrics: 'ADDR:PORT'`` (IPv6: ``'[ADDR]:PORT'``) and ``metrics_top``."""
+    text = _string(config, "metrics", f"invalid metrics '{config.get('metrics')}': "
+                                      f"use 'ADDR:PORT' or '[IPv6]:PORT'")
+    if text is not None:
+        where = parse_listen(text)
+        if where is None:
+            fail(f"invalid metrics '{text}': use 'ADDR:PORT' or '[IPv6]:PORT'")
+        settings.metrics = where
+    if config.get("metrics_top") is not None:
+        settings.metrics_top = _int(config["metrics_top"], f"invalid metrics_top "
+                                    f"'{config['metrics_top']}': 1 to {MAX_METRICS_TOP}",
+                                    low=1, high=MAX_METRICS_TOP)
+
+
+def parse_listen(text: str) -> tuple[str, int] | None:
+    """``'ADDR:PORT'`` or ``'[IPv6]:PORT'`` -> (address, port); None if it is neither.
+    ADDR may be a name; it is resolved now, once."""
+    m = re.match(r"^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$", text.strip()) or \
+        re.match(r"^([^:\[\]\s]+):(\d{1,5})$", text.strip())
+    if not m or not 0 < int(m.group(2)) <= MAX_PORT:
+        return None
+    address = host.resolve_address(m.group(1))
+    return (address, int(m.group(2))) if address else None
 
 
 def parse_nameserver(text: str) -> tuple[str | None, int]:
@@ -426,6 +458,10 @@ def describe(settings: Settings) -> str:
     for key in ("nameserver", "user", "group", "max_hosts"):
         if getattr(settings, key) is not None:
             effective[key] = getattr(settings, key)
+    if settings.metrics:
+        address, port = settings.metrics
+        effective["metrics"] = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        effective["metrics_top"] = settings.metrics_top
     if settings.resolve:
         effective["dns_max_outstanding"] = settings.dns_max_outstanding
         effective["dns_max_qps"] = settings.dns_max_qps

@@ -26,7 +26,7 @@ from typing import IO
 
 import daemon as pydaemon
 
-from ncsniffer import capture, host, notify, pidfile, safefile
+from ncsniffer import capture, host, notify, pidfile, safefile, snapshot
 from ncsniffer.clock import WallClock
 from ncsniffer.config import Settings
 from ncsniffer.errors import NcSnifferError
@@ -63,9 +63,11 @@ def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = Non
     listener = open_listener(settings) if settings.port else None
     sniffer = Sniffer(settings, cap.linktype, WallClock(interval=TICK), device=settings.interface)
     resolver = make_resolver(settings, sniffer.acct)
+    server = open_metrics(settings)
     if foreground:
         setup_logging(foreground=True, settings=settings)
-        return _run_holding_pid_file(settings, Daemon(settings, cap, listener, sniffer, resolver))
+        return _run_holding_pid_file(settings, Daemon(settings, cap, listener, sniffer, resolver,
+                                                      server))
 
     ready_r, ready_w = os.pipe()
     child = os.fork()
@@ -82,12 +84,12 @@ def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = Non
     tell = _Teller(ready_w)
     try:
         keep = [ready_w, cap.fileno()] + ([listener.fileno()] if listener else []) + \
-               ([resolver.fileno()] if resolver else [])
+               ([resolver.fileno()] if resolver else []) + ([server.fileno()] if server else [])
         ctx = pydaemon.DaemonContext(files_preserve=keep, working_directory="/",
                                      umask=0o022, signal_map={}, prevent_core=False)
         ctx.open()
         setup_logging(foreground=False, settings=settings)
-        d = Daemon(settings, cap, listener, sniffer, resolver)
+        d = Daemon(settings, cap, listener, sniffer, resolver, server)
         code = _run_holding_pid_file(settings, d, ready=lambda: tell("ok"))
     except NcSnifferError as exc:
         tell(str(exc))
@@ -173,6 +175,14 @@ def make_resolver(settings: Settings, acct):
     r = resolver.Resolver(settings, acct)
     acct.names = r.queue
     return r
+
+
+def open_metrics(settings: Settings):
+    """The /metrics listener, bound now (as root; a port in use fails the start)."""
+    if not settings.metrics:
+        return None
+    from ncsniffer import metrics
+    return metrics.MetricsServer(settings.metrics)
 
 
 def setup_logging(foreground: bool, settings: Settings) -> None:
@@ -288,7 +298,8 @@ class DumpChild:
 class Daemon:
     """The running daemon: owns the capture, the sockets, the sniffer and the dumps."""
 
-    def __init__(self, settings: Settings, cap, listener, sniffer: Sniffer, resolver):
+    def __init__(self, settings: Settings, cap, listener, sniffer: Sniffer, resolver,
+                 metrics=None):
         self.settings = settings
         self.cap = cap
         self.listener = listener
@@ -308,6 +319,9 @@ class Daemon:
         self.refused = 0
         self.wake_r, self.wake_w = os.pipe()
         self.notifier = notify.Notifier()
+        self.metrics = metrics         # a metrics.MetricsServer, or None
+        self.dumps = 0                 # stats files written, and the last one's wall time
+        self.dump_seconds = 0.0
 
     # signals only set flags; the loop acts on them
     def _on_signal(self, signum, frame) -> None:
@@ -335,6 +349,9 @@ class Daemon:
                  "promiscuous" if s.promiscuous else "non-promiscuous", s.bpf,
                  f", dump requests on {s.listen_host}:{s.port}" if s.port else "")
         clock = self.clock
+        if self.metrics is not None:
+            self._publish()
+            self.metrics.serve()
         while self.running:
             waiting = self.dump_wanted and self.dump_child is None    # else: no spinning
             until = min(clock.next_tick, self.dump_due) if waiting else clock.next_tick
@@ -368,7 +385,16 @@ class Daemon:
         """The loop's own per-second work (the clock ran the purge before it)."""
         self.notifier.ping()
         self._start_dump_if_wanted()     # reaps, and starts one that waited its turn
+        if self.metrics is not None:
+            self._publish()
         gc.freeze()          # records never form cycles: keep the collector off them
+
+    def _publish(self) -> None:
+        """Hand the metrics server this second's snapshot (it never reads live state)."""
+        dns = self.resolver.lookups.counters if self.resolver is not None else None
+        self.metrics.publish(snapshot.take(self.sniffer, self.clock.now, self.cap.stats(), dns,
+                                           self.dumps, self.dump_seconds,
+                                           self.settings.metrics_top))
 
     # ------------------------------------------------------------------ requests
     def _serve_requests(self) -> None:
@@ -471,8 +497,9 @@ class Daemon:
         """Fork: the child writes its copy-on-write snapshot and exits; capture goes on."""
         self._log_counters("dump")
         if self.settings.stats_file is None:      # -d: to stderr, in this process
+            began = time.monotonic()
             self.write_dump(current)
-            self._dump_done(hup, None)
+            self._dump_done(hup, None, time.monotonic() - began)
             return
         parent = os.getpid()
         pid = os.fork()
@@ -511,7 +538,7 @@ class Daemon:
             pid, status = dump.pid, 0
         if pid:
             self.dump = None
-            self._dump_done(dump.hup, dump.failure(status))
+            self._dump_done(dump.hup, dump.failure(status), time.monotonic() - dump.started)
         elif not dump.killed and time.monotonic() - dump.started > dump.limit:
             os.kill(dump.pid, signal.SIGKILL)
             dump.killed = True
@@ -529,8 +556,10 @@ class Daemon:
             elif dump is not None:
                 time.sleep(WAIT_STEP)
 
-    def _dump_done(self, hup: bool, failure: str | None) -> None:
+    def _dump_done(self, hup: bool, failure: str | None, seconds: float = 0.0) -> None:
         """Log the outcome; a SIGHUP's line says whether its stats were written."""
+        if failure is None:
+            self.dumps, self.dump_seconds = self.dumps + 1, seconds
         if hup and failure is None:
             log.info("SIGHUP: stats written, counters reset")
         elif hup:

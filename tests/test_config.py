@@ -222,7 +222,8 @@ ACCEPTED = {
     "host": [None, ""], "allowed": [None, "", []], "nameserver": [None, ""],
     "resolve": [None, True, False], "dump_format": [None, ""], "user": [None, ""],
     "group": [None, ""], "max_hosts": [None], "interface": [None, "", "abc", "-3"],
-    "dns_max_outstanding": [None], "dns_max_qps": [None],
+    "dns_max_outstanding": [None], "dns_max_qps": [None], "metrics": [None, ""],
+    "metrics_top": [None],
 }
 NEEDS = {"payload": {"match": "x"}, "host": {"port": 10004}, "allowed": {"port": 10004}}
 
@@ -333,3 +334,39 @@ def test_allowed_name_admits_all_its_addresses(workdir):
 def test_numbers_as_long_digit_strings_and_match_zero(base):
     assert message(dict(base, snaplen="9" * 5000)).startswith("config: invalid snaplen '999")
     assert check(dict(base, match="0", payload=5)).match == b"0"     # a string to look for
+
+
+# --------------------------------------------------------------------------- issue 14: metrics
+
+@pytest.mark.parametrize("value, where", [
+    ("127.0.0.1:9108", ("127.0.0.1", 9108)), ("[::1]:9108", ("::1", 9108)),
+    (" localhost:1 ", ("127.0.0.1", 1)), ("0.0.0.0:65535", ("0.0.0.0", 65535)),
+])
+def test_metrics_address_is_parsed_once(base, value, where):
+    s = check(dict(base, metrics=value, metrics_top="25"))
+    assert (s.metrics, s.metrics_top) == (where, 25)
+
+
+def test_metrics_is_off_and_top_ten_by_default(base):
+    s = check(base)
+    assert (s.metrics, s.metrics_top) == (None, config.DEFAULT_METRICS_TOP) == (None, 10)
+
+
+@pytest.mark.parametrize("value", ["9108", "127.0.0.1", "::1:9108", "[::1]", "127.0.0.1:0",
+                                   "127.0.0.1:65536", "[::1]:x", "a b:1", 9108])
+def test_bad_metrics_address_is_one_config_line(base, value):
+    assert message(dict(base, metrics=value)) == \
+        f"config: invalid metrics '{value}': use 'ADDR:PORT' or '[IPv6]:PORT'"
+
+
+@pytest.mark.parametrize("value", [0, 1001, "x", -1, 2.5, True])
+def test_metrics_top_is_1_to_1000(base, value):
+    assert message(dict(base, metrics_top=value)) == \
+        f"config: invalid metrics_top '{value}': 1 to 1000"
+
+
+def test_describe_shows_metrics(base):
+    import ast
+    text = config.describe(check(dict(base, metrics="[::1]:9108")))
+    assert ast.literal_eval(text)["metrics"] == "[::1]:9108"
+    assert ast.literal_eval(text)["metrics_top"] == 10

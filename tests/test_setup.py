@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT
 
 SETUP_TIMEOUT = 900
-TEST_SERVERS = ["dnsmasq", "lighttpd", "ssh"]
+TEST_SERVERS = ["dnsmasq", "lighttpd", "ssh", "prometheus"]
 QUICK_SETUP_SECONDS = 20
 
 
