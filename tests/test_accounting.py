@@ -110,6 +110,7 @@ def test_purge_boundary_is_strict():
     assert acct.purged == 1
 
 
+@pytest.mark.slow
 def test_purge_works_in_bounded_batches():
     acct = Accounting(0)
     n = PURGE_BATCH * 2 + 10
@@ -121,6 +122,7 @@ def test_purge_works_in_bounded_batches():
     assert not acct.records
 
 
+@pytest.mark.slow
 def test_purge_covers_elapsed_seconds_in_one_call():
     acct = Accounting(0)
     for i in range(PURGE_BATCH + 5):
@@ -167,6 +169,7 @@ def test_max_hosts_evicts_least_recently_updated():
     assert set(acct.records) == {A, c} and acct.evicted == 1
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 400), st.integers(1, 1500)),
                 min_size=1, max_size=300))
@@ -188,6 +191,7 @@ def test_matches_reference_model(steps):
         (ref["rate"], ref["bw"], ref["ra"], ref["ba"], ref["next"])
 
 
+@pytest.mark.slow
 def test_long_run_crosses_every_branch():
     rnd = random.Random(3)
     now = 1_500_000_000
@@ -217,6 +221,7 @@ def feed_in_runs(acct, packets, cuts):
                            np.array([n for _, _, n in run]))
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, len(KEYS) - 1),
                           st.sampled_from((0, 0, 0, 1, 3, 59, 60, 61, 299, 300, 301, 1000, -1,
@@ -241,6 +246,7 @@ def test_runs_of_many_seconds_match_reference_model(steps, cuts):
     assert list(acct.names) == list(dict.fromkeys(k for k, _, _ in packets))
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, len(KEYS) - 1), st.integers(0, 400)),
                 min_size=1, max_size=200),
@@ -272,6 +278,7 @@ def test_max_hosts_after_a_purge_and_across_runs():
     assert acct.records[bytes([10, 0, 1, 4])].B == 1 and not acct.records.unindexed
 
 
+@pytest.mark.slow
 def test_max_hosts_churn_keeps_the_index_small():
     acct = Accounting(0, max_hosts=100)
     for run in range(30):
@@ -311,6 +318,7 @@ def lru_model(packets, limit):
     return ref, queue, evicted
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 400)), min_size=1, max_size=300),
        st.one_of(st.integers(1, 50), st.integers(1025, 1100)), st.lists(st.integers(0, 300), max_size=4))

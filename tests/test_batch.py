@@ -44,6 +44,7 @@ def as_batch(frames: list[bytes]):
     return buf, np.frombuffer(buf, np.uint8), offs, caplen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", FILTERS)
 def test_bpf_interpreter_agrees_with_libpcap(text):
     rnd = random.Random(zlib.crc32(text.encode()))
@@ -146,6 +147,7 @@ def programs(draw):
     return prog
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(programs(), st.lists(st.binary(max_size=90), min_size=1, max_size=30), st.data())
 def test_random_programs_agree_with_a_scalar_bpf_filter(prog, frames, data):
@@ -176,6 +178,7 @@ def test_registers_and_the_last_packets_of_a_buffer(prog):
     assert ours == [bpf_filter(prog, f, len(f)) for f in frames]
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(sorted(batch.LINK_HEADER) + sorted(batch.BY_VERSION)),
        st.lists(st.binary(max_size=70), min_size=1, max_size=20), st.data())
@@ -349,6 +352,7 @@ def test_unknown_format_and_empty_file(tmp_path):
             pcapfile.Reader(fh, str(p))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.binary(min_size=1, max_size=300), st.binary(min_size=1, max_size=4),
        st.lists(st.tuples(st.integers(0, 320), st.integers(0, 80)), min_size=1, max_size=30))
@@ -370,6 +374,7 @@ def test_contains_is_lowercased_find(buf, needle, windows):
                             for s, n in zip(start.tolist(), length.tolist())]
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.binary(max_size=150), min_size=1, max_size=25), st.data())
 def test_matching_reads_the_payload_window_of_the_chosen_rows(frames, data):
@@ -393,6 +398,7 @@ def test_matching_reads_the_payload_window_of_the_chosen_rows(frames, data):
     assert got.tolist() == want
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 7)), min_size=1, max_size=120))
 def test_lookup_queue_follows_the_clock_in_a_whole_batch(tmp_path_factory, steps):

@@ -82,6 +82,7 @@ def test_replay_of_missing_file_is_a_runtime_error(workdir):
     assert code == 2 and "nope.pcap" in err
 
 
+@pytest.mark.integration
 def test_chkifrunning(workdir):
     from ncsniffer import watchdog
     pidf = os.path.join(workdir, "x.pid")
@@ -108,6 +109,7 @@ def test_chkifrunning(workdir):
     assert watchdog.main([]) == 1
 
 
+@pytest.mark.integration
 def test_rc_script_passes_arguments(workdir):
     from tests.conftest import NC_SNIFFER, ROOT
     conf = write_config(workdir, bpf="host 127.0.0.1")

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from ncsniffer.clock import PacketClock, WallClock
 
 
@@ -35,6 +37,7 @@ def test_wall_clock_reads_the_time_once_per_turn_and_ticks_on_monotonic_time():
     assert calls == [(5001, 1)] and clock.next_tick == 12.0
 
 
+@pytest.mark.integration
 def test_the_pipeline_imports_no_settings_capture_or_file_writing():
     """batch.py's arithmetic stands on its own: no config, dump file, sniffer,
     libpcap or DNS module comes with it (issue 12)."""

@@ -227,6 +227,7 @@ def test_fetch_without_exec_only_copies(tmp_path):
     assert runner.calls == ["rsync"]
 
 
+@pytest.mark.integration
 def test_rem_dump_runs_hosts_in_parallel(tmp_path):
     cfg = coalesce.rem_wchk(config(tmp_path))
 
@@ -250,6 +251,7 @@ def test_rem_dump_survives_a_crashing_host(tmp_path):
     assert "internal error: RuntimeError: boom" in result["beta"]
 
 
+@pytest.mark.integration
 def test_run_bounded_kills_the_whole_group():
     started = time.monotonic()
     outcome = coalesce.run_bounded(["sh", "-c", "sleep 30 & sleep 30"], 0.5)
@@ -302,6 +304,7 @@ RECORD = st.builds(rec, b=COUNT, c=COUNT, e=COUNT, n=NAMES, r=COUNT, s=COUNT, t=
 RECORDS = st.dictionaries(IPS, RECORD, max_size=5)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(RECORDS, RECORDS, RECORDS)
 def test_merge_is_associative(a, b, c):
@@ -310,12 +313,14 @@ def test_merge_is_associative(a, b, c):
     assert m(m(a, b), c) == m(a, m(b, c))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(RECORDS, RECORDS)
 def test_merge_is_commutative(a, b):
     assert coalesce.merge_all((a, b)) == coalesce.merge_all((b, a))
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(st.lists(RECORDS, max_size=5), st.randoms(use_true_random=False))
 def test_merge_all_is_order_free(parts, rnd):
@@ -375,6 +380,7 @@ def test_missing_and_broken_hosts_are_named(tmp_path, utc):
 
 # --------------------------------------------------------------------------- the lock
 
+@pytest.mark.integration
 def test_lock_holds_pid_and_is_exclusive(tmp_path):
     path = str(tmp_path / "c.1.lock")
     proc = hold_lock("coalesce.take_lock", path, 30)
@@ -407,6 +413,7 @@ def test_a_stale_lock_file_is_taken_over(tmp_path):
     lock.release()
 
 
+@pytest.mark.integration
 def test_waiter_gets_the_lock_when_the_holder_ends(tmp_path):
     path = str(tmp_path / "c.1.lock")
     proc = hold_lock("coalesce.take_lock", path, 0.7)
@@ -521,6 +528,7 @@ def daemon(tmp_path):
         fake.close()
 
 
+@pytest.mark.integration
 def test_dump_requests_a_stale_file(tmp_path, daemon):
     err = io.StringIO()
     argv = ["--stats", daemon.stats, "--update", f"127.0.0.1:{daemon.port}", "--updto", "5"]
@@ -530,6 +538,7 @@ def test_dump_requests_a_stale_file(tmp_path, daemon):
     assert daemon.requests == 1 and err.getvalue() == ""
 
 
+@pytest.mark.integration
 def test_dump_with_a_config_file(tmp_path, daemon):
     conf = tmp_path / "dump.conf"
     conf.write_text(f"{{'stats': {daemon.stats!r}, 'update': {daemon.port}, 'age': 0}}\n")
@@ -554,6 +563,7 @@ def test_dump_errors(tmp_path):
     assert err.getvalue().startswith("nc.sniffer.dump: ")
 
 
+@pytest.mark.integration
 def test_local_daemon_is_refreshed_and_merged(tmp_path, daemon, utc):
     """With 'update', the web host's own daemon is asked for a dump and merged as 'localhost'."""
     fetched(tmp_path, ("beta", "gamma"))

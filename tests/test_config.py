@@ -290,6 +290,7 @@ ANY_VALUE = st.one_of(
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
 
+@pytest.mark.slow
 @hsettings(max_examples=300, deadline=None,
            suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(sorted(config.KNOWN_KEYS)), ANY_VALUE, st.booleans())

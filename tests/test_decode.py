@@ -86,6 +86,7 @@ def test_unsupported_link_type():
     assert capture.link_type_name(999) == "999 (unknown to libpcap)"
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(st.sampled_from(LINKS), st.binary(max_size=120))
 def test_arbitrary_bytes_never_raise(link, data):
@@ -96,6 +97,7 @@ def test_arbitrary_bytes_never_raise(link, data):
         assert len(src) == len(dst) and len(src) in (4, 16)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(LINKS), st.integers(0, 80), st.booleans())
 def test_truncated_real_frames_never_raise(link, cut, six):

@@ -199,6 +199,7 @@ def test_long_line_refused(tmp_path):
         dumpfile.read_stats(str(path))
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_never_escape_as_other_errors(tmp_path_factory, data):
@@ -239,6 +240,7 @@ def test_full_disk_keeps_previous_file(tmp_path):
         subprocess.run(["umount", str(mnt)])
 
 
+@pytest.mark.slow
 @given(st.lists(st.one_of(st.floats(0, 1e30), st.integers(0, 10**6).map(lambda i: i + 0.5)),
                 max_size=50))
 def test_rounding_is_printf_rounding(values):
@@ -322,6 +324,7 @@ def test_duplicate_ip_names_the_ip(tmp_path):
         dumpfile.read_stats(path)
 
 
+@pytest.mark.slow
 def test_hand_edited_literal_is_read_record_by_record(tmp_path):
     """A dict literal a person edited (single quotes, records over several lines) is still
     read, one record at a time, and duplicates are caught there too."""

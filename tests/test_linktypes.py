@@ -81,6 +81,7 @@ def test_frames_carry_the_type_field_where_the_row_says(value):
             assert int(head[link.ethertype]) == etype
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(VALUES), st.data())
 def test_every_rows_scalar_rule_agrees_with_the_batch_offsets(value, data):

@@ -119,6 +119,7 @@ def test_foreground_daemon_ready_watchdog_stopping(workdir, notify_socket):
     assert "nc.sniffer: started on lo" in got["stderr"]
 
 
+@pytest.mark.integration
 def test_foreground_option_in_usage():
     r = subprocess.run([NC_SNIFFER, "--help"], capture_output=True, text=True)
     assert "-f, --foreground" in r.stdout

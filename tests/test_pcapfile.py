@@ -143,6 +143,7 @@ def files(draw):
     return data
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(files(), st.sampled_from([8192, 4096, 3000, 100000]), st.sampled_from([5, 64, 10 ** 6]))
 def test_lanes_equal_plain_walk_and_reference(tmp_path_factory, data, max_bytes, max_packets):
@@ -199,6 +200,7 @@ def test_header_only_file(tmp_path):
     assert check(tmp_path, pcap_file([])).chain.tried == 0
 
 
+@pytest.mark.slow
 def test_truncated_at_every_kind_of_point(tmp_path):
     rnd = random.Random(7)
     data = pcap_file(clean_records(rnd, 120, (0, 300)))

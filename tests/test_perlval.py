@@ -69,6 +69,7 @@ def test_dump_wrapper():
     assert perlval.parse_dump(text) == {"1.2.3.4": {"B": 1, "N": ["a"]}}
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=80))
 def test_garbage_raises_only_our_error(text):
@@ -98,6 +99,7 @@ def test_dump_keys_must_be_unique():
     assert perlval.parse_dump(text) == {"1.2.3.4": {"B": 2}}      # config files: Perl's rule
 
 
+@pytest.mark.slow
 def test_long_input_keeps_few_tokens():
     parser = perlval._Parser("[" + "1, " * 50_000 + "]")
     assert len(parser.value()) == 50_000

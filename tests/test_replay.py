@@ -16,6 +16,9 @@ from ncsniffer import decode, pcapgen
 from tests import reference
 from tests.conftest import plain_read, run_cli, write_config
 
+# every replay here runs the real nc.sniffer program as a process
+pytestmark = pytest.mark.integration
+
 ME = "192.0.2.10"
 
 

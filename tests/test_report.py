@@ -200,6 +200,7 @@ def test_missing_file_names_it(tmp_path):
 
 # --------------------------------------------------------------------------- file times
 
+@pytest.mark.integration
 def test_presync_missing_and_old(tmp_path):
     path = tmp_path / "f"
     assert report.presync(str(path)) is None
@@ -220,6 +221,7 @@ def test_presync_future_ctime(monkeypatch, tmp_path):
     assert report.presync(str(path)) is None
 
 
+@pytest.mark.integration
 def test_sync_update_and_timeout(tmp_path):
     path = tmp_path / "f"
     path.write_text("x")
@@ -236,6 +238,7 @@ def test_sync_update_and_timeout(tmp_path):
     assert report.wait_newer(str(path), old + 1000, 0.1)[1].endswith("not updated within 0.1 seconds")
 
 
+@pytest.mark.integration
 def test_sync_waits_for_creation_and_fails_fast_without_directory(tmp_path):
     path = tmp_path / "new"
     timer = threading.Timer(0.2, lambda: path.write_text("y"))
@@ -262,6 +265,7 @@ def test_chkcache(tmp_path, monkeypatch):
     assert report.chkcache(str(path)) is None            # default 300
 
 
+@pytest.mark.slow
 def test_get_lock_in_process(tmp_path):
     target = str(tmp_path / "cache.0.tmp")
     with report.get_lock(target, 1) as lock:
@@ -413,6 +417,7 @@ def stats(tmp_path):
     return path
 
 
+@pytest.mark.integration
 def test_rqst_dump_updates_file(stats):
     with FakeDaemon(stats, data("mixed.stats")) as fake:
         before = report.presync(stats)
@@ -429,6 +434,7 @@ def test_rqst_dump_disabled_does_nothing(stats):
     assert report.rqst_dump("", stats, 0, 1) == ""
 
 
+@pytest.mark.integration
 def test_rqst_dump_timeout(stats):
     with FakeDaemon(stats, data("mixed.stats"), write=False) as fake:
         started = time.monotonic()
@@ -437,6 +443,7 @@ def test_rqst_dump_timeout(stats):
         assert time.monotonic() - started < 3.5
 
 
+@pytest.mark.integration
 def test_rqst_dump_refused_fast(stats):
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
@@ -448,6 +455,7 @@ def test_rqst_dump_refused_fast(stats):
     assert time.monotonic() - started < 3
 
 
+@pytest.mark.integration
 def test_rqst_dump_question_marks(stats):
     with FakeDaemon(stats, data("mixed.stats"), reply=b"??", write=False) as fake:
         assert "refused: '??'" in report.rqst_dump(str(fake.port), stats, 0, 5)
@@ -460,6 +468,7 @@ def test_rqst_dump_bad_address_and_directory(stats, tmp_path):
 
 # --------------------------------------------------------------------------- the web report
 
+@pytest.mark.integration
 def test_web_report_cache_cycle(stats, tmp_path):
     cache = str(tmp_path / "sniffer.cache")
     with FakeDaemon(stats, data("mixed.stats")) as fake:
@@ -479,6 +488,7 @@ def test_web_report_cache_cycle(stats, tmp_path):
         assert out.getvalue() == expected("mixed.report.1") and fake.requests == 2
 
 
+@pytest.mark.integration
 def test_web_report_stale_cache_is_rebuilt(stats, tmp_path, monkeypatch):
     cache = str(tmp_path / "sniffer.cache")
     with open(cache + ".0", "w") as fh:
@@ -497,6 +507,7 @@ def test_web_report_without_cache_or_update(stats):
     assert out.getvalue() == expected("mixed.report.1")
 
 
+@pytest.mark.integration
 def test_web_report_without_cache_asks_only_when_old(stats):
     with FakeDaemon(stats, data("mixed.stats")) as fake:
         out = io.StringIO()
@@ -527,6 +538,7 @@ def test_web_report_error_is_one_line(tmp_path):
     assert out.getvalue() == "required statistics file specification missing\n"
 
 
+@pytest.mark.integration
 def test_web_report_dump_failure_is_one_line(stats, tmp_path):
     out = io.StringIO()
     with FakeDaemon(stats, data("mixed.stats"), write=False) as fake:
@@ -546,6 +558,7 @@ def test_cgi_terminal_mode(stats):
     assert out.getvalue() == expected("mixed.report.0")
 
 
+@pytest.mark.integration
 def test_cgi_terminal_mode_with_update(stats):
     with FakeDaemon(stats, data("mixed.stats")) as fake:
         out, err = io.StringIO(), io.StringIO()
@@ -619,6 +632,7 @@ def shows_no_controls(text: str) -> bool:
     return not any(c in text for c in CONTROLS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,fmt", hostile.BAD_CASES)
 def test_crafted_files_one_line_in_every_reader(tmp_path, kind, fmt):
     path = hostile.write(tmp_path / f"{kind}.{fmt}.stats", kind, fmt)

@@ -449,6 +449,7 @@ def test_counters_text():
 
 # --------------------------------------------------------------------------- garbage
 
+@pytest.mark.slow
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=600))
 def test_random_bytes_never_raise(data):
@@ -461,6 +462,7 @@ def test_random_bytes_never_raise(data):
         assert list(acct.records[key].N) == [] and acct.records[key].T == NOW + ONEDAY
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(st.data())
 def test_mutated_answers_never_raise_nor_touch_another_record(data):
@@ -578,6 +580,7 @@ def test_resolver_respects_reset_of_the_accounting(fake_server):
         r.close()
 
 
+@pytest.mark.integration
 def test_offline_lookups_off_or_silent_server(fake_server, monkeypatch):
     port = fake_server.getsockname()[1]
     assert resolver.offline_lookups(_settings(resolve=False)) is None

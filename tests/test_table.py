@@ -1,6 +1,7 @@
 """The record store: columns, the IPv4 index and its stale entries, the order of a dump."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from ncsniffer.accounting import Accounting
@@ -12,6 +13,7 @@ POOL = [bytes([10, 0, i >> 8, i & 255]) for i in range(40)] + \
     [bytes(14) + bytes([0x80, i]) for i in range(10)] + [bytes([255]) * 16]
 
 
+@pytest.mark.slow
 @settings(max_examples=50, deadline=None)
 @given(st.sets(st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=16, max_size=16)),
                min_size=1, max_size=60))
@@ -29,6 +31,7 @@ def test_columns_in_numeric_order_with_their_fields(keys):
     assert got == expected
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.sampled_from(POOL)), max_size=120))
 def test_table_finds_what_was_added_and_not_what_was_deleted(ops):
@@ -49,6 +52,7 @@ def test_table_finds_what_was_added_and_not_what_was_deleted(ops):
                 acct.records.find([key])[0]) == key
 
 
+@pytest.mark.slow
 def test_ipv4_index_compacts_after_mass_deletion():
     acct = Accounting(0)
     keys = [i.to_bytes(4, "big") for i in range(5000)]

@@ -214,6 +214,7 @@ def test_a_config_without_sniffer_directory_is_a_config_error():
         top.source_for({"piddir": "/tmp"}, "nc.sniffer")
 
 
+@pytest.mark.integration
 def test_plain_loop_prints_count_frames():
     class Fake:
         n = 0
