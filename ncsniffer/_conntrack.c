@@ -8,8 +8,10 @@
  *
  *   - entries: a pool of fixed-size structs, grown by doubling, freed ones
  *     chained for reuse; linked by 32-bit indices (NIL = none);
- *   - lookup: a chained hash table (bucket heads, next index in the entry),
- *     doubled when the entries outnumber the buckets;
+ *   - lookup: an open-addressing hash table of (entry index, 32-bit hash)
+ *     slots, linear probing, at most half full (doubled beyond), deletion by
+ *     backward shift; a miss is one cache line, and the batch loop prefetches
+ *     the slots, then the entries, of the packets a few rows ahead;
  *   - eviction: an intrusive LRU list of the live entries (not the lingering
  *     ones), the least recently active at the head;
  *   - expiry: a timer wheel, one slot per second, more slots than the longest
@@ -29,6 +31,7 @@
 
 #define NIL UINT32_MAX
 #define MAX_ENTRIES (UINT32_MAX - 1)
+#define AHEAD 16                  /* rows looked up in advance (a power of two) */
 
 /* IP protocols, TCP flags */
 enum { P_ICMP = 1, P_TCP = 6, P_UDP = 17, P_ICMP6 = 58 };
@@ -81,7 +84,7 @@ typedef struct {
     counts_t n;
     double start, end;            /* first, last packet's timestamp */
     int64_t deadline;             /* expired once now > deadline */
-    uint32_t hnext;               /* hash chain, or the free list */
+    uint32_t hash;                /* of the key; the next free entry while pooled */
     uint32_t lru_prev, lru_next;
     uint32_t wh_prev, wh_next;
     uint16_t me_port, peer_port;
@@ -89,6 +92,9 @@ typedef struct {
 } entry_t;
 
 typedef struct { uint32_t head, tail; } list_t;
+
+/* A hash table slot: the entry (NIL: empty) and its key's hash, compared first. */
+typedef struct { uint32_t entry, hash; } slot_t;
 
 typedef struct {
     PyObject_HEAD
@@ -99,8 +105,8 @@ typedef struct {
     entry_t *pool;
     uint32_t capacity, used, free_head;
     /* the hash table */
-    uint32_t *buckets;
-    uint32_t nbuckets;            /* a power of two */
+    slot_t *slots;
+    uint32_t nslots_hash;         /* a power of two */
     /* LRU of live entries */
     list_t lru;
     uint32_t live, lingering;
@@ -140,50 +146,89 @@ static inline uint32_t hash_key(const addrs_t *a, uint16_t me_port, uint16_t pee
     return (uint32_t)h ^ (uint32_t)(h >> 32);
 }
 
-static inline uint32_t bucket_of(const Core *c, const entry_t *e)
+/* The key of packet p: ports count for TCP and UDP only (ICMP: 0, 0). */
+static inline int has_ports(uint8_t proto)
 {
-    return hash_key(&e->a, e->me_port, e->peer_port, e->proto, e->v6) & (c->nbuckets - 1);
+    return proto == P_TCP || proto == P_UDP;
 }
 
-static uint32_t lookup(const Core *c, const packet_t *p, uint16_t me_port, uint16_t peer_port)
+static inline uint32_t packet_hash(const packet_t *p)
 {
-    uint32_t b = hash_key(&p->a, me_port, peer_port, p->proto, p->v6) & (c->nbuckets - 1);
-    for (uint32_t i = c->buckets[b]; i != NIL; i = c->pool[i].hnext) {
-        const entry_t *e = &c->pool[i];
+    int ports = has_ports(p->proto);
+    return hash_key(&p->a, ports ? p->me_port : 0, ports ? p->peer_port : 0, p->proto, p->v6);
+}
+
+static inline uint32_t mask_of(const Core *c)
+{
+    return c->nslots_hash - 1;
+}
+
+static uint32_t lookup(const Core *c, const packet_t *p, uint32_t hash, uint16_t me_port,
+                       uint16_t peer_port)
+{
+    for (uint32_t k = hash & mask_of(c);; k = (k + 1) & mask_of(c)) {
+        const slot_t *s = &c->slots[k];
+        if (s->entry == NIL)
+            return NIL;
+        if (s->hash != hash)
+            continue;
+        const entry_t *e = &c->pool[s->entry];
         if (e->a.peer_lo == p->a.peer_lo && e->a.me_lo == p->a.me_lo
             && e->peer_port == peer_port && e->me_port == me_port && e->proto == p->proto
             && e->v6 == p->v6 && e->a.peer_hi == p->a.peer_hi && e->a.me_hi == p->a.me_hi)
-            return i;
+            return s->entry;
     }
-    return NIL;
 }
 
-static void hash_unlink(Core *c, uint32_t i)
+static void hash_insert(Core *c, uint32_t i)
 {
-    uint32_t *link = &c->buckets[bucket_of(c, &c->pool[i])];
-    while (*link != i)
-        link = &c->pool[*link].hnext;
-    *link = c->pool[i].hnext;
+    uint32_t hash = c->pool[i].hash, k = hash & mask_of(c);
+    while (c->slots[k].entry != NIL)
+        k = (k + 1) & mask_of(c);
+    c->slots[k].entry = i;
+    c->slots[k].hash = hash;
 }
 
-/* Double the buckets when entries outnumber them: chains stay about one long. */
+/* Remove entry i; the slots after it move back so that no probe stops short. */
+static void hash_remove(Core *c, uint32_t i)
+{
+    uint32_t mask = mask_of(c), hole = c->pool[i].hash & mask;
+    while (c->slots[hole].entry != i)
+        hole = (hole + 1) & mask;
+    for (uint32_t k = (hole + 1) & mask; c->slots[k].entry != NIL; k = (k + 1) & mask) {
+        uint32_t home = c->slots[k].hash & mask;
+        /* slot k may fill the hole unless its home lies after the hole, up to k */
+        if (((k - home) & mask) >= ((k - hole) & mask)) {
+            c->slots[hole] = c->slots[k];
+            hole = k;
+        }
+    }
+    c->slots[hole].entry = NIL;
+}
+
+static int hash_alloc(Core *c, uint32_t n)
+{
+    slot_t *slots = malloc((size_t)n * sizeof *slots);
+    if (!slots)
+        return -1;
+    for (uint32_t k = 0; k < n; k++)
+        slots[k].entry = NIL;
+    free(c->slots);
+    c->slots = slots;
+    c->nslots_hash = n;
+    return 0;
+}
+
+/* Double the table when it would be more than half full: probes stay short. */
 static int hash_grow(Core *c)
 {
-    uint32_t n = c->nbuckets * 2;
-    uint32_t *b = malloc((size_t)n * sizeof *b);
-    if (!b)
+    if (c->nslots_hash >= (1u << 31) || hash_alloc(c, c->nslots_hash * 2) < 0)
         return -1;
-    memset(b, 0xff, (size_t)n * sizeof *b);
-    free(c->buckets);
-    c->buckets = b;
-    c->nbuckets = n;
     for (uint32_t i = 0; i < c->used; i++) {
-        entry_t *e = &c->pool[i];
-        if (e->state == S_FREE)
-            continue;
-        uint32_t k = bucket_of(c, e);
-        e->hnext = b[k];
-        b[k] = i;
+        if (i + AHEAD < c->used)          /* random slots: fetch them ahead */
+            __builtin_prefetch(&c->slots[c->pool[i + AHEAD].hash & mask_of(c)], 1);
+        if (c->pool[i].state != S_FREE)
+            hash_insert(c, i);
     }
     return 0;
 }
@@ -281,7 +326,7 @@ static int emit(Core *c, uint8_t kind, uint8_t state, const entry_t *e)
 static void release(Core *c, uint32_t i)
 {
     entry_t *e = &c->pool[i];
-    hash_unlink(c, i);
+    hash_remove(c, i);
     wh_remove(c, slot_of(c, e->deadline), i);
     if (e->state == S_LINGER)
         c->lingering--;
@@ -290,7 +335,7 @@ static void release(Core *c, uint32_t i)
         c->live--;
     }
     e->state = S_FREE;
-    e->hnext = c->free_head;
+    e->hash = c->free_head;
     c->free_head = i;
 }
 
@@ -311,8 +356,8 @@ static int pool_grow(Core *c)
 
 /* A new live entry for packet p's key, evicting the least recently active
  * live entry if the table is full; NIL if out of memory. */
-static uint32_t open_entry(Core *c, const packet_t *p, uint16_t me_port, uint16_t peer_port,
-                           uint8_t state, uint8_t bits, double ts)
+static uint32_t open_entry(Core *c, const packet_t *p, uint32_t hash, uint16_t me_port,
+                           uint16_t peer_port, uint8_t state, uint8_t bits, double ts)
 {
     if (c->live >= c->max_live) {
         uint32_t victim = c->lru.head;
@@ -320,13 +365,19 @@ static uint32_t open_entry(Core *c, const packet_t *p, uint16_t me_port, uint16_
             return NIL;
         release(c, victim);
         c->evictions++;
+        if (c->lru.head != NIL) {     /* a flood evicts again: fetch the next victim's slot */
+            const entry_t *next = &c->pool[c->lru.head];
+            __builtin_prefetch(&c->slots[next->hash & mask_of(c)], 1);
+            if (next->lru_next != NIL)
+                __builtin_prefetch(&c->pool[next->lru_next], 1);
+        }
     }
-    if (c->live + c->lingering >= c->nbuckets && hash_grow(c) < 0)
+    if (2 * ((uint64_t)c->live + c->lingering + 1) > c->nslots_hash && hash_grow(c) < 0)
         return NIL;
     uint32_t i;
     if (c->free_head != NIL) {
         i = c->free_head;
-        c->free_head = c->pool[i].hnext;
+        c->free_head = c->pool[i].hash;
     } else {
         if (c->used == c->capacity && pool_grow(c) < 0)
             return NIL;
@@ -342,9 +393,8 @@ static uint32_t open_entry(Core *c, const packet_t *p, uint16_t me_port, uint16_
     e->state = state;
     memset(&e->n, 0, sizeof e->n);
     e->start = e->end = ts;
-    uint32_t b = hash_key(&p->a, me_port, peer_port, p->proto, p->v6) & (c->nbuckets - 1);
-    e->hnext = c->buckets[b];
-    c->buckets[b] = i;
+    e->hash = hash;
+    hash_insert(c, i);
     lru_append(c, &c->lru, i);
     c->live++;
     /* first arming: always into the tail of its slot */
@@ -430,7 +480,7 @@ static int advance(Core *c, int64_t sec)
 
 /* ------------------------------------------------------------------ packets */
 
-static int tcp_packet(Core *c, uint32_t i, const packet_t *p, double ts)
+static int tcp_packet(Core *c, uint32_t i, const packet_t *p, uint32_t hash, double ts)
 {
     uint8_t f = p->flags;
     int opening = (f & F_SYN) && !(f & (F_ACK | F_RST));
@@ -442,8 +492,8 @@ static int tcp_packet(Core *c, uint32_t i, const packet_t *p, double ts)
     }
     int from_initiator;
     if (i == NIL) {
-        i = open_entry(c, p, p->me_port, p->peer_port, opening ? S_SYN_SENT : S_ESTABLISHED,
-                       opening ? 0 : B_PICKUP, ts);
+        i = open_entry(c, p, hash, p->me_port, p->peer_port,
+                       opening ? S_SYN_SENT : S_ESTABLISHED, opening ? 0 : B_PICKUP, ts);
         if (i == NIL)
             return -1;
         from_initiator = count(c, i, p, ts);
@@ -478,29 +528,68 @@ static int tcp_packet(Core *c, uint32_t i, const packet_t *p, double ts)
     return 0;
 }
 
-static int one_packet(Core *c, const packet_t *p)
+static inline int tracked(uint8_t proto)
 {
-    uint8_t proto = p->proto;
-    if (proto != P_TCP && proto != P_UDP && proto != P_ICMP && proto != P_ICMP6)
+    return proto == P_TCP || proto == P_UDP || proto == P_ICMP || proto == P_ICMP6;
+}
+
+/* Packet p, whose key hashes to hash: spec 10.2 in the order the rules apply. */
+static int one_packet(Core *c, const packet_t *p, uint32_t hash)
+{
+    if (!tracked(p->proto))
         return 0;
     if (advance(c, p->sec) < 0)       /* expiry before lookup */
         return -1;
-    uint16_t me_port = 0, peer_port = 0;
-    if (proto == P_TCP || proto == P_UDP) {
-        me_port = p->me_port;
-        peer_port = p->peer_port;
-    }
+    int ports = has_ports(p->proto);
+    uint16_t me_port = ports ? p->me_port : 0, peer_port = ports ? p->peer_port : 0;
     double ts = (double)p->sec + (double)p->usec / 1e6;
-    uint32_t i = lookup(c, p, me_port, peer_port);
-    if (proto == P_TCP)
-        return tcp_packet(c, i, p, ts);
+    uint32_t i = lookup(c, p, hash, me_port, peer_port);
+    if (p->proto == P_TCP)
+        return tcp_packet(c, i, p, hash, ts);
     int fresh = i == NIL;
-    if (fresh && (i = open_entry(c, p, me_port, peer_port, S_FLOW, 0, ts)) == NIL)
+    if (fresh && (i = open_entry(c, p, hash, me_port, peer_port, S_FLOW, 0, ts)) == NIL)
         return -1;
     count(c, i, p, ts);
     if (fresh && emit(c, K_NEW, E_ACTIVE, &c->pool[i]) < 0)
         return -1;
     arm(c, i, timeout_of(c, &c->pool[i]));
+    return 0;
+}
+
+/*
+ * The batch loop.  Lookups are random accesses to a large table: hashes are
+ * computed AHEAD rows in advance and their slots prefetched, and half-way the
+ * entry the slot names is prefetched, so that by its turn a packet's memory
+ * is in the cache.  Prefetches are hints only: a table changed meanwhile costs
+ * a miss, never a wrong answer.
+ */
+static inline void prefetch_entry(const Core *c, uint32_t hash)
+{
+    const slot_t *s = &c->slots[hash & mask_of(c)];
+    if (s->entry != NIL)
+        __builtin_prefetch(&c->pool[s->entry]);
+}
+
+static int run_batch(Core *c, const packet_t *p, size_t n)
+{
+    uint32_t ring[AHEAD];
+    size_t lead = n < AHEAD ? n : AHEAD;
+    for (size_t k = 0; k < lead; k++) {
+        ring[k] = packet_hash(&p[k]);
+        __builtin_prefetch(&c->slots[ring[k] & mask_of(c)]);
+    }
+    for (size_t k = 0; k < n; k++) {
+        uint32_t hash = ring[k & (AHEAD - 1)];
+        if (k + AHEAD / 2 < n)
+            prefetch_entry(c, ring[(k + AHEAD / 2) & (AHEAD - 1)]);
+        if (k + AHEAD < n) {
+            uint32_t next = packet_hash(&p[k + AHEAD]);
+            ring[(k + AHEAD) & (AHEAD - 1)] = next;
+            __builtin_prefetch(&c->slots[next & mask_of(c)]);
+        }
+        if (one_packet(c, &p[k], hash) < 0)
+            return -1;
+    }
     return 0;
 }
 
@@ -533,11 +622,8 @@ static PyObject *Core_process(Core *c, PyObject *arg)
     const packet_t *p = view.buf;
     size_t n = (size_t)view.len / sizeof(packet_t);
     Py_BEGIN_ALLOW_THREADS
-    for (size_t k = 0; k < n; k++)
-        if (one_packet(c, &p[k]) < 0) {
-            c->failed = 1;
-            break;
-        }
+    if (run_batch(c, p, n) < 0)
+        c->failed = 1;
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     return take_events(c);
@@ -561,7 +647,8 @@ static PyObject *Core_drain(Core *c, PyObject *unused)
             break;
     for (uint32_t s = 0; s < c->nslots; s++)
         c->wheel[s].head = c->wheel[s].tail = NIL;
-    memset(c->buckets, 0xff, (size_t)c->nbuckets * sizeof *c->buckets);
+    for (uint32_t k = 0; k < c->nslots_hash; k++)
+        c->slots[k].entry = NIL;
     c->lru.head = c->lru.tail = NIL;
     c->used = 0;
     c->free_head = NIL;
@@ -614,15 +701,12 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds)
     while ((long long)c->nslots <= longest + 1)
         c->nslots *= 2;
     c->wheel = malloc(c->nslots * sizeof *c->wheel);
-    c->nbuckets = 1024;
-    c->buckets = malloc(c->nbuckets * sizeof *c->buckets);
-    if (!c->wheel || !c->buckets) {
+    if (!c->wheel || hash_alloc(c, 2048) < 0) {
         PyErr_NoMemory();
         return -1;
     }
     for (uint32_t s = 0; s < c->nslots; s++)
         c->wheel[s].head = c->wheel[s].tail = NIL;
-    memset(c->buckets, 0xff, c->nbuckets * sizeof *c->buckets);
     c->lru.head = c->lru.tail = NIL;
     c->free_head = NIL;
     return 0;
@@ -631,7 +715,7 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds)
 static void Core_dealloc(Core *c)
 {
     free(c->pool);
-    free(c->buckets);
+    free(c->slots);
     free(c->wheel);
     free(c->events);
     Py_TYPE(c)->tp_free((PyObject *)c);

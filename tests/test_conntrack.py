@@ -311,3 +311,25 @@ def test_syn_flood_is_bounded_and_counts_everything_else_exactly():
                             "tcp": 10, "out": 10, "closed": 10}
     total = np.sum(conncounts.count(events)[1], axis=0)
     assert dict(zip(conncounts.K_FIELDS, total))["evicted"] == 200_000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ct.HAVE_CORE, reason="the extension is not built")
+@pytest.mark.parametrize("seed", [1, 2])
+def test_core_equals_reference_on_thousands_of_keys(seed):
+    """Enough keys for the hash table to grow and to shift slots back on deletion."""
+    rng = np.random.default_rng(seed)
+    n, keys = 20_000, 3000
+    batch = np.zeros(n, ct.PACKET_DTYPE)
+    key = rng.integers(0, keys, n)
+    batch["sec"] = 1000 + np.cumsum(rng.random(n) < 0.0005)
+    batch["usec"], batch["wirelen"] = rng.integers(0, 10 ** 6, n), rng.integers(40, 1500, n)
+    batch["me_lo"], batch["peer_lo"] = ME_ADDR, key % 700
+    batch["me_port"], batch["peer_port"] = key // 700, 80
+    batch["proto"] = np.array([ct.TCP, ct.TCP, ct.UDP, ct.ICMP])[key % 4]
+    batch["from_me"], batch["flags"] = rng.integers(0, 2, n), rng.choice(FLAGS, n)
+    timeouts = ct.Timeouts(tcp_establish=2, tcp=3, udp=2, icmp=1, tcp_linger=1)
+    cuts = sorted(rng.integers(0, n, 5).tolist())
+    core, ref = ct.Tracker(timeouts, 1500), model(timeouts, 1500)
+    assert feed(core, batch, cuts, []).tolist() == feed(ref, batch, cuts, []).tolist()
+    assert core.evictions == ref.evictions > 0
