@@ -32,6 +32,7 @@
 
 #define NIL UINT32_MAX
 #define MAX_ENTRIES (UINT32_MAX - 1)
+#define MAX_TIMEOUT 1000000       /* seconds: conntrack.MAX_TIMEOUT; the wheel's size */
 #define AHEAD 16                  /* rows looked up in advance (a power of two) */
 
 /* IP protocols, TCP flags */
@@ -625,9 +626,20 @@ static PyObject *take_events(Core *c)
     return out;
 }
 
+/* A Core made by __new__ alone has no tables: refuse it rather than crash. */
+static int ready(const Core *c)
+{
+    if (c->wheel)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "conntrack: Core not initialised");
+    return 0;
+}
+
 static PyObject *Core_process(Core *c, PyObject *arg)
 {
     Py_buffer view;
+    if (!ready(c))
+        return NULL;
     if (PyObject_GetBuffer(arg, &view, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
     if (view.len % (Py_ssize_t)sizeof(packet_t)) {
@@ -648,7 +660,7 @@ static PyObject *Core_process(Core *c, PyObject *arg)
 static PyObject *Core_advance(Core *c, PyObject *arg)
 {
     long long sec = PyLong_AsLongLong(arg);
-    if (sec == -1 && PyErr_Occurred())
+    if ((sec == -1 && PyErr_Occurred()) || !ready(c))
         return NULL;
     if (advance(c, sec) < 0)
         c->failed = 1;
@@ -658,6 +670,8 @@ static PyObject *Core_advance(Core *c, PyObject *arg)
 /* Every live entry ends as drained, least recently active first; the table empties. */
 static PyObject *Core_drain(Core *c, PyObject *unused)
 {
+    if (!ready(c))
+        return NULL;
     for (uint32_t i = c->lru.head; i != NIL; i = c->pool[i].lru_next)
         if (emit(c, K_END, E_DRAINED, &c->pool[i]) < 0)
             break;
@@ -698,7 +712,7 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds)
     for (int k = 0; k < 4; k++)
         if (all[k] > longest)
             longest = all[k];
-    if (establish < 0 || tcp < 0 || udp < 0 || icmp < 0 || linger < 0 || longest > 10000000
+    if (establish < 0 || tcp < 0 || udp < 0 || icmp < 0 || linger < 0 || longest > MAX_TIMEOUT
         || max_live < 1 || max_live >= MAX_ENTRIES) {
         PyErr_SetString(PyExc_ValueError, "conntrack: timeouts or max_connections out of range");
         return -1;

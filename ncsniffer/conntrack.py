@@ -38,7 +38,7 @@ UDP_TIMEOUT = 20               # UDP idle -> timedout
 ICMP_TIMEOUT = 10              # ICMP / ICMPv6 idle -> timedout
 TCP_LINGER = 10                # an ended TCP entry absorbs late packets this long
 DEFAULT_MAX_CONNECTIONS = 1_000_000
-MAX_TIMEOUT = 10 ** 7          # seconds; the timer wheel has one slot per second up to it
+MAX_TIMEOUT = 10 ** 6          # seconds (11.5 days): the timer wheel has a slot per second
 
 # --------------------------------------------------------------- protocols, flags
 TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58

@@ -206,8 +206,9 @@ def test_timeouts_from_config_overrides_and_refuses_unknown_keys():
 
 
 # --------------------------------------------------------------- core == reference
-# gaps of 0 most often, so that many packets share a second (and entries a deadline)
-GAPS = [0] * 8 + sorted({1} | {t + d for t in (1, 2, 3, 4) for d in (0, 1)})
+# gaps of 0 most often, so that many packets share a second (and entries a deadline);
+# 7 to 17: around and past a whole turn of the timer wheel (8 slots for timeouts <= 4)
+GAPS = [0] * 8 + sorted({1, 7, 8, 9, 17} | {t + d for t in (1, 2, 3, 4) for d in (0, 1)})
 SMALL_TIMEOUTS = st.builds(ct.Timeouts, tcp_establish=st.integers(0, 3), tcp=st.integers(0, 4),
                            udp=st.integers(0, 3), icmp=st.integers(0, 3),
                            tcp_linger=st.integers(0, 3))
@@ -272,7 +273,7 @@ def test_default_timeouts_and_batch_boundaries_change_nothing(spec, cuts):
 
 @pytest.mark.skipif(not ct.HAVE_CORE, reason="the extension is not built")
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 400), st.sampled_from([5, 6, 10, 11, 20, 21, 300, 301]),
+@given(st.lists(st.tuples(st.integers(0, 400), st.sampled_from([5, 6, 10, 11, 20, 21, 300, 301, 600]),
                           st.booleans()), max_size=40))
 def test_gaps_around_every_default_timeout(spec):
     rows, sec = [], 0
