@@ -4,6 +4,8 @@ reference, then the core held equal to the reference on random packet streams.""
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -334,3 +336,38 @@ def test_core_equals_reference_on_thousands_of_keys(seed):
     core, ref = ct.Tracker(timeouts, 1500), model(timeouts, 1500)
     assert feed(core, batch, cuts, []).tolist() == feed(ref, batch, cuts, []).tolist()
     assert core.evictions == ref.evictions > 0
+
+
+MEMORY_PROBE = """
+import sys
+import numpy as np
+from ncsniffer import conntrack as ct
+
+def rss():
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS:"))
+
+n, batch = int(sys.argv[1]), 65536
+t = ct.Tracker(max_connections=n)
+rows = np.zeros(batch, ct.PACKET_DTYPE)
+rows["proto"], rows["flags"], rows["me_lo"], rows["me_port"] = ct.TCP, ct.SYN, 1, 80
+before = rss()
+for first in range(0, 2 * n, batch):
+    rows["peer_lo"] = np.arange(first, first + batch)
+    t.process(rows[:min(batch, 2 * n - first)])
+    if first + batch == n:
+        full = rss()
+print((full - before) / n, (rss() - full) / n, t.live, t.evictions)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ct.HAVE_CORE, reason="the extension is not built")
+def test_a_million_connections_take_at_most_200_bytes_each_and_a_flood_no_more():
+    n = 16 * 65536                                   # about a million, in whole batches
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(n)], capture_output=True,
+                         text=True, check=True, timeout=120).stdout.split()
+    per_conn, more, live, evicted = float(out[0]), float(out[1]), int(out[2]), int(out[3])
+    assert per_conn <= 200
+    assert more <= 20                                # the events buffer of a batch, no table
+    assert (live, evicted) == (n, n)
