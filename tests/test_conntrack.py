@@ -275,7 +275,8 @@ def test_default_timeouts_and_batch_boundaries_change_nothing(spec, cuts):
 
 @pytest.mark.skipif(not ct.HAVE_CORE, reason="the extension is not built")
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 400), st.sampled_from([5, 6, 10, 11, 20, 21, 300, 301, 600]),
+@given(st.lists(st.tuples(st.integers(0, 400),
+                          st.sampled_from([5, 6, 10, 11, 20, 21, 300, 301, 600]),
                           st.booleans()), max_size=40))
 def test_gaps_around_every_default_timeout(spec):
     rows, sec = [], 0
