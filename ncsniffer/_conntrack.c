@@ -16,9 +16,10 @@
  *     ones), the least recently active at the head;
  *   - expiry: a timer wheel, one slot per second, more slots than the longest
  *     timeout, so a slot only ever holds entries of one deadline; an entry is
- *     moved to the tail of its new slot only when its deadline changes (at
- *     most once a second).  Advancing the clock empties the slots it passes,
- *     in order: never a scan of the table.
+ *     moved to the tail of its new slot only when its deadline changes (on
+ *     a busy flow once a second, or when a new state changes its timeout).
+ *     Advancing the clock empties the slots it passes, in order: never a
+ *     scan of the table.
  *
  * Time is the whole second of the packets on a clock that never goes back.
  * Not thread-safe; the batch loop runs without the GIL.
@@ -108,14 +109,14 @@ typedef struct {
     uint32_t capacity, used, free_head;
     /* the hash table */
     slot_t *slots;
-    uint32_t nslots_hash;         /* a power of two */
+    uint32_t hash_size;           /* a power of two */
     /* LRU of live entries */
     list_t lru;
     uint32_t live, lingering;
     uint64_t evictions;
     /* the timer wheel */
     list_t *wheel;
-    uint32_t nslots;              /* a power of two > longest timeout + 1 */
+    uint32_t wheel_size;          /* a power of two > longest timeout + 1 */
     int64_t now;
     int started;
     /* events of the call under way */
@@ -162,7 +163,7 @@ static inline uint32_t packet_hash(const packet_t *p)
 
 static inline uint32_t mask_of(const Core *c)
 {
-    return c->nslots_hash - 1;
+    return c->hash_size - 1;
 }
 
 static uint32_t lookup(const Core *c, const packet_t *p, uint32_t hash, uint16_t me_port,
@@ -231,14 +232,14 @@ static int hash_alloc(Core *c, uint32_t n)
         slots[k].entry = NIL;
     free(c->slots);
     c->slots = slots;
-    c->nslots_hash = n;
+    c->hash_size = n;
     return 0;
 }
 
 /* Double the table when it would be more than half full: probes stay short. */
 static int hash_grow(Core *c)
 {
-    if (c->nslots_hash >= (1u << 31) || hash_alloc(c, c->nslots_hash * 2) < 0)
+    if (c->hash_size >= (1u << 31) || hash_alloc(c, c->hash_size * 2) < 0)
         return -1;
     for (uint32_t i = 0; i < c->used; i++) {
         if (i + AHEAD < c->used)          /* random slots: fetch them ahead */
@@ -283,7 +284,7 @@ LIST_FUNCS(wh, wh_prev, wh_next)
 static inline list_t *slot_of(Core *c, int64_t deadline)
 {
     /* expired in second deadline + 1, emptied when the clock reaches it */
-    return &c->wheel[(uint64_t)(deadline + 1) & (c->nslots - 1)];
+    return &c->wheel[(uint64_t)(deadline + 1) & (c->wheel_size - 1)];
 }
 
 /* Give entry i the deadline now + timeout; it moves only if that changed. */
@@ -389,7 +390,7 @@ static uint32_t open_entry(Core *c, const packet_t *p, uint32_t hash, uint16_t m
                 __builtin_prefetch(&c->pool[next->lru_next], 1);
         }
     }
-    if (2 * ((uint64_t)c->live + c->lingering + 1) > c->nslots_hash && hash_grow(c) < 0)
+    if (2 * ((uint64_t)c->live + c->lingering + 1) > c->hash_size && hash_grow(c) < 0)
         return NIL;
     uint32_t i;
     if (c->free_head != NIL) {
@@ -478,10 +479,10 @@ static int advance(Core *c, int64_t sec)
     if (sec <= c->now)
         return 0;
     int64_t last = sec;
-    if (sec - c->now > (int64_t)c->nslots)
-        last = c->now + c->nslots;    /* every deadline lies within one turn */
+    if (sec - c->now > (int64_t)c->wheel_size)
+        last = c->now + c->wheel_size;  /* every deadline lies within one turn */
     for (int64_t x = c->now + 1; x <= last; x++) {
-        list_t *slot = &c->wheel[(uint64_t)x & (c->nslots - 1)];
+        list_t *slot = &c->wheel[(uint64_t)x & (c->wheel_size - 1)];
         while (slot->head != NIL) {
             uint32_t i = slot->head;
             entry_t *e = &c->pool[i];
@@ -675,9 +676,9 @@ static PyObject *Core_drain(Core *c, PyObject *unused)
     for (uint32_t i = c->lru.head; i != NIL; i = c->pool[i].lru_next)
         if (emit(c, K_END, E_DRAINED, &c->pool[i]) < 0)
             break;
-    for (uint32_t s = 0; s < c->nslots; s++)
+    for (uint32_t s = 0; s < c->wheel_size; s++)
         c->wheel[s].head = c->wheel[s].tail = NIL;
-    for (uint32_t k = 0; k < c->nslots_hash; k++)
+    for (uint32_t k = 0; k < c->hash_size; k++)
         c->slots[k].entry = NIL;
     c->lru.head = c->lru.tail = NIL;
     c->used = 0;
@@ -727,15 +728,15 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds)
     c->t_icmp = icmp;
     c->t_linger = linger;
     c->max_live = (uint32_t)max_live;
-    c->nslots = 4;
-    while ((long long)c->nslots <= longest + 1)
-        c->nslots *= 2;
-    c->wheel = malloc(c->nslots * sizeof *c->wheel);
+    c->wheel_size = 4;
+    while ((long long)c->wheel_size <= longest + 1)
+        c->wheel_size *= 2;
+    c->wheel = malloc(c->wheel_size * sizeof *c->wheel);
     if (!c->wheel || hash_alloc(c, 2048) < 0) {
         PyErr_NoMemory();
         return -1;
     }
-    for (uint32_t s = 0; s < c->nslots; s++)
+    for (uint32_t s = 0; s < c->wheel_size; s++)
         c->wheel[s].head = c->wheel[s].tail = NIL;
     c->lru.head = c->lru.tail = NIL;
     c->free_head = NIL;
