@@ -129,6 +129,17 @@ def packets(rows) -> np.ndarray:
     return np.array(list(rows), PACKET_DTYPE)
 
 
+def as_packets(batch: np.ndarray) -> np.ndarray:
+    """``batch`` as contiguous ``PACKET_DTYPE`` rows, its fields taken by name (numpy
+    would cast one structured dtype to another by position)."""
+    if batch.dtype == PACKET_DTYPE and batch.flags.c_contiguous:
+        return batch
+    out = np.empty(len(batch), PACKET_DTYPE)
+    for name in PACKET_DTYPE.names:
+        out[name] = batch[name]
+    return out
+
+
 def as_dicts(events: np.ndarray) -> list[dict]:
     """Events as plain dicts with names for the enumerations (tests, the events file)."""
     out = []
@@ -172,9 +183,7 @@ class Tracker:
 
     def process(self, batch: np.ndarray) -> np.ndarray:
         """Track a batch of packets; the events it causes, in order."""
-        if batch.dtype != PACKET_DTYPE or not batch.flags.c_contiguous:
-            batch = np.ascontiguousarray(batch, PACKET_DTYPE)
-        return self._events(self._core.process(batch))
+        return self._events(self._core.process(as_packets(batch)))
 
     def advance(self, now: int) -> np.ndarray:
         """Move the clock to second ``now`` with no packet (live, an idle tick): the expiries."""

@@ -191,6 +191,16 @@ def test_event_fields_floats_and_addresses(make):
     assert (e["orig_bytes"], e["resp_bytes"], e["dir"]) == (100, 40, "in")
 
 
+def test_a_batch_of_another_layout_is_read_by_field_name(make):
+    rows = ct.packets([pkt(1, PEER, 0, ct.UDP, wirelen=77), pkt(2, ME, 0, ct.UDP)])
+    names = list(reversed(ct.PACKET_DTYPE.names))
+    other = np.zeros(2, [(n, ct.PACKET_DTYPE[n]) for n in names] + [("extra", "u1")])
+    for n in names:
+        other[n] = rows[n]
+    (e,) = ct.as_dicts(make().process(other[::1]))
+    assert (e["dir"], e["orig_bytes"], e["peer_lo"]) == ("in", 77, PEER_ADDR)
+
+
 def test_untracked_protocols_are_ignored(make):
     assert run(make(), [pkt(1, ME, 0, proto=47), pkt(1, ME, 0, proto=0)]) == []
 
