@@ -31,27 +31,48 @@ for _state, _name in END_COUNTER.items():
 def count(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct peers of ``events`` (``PEER_DTYPE``, sorted) and their ``K`` deltas,
     an int64 array of one row per peer, columns in ``K_FIELDS`` order."""
-    peers = np.empty(len(events), PEER_DTYPE)
-    for f in PEER_DTYPE.names:
-        peers[f] = events[f]
-    unique, which = np.unique(peers, return_inverse=True)
-    which = which.reshape(-1)
+    unique, which = _peers(events)
     width = len(K_FIELDS)
     new = events["kind"] == ct.NEW
     rows = which[new] * width
     column = _STATE_COLUMN[events["state"]]
     ended = ~new & (column >= 0)
     ends = which[ended] * width
-    index = np.concatenate((
+    up = np.concatenate((
         rows + _PROTO_COLUMN[events["proto"][new]],
         rows + np.where(events["dir"][new] == ct.DIR_IN, _COLUMN["in"], _COLUMN["out"]),
         rows + _COLUMN["active"],
-        ends + column[ended],
-        ends + _COLUMN["active"]))
-    weight = np.ones(len(index), np.int64)
-    weight[len(index) - len(ends):] = -1
-    flat = np.bincount(index, weight, len(unique) * width).astype(np.int64)
+        ends + column[ended]))
+    size = len(unique) * width
+    flat = np.bincount(up, minlength=size) - np.bincount(ends + _COLUMN["active"], minlength=size)
     return unique, flat.reshape(len(unique), width)
+
+
+def _peers(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct peers, sorted, and the peer of each event.  IPv4 peers (v6 and
+    high word 0, the common case) by one np.unique of the low word; the others by a
+    lexsort of the three columns (np.unique on the structured array compares raw
+    bytes, many times slower)."""
+    v6, hi, lo = (np.ascontiguousarray(events[f]) for f in PEER_DTYPE.names)
+    plain = (v6 == 0) & (hi == 0)
+    which = np.empty(len(events), np.int64)
+    lo4, which4 = np.unique(lo[plain], return_inverse=True)
+    which[plain] = which4.reshape(-1)
+    rest = np.flatnonzero(~plain)
+    columns = [v6[rest], hi[rest], lo[rest]]
+    order = np.lexsort(columns[::-1])
+    same = np.ones(len(rest), bool)
+    for col in columns:
+        ranked = col[order]
+        same[1:] &= ranked[1:] == ranked[:-1]
+    first = ~same
+    first[:1] = True
+    which[rest[order]] = len(lo4) + np.cumsum(first) - 1
+    unique = np.zeros(len(lo4) + int(first.sum()), PEER_DTYPE)
+    unique["peer_lo"][:len(lo4)] = lo4
+    for f, col in zip(PEER_DTYPE.names, columns):
+        unique[f][len(lo4):] = col[order[first]]
+    return unique, which
 
 
 def as_dict(peers: np.ndarray, counts: np.ndarray) -> dict[tuple, dict[str, int]]:

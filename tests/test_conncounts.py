@@ -49,3 +49,31 @@ def test_the_sums_of_10_3_hold(conns):
         ended = sum(k[f] for f in conncounts.END_COUNTER.values())
         assert k["tcp"] + k["udp"] + k["icmp"] == k["in"] + k["out"] == k["active"] + ended
         assert k["active"] == 0
+
+
+PEERS = [(0, 0, 5), (0, 0, 9), (1, 0, 5), (1, 7, 5), (1, 7, 2), (0, 3, 1)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PEERS), st.booleans(), st.integers(0, 7)),
+                max_size=40))
+def test_peers_of_both_families_counted_as_one_by_one(rows):
+    """IPv4 peers take a fast path, the others a lexsort: both agree with counting by hand."""
+    events = np.zeros(len(rows), ct.EVENT_DTYPE)
+    want = {}
+    for i, ((v6, hi, lo), is_new, state) in enumerate(rows):
+        events[i]["v6"], events[i]["peer_hi"], events[i]["peer_lo"] = v6, hi, lo
+        events[i]["kind"], events[i]["proto"] = (ct.NEW if is_new else ct.END), ct.UDP
+        events[i]["dir"] = ct.DIR_OUT
+        events[i]["state"] = ct.ACTIVE if is_new else state
+        k = want.setdefault((v6, hi, lo), dict(ZERO))
+        if is_new:
+            k["udp"] += 1
+            k["out"] += 1
+            k["active"] += 1
+        elif state in conncounts.END_COUNTER:
+            k[conncounts.END_COUNTER[state]] += 1
+            k["active"] -= 1
+    peers, counts = conncounts.count(events)
+    assert peers.tolist() == sorted(want)
+    assert conncounts.as_dict(peers, counts) == want
