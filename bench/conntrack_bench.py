@@ -10,7 +10,8 @@ alone, not the command.  It writes bench/results/conntrack.md:
    ``--batch`` rows) on synthetic streams of ``--packets`` packets: many short
    TCP connections, long TCP flows, UDP flows, a SYN flood from distinct
    sources, and the four interleaved; the plain Python model on a slice too.
-2. bytes per connection: the growth of the RSS of a fresh process tracking
+2. events/s of ``conncounts.count`` (K per peer) on the events of each batch.
+3. bytes per connection: the growth of the RSS of a fresh process tracking
    1,000,000 connections (a SYN flood of 1,000,000 sources, max_connections
    1,000,000), then after a further 1,000,000 (bounded: evictions counted).
 """
@@ -28,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import RESULTS, fmt_int, log, machine_lines, table  # noqa: E402
 
-from ncsniffer import conntrack as ct  # noqa: E402
+from ncsniffer import conncounts, conntrack as ct  # noqa: E402
 
 ME = 0x0A000001
 PPS = 200_000                   # packet rate of the synthetic streams (their timestamps)
@@ -116,6 +117,18 @@ def rate(stream: np.ndarray, batch: int, prefill: np.ndarray | None = None,
     return len(stream) / spent, events, tracker.evictions
 
 
+def aggregation(stream: np.ndarray, batch: int) -> tuple[float, int]:
+    """events/s of conncounts.count over the events of each batch of the stream."""
+    tracker, spent, events = ct.Tracker(), 0.0, 0
+    for i in range(0, len(stream), batch):
+        out = tracker.process(stream[i:i + batch])
+        t0 = time.perf_counter()
+        conncounts.count(out)
+        spent += time.perf_counter() - t0
+        events += len(out)
+    return events / spent, events
+
+
 def rss_kib() -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -184,6 +197,11 @@ def main() -> None:
     pps, events, evicted = rate(small, args.batch, reference=True)
     rows.append(["the four interleaved, plain Python model", fmt_int(len(small)), fmt_int(pps),
                  fmt_int(events), fmt_int(evicted)])
+    log("K aggregation")
+    k_rows = []
+    for name, stream in (("the four interleaved", mix(n, rng)), ("SYN flood", syn_flood(n))):
+        eps, events = aggregation(stream, args.batch)
+        k_rows.append([name, fmt_int(events), fmt_int(eps)])
     log("memory")
     lines = ["# Connection tracking core: micro-benchmark", ""] + machine + [
         f"- batches of {fmt_int(args.batch)} packets; time spent in Tracker.process only "
@@ -191,6 +209,8 @@ def main() -> None:
         "growth (fresh pages, rehashing) the new connections pay", "",
         "## Packets per second", ""]
     lines += table(["stream", "packets", "packets/s", "events", "evicted"], rows)
+    lines += ["", "## K aggregation (conncounts.count, the events of each batch)", ""]
+    lines += table(["stream", "events", "events/s"], k_rows)
     lines += ["", "## Memory", ""] + memory(1_000_000, args.batch)
     lines += ["", f"- load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"]
     text = "\n".join(lines) + "\n"
