@@ -66,7 +66,7 @@ PACKET_DTYPE = np.dtype([
     ("usec", "<u4"),         # microseconds, for the events' start/end
     ("wirelen", "<u4"),      # wire length, as counted in B
     ("me_port", "<u2"), ("peer_port", "<u2"),   # ignored for ICMP
-    ("proto", "u1"),         # IP protocol; packets of others are not tracked
+    ("proto", "u1"),         # IP protocol; others (0 for an IPv4 non-first fragment) untracked
     ("from_me", "u1"),       # 1 if "me" sent it
     ("v6", "u1"),            # 1 for IPv6 addresses
     ("flags", "u1"),         # TCP flags (FIN SYN RST ACK ...)
