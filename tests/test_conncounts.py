@@ -1,7 +1,7 @@
 """The per-peer K counters (spec 10.3) derived from events: by hand, and their invariant."""
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ncsniffer import conncounts, conntrack as ct
 
@@ -36,7 +36,7 @@ def test_no_events_no_peers():
     assert len(peers) == 0 and counts.shape == (0, len(conncounts.K_FIELDS))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from([ct.TCP, ct.UDP, ct.ICMP, ct.ICMP6]), st.booleans(),
                           st.integers(1, 4), st.sampled_from(range(ct.CLOSED, ct.DRAINED))),
                 max_size=30))
@@ -54,7 +54,7 @@ def test_the_sums_of_10_3_hold(conns):
 PEERS = [(0, 0, 5), (0, 0, 9), (1, 0, 5), (1, 7, 5), (1, 7, 2), (0, 3, 1)]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(PEERS), st.booleans(), st.integers(0, 7)),
                 max_size=40))
 def test_peers_of_both_families_counted_as_one_by_one(rows):
