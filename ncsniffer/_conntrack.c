@@ -1,0 +1,804 @@
+/*
+ * _conntrack: the connection table of spec 10.1/10.2, fed whole batches.
+ *
+ * The rules are those of ncsniffer/conntrack_ref.py (the model, plain Python);
+ * the property tests hold the two equal event for event, so a change of rule
+ * is made in both.  Here the same rules run over a batch without touching a
+ * Python object per packet:
+ *
+ *   - entries: a pool of fixed-size structs, grown by doubling, freed ones
+ *     chained for reuse; linked by 32-bit indices (NIL = none);
+ *   - lookup: an open-addressing hash table of (entry index, 32-bit hash)
+ *     slots, linear probing, at most half full (doubled beyond), deletion by
+ *     backward shift; a miss is one cache line, and the batch loop prefetches
+ *     the slots, then the entries, of the packets a few rows ahead;
+ *   - eviction: an intrusive LRU list of the live entries (not the lingering
+ *     ones), the least recently active at the head;
+ *   - expiry: a timer wheel, one slot per second, more slots than the longest
+ *     timeout, so a slot only ever holds entries of one deadline; an entry is
+ *     moved to the tail of its new slot only when its deadline changes (on
+ *     a busy flow once a second, or when a new state changes its timeout).
+ *     Advancing the clock empties the slots it passes, in order: never a
+ *     scan of the table.
+ *
+ * Time is the whole second of the packets on a clock that never goes back.
+ * Not thread-safe; the batch loop runs without the GIL.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define NIL UINT32_MAX
+#define MAX_ENTRIES (UINT32_MAX - 1)
+#define MAX_TIMEOUT 1000000       /* seconds: conntrack.MAX_TIMEOUT; the wheel's size */
+#define AHEAD 16                  /* rows looked up in advance (a power of two) */
+
+/* IP protocols, TCP flags */
+enum { P_ICMP = 1, P_TCP = 6, P_UDP = 17, P_ICMP6 = 58 };
+enum { F_FIN = 0x01, F_SYN = 0x02, F_RST = 0x04, F_ACK = 0x10 };
+
+/* event kinds and states (conntrack.py: NEW END, STATES, DIRS) */
+enum { K_NEW = 0, K_END = 1 };
+enum { E_ACTIVE, E_CLOSED, E_RESET, E_REFUSED, E_UNANSWERED, E_TIMEDOUT, E_EVICTED,
+       E_DRAINED };
+enum { DIR_IN = 0, DIR_OUT = 1 };
+
+/* entry states; FREE = 0 for a pooled entry */
+enum { S_FREE, S_SYN_SENT, S_ESTABLISHED, S_FLOW, S_LINGER };
+
+/* entry flags */
+enum { B_INIT_ME = 1, B_PICKUP = 2, B_SYNACK = 4, B_FIN_ORIG = 8, B_FIN_RESP = 16 };
+
+/* The two addresses of a key, as two 64-bit words each (table.py's H and L). */
+typedef struct {
+    uint64_t me_hi, me_lo, peer_hi, peer_lo;
+} addrs_t;
+
+/* What a connection carried, orig = the initiator's side. */
+typedef struct {
+    uint64_t orig_packets, orig_bytes, resp_packets, resp_bytes;
+} counts_t;
+
+/* One packet: conntrack.PACKET_DTYPE (56 bytes, no padding). */
+typedef struct {
+    int64_t sec;
+    addrs_t a;
+    uint32_t usec, wirelen;
+    uint16_t me_port, peer_port;
+    uint8_t proto, from_me, v6, flags;
+} packet_t;
+
+/* One event: conntrack.EVENT_DTYPE (96 bytes). */
+typedef struct {
+    double start, end;
+    addrs_t a;
+    counts_t n;
+    uint16_t me_port, peer_port;
+    uint8_t kind, state, proto, dir, v6;
+    uint8_t pad[7];
+} event_t;
+
+/* One connection (120 bytes). */
+typedef struct {
+    addrs_t a;
+    counts_t n;
+    double start, end;            /* first, last packet's timestamp */
+    int64_t deadline;             /* expired once now > deadline */
+    uint32_t hash;                /* of the key; the next free entry while pooled */
+    uint32_t lru_prev, lru_next;
+    uint32_t wh_prev, wh_next;
+    uint16_t me_port, peer_port;
+    uint8_t proto, v6, bits, state;
+} entry_t;
+
+typedef struct { uint32_t head, tail; } list_t;
+
+/* A hash table slot: the entry (NIL: empty) and its key's hash, compared first. */
+typedef struct { uint32_t entry, hash; } slot_t;
+
+typedef struct {
+    PyObject_HEAD
+    /* settings */
+    int64_t t_establish, t_tcp, t_udp, t_icmp, t_linger;
+    uint32_t max_live;
+    /* the pool */
+    entry_t *pool;
+    uint32_t capacity, used, free_head;
+    /* the hash table */
+    slot_t *slots;
+    uint32_t hash_size;           /* a power of two */
+    /* LRU of live entries */
+    list_t lru;
+    uint32_t live, lingering;
+    uint64_t evictions;
+    /* the timer wheel */
+    list_t *wheel;
+    uint32_t wheel_size;          /* a power of two > longest timeout + 1 */
+    int64_t now;
+    int started;
+    /* events of the call under way */
+    event_t *events;
+    size_t nevents, events_cap;
+    int failed;                   /* out of memory in the batch loop */
+} Core;
+
+/* ------------------------------------------------------------------ hashing */
+
+static inline uint64_t mix64(uint64_t x)
+{
+    /* the finaliser of MurmurHash3: every input bit reaches every output bit */
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static inline uint32_t hash_key(const addrs_t *a, uint16_t me_port, uint16_t peer_port,
+                                uint8_t proto, uint8_t v6)
+{
+    uint64_t h = mix64(a->peer_lo ^ 0x9e3779b97f4a7c15ULL);
+    h = mix64(h ^ a->peer_hi);
+    h = mix64(h ^ a->me_lo);
+    h = mix64(h ^ a->me_hi ^ ((uint64_t)me_port << 40) ^ ((uint64_t)peer_port << 24)
+              ^ ((uint64_t)proto << 8) ^ v6);
+    return (uint32_t)h ^ (uint32_t)(h >> 32);
+}
+
+/* The key of packet p: ports count for TCP and UDP only (ICMP: 0, 0). */
+static inline int has_ports(uint8_t proto)
+{
+    return proto == P_TCP || proto == P_UDP;
+}
+
+static inline uint32_t packet_hash(const packet_t *p)
+{
+    int ports = has_ports(p->proto);
+    return hash_key(&p->a, ports ? p->me_port : 0, ports ? p->peer_port : 0, p->proto, p->v6);
+}
+
+static inline uint32_t mask_of(const Core *c)
+{
+    return c->hash_size - 1;
+}
+
+static uint32_t lookup(const Core *c, const packet_t *p, uint32_t hash, uint16_t me_port,
+                       uint16_t peer_port)
+{
+    for (uint32_t k = hash & mask_of(c);; k = (k + 1) & mask_of(c)) {
+        const slot_t *s = &c->slots[k];
+        if (s->entry == NIL)
+            return NIL;
+        if (s->hash != hash)
+            continue;
+        const entry_t *e = &c->pool[s->entry];
+        if (e->a.peer_lo == p->a.peer_lo && e->a.me_lo == p->a.me_lo
+            && e->peer_port == peer_port && e->me_port == me_port && e->proto == p->proto
+            && e->v6 == p->v6 && e->a.peer_hi == p->a.peer_hi && e->a.me_hi == p->a.me_hi)
+            return s->entry;
+    }
+}
+
+static void hash_insert(Core *c, uint32_t i)
+{
+    uint32_t hash = c->pool[i].hash, k = hash & mask_of(c);
+    while (c->slots[k].entry != NIL)
+        k = (k + 1) & mask_of(c);
+    c->slots[k].entry = i;
+    c->slots[k].hash = hash;
+}
+
+/* Remove entry i; the slots after it move back so that no probe stops short. */
+static void hash_remove(Core *c, uint32_t i)
+{
+    uint32_t mask = mask_of(c), hole = c->pool[i].hash & mask;
+    while (c->slots[hole].entry != i)
+        hole = (hole + 1) & mask;
+    for (uint32_t k = (hole + 1) & mask; c->slots[k].entry != NIL; k = (k + 1) & mask) {
+        uint32_t home = c->slots[k].hash & mask;
+        /* slot k may fill the hole unless its home lies after the hole, up to k */
+        if (((k - home) & mask) >= ((k - hole) & mask)) {
+            c->slots[hole] = c->slots[k];
+            hole = k;
+        }
+    }
+    c->slots[hole].entry = NIL;
+}
+
+/* Large tables in huge pages where the kernel allows (THP "madvise"): a
+ * flood filling them then takes one page fault per 2 MiB, not per 4 KiB. */
+static void hugepages(void *start, size_t len)
+{
+#ifdef MADV_HUGEPAGE
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    uintptr_t from = ((uintptr_t)start + huge - 1) & ~(huge - 1);
+    uintptr_t to = ((uintptr_t)start + len) & ~(huge - 1);
+    if (to > from)
+        madvise((void *)from, to - from, MADV_HUGEPAGE);   /* a hint: failure is harmless */
+#endif
+}
+
+static int hash_alloc(Core *c, uint32_t n)
+{
+    slot_t *slots = malloc((size_t)n * sizeof *slots);
+    if (!slots)
+        return -1;
+    hugepages(slots, (size_t)n * sizeof *slots);
+    for (uint32_t k = 0; k < n; k++)
+        slots[k].entry = NIL;
+    free(c->slots);
+    c->slots = slots;
+    c->hash_size = n;
+    return 0;
+}
+
+/* Double the table when it would be more than half full: probes stay short. */
+static int hash_grow(Core *c)
+{
+    if (c->hash_size >= (1u << 31) || hash_alloc(c, c->hash_size * 2) < 0)
+        return -1;
+    for (uint32_t i = 0; i < c->used; i++) {
+        if (i + AHEAD < c->used)          /* random slots: fetch them ahead */
+            __builtin_prefetch(&c->slots[c->pool[i + AHEAD].hash & mask_of(c)], 1);
+        if (c->pool[i].state != S_FREE)
+            hash_insert(c, i);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ lists */
+
+/* The LRU list links through lru_prev/lru_next, a wheel slot through wh_prev/wh_next. */
+#define LIST_FUNCS(NAME, PREV, NEXT)                                                  \
+    static inline void NAME##_append(Core *c, list_t *l, uint32_t i)                  \
+    {                                                                                 \
+        entry_t *e = &c->pool[i];                                                     \
+        e->PREV = l->tail;                                                            \
+        e->NEXT = NIL;                                                                \
+        if (l->tail != NIL)                                                           \
+            c->pool[l->tail].NEXT = i;                                                \
+        else                                                                          \
+            l->head = i;                                                              \
+        l->tail = i;                                                                  \
+    }                                                                                 \
+    static inline void NAME##_remove(Core *c, list_t *l, uint32_t i)                  \
+    {                                                                                 \
+        entry_t *e = &c->pool[i];                                                     \
+        if (e->PREV != NIL)                                                           \
+            c->pool[e->PREV].NEXT = e->NEXT;                                          \
+        else                                                                          \
+            l->head = e->NEXT;                                                        \
+        if (e->NEXT != NIL)                                                           \
+            c->pool[e->NEXT].PREV = e->PREV;                                          \
+        else                                                                          \
+            l->tail = e->PREV;                                                        \
+    }
+
+LIST_FUNCS(lru, lru_prev, lru_next)
+LIST_FUNCS(wh, wh_prev, wh_next)
+
+static inline list_t *slot_of(Core *c, int64_t deadline)
+{
+    /* expired in second deadline + 1, emptied when the clock reaches it */
+    return &c->wheel[(uint64_t)(deadline + 1) & (c->wheel_size - 1)];
+}
+
+/* Give entry i the deadline now + timeout; it moves only if that changed. */
+static inline void arm(Core *c, uint32_t i, int64_t timeout)
+{
+    entry_t *e = &c->pool[i];
+    int64_t deadline = c->now + timeout;
+    if (deadline == e->deadline)
+        return;
+    wh_remove(c, slot_of(c, e->deadline), i);
+    e->deadline = deadline;
+    wh_append(c, slot_of(c, deadline), i);
+}
+
+static inline void lru_touch(Core *c, uint32_t i)
+{
+    if (c->lru.tail != i) {
+        lru_remove(c, &c->lru, i);
+        lru_append(c, &c->lru, i);
+    }
+}
+
+/* ------------------------------------------------------------------ events */
+
+static int emit(Core *c, uint8_t kind, uint8_t state, const entry_t *e)
+{
+    if (c->nevents == c->events_cap) {
+        size_t cap = c->events_cap ? c->events_cap * 2 : 1024;
+        event_t *ev = realloc(c->events, cap * sizeof *ev);
+        if (!ev) {
+            c->failed = 1;
+            return -1;
+        }
+        c->events = ev;
+        c->events_cap = cap;
+    }
+    event_t *ev = &c->events[c->nevents++];
+    memset(ev->pad, 0, sizeof ev->pad);
+    ev->start = e->start;
+    ev->end = e->end;
+    ev->a = e->a;
+    ev->n = e->n;
+    ev->me_port = e->me_port;
+    ev->peer_port = e->peer_port;
+    ev->kind = kind;
+    ev->state = state;
+    ev->proto = e->proto;
+    ev->dir = (e->bits & B_INIT_ME) ? DIR_OUT : DIR_IN;
+    ev->v6 = e->v6;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ entries */
+
+/* Take entry i out of everything and back into the pool. */
+static void release(Core *c, uint32_t i)
+{
+    entry_t *e = &c->pool[i];
+    hash_remove(c, i);
+    wh_remove(c, slot_of(c, e->deadline), i);
+    if (e->state == S_LINGER)
+        c->lingering--;
+    else {
+        lru_remove(c, &c->lru, i);
+        c->live--;
+    }
+    e->state = S_FREE;
+    e->hash = c->free_head;
+    c->free_head = i;
+}
+
+static int pool_grow(Core *c)
+{
+    if (c->capacity >= MAX_ENTRIES)
+        return -1;
+    uint64_t cap = c->capacity ? (uint64_t)c->capacity * 2 : 1024;
+    if (cap > MAX_ENTRIES)
+        cap = MAX_ENTRIES;
+    entry_t *pool = realloc(c->pool, cap * sizeof *pool);
+    if (!pool)
+        return -1;
+    c->pool = pool;
+    c->capacity = (uint32_t)cap;
+    hugepages(pool, cap * sizeof *pool);
+    return 0;
+}
+
+/* A new live entry for packet p's key, evicting the least recently active
+ * live entry if the table is full; NIL if out of memory. */
+static uint32_t open_entry(Core *c, const packet_t *p, uint32_t hash, uint16_t me_port,
+                           uint16_t peer_port, uint8_t state, uint8_t bits, double ts)
+{
+    if (c->live >= c->max_live) {
+        uint32_t victim = c->lru.head;
+        if (emit(c, K_END, E_EVICTED, &c->pool[victim]) < 0)
+            return NIL;
+        release(c, victim);
+        c->evictions++;
+        if (c->lru.head != NIL) {     /* a flood evicts again: fetch the next victim's slot */
+            const entry_t *next = &c->pool[c->lru.head];
+            __builtin_prefetch(&c->slots[next->hash & mask_of(c)], 1);
+            if (next->lru_next != NIL)
+                __builtin_prefetch(&c->pool[next->lru_next], 1);
+        }
+    }
+    if (2 * ((uint64_t)c->live + c->lingering + 1) > c->hash_size && hash_grow(c) < 0)
+        return NIL;
+    uint32_t i;
+    if (c->free_head != NIL) {
+        i = c->free_head;
+        c->free_head = c->pool[i].hash;
+    } else {
+        if (c->used == c->capacity && pool_grow(c) < 0)
+            return NIL;
+        i = c->used++;
+    }
+    entry_t *e = &c->pool[i];
+    e->a = p->a;
+    e->me_port = me_port;
+    e->peer_port = peer_port;
+    e->proto = p->proto;
+    e->v6 = p->v6;
+    e->bits = bits | (p->from_me ? B_INIT_ME : 0);
+    e->state = state;
+    memset(&e->n, 0, sizeof e->n);
+    e->start = e->end = ts;
+    e->hash = hash;
+    hash_insert(c, i);
+    lru_append(c, &c->lru, i);
+    c->live++;
+    /* first arming: always into the tail of its slot */
+    e->deadline = c->now;         /* a placeholder arm() sees as changed */
+    wh_append(c, slot_of(c, e->deadline), i);
+    return i;
+}
+
+/* Count packet p in entry i: its side's packets and bytes, the last packet. */
+static inline int count(Core *c, uint32_t i, const packet_t *p, double ts)
+{
+    entry_t *e = &c->pool[i];
+    int from_initiator = (p->from_me != 0) == ((e->bits & B_INIT_ME) != 0);
+    if (from_initiator) {
+        e->n.orig_packets++;
+        e->n.orig_bytes += p->wirelen;
+    } else {
+        e->n.resp_packets++;
+        e->n.resp_bytes += p->wirelen;
+    }
+    e->end = ts;
+    lru_touch(c, i);
+    return from_initiator;
+}
+
+static inline int64_t timeout_of(const Core *c, const entry_t *e)
+{
+    switch (e->state) {
+    case S_SYN_SENT:
+        return c->t_establish;
+    case S_ESTABLISHED:
+        return c->t_tcp;
+    case S_LINGER:
+        return c->t_linger;
+    default:
+        return e->proto == P_UDP ? c->t_udp : c->t_icmp;
+    }
+}
+
+/* Ended by a packet: the end event, then the linger (not live, not in the LRU). */
+static int finish(Core *c, uint32_t i, uint8_t state)
+{
+    entry_t *e = &c->pool[i];
+    if (emit(c, K_END, state, e) < 0)
+        return -1;
+    lru_remove(c, &c->lru, i);
+    c->live--;
+    c->lingering++;
+    e->state = S_LINGER;
+    arm(c, i, c->t_linger);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ time */
+
+/* Move the clock to sec, ending what expires on the way, slot by slot. */
+static int advance(Core *c, int64_t sec)
+{
+    if (!c->started) {
+        c->started = 1;
+        c->now = sec;
+        return 0;
+    }
+    if (sec <= c->now)
+        return 0;
+    int64_t last = sec;
+    if (sec - c->now > (int64_t)c->wheel_size)
+        last = c->now + c->wheel_size;  /* every deadline lies within one turn */
+    for (int64_t x = c->now + 1; x <= last; x++) {
+        list_t *slot = &c->wheel[(uint64_t)x & (c->wheel_size - 1)];
+        while (slot->head != NIL) {
+            uint32_t i = slot->head;
+            entry_t *e = &c->pool[i];
+            if (e->state != S_LINGER
+                && emit(c, K_END, e->state == S_SYN_SENT ? E_UNANSWERED : E_TIMEDOUT, e) < 0)
+                return -1;
+            release(c, i);
+        }
+    }
+    c->now = sec;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ packets */
+
+static int tcp_packet(Core *c, uint32_t i, const packet_t *p, uint32_t hash, double ts)
+{
+    uint8_t f = p->flags;
+    int opening = (f & F_SYN) && !(f & (F_ACK | F_RST));
+    if (i != NIL && c->pool[i].state == S_LINGER) {
+        if (!opening)
+            return 0;                 /* absorbed by the linger: B/C only */
+        release(c, i);                /* a new SYN: a new connection at once */
+        i = NIL;
+    }
+    int from_initiator;
+    if (i == NIL) {
+        i = open_entry(c, p, hash, p->me_port, p->peer_port,
+                       opening ? S_SYN_SENT : S_ESTABLISHED, opening ? 0 : B_PICKUP, ts);
+        if (i == NIL)
+            return -1;
+        from_initiator = count(c, i, p, ts);
+        if (emit(c, K_NEW, E_ACTIVE, &c->pool[i]) < 0)
+            return -1;
+        if (opening) {
+            arm(c, i, c->t_establish);
+            return 0;
+        }
+    } else {
+        from_initiator = count(c, i, p, ts);
+        if (opening) {                /* a SYN retransmission: activity only */
+            arm(c, i, timeout_of(c, &c->pool[i]));
+            return 0;
+        }
+    }
+    entry_t *e = &c->pool[i];
+    if (f & F_RST) {
+        int refused = !(e->bits & (B_PICKUP | B_SYNACK)) && !from_initiator;
+        return finish(c, i, refused ? E_REFUSED : E_RESET);
+    }
+    if ((f & F_SYN) && (f & F_ACK) && !from_initiator) {
+        e->bits |= B_SYNACK;
+        e->state = S_ESTABLISHED;
+    }
+    if (f & F_FIN) {
+        e->bits |= from_initiator ? B_FIN_ORIG : B_FIN_RESP;
+        if ((e->bits & (B_FIN_ORIG | B_FIN_RESP)) == (B_FIN_ORIG | B_FIN_RESP))
+            return finish(c, i, E_CLOSED);
+    }
+    arm(c, i, timeout_of(c, e));
+    return 0;
+}
+
+static inline int tracked(uint8_t proto)
+{
+    return proto == P_TCP || proto == P_UDP || proto == P_ICMP || proto == P_ICMP6;
+}
+
+/* Packet p, whose key hashes to hash: spec 10.2 in the order the rules apply. */
+static int one_packet(Core *c, const packet_t *p, uint32_t hash)
+{
+    if (!tracked(p->proto))
+        return 0;
+    if (advance(c, p->sec) < 0)       /* expiry before lookup */
+        return -1;
+    int ports = has_ports(p->proto);
+    uint16_t me_port = ports ? p->me_port : 0, peer_port = ports ? p->peer_port : 0;
+    double ts = (double)p->sec + (double)p->usec / 1e6;
+    uint32_t i = lookup(c, p, hash, me_port, peer_port);
+    if (p->proto == P_TCP)
+        return tcp_packet(c, i, p, hash, ts);
+    int fresh = i == NIL;
+    if (fresh && (i = open_entry(c, p, hash, me_port, peer_port, S_FLOW, 0, ts)) == NIL)
+        return -1;
+    count(c, i, p, ts);
+    if (fresh && emit(c, K_NEW, E_ACTIVE, &c->pool[i]) < 0)
+        return -1;
+    arm(c, i, timeout_of(c, &c->pool[i]));
+    return 0;
+}
+
+/*
+ * The batch loop.  Lookups are random accesses to a large table: hashes are
+ * computed AHEAD rows in advance and their slots prefetched, and half-way the
+ * entry the slot names is prefetched, so that by its turn a packet's memory
+ * is in the cache.  Prefetches are hints only: a table changed meanwhile costs
+ * a miss, never a wrong answer.
+ */
+static inline void prefetch_entry(const Core *c, uint32_t hash)
+{
+    const slot_t *s = &c->slots[hash & mask_of(c)];
+    if (s->entry != NIL)
+        __builtin_prefetch(&c->pool[s->entry]);
+}
+
+static int run_batch(Core *c, const packet_t *p, size_t n)
+{
+    uint32_t ring[AHEAD];
+    size_t lead = n < AHEAD ? n : AHEAD;
+    for (size_t k = 0; k < lead; k++) {
+        ring[k] = packet_hash(&p[k]);
+        __builtin_prefetch(&c->slots[ring[k] & mask_of(c)]);
+    }
+    for (size_t k = 0; k < n; k++) {
+        uint32_t hash = ring[k & (AHEAD - 1)];
+        if (k + AHEAD / 2 < n)
+            prefetch_entry(c, ring[(k + AHEAD / 2) & (AHEAD - 1)]);
+        if (k + AHEAD < n) {
+            uint32_t next = packet_hash(&p[k + AHEAD]);
+            ring[(k + AHEAD) & (AHEAD - 1)] = next;
+            __builtin_prefetch(&c->slots[next & mask_of(c)]);
+        }
+        if (one_packet(c, &p[k], hash) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ Python */
+
+/* The events gathered so far as bytes (conntrack.EVENT_DTYPE rows); resets them. */
+static PyObject *take_events(Core *c)
+{
+    if (c->failed) {
+        c->failed = 0;
+        c->nevents = 0;
+        return PyErr_NoMemory();
+    }
+    PyObject *out = PyBytes_FromStringAndSize((const char *)c->events,
+                                              (Py_ssize_t)(c->nevents * sizeof(event_t)));
+    c->nevents = 0;
+    return out;
+}
+
+/* A Core made by __new__ alone has no tables: refuse it rather than crash. */
+static int ready(const Core *c)
+{
+    if (c->wheel)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "conntrack: Core not initialised");
+    return 0;
+}
+
+static PyObject *Core_process(Core *c, PyObject *arg)
+{
+    Py_buffer view;
+    if (!ready(c))
+        return NULL;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (view.len % (Py_ssize_t)sizeof(packet_t)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "packets: not rows of conntrack.PACKET_DTYPE");
+        return NULL;
+    }
+    const packet_t *p = view.buf;
+    size_t n = (size_t)view.len / sizeof(packet_t);
+    Py_BEGIN_ALLOW_THREADS
+    if (run_batch(c, p, n) < 0)
+        c->failed = 1;
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return take_events(c);
+}
+
+static PyObject *Core_advance(Core *c, PyObject *arg)
+{
+    long long sec = PyLong_AsLongLong(arg);
+    if ((sec == -1 && PyErr_Occurred()) || !ready(c))
+        return NULL;
+    if (advance(c, sec) < 0)
+        c->failed = 1;
+    return take_events(c);
+}
+
+/* Every live entry ends as drained, least recently active first; the table empties. */
+static PyObject *Core_drain(Core *c, PyObject *unused)
+{
+    if (!ready(c))
+        return NULL;
+    for (uint32_t i = c->lru.head; i != NIL; i = c->pool[i].lru_next)
+        if (emit(c, K_END, E_DRAINED, &c->pool[i]) < 0)
+            break;
+    for (uint32_t s = 0; s < c->wheel_size; s++)
+        c->wheel[s].head = c->wheel[s].tail = NIL;
+    for (uint32_t k = 0; k < c->hash_size; k++)
+        c->slots[k].entry = NIL;
+    c->lru.head = c->lru.tail = NIL;
+    c->used = 0;
+    c->free_head = NIL;
+    c->live = c->lingering = 0;
+    return take_events(c);
+}
+
+static PyObject *Core_live(Core *c, PyObject *unused)
+{
+    return PyLong_FromUnsignedLong(c->live);
+}
+
+static PyObject *Core_lingering(Core *c, PyObject *unused)
+{
+    return PyLong_FromUnsignedLong(c->lingering);
+}
+
+static PyObject *Core_evictions(Core *c, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(c->evictions);
+}
+
+static int Core_init(Core *c, PyObject *args, PyObject *kwds)
+{
+    long long establish, tcp, udp, icmp, linger;
+    unsigned long max_live;
+    if (!PyArg_ParseTuple(args, "LLLLLk", &establish, &tcp, &udp, &icmp, &linger, &max_live))
+        return -1;
+    long long longest = establish;
+    long long all[] = {tcp, udp, icmp, linger};
+    for (int k = 0; k < 4; k++)
+        if (all[k] > longest)
+            longest = all[k];
+    if (establish < 0 || tcp < 0 || udp < 0 || icmp < 0 || linger < 0 || longest > MAX_TIMEOUT
+        || max_live < 1 || max_live >= MAX_ENTRIES) {
+        PyErr_SetString(PyExc_ValueError, "conntrack: timeouts or max_connections out of range");
+        return -1;
+    }
+    if (c->wheel) {
+        PyErr_SetString(PyExc_RuntimeError, "conntrack: Core initialised twice");
+        return -1;
+    }
+    c->t_establish = establish;
+    c->t_tcp = tcp;
+    c->t_udp = udp;
+    c->t_icmp = icmp;
+    c->t_linger = linger;
+    c->max_live = (uint32_t)max_live;
+    c->wheel_size = 4;
+    while ((long long)c->wheel_size <= longest + 1)
+        c->wheel_size *= 2;
+    c->wheel = malloc(c->wheel_size * sizeof *c->wheel);
+    if (!c->wheel || hash_alloc(c, 2048) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (uint32_t s = 0; s < c->wheel_size; s++)
+        c->wheel[s].head = c->wheel[s].tail = NIL;
+    c->lru.head = c->lru.tail = NIL;
+    c->free_head = NIL;
+    return 0;
+}
+
+static void Core_dealloc(Core *c)
+{
+    free(c->pool);
+    free(c->slots);
+    free(c->wheel);
+    free(c->events);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyMethodDef Core_methods[] = {
+    {"process", (PyCFunction)Core_process, METH_O,
+     "process(packets) -> bytes: track a buffer of PACKET_DTYPE rows; the events."},
+    {"advance", (PyCFunction)Core_advance, METH_O,
+     "advance(sec) -> bytes: move the clock with no packet; the expiries."},
+    {"drain", (PyCFunction)Core_drain, METH_NOARGS,
+     "drain() -> bytes: end every live connection as drained, empty the table."},
+    {"live", (PyCFunction)Core_live, METH_NOARGS, "live() -> open connections."},
+    {"lingering", (PyCFunction)Core_lingering, METH_NOARGS, "lingering() -> ended, lingering."},
+    {"evictions", (PyCFunction)Core_evictions, METH_NOARGS, "evictions() -> evicted so far."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ncsniffer._conntrack.Core",
+    .tp_doc = "Core(tcp_establish, tcp, udp, icmp, tcp_linger, max_connections): "
+              "the connection table.",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Core_init,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_methods = Core_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_conntrack",
+    .m_doc = "Connection tracking core (spec 10); see conntrack.py and conntrack_ref.py.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__conntrack(void)
+{
+    if (PyType_Ready(&CoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0
+        || PyModule_AddIntConstant(m, "PACKET_SIZE", sizeof(packet_t)) < 0
+        || PyModule_AddIntConstant(m, "EVENT_SIZE", sizeof(event_t)) < 0
+        || PyModule_AddIntConstant(m, "ENTRY_SIZE", sizeof(entry_t)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,214 @@
+"""Connection tracking (spec 10.1, 10.2): the batch interface to the compiled core.
+
+A batch of packets goes in as one numpy structured array (``PACKET_DTYPE``, one
+row per packet, in packet order); the connections it begins and ends come out
+as one array of events (``EVENT_DTYPE``), in the order they happen.  The rules
+live twice: in ``_conntrack.c`` (hash table, LRU list, timer wheel; the fast
+path) and in ``conntrack_ref`` (plain Python, per packet; the model the
+property tests hold the core equal to, and the fallback if the extension was
+not built).
+
+Order of the events of one packet: the expiries its clock second brings (by
+deadline, then by the order in which the entries got that deadline), the
+eviction its new entry needs, its ``new`` event, then its ``end`` event if it
+ended the connection.
+
+Time is whole seconds on a clock that never goes back: a packet older than the
+latest one counts at the latest one's second.  ``start`` and ``end`` of an event
+are the packets' own timestamps (``sec + usec / 1e6``).
+
+A TCP packet *opens* (SYN set, ACK and RST clear).  An opening packet on a live
+entry is a SYN retransmission; on an RST-and-SYN or ACK-and-SYN packet the RST,
+then the SYN+ACK and FIN rules apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Mapping, Optional
+
+import numpy as np
+
+from ncsniffer.errors import ConfigError
+
+# --------------------------------------------------------------- defaults (10.1)
+TCP_ESTABLISH_TIMEOUT = 5      # TCP, handshake not complete -> unanswered
+TCP_TIMEOUT = 300              # TCP established, idle -> timedout
+UDP_TIMEOUT = 20               # UDP idle -> timedout
+ICMP_TIMEOUT = 10              # ICMP / ICMPv6 idle -> timedout
+TCP_LINGER = 10                # an ended TCP entry absorbs late packets this long
+DEFAULT_MAX_CONNECTIONS = 1_000_000
+MAX_TIMEOUT = 10 ** 6          # seconds (11.5 days): the timer wheel has a slot per second
+
+# --------------------------------------------------------------- protocols, flags
+TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
+TRACKED = (TCP, UDP, ICMP, ICMP6)
+PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMP6: "icmp6"}
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+
+# --------------------------------------------------------------- events
+NEW, END = 0, 1
+KINDS = ("new", "end")
+DIR_IN, DIR_OUT = 0, 1           # in: the peer initiated
+DIRS = ("in", "out")
+# state of an event; ACTIVE only on ``new`` events
+(ACTIVE, CLOSED, RESET, REFUSED, UNANSWERED, TIMEDOUT, EVICTED, DRAINED) = range(8)
+STATES = ("active", "closed", "reset", "refused", "unanswered", "timedout", "evicted",
+          "drained")
+
+# One packet, as the core reads it.  Addresses are two 64-bit words, as in
+# ``table.Table`` (IPv4: high word 0, the address number in the low word), with
+# ``v6`` telling the families apart.  The layout is the C struct's (_conntrack.c).
+PACKET_DTYPE = np.dtype([
+    ("sec", "<i8"),          # whole second (the clock)
+    ("me_hi", "<u8"), ("me_lo", "<u8"),
+    ("peer_hi", "<u8"), ("peer_lo", "<u8"),
+    ("usec", "<u4"),         # microseconds, for the events' start/end
+    ("wirelen", "<u4"),      # wire length, as counted in B
+    ("me_port", "<u2"), ("peer_port", "<u2"),   # ignored for ICMP
+    ("proto", "u1"),         # IP protocol; others (0 for an IPv4 non-first fragment) untracked
+    ("from_me", "u1"),       # 1 if "me" sent it
+    ("v6", "u1"),            # 1 for IPv6 addresses
+    ("flags", "u1"),         # TCP flags (FIN SYN RST ACK ...)
+])
+
+EVENT_DTYPE = np.dtype({
+    "names": ["start", "end", "me_hi", "me_lo", "peer_hi", "peer_lo",
+              "orig_packets", "orig_bytes", "resp_packets", "resp_bytes",
+              "me_port", "peer_port", "kind", "state", "proto", "dir", "v6"],
+    "formats": ["<f8", "<f8", "<u8", "<u8", "<u8", "<u8",
+                "<u8", "<u8", "<u8", "<u8",
+                "<u2", "<u2", "u1", "u1", "u1", "u1", "u1"],
+    "offsets": [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 82, 84, 85, 86, 87, 88],
+    "itemsize": 96,
+})
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """The expiry times of 10.1, in whole seconds; the config key ``timeouts`` overrides them."""
+
+    tcp_establish: int = TCP_ESTABLISH_TIMEOUT
+    tcp: int = TCP_TIMEOUT
+    udp: int = UDP_TIMEOUT
+    icmp: int = ICMP_TIMEOUT
+    tcp_linger: int = TCP_LINGER
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if type(value) is not int or not 0 <= value <= MAX_TIMEOUT:
+                raise ConfigError(f"timeouts: {f.name!r} must be a whole number of seconds "
+                                  f"from 0 to {MAX_TIMEOUT}, not {value!r}")
+
+    @classmethod
+    def from_config(cls, overrides: Optional[Mapping[str, int]]) -> "Timeouts":
+        """The defaults with the config's ``timeouts`` dict applied; unknown keys refused."""
+        overrides = dict(overrides or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"timeouts: unknown key {unknown[0]!r} "
+                              f"(known: {', '.join(sorted(known))})")
+        return cls(**overrides)
+
+    def longest(self) -> int:
+        return max(getattr(self, f.name) for f in fields(self))
+
+
+def check_max_connections(value: int) -> int:
+    """``max_connections`` must leave room for one connection (and fit the core's indices)."""
+    if type(value) is not int or not 1 <= value < 2 ** 31:
+        raise ConfigError(f"max_connections must be a whole number from 1 to {2 ** 31 - 1}, "
+                          f"not {value!r}")
+    return value
+
+
+def packets(rows) -> np.ndarray:
+    """A ``PACKET_DTYPE`` array from tuples in its field order (tests, tools)."""
+    return np.array(list(rows), PACKET_DTYPE)
+
+
+def as_packets(batch: np.ndarray) -> np.ndarray:
+    """``batch`` as contiguous ``PACKET_DTYPE`` rows, its fields taken by name (numpy
+    would cast one structured dtype to another by position)."""
+    if batch.dtype == PACKET_DTYPE and batch.flags.c_contiguous:
+        return batch
+    out = np.empty(len(batch), PACKET_DTYPE)
+    for name in PACKET_DTYPE.names:
+        out[name] = batch[name]
+    return out
+
+
+def as_dicts(events: np.ndarray) -> list[dict]:
+    """Events as plain dicts with names for the enumerations (tests, the events file)."""
+    out = []
+    for row in events.tolist():
+        d = dict(zip(EVENT_DTYPE.names, row))
+        d["kind"], d["state"] = KINDS[d["kind"]], STATES[d["state"]]
+        d["dir"], d["proto"] = DIRS[d["dir"]], PROTO_NAMES[d["proto"]]
+        out.append(d)
+    return out
+
+
+try:
+    from ncsniffer import _conntrack
+except ImportError:          # not built: the reference serves, slowly
+    _conntrack = None
+
+HAVE_CORE = _conntrack is not None
+if HAVE_CORE:
+    assert _conntrack.PACKET_SIZE == PACKET_DTYPE.itemsize, "PACKET_DTYPE != struct packet"
+    assert _conntrack.EVENT_SIZE == EVENT_DTYPE.itemsize, "EVENT_DTYPE != struct event"
+
+
+class Tracker:
+    """The connection table of one data source, fed whole batches (the compiled core).
+
+    ``reference=True`` runs the plain Python model instead (the tests).
+    Not thread-safe: one capture thread feeds it.  ``reset_counts`` (SIGHUP) is
+    the caller's business: the table itself lives on across data sets.
+    """
+
+    def __init__(self, timeouts: Timeouts = Timeouts(),
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, reference: bool = False):
+        check_max_connections(max_connections)
+        self.timeouts = timeouts
+        if HAVE_CORE and not reference:
+            self._core = _conntrack.Core(timeouts.tcp_establish, timeouts.tcp, timeouts.udp,
+                                         timeouts.icmp, timeouts.tcp_linger, max_connections)
+        else:
+            from ncsniffer.conntrack_ref import ReferenceTracker
+            self._core = ReferenceTracker(timeouts, max_connections)
+
+    def process(self, batch: np.ndarray) -> np.ndarray:
+        """Track a batch of packets; the events it causes, in order."""
+        return self._events(self._core.process(as_packets(batch)))
+
+    def advance(self, now: int) -> np.ndarray:
+        """Move the clock to second ``now`` with no packet (live, an idle tick): the expiries."""
+        return self._events(self._core.advance(int(now)))
+
+    def drain(self) -> np.ndarray:
+        """End every open connection as ``drained`` (oldest activity first) and empty the table."""
+        return self._events(self._core.drain())
+
+    @property
+    def live(self) -> int:
+        """Open connections (lingering entries excluded): the ones ``max_connections`` bounds."""
+        return self._core.live()
+
+    @property
+    def lingering(self) -> int:
+        return self._core.lingering()
+
+    @property
+    def evictions(self) -> int:
+        """Connections ended as ``evicted`` since the tracker was made."""
+        return self._core.evictions()
+
+    @staticmethod
+    def _events(raw) -> np.ndarray:
+        if isinstance(raw, np.ndarray):
+            return raw
+        return np.frombuffer(raw, EVENT_DTYPE)
