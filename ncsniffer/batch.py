@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -40,6 +40,12 @@ BY_VERSION = {value: link.length for value, link in linktypes.BY_VALUE.items()
 LOWER = np.arange(256, dtype=np.uint8)
 LOWER[ord("A"):ord("Z") + 1] += 32                # bytes.lower(): ASCII letters only
 MATCH_HEAD = 256     # with match/nomatch, copy this much of each packet (if snaplen is less)
+FLOW_HEAD = 128      # with connections, copy this much (what IP options, TCP flags mostly need)
+FLOW = decode.FLOW
+TRACKED4, TRACKED6 = (np.array(decode.TRACKED[v]) for v in (4, 6))
+KEY_BYTES = np.zeros(256, np.int64)
+KEY_BYTES[list(decode.KEY_BYTES)] = list(decode.KEY_BYTES.values())
+LOW32 = np.uint64(0xFFFFFFFF)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class Rules:
     payload: int | None = None     # set with match / nomatch: where their window starts
     match: bytes | None = None     # lower-case
     nomatch: bytes | None = None
+    flows: bool = False            # connection tracking: extract the FLOW records too
 
 
 @dataclass
@@ -239,6 +246,76 @@ def contains(windows: Callable[[int, int], np.ndarray], length: np.ndarray,
     return found
 
 
+def transport(heads: Heads, rows: np.ndarray, cap: np.ndarray, l3: np.ndarray,
+              is6: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(protocol, transport header offset) per packet, by ``decode.transport``'s rules
+    (NOT_TRACKED where it says so): the IPv6 extension headers walked one step
+    for all packets at a time."""
+    first = heads.load("u1", rows, l3)
+    frag = heads.load(">u2", rows, l3 + decode.IPV4_FRAGMENT_AT) & decode.IPV4_OFFSET_MASK
+    proto = np.where(is6, heads.load("u1", rows, l3 + decode.IPV6_NEXT_AT),
+                     heads.load("u1", rows, l3 + decode.IPV4_PROTOCOL_AT))
+    l4 = np.where(is6, l3 + linktypes.IPV6_HEADER, l3 + (first & 15) * 4)
+    ok = is6 | ((cap >= l4) & (frag == 0))
+    for _ in range(decode.MAX_EXTENSIONS):
+        ext = np.flatnonzero(ok & is6 & np.isin(proto, decode.EXTENSIONS))
+        if not ext.size:
+            break
+        at, kind, r = l4[ext], proto[ext], rows[ext]
+        head = heads.load(">u4", r, at)          # next header, length, fragment offset
+        fragment = (kind == decode.FRAGMENT) & ((head & 0xFFFF) >> 3 != 0)
+        ok[ext[(cap[ext] < at + decode.EXTENSION_MIN) | fragment]] = False
+        length = (head >> 16) & 0xFF
+        l4[ext] = at + np.where(kind == decode.FRAGMENT, decode.EXTENSION_MIN,
+                                np.where(kind == decode.AH, (length + 2) * 4, (length + 1) * 8))
+        proto[ext] = head >> 24
+    ok &= np.where(is6, np.isin(proto, TRACKED6), np.isin(proto, TRACKED4))
+    ok &= cap >= l4 + KEY_BYTES[proto]
+    return np.where(ok, proto, decode.NOT_TRACKED), np.where(ok, l4, 0)
+
+
+def endpoints(heads: Heads, rows: np.ndarray, l3: np.ndarray, is6: np.ndarray):
+    """(source high, source low, destination high, destination low) words per packet."""
+    words = np.zeros((4, len(rows)), np.uint64)
+    i4, i6 = np.flatnonzero(~is6), np.flatnonzero(is6)
+    both = heads.words(">u8", rows[i4], l3[i4] + 12)
+    words[1, i4], words[3, i4] = both >> np.uint64(32), both & LOW32
+    for k, at in enumerate((8, 16, 24, 32)):
+        words[k, i6] = heads.words(">u8", rows[i6], l3[i6] + at)
+    return words
+
+
+def flows(heads: Heads, rows: np.ndarray, cap: np.ndarray, l3: np.ndarray, is6: np.ndarray,
+          me: bytes, sec: np.ndarray, usec: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """The FLOW records of packets ``rows`` (decoded: IP header at ``l3``), by
+    ``decode.flow_fields``'s rules."""
+    out = np.zeros(len(rows), FLOW)
+    proto, l4 = transport(heads, rows, cap, l3, is6)
+    src_hi, src_lo, dst_hi, dst_lo = endpoints(heads, rows, l3, is6)
+    me_hi, me_lo = decode.address_words(me)
+    mine = (src_hi == me_hi) & (src_lo == me_lo) & (is6 == (len(me) == 16))
+    ported = np.flatnonzero((proto == decode.TCP) | (proto == decode.UDP))
+    ports = heads.load(">u4", rows[ported], l4[ported])
+    sport, dport = np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
+    sport[ported], dport[ported] = ports >> 16, ports & 0xFFFF
+    tcp = np.flatnonzero(proto == decode.TCP)
+    out["flags"][tcp] = heads.load("u1", rows[tcp], l4[tcp] + decode.TCP_FLAGS_AT)
+    out["sec"], out["usec"], out["length"] = sec, usec, length
+    out["proto"], out["v6"], out["from_me"] = proto, is6, mine
+    out["me_hi"], out["me_lo"] = np.where(mine, src_hi, dst_hi), np.where(mine, src_lo, dst_lo)
+    out["peer_hi"], out["peer_lo"] = np.where(mine, dst_hi, src_hi), np.where(mine, dst_lo, src_lo)
+    out["me_port"], out["peer_port"] = np.where(mine, sport, dport), np.where(mine, dport, sport)
+    return out
+
+
+class FlowConsumer(Protocol):
+    """What takes the FLOW records of each batch (the connection tracker), after
+    the accounting counted the batch: a replay's clock is then at its last second."""
+
+    def __call__(self, flows: np.ndarray, clock: Clock) -> None:
+        """Take a batch's FLOW records (in packet order) on the driver's clock."""
+
+
 @dataclass
 class Prepared:
     """A batch filtered, decoded and matched: what ``prepare`` hands to ``apply``
@@ -252,13 +329,14 @@ class Prepared:
     sec: np.ndarray               # every passed packet's second
     good: np.ndarray              # which passed packets are counted
     lengths: np.ndarray           # ... their wire lengths
+    flows: np.ndarray | None = None   # ... their FLOW records (with connections; else None)
 
 
 def process(batch: Batch, prog, rules: Rules, counters: Counters, acct: Accounting,
-            clock: Clock) -> None:
+            clock: Clock, flows: FlowConsumer | None = None) -> None:
     """Account every packet of the batch that the filter program passes
     (``prog`` None: all of them, the kernel filtered them already)."""
-    apply(prepare(batch, prog, rules), counters, acct, clock)
+    apply(prepare(batch, prog, rules), counters, acct, clock, flows)
 
 
 def filter_decode(batch: Batch, heads: Heads, prog, linktype: int):
@@ -293,6 +371,8 @@ def prepare(batch: Batch, prog, rules: Rules) -> Prepared:
     """Filter, decode, match and find the targets; touches no state (it reads the
     rules only).  ``prog``: as ``filter_decode`` takes it."""
     width = HEAD if rules.payload is None else max(HEAD, min(rules.snaplen, MATCH_HEAD))
+    if rules.flows:
+        width = max(width, FLOW_HEAD)
     heads = Heads(Gather(batch.u8), batch.offs, width)
     rows, reason, l3, is6 = filter_decode(batch, heads, prog, rules.linktype)
     cap = batch.caplen[rows]
@@ -303,17 +383,27 @@ def prepare(batch: Batch, prog, rules: Rules) -> Prepared:
         keep = matching(heads, rows[good], cap[good], rules)
         unmatched = int(good.size - np.count_nonzero(keep))
         good = good[keep]
+    sec, lengths = batch.sec[rows], batch.wirelen[rows][good]
+    found = None
+    if rules.flows:
+        r = rows[good]
+        found = flows(heads, r, cap[good], l3[good], is6[good], rules.me, sec[good],
+                      batch.micros()[r], lengths)
     return Prepared(len(rows), undecoded, unmatched,
                     targets(heads, rows[good], l3[good], is6[good], rules.me),
-                    batch.sec[rows], good, batch.wirelen[rows][good])
+                    sec, good, lengths, found)
 
 
-def apply(p: Prepared, counters: Counters, acct: Accounting, clock: Clock) -> None:
-    """Count a prepared batch: the counters, then the accounting on ``clock``."""
+def apply(p: Prepared, counters: Counters, acct: Accounting, clock: Clock,
+          flows: FlowConsumer | None = None) -> None:
+    """Count a prepared batch: the counters, then the accounting on ``clock``,
+    then the FLOW records (if prepared) go to ``flows``."""
     if not p.seen:
         return
     counters.add(p)
     account(acct, clock, *distinct(p.targets), p.sec, p.good, p.lengths)
+    if flows is not None and p.flows is not None:
+        flows(p.flows, clock)
 
 
 def account(acct: Accounting, clock: Clock, keys: Addresses, which: np.ndarray,
