@@ -42,7 +42,14 @@ LOWER[ord("A"):ord("Z") + 1] += 32                # bytes.lower(): ASCII letters
 MATCH_HEAD = 256     # with match/nomatch, copy this much of each packet (if snaplen is less)
 FLOW_HEAD = 128      # with connections, copy this much (what IP options, TCP flags mostly need)
 FLOW = decode.FLOW
-TRACKED4, TRACKED6 = (np.array(decode.TRACKED[v]) for v in (4, 6))
+# Tables by protocol number (one lookup per packet, not a search).
+TRACKED = np.zeros((2, 256), bool)                 # [is IPv6, protocol]
+for _six, _version in ((0, 4), (1, 6)):
+    TRACKED[_six, list(decode.TRACKED[_version])] = True
+EXTENSION = np.zeros(256, bool)
+EXTENSION[list(decode.EXTENSIONS)] = True
+PORTED = np.zeros(256, bool)
+PORTED[[decode.TCP, decode.UDP]] = True
 KEY_BYTES = np.zeros(256, np.int64)
 KEY_BYTES[list(decode.KEY_BYTES)] = list(decode.KEY_BYTES.values())
 LOW32 = np.uint64(0xFFFFFFFF)
@@ -251,60 +258,62 @@ def transport(heads: Heads, rows: np.ndarray, cap: np.ndarray, l3: np.ndarray,
     """(protocol, transport header offset) per packet, by ``decode.transport``'s rules
     (NOT_TRACKED where it says so): the IPv6 extension headers walked one step
     for all packets at a time."""
-    first = heads.load("u1", rows, l3)
-    frag = heads.load(">u2", rows, l3 + decode.IPV4_FRAGMENT_AT) & decode.IPV4_OFFSET_MASK
-    proto = np.where(is6, heads.load("u1", rows, l3 + decode.IPV6_NEXT_AT),
-                     heads.load("u1", rows, l3 + decode.IPV4_PROTOCOL_AT))
-    l4 = np.where(is6, l3 + linktypes.IPV6_HEADER, l3 + (first & 15) * 4)
-    ok = is6 | ((cap >= l4) & (frag == 0))
+    word = heads.load(">u8", rows, l3)          # IPv4: IHL, fragment; IPv6: next header
+    proto = np.where(is6, (word >> 8) & 0xFF, heads.load("u1", rows, l3 + decode.IPV4_PROTOCOL_AT))
+    l4 = np.where(is6, l3 + linktypes.IPV6_HEADER, l3 + ((word >> 56) & 15) * 4)
+    ok = is6 | ((cap >= l4) & (word & decode.IPV4_OFFSET_MASK == 0))
+    walk = np.flatnonzero(is6)
     for _ in range(decode.MAX_EXTENSIONS):
-        ext = np.flatnonzero(ok & is6 & np.isin(proto, decode.EXTENSIONS))
+        ext = walk[EXTENSION[proto[walk]] & ok[walk]]
         if not ext.size:
             break
-        at, kind, r = l4[ext], proto[ext], rows[ext]
-        head = heads.load(">u4", r, at)          # next header, length, fragment offset
+        at, kind = l4[ext], proto[ext]
+        head = heads.load(">u4", rows[ext], at)   # next header, length, fragment offset
         fragment = (kind == decode.FRAGMENT) & ((head & 0xFFFF) >> 3 != 0)
         ok[ext[(cap[ext] < at + decode.EXTENSION_MIN) | fragment]] = False
         length = (head >> 16) & 0xFF
         l4[ext] = at + np.where(kind == decode.FRAGMENT, decode.EXTENSION_MIN,
                                 np.where(kind == decode.AH, (length + 2) * 4, (length + 1) * 8))
         proto[ext] = head >> 24
-    ok &= np.where(is6, np.isin(proto, TRACKED6), np.isin(proto, TRACKED4))
-    ok &= cap >= l4 + KEY_BYTES[proto]
-    return np.where(ok, proto, decode.NOT_TRACKED), np.where(ok, l4, 0)
-
-
-def endpoints(heads: Heads, rows: np.ndarray, l3: np.ndarray, is6: np.ndarray):
-    """(source high, source low, destination high, destination low) words per packet."""
-    words = np.zeros((4, len(rows)), np.uint64)
-    i4, i6 = np.flatnonzero(~is6), np.flatnonzero(is6)
-    both = heads.words(">u8", rows[i4], l3[i4] + 12)
-    words[1, i4], words[3, i4] = both >> np.uint64(32), both & LOW32
-    for k, at in enumerate((8, 16, 24, 32)):
-        words[k, i6] = heads.words(">u8", rows[i6], l3[i6] + at)
-    return words
+        walk = ext
+    ok &= TRACKED[is6.view(np.uint8), proto] & (cap >= l4 + KEY_BYTES[proto])
+    return np.where(ok, proto, decode.NOT_TRACKED), l4
 
 
 def flows(heads: Heads, rows: np.ndarray, cap: np.ndarray, l3: np.ndarray, is6: np.ndarray,
           me: bytes, sec: np.ndarray, usec: np.ndarray, length: np.ndarray) -> np.ndarray:
     """The FLOW records of packets ``rows`` (decoded: IP header at ``l3``), by
     ``decode.flow_fields``'s rules."""
-    out = np.zeros(len(rows), FLOW)
+    n = len(rows)
+    out = np.empty(n, FLOW)
     proto, l4 = transport(heads, rows, cap, l3, is6)
-    src_hi, src_lo, dst_hi, dst_lo = endpoints(heads, rows, l3, is6)
+    i4, i6 = np.flatnonzero(~is6), np.flatnonzero(is6)
+    both = heads.words(">u8", rows[i4], l3[i4] + 12)       # IPv4: both addresses at once
+    src_lo, dst_lo = _spread(n, i4, both >> np.uint64(32)), _spread(n, i4, both & LOW32)
+    src_hi, dst_hi = (_spread(n, i6, heads.words(">u8", rows[i6], l3[i6] + at)) for at in (8, 24))
+    for column, at in ((src_lo, 16), (dst_lo, 32)):
+        column[i6] = heads.words(">u8", rows[i6], l3[i6] + at)
     me_hi, me_lo = decode.address_words(me)
-    mine = (src_hi == me_hi) & (src_lo == me_lo) & (is6 == (len(me) == 16))
-    ported = np.flatnonzero((proto == decode.TCP) | (proto == decode.UDP))
-    ports = heads.load(">u4", rows[ported], l4[ported])
-    sport, dport = np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
-    sport[ported], dport[ported] = ports >> 16, ports & 0xFFFF
+    mine = (src_lo == me_lo) & (src_hi == me_hi) & (is6 == (len(me) == 16))
+    ported = np.flatnonzero(PORTED[proto])
+    ports = _spread(n, ported, heads.words(">u4", rows[ported], l4[ported]))
     tcp = np.flatnonzero(proto == decode.TCP)
-    out["flags"][tcp] = heads.load("u1", rows[tcp], l4[tcp] + decode.TCP_FLAGS_AT)
+    out["flags"] = _spread(n, tcp, heads.words("u1", rows[tcp], l4[tcp] + decode.TCP_FLAGS_AT))
     out["sec"], out["usec"], out["length"] = sec, usec, length
     out["proto"], out["v6"], out["from_me"] = proto, is6, mine
     out["me_hi"], out["me_lo"] = np.where(mine, src_hi, dst_hi), np.where(mine, src_lo, dst_lo)
     out["peer_hi"], out["peer_lo"] = np.where(mine, dst_hi, src_hi), np.where(mine, dst_lo, src_lo)
+    sport, dport = ports >> 16, ports & 0xFFFF
     out["me_port"], out["peer_port"] = np.where(mine, sport, dport), np.where(mine, dport, sport)
+    return out
+
+
+def _spread(n: int, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` at the ascending indices ``idx`` of ``n`` zeros (all of them: as they are)."""
+    if len(idx) == n:
+        return values
+    out = np.zeros(n, values.dtype)
+    out[idx] = values
     return out
 
 

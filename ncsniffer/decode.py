@@ -155,7 +155,7 @@ FLOW = np.dtype([
     ("from_me", np.bool_), ("me_hi", np.uint64), ("me_lo", np.uint64),
     ("peer_hi", np.uint64), ("peer_lo", np.uint64), ("me_port", np.uint16),
     ("peer_port", np.uint16), ("flags", np.uint8), ("length", np.int64),
-])
+], align=True)                      # aligned fields: faster to fill and to read
 NOT_TRACKED = 0                     # ``proto`` of what has no connection key
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 TRACKED = {4: (TCP, UDP, ICMP), 6: (TCP, UDP, ICMPV6)}
