@@ -7,9 +7,10 @@ but every step runs on arrays.  What goes in is a frozen :class:`Rules` record
 :class:`Counters` and the accounting's records: nothing here knows of the
 config, the dump file or the daemon.  ``prepare`` (filter, decode, match,
 target addresses) touches no state, so a replay runs it in a second process;
-its :class:`Prepared` record is what a batch decoded to, for every consumer;
-``apply`` (counters, distinct addresses, clock, accounting) runs where the
-records live.
+its :class:`Prepared` record is what a batch decoded to, for every consumer
+(with ``Rules.flows``, the counted packets' ``FLOW`` records too, for the
+connection tracker); ``apply`` (counters, distinct addresses, clock,
+accounting, then the ``FlowConsumer``) runs where the records live.
 """
 
 from __future__ import annotations
