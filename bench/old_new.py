@@ -12,8 +12,10 @@ NCSNIFFER_REPLAY=libpcap) and settings (default, match, max_hosts, both, names
 wanted with no server) is replayed by both and the stats files compared byte
 for byte (``cmp``), and the summary lines; then
 the bench capture is replayed ``--runs`` times by each, old and new
-interleaved, default and with match, and the median user+sys CPU time
-reported.  Results: bench/results/old-new-*.md.
+interleaved, default and with match (``--timed``: other settings), and the
+median user+sys CPU time reported.  A setting the old code does not know
+(``connections``) is a pair: the old side runs without it, so its row is the
+cost of what it adds.  Results: bench/results/old-new-*.md (``--name``).
 """
 
 from __future__ import annotations
@@ -43,8 +45,16 @@ VARIANTS = {
     "match + max_hosts 100": {"match": "e", "payload": 20, "snaplen": 200, "max_hosts": 100},
     # names wanted, but no server on loopback's discard port answers the probe
     "dns on, no server": {"resolve": True, "nameserver": "127.0.0.1:9"},
+    # issue 13: the flow fields extracted, nothing written differs; old code: default
+    "connections": {"old": {}, "new": {"connections": True}},
 }
 TIMED = ("default", "match")
+
+
+def side_settings(vname: str, side: str) -> dict:
+    """A variant's settings for one side (a pair gives each side its own)."""
+    settings = VARIANTS[vname]
+    return settings[side] if set(settings) == {"old", "new"} else settings
 
 
 def unpack(commit: str, into: str) -> str:
@@ -105,11 +115,12 @@ def same_outputs(trees: dict[str, str], scratch: str) -> list[list[str]]:
     for cname, capture in CAPTURES.items():
         bpf = SAMPLE_BPF if cname == "sample" else FILTER
         for mname, mode in MODES.items():
-            for vname, settings in VARIANTS.items():
+            for vname in VARIANTS:
                 stats, lines = {}, {}
                 for side, tree in trees.items():
                     d = os.path.join(scratch, side, cname, mname, vname.replace(" ", "_"))
-                    run = replay(tree, write_conf(d, bpf, settings), capture, mode)
+                    run = replay(tree, write_conf(d, bpf, side_settings(vname, side)),
+                                 capture, mode)
                     stats[side] = os.path.join(d, "nc.sniffer.stats")
                     lines[side] = run.stderr.strip().splitlines()[-1]
                 same = subprocess.run(["cmp", stats["old"], stats["new"]],
@@ -122,16 +133,17 @@ def same_outputs(trees: dict[str, str], scratch: str) -> list[list[str]]:
     return rows
 
 
-def cpu_times(trees: dict[str, str], scratch: str, runs: int) -> list[list[str]]:
+def cpu_times(trees: dict[str, str], scratch: str, runs: int,
+              timed: tuple[str, ...] = TIMED) -> list[list[str]]:
     """Median user+sys of ``runs`` interleaved replays of the bench capture."""
     rows = []
-    for vname in TIMED:
+    for vname in timed:
         cpu: dict[str, list[float]] = {"old": [], "new": []}
         walls: dict[str, list[float]] = {"old": [], "new": []}
         for i in range(runs):
             for side in (("old", "new") if i % 2 == 0 else ("new", "old")):
                 d = os.path.join(scratch, "timed", side, vname.replace(" ", "_"))
-                run = replay(trees[side], write_conf(d, FILTER, VARIANTS[vname]),
+                run = replay(trees[side], write_conf(d, FILTER, side_settings(vname, side)),
                              CAPTURES["bench"], None)
                 cpu[side].append(run.user + run.sys)
                 walls[side].append(run.wall)
@@ -149,7 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("commit", help="the old code (e.g. the branch's start)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per side, default 5")
     p.add_argument("--skip-same", action="store_true", help="only the timing")
+    p.add_argument("--timed", default=",".join(TIMED),
+                   help=f"settings timed, comma-separated, of: {', '.join(VARIANTS)}")
+    p.add_argument("--name", default="old-new", help="results file prefix, default old-new")
     args = p.parse_args(argv)
+    timed = tuple(args.timed.split(","))
+    if not set(timed) <= set(VARIANTS):
+        p.error(f"--timed: unknown settings {', '.join(sorted(set(timed) - set(VARIANTS)))}")
     benchlib.ensure_capture(CAPTURES["bench"])
     with old_code(args.commit, "ncbench-oldnew-") as (scratch, old_tree, short):
         compile_tree(benchlib.ROOT)
@@ -163,14 +181,14 @@ def main(argv: list[str] | None = None) -> int:
             lines += benchlib.table(["capture", "mode", "settings", "bytes", "cmp",
                                      "summary line"], rows, right={3})
             lines.append("")
-        rows = cpu_times(trees, scratch, args.runs)
+        rows = cpu_times(trees, scratch, args.runs, timed)
         lines += [f"## CPU time of the bench capture (user+sys, median of {args.runs}, "
                   "interleaved, default mode)", ""]
         lines += benchlib.table(["settings", "old cpu s", "new cpu s", "change", "old wall s",
                                  "new wall s", "old runs", "new runs"], rows,
                                 right={1, 2, 3, 4, 5})
         lines += ["", f"- load average at end: {benchlib.load_text()}"]
-        benchlib.write_results("old-new", lines)
+        benchlib.write_results(args.name, lines)
     return 0
 
 

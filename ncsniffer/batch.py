@@ -7,16 +7,17 @@ but every step runs on arrays.  What goes in is a frozen :class:`Rules` record
 :class:`Counters` and the accounting's records: nothing here knows of the
 config, the dump file or the daemon.  ``prepare`` (filter, decode, match,
 target addresses) touches no state, so a replay runs it in a second process;
-its :class:`Prepared` record is what a batch decoded to, for every consumer;
-``apply`` (counters, distinct addresses, clock, accounting) runs where the
-records live.
+its :class:`Prepared` record is what a batch decoded to, for every consumer
+(with ``Rules.flows``, the counted packets' ``FLOW`` records too, for the
+connection tracker); ``apply`` (counters, distinct addresses, clock,
+accounting, then the ``FlowConsumer``) runs where the records live.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -40,6 +41,19 @@ BY_VERSION = {value: link.length for value, link in linktypes.BY_VALUE.items()
 LOWER = np.arange(256, dtype=np.uint8)
 LOWER[ord("A"):ord("Z") + 1] += 32                # bytes.lower(): ASCII letters only
 MATCH_HEAD = 256     # with match/nomatch, copy this much of each packet (if snaplen is less)
+FLOW_HEAD = 128      # with connections, copy this much (what IP options, TCP flags mostly need)
+FLOW = decode.FLOW
+# Tables by protocol number (one lookup per packet, not a search).
+TRACKED = np.zeros((2, 256), bool)                 # [is IPv6, protocol]
+for _six, _version in ((0, 4), (1, 6)):
+    TRACKED[_six, list(decode.TRACKED[_version])] = True
+EXTENSION = np.zeros(256, bool)
+EXTENSION[list(decode.EXTENSIONS)] = True
+PORTED = np.zeros(256, bool)
+PORTED[[decode.TCP, decode.UDP]] = True
+KEY_BYTES = np.zeros(256, np.int64)
+KEY_BYTES[list(decode.KEY_BYTES)] = list(decode.KEY_BYTES.values())
+LOW32 = np.uint64(0xFFFFFFFF)
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,7 @@ class Rules:
     payload: int | None = None     # set with match / nomatch: where their window starts
     match: bytes | None = None     # lower-case
     nomatch: bytes | None = None
+    flows: bool = False            # connection tracking: extract the FLOW records too
 
 
 @dataclass
@@ -239,6 +254,78 @@ def contains(windows: Callable[[int, int], np.ndarray], length: np.ndarray,
     return found
 
 
+def transport(heads: Heads, rows: np.ndarray, cap: np.ndarray, l3: np.ndarray,
+              is6: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(protocol, transport header offset) per packet, by ``decode.transport``'s rules
+    (NOT_TRACKED where it says so): the IPv6 extension headers walked one step
+    for all packets at a time."""
+    word = heads.load(">u8", rows, l3)          # IPv4: IHL, fragment; IPv6: next header
+    proto = np.where(is6, (word >> 8) & 0xFF, heads.load("u1", rows, l3 + decode.IPV4_PROTOCOL_AT))
+    l4 = np.where(is6, l3 + linktypes.IPV6_HEADER, l3 + ((word >> 56) & 15) * 4)
+    ok = is6 | ((cap >= l4) & (word & decode.IPV4_OFFSET_MASK == 0))
+    walk = np.flatnonzero(is6)
+    for _ in range(decode.MAX_EXTENSIONS):
+        ext = walk[EXTENSION[proto[walk]] & ok[walk]]
+        if not ext.size:
+            break
+        at, kind = l4[ext], proto[ext]
+        head = heads.load(">u4", rows[ext], at)   # next header, length, fragment offset
+        fragment = (kind == decode.FRAGMENT) & ((head & 0xFFFF) >> 3 != 0)
+        ok[ext[(cap[ext] < at + decode.EXTENSION_MIN) | fragment]] = False
+        length = (head >> 16) & 0xFF
+        l4[ext] = at + np.where(kind == decode.FRAGMENT, decode.EXTENSION_MIN,
+                                np.where(kind == decode.AH, (length + 2) * 4, (length + 1) * 8))
+        proto[ext] = head >> 24
+        walk = ext
+    ok &= TRACKED[is6.view(np.uint8), proto] & (cap >= l4 + KEY_BYTES[proto])
+    return np.where(ok, proto, decode.NOT_TRACKED), l4
+
+
+def flows(heads: Heads, rows: np.ndarray, cap: np.ndarray, l3: np.ndarray, is6: np.ndarray,
+          me: bytes, sec: np.ndarray, usec: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """The FLOW records of packets ``rows`` (decoded: IP header at ``l3``), by
+    ``decode.flow_fields``'s rules."""
+    n = len(rows)
+    out = np.empty(n, FLOW)
+    proto, l4 = transport(heads, rows, cap, l3, is6)
+    i4, i6 = np.flatnonzero(~is6), np.flatnonzero(is6)
+    both = heads.words(">u8", rows[i4], l3[i4] + 12)       # IPv4: both addresses at once
+    src_lo, dst_lo = _spread(n, i4, both >> np.uint64(32)), _spread(n, i4, both & LOW32)
+    src_hi, dst_hi = (_spread(n, i6, heads.words(">u8", rows[i6], l3[i6] + at)) for at in (8, 24))
+    for column, at in ((src_lo, 16), (dst_lo, 32)):
+        column[i6] = heads.words(">u8", rows[i6], l3[i6] + at)
+    me_hi, me_lo = decode.address_words(me)
+    mine = (src_lo == me_lo) & (src_hi == me_hi) & (is6 == (len(me) == 16))
+    ported = np.flatnonzero(PORTED[proto])
+    ports = _spread(n, ported, heads.words(">u4", rows[ported], l4[ported]))
+    tcp = np.flatnonzero(proto == decode.TCP)
+    out["flags"] = _spread(n, tcp, heads.words("u1", rows[tcp], l4[tcp] + decode.TCP_FLAGS_AT))
+    out["sec"], out["usec"], out["length"] = sec, usec, length
+    out["proto"], out["v6"], out["from_me"] = proto, is6, mine
+    out["me_hi"], out["me_lo"] = np.where(mine, src_hi, dst_hi), np.where(mine, src_lo, dst_lo)
+    out["peer_hi"], out["peer_lo"] = np.where(mine, dst_hi, src_hi), np.where(mine, dst_lo, src_lo)
+    sport, dport = ports >> 16, ports & 0xFFFF
+    out["me_port"], out["peer_port"] = np.where(mine, sport, dport), np.where(mine, dport, sport)
+    return out
+
+
+def _spread(n: int, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` at the ascending indices ``idx`` of ``n`` zeros (all of them: as they are)."""
+    if len(idx) == n:
+        return values
+    out = np.zeros(n, values.dtype)
+    out[idx] = values
+    return out
+
+
+class FlowConsumer(Protocol):
+    """What takes the FLOW records of each batch (the connection tracker), after
+    the accounting counted the batch: a replay's clock is then at its last second."""
+
+    def __call__(self, flows: np.ndarray, clock: Clock) -> None:
+        """Take a batch's FLOW records (in packet order) on the driver's clock."""
+
+
 @dataclass
 class Prepared:
     """A batch filtered, decoded and matched: what ``prepare`` hands to ``apply``
@@ -252,13 +339,14 @@ class Prepared:
     sec: np.ndarray               # every passed packet's second
     good: np.ndarray              # which passed packets are counted
     lengths: np.ndarray           # ... their wire lengths
+    flows: np.ndarray | None = None   # ... their FLOW records (with connections; else None)
 
 
 def process(batch: Batch, prog, rules: Rules, counters: Counters, acct: Accounting,
-            clock: Clock) -> None:
+            clock: Clock, flows: FlowConsumer | None = None) -> None:
     """Account every packet of the batch that the filter program passes
     (``prog`` None: all of them, the kernel filtered them already)."""
-    apply(prepare(batch, prog, rules), counters, acct, clock)
+    apply(prepare(batch, prog, rules), counters, acct, clock, flows)
 
 
 def filter_decode(batch: Batch, heads: Heads, prog, linktype: int):
@@ -293,6 +381,8 @@ def prepare(batch: Batch, prog, rules: Rules) -> Prepared:
     """Filter, decode, match and find the targets; touches no state (it reads the
     rules only).  ``prog``: as ``filter_decode`` takes it."""
     width = HEAD if rules.payload is None else max(HEAD, min(rules.snaplen, MATCH_HEAD))
+    if rules.flows:
+        width = max(width, FLOW_HEAD)
     heads = Heads(Gather(batch.u8), batch.offs, width)
     rows, reason, l3, is6 = filter_decode(batch, heads, prog, rules.linktype)
     cap = batch.caplen[rows]
@@ -303,17 +393,27 @@ def prepare(batch: Batch, prog, rules: Rules) -> Prepared:
         keep = matching(heads, rows[good], cap[good], rules)
         unmatched = int(good.size - np.count_nonzero(keep))
         good = good[keep]
+    sec, lengths = batch.sec[rows], batch.wirelen[rows][good]
+    found = None
+    if rules.flows:
+        r = rows[good]
+        found = flows(heads, r, cap[good], l3[good], is6[good], rules.me, sec[good],
+                      batch.micros()[r], lengths)
     return Prepared(len(rows), undecoded, unmatched,
                     targets(heads, rows[good], l3[good], is6[good], rules.me),
-                    batch.sec[rows], good, batch.wirelen[rows][good])
+                    sec, good, lengths, found)
 
 
-def apply(p: Prepared, counters: Counters, acct: Accounting, clock: Clock) -> None:
-    """Count a prepared batch: the counters, then the accounting on ``clock``."""
+def apply(p: Prepared, counters: Counters, acct: Accounting, clock: Clock,
+          flows: FlowConsumer | None = None) -> None:
+    """Count a prepared batch: the counters, then the accounting on ``clock``,
+    then the FLOW records (if prepared) go to ``flows``."""
     if not p.seen:
         return
     counters.add(p)
     account(acct, clock, *distinct(p.targets), p.sec, p.good, p.lengths)
+    if flows is not None and p.flows is not None:
+        flows(p.flows, clock)
 
 
 def account(acct: Accounting, clock: Clock, keys: Addresses, which: np.ndarray,

@@ -24,6 +24,9 @@ from ncsniffer.pcapfile import Batch, pcap_header
 # plus the IPv6 header, whatever smaller snaplen the match window asks for:
 # 62 bytes, rounded up to a power of two (64, the value live captures always had).
 MIN_CAPTURE = 1 << (linktypes.DECODE_BYTES - 1).bit_length()
+# Connection tracking also needs IP options or IPv6 extension headers and the TCP
+# flags (SPEC 10.1); the match window stays [payload, configured snaplen).
+FLOW_CAPTURE = linktypes.FLOW_BYTES
 BUFFER_BYTES = 64 << 20
 FILTER_SNAPLEN = 262144       # the program's accept value; any non-zero one accepts
 SECONDS_WRAP = 1 << 32        # a classic pcap's seconds are unsigned 32-bit
@@ -81,7 +84,7 @@ class Capture:
         append = got.append
 
         def on_packet(hdr, data):
-            append((hdr.getts()[0], hdr.getlen(), data))
+            append((*hdr.getts(), hdr.getlen(), data))
         try:
             self._p.dispatch(count, on_packet)
         except pcapy.PcapError as exc:
@@ -109,13 +112,13 @@ class Capture:
             pass
 
 
-def make_batch(packets: list[tuple[int, int, bytes]]) -> Batch:
-    """A Batch from (second, wire length, data) tuples.
+def make_batch(packets: list[tuple[int, int, int, bytes]]) -> Batch:
+    """A Batch from (second, microseconds, wire length, data) tuples.
 
     libpcap sign-extends a classic pcap's 32-bit seconds, so times from 2038 on
     come out negative; they are unsigned in the file, as the batch reader reads
     them (live seconds are never negative)."""
-    sec, wire, datas = zip(*packets)
+    sec, usec, wire, datas = zip(*packets)
     caplen = np.fromiter(map(len, datas), np.int64, len(datas))
     buf = b"".join(datas)
     offs = np.zeros(len(datas), np.int64)
@@ -123,7 +126,7 @@ def make_batch(packets: list[tuple[int, int, bytes]]) -> Batch:
     seconds = np.array(sec, np.int64)
     seconds[seconds < 0] += SECONDS_WRAP
     return Batch(buf, np.frombuffer(buf, np.uint8), offs, caplen,
-                 np.array(wire, np.int64), seconds)
+                 np.array(wire, np.int64), seconds, usec=np.array(usec, np.int64))
 
 
 def _setfilter(handle, bpf: str, source: str) -> None:
@@ -251,11 +254,18 @@ ACTIVATE_ERRORS = {
 BLOCK_TIMEOUT_MS = 100     # the kernel hands over a ring block at least this often
 
 
-def open_live(interface: str, snaplen: int, promiscuous: bool, bpf: str) -> Capture:
+def capture_length(snaplen: int, connections: bool = False) -> int:
+    """Bytes captured per packet: the configured snaplen, or what decoding (and
+    connection tracking) must see if that is more."""
+    return max(snaplen, MIN_CAPTURE, FLOW_CAPTURE if connections else 0)
+
+
+def open_live(interface: str, snaplen: int, promiscuous: bool, bpf: str,
+              connections: bool = False) -> Capture:
     """Open an interface, non-blocking, with a large kernel buffer against drops."""
     try:
         handle = pcapy.create(interface)
-        handle.set_snaplen(max(snaplen, MIN_CAPTURE))
+        handle.set_snaplen(capture_length(snaplen, connections))
         handle.set_promisc(1 if promiscuous else 0)
         handle.set_timeout(BLOCK_TIMEOUT_MS)
         handle.set_buffer_size(BUFFER_BYTES)

@@ -28,12 +28,18 @@ MAX_HOSTS_LIMIT = 10**9             # beyond any memory: surely a typo
 DNS_LIMITS = {"dns_max_outstanding": 4096, "dns_max_qps": 100_000}  # 4096: 16-bit ids
 DEFAULT_METRICS_TOP = 10
 MAX_METRICS_TOP = 1000    # peers in /metrics: the series stay bounded (SPEC 11)
+# Connection tracking (SPEC 10): the table's bound, and its idle timeouts in seconds.
+DEFAULT_MAX_CONNECTIONS = 1_000_000
+MAX_CONNECTIONS_LIMIT = 10**9       # beyond any memory: surely a typo
+DEFAULT_TIMEOUTS = {"tcp_establish": 5, "tcp": 300, "udp": 20, "icmp": 10, "tcp_linger": 10}
+MAX_TIMEOUT = 10**9
 
 KNOWN_KEYS = {
     "piddir", "sniffer", "bpf", "snaplen", "match", "nomatch", "payload", "port",
     "host", "allowed", "nameserver", "resolve", "dump_format", "user", "group",
     "max_hosts", "interface", "dns_max_outstanding", "dns_max_qps",
     "metrics", "metrics_top",
+    "connections", "max_connections", "timeouts", "events",
 }
 
 _BPF_HOST = re.compile(r"host\s+([\w.:-]+)", re.IGNORECASE)
@@ -71,6 +77,10 @@ class Settings:
     dns_max_qps: int = 50
     metrics: tuple[str, int] | None = None      # (address, port) of /metrics
     metrics_top: int = DEFAULT_METRICS_TOP
+    connections: bool = False
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    timeouts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
+    events: str | None = None      # absolute path of the ended connections' JSON lines
 
     @property
     def pid_file(self) -> str | None:
@@ -354,11 +364,7 @@ def _validate_new_keys(config: dict, settings: Settings) -> None:
     """Keys the original did not have, then keys nobody knows (typos)."""
     for key in sorted(set(config) - KNOWN_KEYS, key=repr):
         fail(f"unknown configuration key '{key}'")
-    resolve = config.get("resolve")
-    if resolve is not None:
-        if resolve not in (True, False) or not isinstance(resolve, (bool, int)):
-            fail(f"invalid resolve '{resolve}': use True or False")
-        settings.resolve = bool(resolve)
+    settings.resolve = _flag(config, "resolve", settings.resolve)
 
     fmt = config.get("dump_format")
     if fmt is not None and fmt != "":
@@ -384,6 +390,7 @@ def _validate_new_keys(config: dict, settings: Settings) -> None:
                                         low=1, high=high))
     settings.user, settings.group = _account(config, "user"), _account(config, "group")
     _metrics(config, settings)
+    _validate_connections(config, settings)
 
 
 def _metrics(config: dict, settings: Settings) -> None:
@@ -410,6 +417,60 @@ def parse_listen(text: str) -> tuple[str, int] | None:
         return None
     address = host.resolve_address(m.group(1))
     return (address, int(m.group(2))) if address else None
+
+
+def _flag(config: dict, key: str, default: bool) -> bool:
+    """A True / False setting (1 and 0 too); ``default`` if not set."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if value not in (True, False) or not isinstance(value, (bool, int)):
+        fail(f"invalid {key} '{value}': use True or False")
+    return bool(value)
+
+
+def _validate_connections(config: dict, settings: Settings) -> None:
+    """SPEC 10: connection tracking's switch, bound, timeouts and events file."""
+    settings.connections = _flag(config, "connections", False)
+    if config.get("max_connections") is not None:
+        settings.max_connections = _int(
+            config["max_connections"], f"invalid max_connections '{config['max_connections']}': "
+                                       f"1 to {MAX_CONNECTIONS_LIMIT}",
+            low=1, high=MAX_CONNECTIONS_LIMIT)
+    settings.timeouts = _timeouts(config.get("timeouts"))
+    settings.events = _events(config)
+
+
+def _timeouts(value) -> dict[str, int]:
+    """The default timeouts, with those of the ``timeouts`` dict instead."""
+    timeouts = dict(DEFAULT_TIMEOUTS)
+    if value is None:
+        return timeouts
+    names = ", ".join(DEFAULT_TIMEOUTS)
+    if not isinstance(value, dict):
+        fail(f"invalid timeouts '{value}': a dict of seconds by {names}")
+    for key, seconds in value.items():
+        if key not in DEFAULT_TIMEOUTS:
+            fail(f"invalid timeouts key '{key}': use {names}")
+        timeouts[key] = _int(seconds, f"invalid timeouts '{key}': '{seconds}': "
+                                      f"seconds, 1 to {MAX_TIMEOUT}", low=1, high=MAX_TIMEOUT)
+    return timeouts
+
+
+def _events(config: dict) -> str | None:
+    """The events file, absolute; its directory must exist and be writable."""
+    path = absolute(_string(config, "events", f"invalid events '{config.get('events')}': "
+                                              "a file path"))
+    if path is None:
+        return None
+    directory = os.path.dirname(path)
+    if os.path.isdir(path):
+        fail(f"events file '{path}' is a directory")
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        fail(f"events directory '{directory}' missing or not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        fail(f"'{path}' not writable")
+    return path
 
 
 def parse_nameserver(text: str) -> tuple[str | None, int]:
@@ -465,6 +526,11 @@ def describe(settings: Settings) -> str:
     if settings.resolve:
         effective["dns_max_outstanding"] = settings.dns_max_outstanding
         effective["dns_max_qps"] = settings.dns_max_qps
+    if settings.connections:
+        effective.update(connections=True, max_connections=settings.max_connections,
+                         timeouts=settings.timeouts)
+        if settings.events is not None:
+            effective["events"] = settings.events
     lines = ["{"]
     for key, value in effective.items():
         lines.append(f"    {key!r}: {value!r},")

@@ -59,7 +59,8 @@ def start(settings: Settings, foreground: bool, log_stream: IO[str] | None = Non
     stream = log_stream or sys.stderr
     check_directories(settings)
     remove_leftovers(settings)
-    cap = capture.open_live(settings.interface, settings.snaplen, settings.promiscuous, settings.bpf)
+    cap = capture.open_live(settings.interface, settings.snaplen, settings.promiscuous, settings.bpf,
+                            settings.connections)
     listener = open_listener(settings) if settings.port else None
     sniffer = Sniffer(settings, cap.linktype, WallClock(interval=TICK), device=settings.interface)
     resolver = make_resolver(settings, sniffer.acct)

@@ -27,7 +27,10 @@ VLAN_TAGS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))
 VLAN_TAG = np.dtype([("tci", ">u2"), ("type", ">u2")])
 VLAN_DEPTH = 2                # tags a file filter looks inside, and the capture covers
 IPV4_HEADER = 20              # without options
+IPV4_MAX_HEADER = 60          # with 40 bytes of options
 IPV6_HEADER = 40
+IPV6_EXTENSION_BYTES = 64     # extension headers connection tracking captures (SPEC 10.1)
+TCP_FLAGS_BYTES = 14          # a TCP header up to its flags byte (ports at 0, flags at 13)
 
 # libpcap DLT_* values (as pcap_datalink() reports them) and file LINKTYPE_* values.
 DLT_NULL = 0
@@ -106,6 +109,9 @@ LINKS = (
 BY_VALUE = {value: link for link in LINKS for value in link.values}
 # What decoding reads at most: the longest link header, its tags, an IPv6 header.
 DECODE_BYTES = max(link.longest for link in LINKS) + IPV6_HEADER
+# What connection tracking reads at most: that, IP options or extension headers, TCP flags.
+FLOW_BYTES = max(link.longest for link in LINKS) + \
+    max(IPV4_MAX_HEADER, IPV6_HEADER + IPV6_EXTENSION_BYTES) + TCP_FLAGS_BYTES
 
 
 def lookup(value: int) -> LinkType | None:

@@ -141,6 +141,20 @@ class Batch:
     sec: np.ndarray
     links: tuple[Link, ...] = ()         # the packets' links (none known: the caller's)
     link: np.ndarray | None = None       # per packet, its index in links (None: links[0])
+    usec: np.ndarray | None = None       # microseconds within ``sec`` (None: unknown, 0)
+
+    def micros(self) -> np.ndarray:
+        """Each packet's microseconds within its second (zeros where unknown)."""
+        return np.zeros(len(self.sec), np.int64) if self.usec is None else self.usec
+
+
+def to_micros(frac: np.ndarray, per_sec) -> np.ndarray:
+    """Fractions of a second in ``per_sec`` units (one for all, or per packet) as
+    microseconds, truncated as libpcap scales them down (finer units than 1/2^40 s
+    are first cut to keep the product within 64 bits)."""
+    per_sec = np.asarray(per_sec, np.int64)
+    cut = np.maximum(per_sec >> 40, 1)
+    return (frac // cut) * US_PER_SEC // np.maximum(per_sec // cut, 1)
 
 
 @dataclass
@@ -524,8 +538,11 @@ class Reader:
                 return None, int(at[0])
             at, f, incl, nxt = at[:j], f[:j], incl[:j], int(at[j])
         sec, wirelen = f[:, SEC].astype(np.int64), f[:, ORIG].astype(np.int64)
+        usec = f[:, FRAC].astype(np.int64)
+        if self.per_sec != 1:
+            usec //= self.per_sec                # nanoseconds, as libpcap truncates them
         return Batch(self.mm, self.u8, at + RECORD, np.minimum(incl, self.snaplen), wirelen, sec,
-                     self.links), nxt
+                     self.links, usec=usec), nxt
 
     def _walk_pcapng(self, pos: int, limit: int, stop: int):
         """(batch or None, next position) of the blocks from ``pos`` on.  A batch
@@ -609,9 +626,10 @@ class Reader:
             at, data, caplen, wirelen, ts, ifid, iface = (
                 a[:j] for a in (at, data, caplen, wirelen, ts, ifid, iface))
             nxt = int(at[-1] + blen[j - 1])
-        sec = ts // iface[:, 2] + iface[:, 3]
+        sec, frac = np.divmod(ts, iface[:, 2])
         links, link = self._links(ifid)
-        return Batch(self.mm, self.u8, data, caplen, wirelen, sec, links, link), nxt
+        return Batch(self.mm, self.u8, data, caplen, wirelen, sec + iface[:, 3], links, link,
+                     to_micros(frac, iface[:, 2])), nxt
 
     def _refused(self, pos: int, blen: int, trailer: int, ifid: int, caplen: int,
                  room: int) -> str:

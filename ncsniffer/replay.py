@@ -53,13 +53,15 @@ class Progress:
 
 
 def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
-           lookups=None) -> int:
-    """Replay ``path``; write the stats; return the exit code (0, or 2 on a bad file)."""
+           lookups=None, flows: batch.FlowConsumer | None = None) -> int:
+    """Replay ``path``; write the stats; return the exit code (0, or 2 on a bad file).
+    ``flows``: takes each batch's FLOW records (with ``connections`` set)."""
     batches, linktype, prog, close = _open(path, settings)
     error: NcSnifferError | None = None
     clock = PacketClock()
     try:
-        sniffer = Sniffer(settings, linktype, clock, device=path)   # the purge: its first job
+        sniffer = Sniffer(settings, linktype, clock, device=path,   # the purge: its first job
+                          flows=flows)
     except NcSnifferError:
         close()
         raise
@@ -72,7 +74,7 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
         batches, prog, sniffer.rules)
     try:
         for ready in prepared:
-            batch.apply(ready, counters, sniffer.acct, clock)
+            batch.apply(ready, counters, sniffer.acct, clock, sniffer.flows)
             gc.freeze()      # records never form cycles: keep the collector off them
             if lookups is not None:
                 lookups.poll(clock.now)

@@ -31,9 +31,11 @@ class Sniffer:
 
     ``clock`` is the driver's: a ``PacketClock`` for a replay (which then starts
     at the first packet), a ``WallClock`` for the daemon.  The purge is its
-    first per-second job."""
+    first per-second job.  With ``connections`` set, each batch's FLOW records
+    go to ``flows`` (the connection tracker, when one is plugged in)."""
 
-    def __init__(self, settings: Settings, linktype: int, clock: Clock, device: str):
+    def __init__(self, settings: Settings, linktype: int, clock: Clock, device: str,
+                 flows: batch.FlowConsumer | None = None):
         check_link_type(linktype, device)
         self.settings = settings
         self.device = device
@@ -41,7 +43,9 @@ class Sniffer:
         self.offline = isinstance(clock, PacketClock)
         self.acct = Accounting(clock.now, settings.max_hosts)
         self.rules = batch.Rules(linktype, settings.me_packed, settings.snaplen,
-                                 settings.payload, settings.match, settings.nomatch)
+                                 settings.payload, settings.match, settings.nomatch,
+                                 settings.connections)
+        self.flows = flows
         self.counters = batch.Counters()
         if isinstance(clock, PacketClock):
             clock.at_start(self.acct.reset)           # replay: start at the first packet
@@ -49,7 +53,7 @@ class Sniffer:
 
     def process(self, got, prog=None) -> None:
         """Account a batch of packets (``prog`` None: the kernel filtered them)."""
-        batch.process(got, prog, self.rules, self.counters, self.acct, self.clock)
+        batch.process(got, prog, self.rules, self.counters, self.acct, self.clock, self.flows)
 
     def header(self, current: int) -> Header:
         s = self.settings

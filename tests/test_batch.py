@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from ncsniffer import batch, bpfvm, decode, pcapfile, pcapgen
 from ncsniffer.gather import Gather, Heads
+from tests.test_decode import ipv6_with
 
 FILTERS = [
     "host 10.0.0.1", "tcp port 80", "udp and dst port 53", "ip6", "icmp",
@@ -298,6 +299,46 @@ def test_pcapng_second_interface_with_nanoseconds(tmp_path):
     assert [p[0] for p in reader_read(path)[1]] == [1_700_000_001, 1_700_000_002]
 
 
+def libpcap_micros(path):
+    p = pcapy.open_offline(path)
+    out = []
+    while (hdr := p.next()[0]) is not None:
+        out.append(hdr.getts())
+    return out
+
+
+def reader_micros(path):
+    with open(path, "rb") as fh:
+        return [(s, u) for b in pcapfile.Reader(fh, path).batches(7)
+                for s, u in zip(b.sec.tolist(), b.micros().tolist())]
+
+
+@pytest.mark.parametrize("big,nano", [(False, False), (True, False), (False, True), (True, True)])
+def test_reader_microseconds_like_libpcap_classic(tmp_path, big, nano):
+    """Issue 13: connection events need sub-second times (nanosecond files truncated)."""
+    path = str(tmp_path / "c.pcap")
+    write_classic(path, packets(), big, nano)
+    assert reader_micros(path) == libpcap_micros(path)
+    assert len({u for _, u in reader_micros(path)}) > 10
+
+
+def test_reader_microseconds_like_libpcap_pcapng(tmp_path):
+    """Issue 13: pcapng's if_tsresol units (default microseconds, nanoseconds)."""
+    path = str(tmp_path / "n.pcapng")
+    pcapgen.write_pcapng(path, decode.DLT_EN10MB, [(t, d) for t, d, _ in packets()])
+    assert reader_micros(path) == libpcap_micros(path)
+    two = str(tmp_path / "two.pcapng")
+    test_pcapng_second_interface_with_nanoseconds(tmp_path)
+    assert reader_micros(two) == libpcap_micros(two) == \
+        [(1_700_000_001, 500_000), (1_700_000_002, 0)]
+
+
+def test_micros_of_binary_and_fine_units():
+    assert pcapfile.to_micros(np.array([1 << 19, 3]), 1 << 20).tolist() == [500_000, 2]
+    assert pcapfile.to_micros(np.array([(1 << 61) - 1]), 1 << 62).tolist() == [499_999]
+    assert pcapfile.to_micros(np.array([999_999_999]), np.array([10**9])).tolist() == [999_999]
+
+
 def test_pcapng_simple_packet_blocks_like_libpcap(tmp_path):
     """Simple packet blocks carry no time (libpcap says 0) and may sit mid-file."""
     def block(btype, body):
@@ -443,3 +484,78 @@ def test_lookup_queue_follows_the_clock_in_a_whole_batch(tmp_path_factory, steps
         return taken, list(queue), \
             {k: r.as_dict() for k, r in sn.acct.records.items()}
     assert run(False) == run(True)
+
+
+# --------------------------------------------------------------------------- flow fields (issue 13)
+
+@st.composite
+def flow_frames(draw, link):
+    """A frame of ``link``: TCP/UDP/ICMP(v6) over IPv4 with options and fragments or
+    IPv6 with extension headers, some not tracked, then possibly cut; or noise."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(min_size=1, max_size=90))
+    six = {decode.DLT_IPV4: False, decode.DLT_IPV6: True}.get(link, draw(st.booleans()))
+    hosts = ["2001:db8::1", "2001:db8::2", "2001:db8::1:0:0:1"] if six else \
+        ["10.0.0.1", "10.0.0.2", "200.0.0.1"]
+    src, dst = draw(st.sampled_from(hosts)), draw(st.sampled_from(hosts))
+    proto = draw(st.sampled_from(["tcp", "udp", "icmp", "other"]))
+    ports = dict(sport=draw(st.integers(0, 65535)), dport=draw(st.integers(0, 65535)))
+    payload = draw(st.binary(max_size=20))
+    if six:
+        pkt = pcapgen.ip_packet(src, dst, "udp" if proto == "other" else proto, payload, **ports)
+        chain = []
+        for _ in range(draw(st.integers(0, 3)) * draw(st.integers(0, 4))):
+            kind = draw(st.sampled_from([0, 43, 44, 51, 60]))
+            if kind == 44:
+                chain.append((44, b"\x00" + struct.pack("!H", draw(st.sampled_from([0, 1, 8, 9])))
+                              + bytes(4)))
+            else:
+                units = draw(st.integers(0, 3))
+                size = (units + 2) * 4 if kind == 51 else (units + 1) * 8
+                chain.append((kind, bytes([units]) + bytes(size - 2)))
+        last = {"icmp": draw(st.sampled_from([58, 1])), "other": 47}.get(proto)
+        pkt = ipv6_with(pkt, chain, last)
+    else:
+        options = bytes(4 * draw(st.integers(0, 10)))
+        pkt = bytearray(pcapgen.ip_packet(src, dst, "udp" if proto == "other" else proto,
+                                          payload, options=options, **ports,
+                                          frag_offset=draw(st.sampled_from([0, 0, 1, 100]))))
+        pkt[6] |= draw(st.sampled_from([0, 0x20, 0x40]))            # MF, DF
+        if proto == "other":
+            pkt[9] = 47
+        pkt = bytes(pkt)
+    vlans = (5,) * draw(st.integers(0, 2)) if link in batch.LINK_HEADER else ()
+    f = pcapgen.frame(link, pkt, vlans)
+    return f[:draw(st.integers(1, len(f)))] if draw(st.booleans()) else f
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(batch.LINK_HEADER) + sorted(batch.BY_VERSION)), st.data())
+def test_vectorized_flow_fields_equal_scalar(link, data):
+    """Issue 13: the FLOW records of a batch are decode.flow_fields frame by frame."""
+    frames = data.draw(st.lists(flow_frames(link), min_size=1, max_size=25))
+    buf, u8, offs, caplen = as_batch(frames)
+    n = len(frames)
+    sec = np.array(data.draw(st.lists(st.integers(0, 2**33), min_size=n, max_size=n)))
+    usec = np.array(data.draw(st.lists(st.integers(0, 999_999), min_size=n, max_size=n)))
+    wire = caplen + 3
+    me = data.draw(st.sampled_from([b"\x0a\x00\x00\x01", socket.inet_pton(socket.AF_INET6,
+                                                                     "2001:db8::1")]))
+    b = pcapfile.Batch(buf, u8, offs, caplen, wire, sec, ((link, False),), usec=usec)
+    rules = batch.Rules(link, me, 38, flows=True)
+    p = batch.prepare(b, None, rules)
+    expected = [decode.flow_fields(f, link, me, s, u, w)
+                for f, s, u, w in zip(frames, sec.tolist(), usec.tolist(), wire.tolist())]
+    expected = [e for e in expected if e is not None]
+    assert p.flows.dtype == decode.FLOW
+    assert p.flows.tolist() == expected
+    assert len(p.flows) == len(p.good)
+
+
+def test_flow_fields_only_with_connections():
+    frames = [pcapgen.frame(1, pcapgen.ip_packet("10.0.0.1", "10.0.0.2", "tcp"))] * 3
+    buf, u8, offs, caplen = as_batch(frames)
+    b = pcapfile.Batch(buf, u8, offs, caplen, caplen, np.array([1, 1, 2]))
+    assert batch.prepare(b, None, batch.Rules(1, b"\x0a\0\0\x01", 38)).flows is None
+    p = batch.prepare(b, None, batch.Rules(1, b"\x0a\0\0\x01", 38, flows=True))
+    assert p.flows["usec"].tolist() == [0, 0, 0] and p.flows["from_me"].all()

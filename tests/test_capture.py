@@ -68,3 +68,40 @@ def test_interface_down(opendir, netns):
     assert result.returncode == 2, result.stderr
     assert result.stderr == f"nc.sniffer: interface '{dev}' is down\n"
     assert not os.path.exists(os.path.join(opendir, "nc.sniffer.pid"))
+
+
+def test_capture_length_for_connection_tracking():
+    """Issue 13 (SPEC 10.1): tracking captures link, IP options / IPv6 extension
+    headers and 14 TCP bytes whatever the snaplen; without it, as before."""
+    from ncsniffer import capture
+    assert capture.capture_length(38) == 64 and capture.capture_length(1500) == 1500
+    assert capture.capture_length(38, connections=True) == 22 + 40 + 64 + 14
+    assert capture.capture_length(1500, connections=True) == 1500
+
+
+@pytest.mark.parametrize("connections,caplen", [(False, 64), (True, 140)])
+def test_live_batch_has_microseconds_and_the_capture_length(connections, caplen):
+    """Issue 13: a live batch carries each packet's microseconds (hdr.getts()[1])."""
+    import socket
+    import time
+
+    from ncsniffer import capture
+    from tests.daemonutil import free_port
+    port = free_port()
+    cap = capture.open_live("lo", 38, False, f"udp and dst port {port}", connections)
+    try:
+        before = time.time()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(3):
+                s.sendto(bytes(300), ("127.0.0.1", port))
+        got, deadline = None, time.monotonic() + 5
+        while got is None and time.monotonic() < deadline:
+            got = cap.read_batch(10)
+            time.sleep(0.05)
+        after = time.time()
+    finally:
+        cap.close()
+    assert got is not None and set(got.caplen.tolist()) == {caplen}
+    times = got.sec + got.micros() / 1e6
+    assert before - 0.01 <= times.min() and times.max() <= after + 0.01
+    assert set(got.wirelen.tolist()) == {14 + 20 + 8 + 300}

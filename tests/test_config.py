@@ -142,6 +142,53 @@ def test_new_keys(base):
     assert config.parse_nameserver("::1") == ("::1", 53)
 
 
+def test_connection_keys_default_off(base):
+    """SPEC 10: tracking is off unless asked for; the defaults of its settings."""
+    s = check(base)
+    assert (s.connections, s.max_connections, s.events) == (False, 1_000_000, None)
+    assert s.timeouts == {"tcp_establish": 5, "tcp": 300, "udp": 20, "icmp": 10, "tcp_linger": 10}
+    assert "connections" not in config.describe(s)       # off: the config verb says as before
+
+
+def test_connection_keys(base, workdir):
+    events = os.path.join(workdir, "conn.jsonl")
+    s = check(dict(base, connections=True, max_connections="10", timeouts={"udp": 60, "tcp": "7"},
+                   events=events))
+    assert (s.connections, s.max_connections, s.events) == (True, 10, events)
+    assert s.timeouts == {"tcp_establish": 5, "tcp": 7, "udp": 60, "icmp": 10, "tcp_linger": 10}
+    import ast
+    shown = ast.literal_eval(config.describe(s))
+    assert (shown["connections"], shown["max_connections"], shown["events"]) == (True, 10, events)
+    assert shown["timeouts"]["udp"] == 60
+
+
+@pytest.mark.parametrize("key,value,text", [
+    ("connections", "yes", "config: invalid connections 'yes': use True or False"),
+    ("max_connections", 0, "config: invalid max_connections '0': 1 to 1000000000"),
+    ("max_connections", 10**10, "config: invalid max_connections '10000000000': 1 to 1000000000"),
+    ("timeouts", 5, "config: invalid timeouts '5': a dict of seconds by tcp_establish, tcp, "
+                    "udp, icmp, tcp_linger"),
+    ("timeouts", {"tpc": 5}, "config: invalid timeouts key 'tpc': use tcp_establish, tcp, udp, "
+                             "icmp, tcp_linger"),
+    ("timeouts", {"udp": 0}, "config: invalid timeouts 'udp': '0': seconds, 1 to 1000000000"),
+    ("timeouts", {"tcp": -3}, "config: invalid timeouts 'tcp': '-3': seconds, 1 to 1000000000"),
+    ("timeouts", {"icmp": 1.5}, "config: invalid timeouts 'icmp': '1.5': seconds, "
+                                "1 to 1000000000"),
+    ("events", 5, "config: invalid events '5': a file path"),
+])
+def test_connection_keys_refused(base, key, value, text):
+    assert message(dict(base, **{key: value})) == text
+
+
+def test_events_file_checks(base, workdir, tmp_path, monkeypatch):
+    missing = os.path.join(workdir, "nope", "conn.jsonl")
+    assert message(dict(base, events=missing)) == \
+        f"config: events directory '{os.path.dirname(missing)}' missing or not writable"
+    assert message(dict(base, events=workdir)) == f"config: events file '{workdir}' is a directory"
+    monkeypatch.chdir(tmp_path)
+    assert check(dict(base, events="conn.jsonl")).events == str(tmp_path / "conn.jsonl")
+
+
 def test_piddir_check(workdir):
     with pytest.raises(ConfigError, match="pid directory not specified or not writable"):
         config.check_piddir({})
@@ -224,6 +271,8 @@ ACCEPTED = {
     "group": [None, ""], "max_hosts": [None], "interface": [None, "", "abc", "-3"],
     "dns_max_outstanding": [None], "dns_max_qps": [None], "metrics": [None, ""],
     "metrics_top": [None],
+    "connections": [None, True, False], "max_connections": [None], "timeouts": [None, {}],
+    "events": [None, "", "abc", "-3"],       # relative names: in the (writable) start directory
 }
 NEEDS = {"payload": {"match": "x"}, "host": {"port": 10004}, "allowed": {"port": 10004}}
 
@@ -308,6 +357,9 @@ def test_any_value_of_any_key_is_settings_or_one_config_line(tmp_path_factory, n
     assert 1 <= s.snaplen <= 65535 and (s.payload is None or 1 <= s.payload < s.snaplen)
     assert s.port is None or 1 <= s.port <= 65535
     assert s.max_hosts is None or 1 <= s.max_hosts
+    assert isinstance(s.connections, bool) and 1 <= s.max_connections
+    assert set(s.timeouts) == set(config.DEFAULT_TIMEOUTS) and min(s.timeouts.values()) >= 1
+    assert s.events is None or os.path.isabs(s.events)
     assert 1 <= s.dns_max_outstanding <= 4096 and 1 <= s.dns_max_qps
     assert isinstance(s.resolve, bool) and s.dump_format in config.FORMATS
     for text in (s.bpf, s.sniffer, s.interface or "", s.user or "", s.group or "",

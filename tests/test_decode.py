@@ -107,3 +107,66 @@ def test_truncated_real_frames_never_raise(link, cut, six):
     data = pcapgen.frame(link, pcapgen.ip_packet(*pair, payload=b"x" * 20))
     src, dst = decode.decoder_for(link)(data[:cut])
     assert src is None or (src, dst) == (packed(pair[0]), packed(pair[1]))
+
+
+# --------------------------------------------------------------------------- flow fields (issue 13)
+
+ME4, ME6 = packed("10.0.0.1"), packed("2001:db8::1")
+
+
+def ipv6_with(packet: bytes, chain: list[tuple[int, bytes]], last: int | None = None) -> bytes:
+    """An IPv6 packet of pcapgen's with extension headers ``chain`` ((next-header
+    value, body)) put in front of its transport, whose protocol becomes ``last``."""
+    head, body = bytearray(packet[:40]), packet[40:]
+    nxt = head[6] if last is None else last
+    for kind, ext in reversed(chain):
+        body = bytes([nxt]) + ext + body
+        nxt = kind
+    head[6] = nxt
+    head[4:6] = struct.pack("!H", len(body))
+    return bytes(head) + body
+
+
+def test_flow_fields_of_tcp_from_me():
+    f = pcapgen.frame(decode.DLT_EN10MB, pcapgen.ip_packet("10.0.0.1", "10.0.0.9", "tcp", b"x",
+                                                          sport=4321, dport=80))
+    assert decode.flow_fields(f, decode.DLT_EN10MB, ME4, 7, 8, 99) == \
+        (7, 8, 6, False, True, 0, 0x0A000001, 0, 0x0A000009, 4321, 80, 0x10, 99)
+
+
+def test_flow_fields_of_udp_to_me_behind_ipv4_options():
+    pkt = pcapgen.ip_packet("10.0.0.9", "10.0.0.1", "udp", sport=53, dport=5353,
+                            options=b"\x01" * 8)
+    fields = decode.flow_fields(pkt, decode.DLT_RAW, ME4, 0, 0, len(pkt))
+    assert fields[2:5] == (17, False, False) and fields[9:12] == (5353, 53, 0)
+
+
+def test_flow_fields_not_tracked():
+    frag = pcapgen.ip_packet("10.0.0.9", "10.0.0.1", "udp", frag_offset=8)
+    first = bytearray(pcapgen.ip_packet("10.0.0.9", "10.0.0.1", "udp"))
+    first[6] |= 0x20                                          # more fragments: the first one
+    tcp = pcapgen.ip_packet("10.0.0.9", "10.0.0.1", "tcp")
+    gre = bytearray(tcp)
+    gre[9] = 47
+    v6 = pcapgen.ip_packet("2001:db8::9", "2001:db8::1", "udp")
+    later = ipv6_with(v6, [(44, b"\x00\x00\x08\x00\x00\x00\x01")])     # offset 1: no ports
+    proto = {name: decode.flow_fields(p, decode.DLT_RAW, ME4, 0, 0, 1)[2] for name, p in [
+        ("fragment", frag), ("first fragment", bytes(first)), ("tcp cut before its flags", tcp[:20 + 13]),
+        ("tcp", tcp[:20 + 14]), ("gre", bytes(gre)), ("later v6 fragment", later),
+        ("icmp in ipv6", ipv6_with(v6, [], last=1))]}
+    assert proto == {"fragment": 0, "first fragment": 17, "tcp cut before its flags": 0,
+                     "tcp": 6, "gre": 0, "later v6 fragment": 0, "icmp in ipv6": 0}
+    assert decode.flow_fields(b"\x45", decode.DLT_RAW, ME4, 0, 0, 1) is None
+
+
+def test_flow_fields_walk_ipv6_extension_headers():
+    v6 = pcapgen.ip_packet("2001:db8::1", "2001:db8::9", "tcp", sport=22, dport=999)
+    chain = [(0, b"\x00" + bytes(6)), (43, b"\x02" + bytes(22)), (44, bytes(7)),
+             (51, b"\x04" + bytes(22)), (60, b"\x00" + bytes(6))]
+    fields = decode.flow_fields(ipv6_with(v6, chain), decode.DLT_RAW, ME6, 0, 0, 1)
+    assert fields[2:5] == (6, True, True) and fields[9:11] == (22, 999)
+    assert fields[5:9] == (*decode.address_words(ME6), *decode.address_words(packed("2001:db8::9")))
+    icmp6 = ipv6_with(pcapgen.ip_packet("2001:db8::9", "2001:db8::1", "icmp"), [], last=58)
+    assert decode.flow_fields(icmp6, decode.DLT_RAW, ME6, 0, 0, 1)[2:5] == (58, True, False)
+    nine = ipv6_with(v6, [(60, b"\x00" + bytes(6))] * 9)
+    assert decode.flow_fields(nine, decode.DLT_RAW, ME6, 0, 0, 1)[2] == 0   # past the walk's bound

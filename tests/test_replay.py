@@ -496,3 +496,60 @@ def test_corpus_file_is_what_make_captures_writes(name, replay_path):
         pytest.skip("no replay here: once is enough")
     with open(os.path.join(CAPTURES, name), "rb") as fh:
         assert fh.read() == corpus.file_bytes(CORPUS[name])
+
+
+# --------------------------------------------------------------------------- issue 13
+
+def flow_traffic():
+    """TCP and UDP both ways, some ICMP and a fragment, at sub-second times."""
+    out = []
+    for i, (ts, src, dst, payload) in enumerate(traffic(120, seed=13)):
+        proto = ("tcp", "udp", "icmp")[i % 3]
+        out.append((ts + (i % 7) * 0.000123, src, dst, payload, {"proto": proto}))
+    return out
+
+
+def micros(ts: float) -> tuple[int, int]:
+    """(second, microseconds) as pcapgen's writer stores a time."""
+    sec, usec = int(ts), int(round((ts - int(ts)) * 1e6))
+    return (sec + 1, usec - 10**6) if usec >= 10**6 else (sec, usec)
+
+
+def test_connections_hand_flow_records_to_the_consumer(workdir):
+    """Issue 13: with connections on, every counted packet's FLOW record reaches the
+    consumer, in packet order, on every replay path (two processes: pickled)."""
+    from ncsniffer import config, replay as replay_module
+    specs = flow_traffic()
+    records, model = build(specs)
+    cap = os.path.join(workdir, "in.pcap")
+    pcapgen.write_pcap(cap, decode.DLT_EN10MB, records)
+    cfg = {"bpf": f"host {ME}", "sniffer": workdir, "resolve": False, "connections": True}
+    got = []
+    settings = config.validate(cfg, "nc.sniffer", offline=True)
+    assert replay_module.replay(settings, cap, io.StringIO(), quiet=True,
+                                flows=lambda f, clock: got.append(f.copy())) == 0
+    import numpy as np
+    flows = np.concatenate(got)
+    assert len(flows) == len(specs)
+    assert list(zip(flows["sec"].tolist(), flows["usec"].tolist())) == \
+        [micros(s[0]) for s in specs]
+    assert flows["proto"].tolist() == [{"tcp": 6, "udp": 17, "icmp": 1}[s[4]["proto"]]
+                                       for s in specs]
+    assert flows["from_me"].tolist() == [s[1] == ME for s in specs]
+    me = int(ipaddress.ip_address(ME))
+    assert set(flows["me_lo"].tolist()) == {me} and set(flows["me_hi"].tolist()) == {0}
+    assert flows["peer_lo"].tolist() == [int(ipaddress.ip_address(s[2] if s[1] == ME else s[1]))
+                                         for s in specs]
+    assert flows["length"].tolist() == [r[2] for r in records]
+
+
+def test_connections_change_no_byte_of_the_stats_file(workdir):
+    """Issue 13: the flow fields are extracted, nothing else differs (SPEC 10)."""
+    records, _ = build(flow_traffic())
+    outputs = []
+    for on in (False, True):
+        result, stats = replay(workdir, records, connections=on)
+        assert result.returncode == 0, result.stderr
+        with open(stats, "rb") as fh:
+            outputs.append((fh.read(), result.stdout, result.stderr))
+    assert outputs[0] == outputs[1]
