@@ -22,6 +22,7 @@ BAR_WIDTH = 40
 BAR_GAP = 16
 LABEL_SPACE = 110          # below the bars, for the slanted labels
 LABEL_CHARS = 20           # a longer label is cut (the table shows it whole)
+LEFT_SPACE = 90           # left of the first bar, for its slanted label
 TOP_SPACE = 34          # above the tallest bar: the title, the bar's value
 FORMATS = ("text", "html", "fragment", "json")
 JSON_VERSION = 1
@@ -65,7 +66,7 @@ def top_peers(records: dict, count: int = TOP_BARS) -> list:
 
 def bar_chart(title: str, bars: list) -> str:
     """An SVG bar chart of (label, bytes/sec): one ``rect`` per bar, height by value."""
-    width = max(1, len(bars)) * (BAR_WIDTH + BAR_GAP) + BAR_GAP
+    width = LEFT_SPACE + max(1, len(bars)) * (BAR_WIDTH + BAR_GAP)
     height = TOP_SPACE + BAR_MAX + LABEL_SPACE
     top = max((value for _, value in bars), default=0)
     parts = [f'<svg width="{width}" height="{height:.0f}" '
@@ -76,7 +77,7 @@ def bar_chart(title: str, bars: list) -> str:
                      'no bandwidth yet (the hourly rates start at 0)</text>')
     for i, (label, value) in enumerate(bars):
         bar = BAR_MAX * value / top if top else 0.0
-        x = BAR_GAP + i * (BAR_WIDTH + BAR_GAP)
+        x = LEFT_SPACE + i * (BAR_WIDTH + BAR_GAP)
         y = TOP_SPACE + BAR_MAX - bar
         base = TOP_SPACE + BAR_MAX + 12
         short = label if len(label) <= LABEL_CHARS else label[:LABEL_CHARS - 1] + "\u2026"
