@@ -583,3 +583,24 @@ def test_html_chart_in_headless_chromium(tmp_path):
     for height, value in bars[:10]:
         assert abs(height - 200 * value / tallest) < 0.01
     assert bars[0][0] == 200.0 and bars[10][0] == 200.0
+
+
+def test_readme_coalesce_key_is_made_for_the_web_user():
+    """The README's key recipe, as written (paths aside): the key belongs to www-data."""
+    if not is_root():
+        pytest.skip("the recipe runs as root")
+    etc = tempfile.mkdtemp(prefix="ncs-etc-")
+    os.chmod(etc, 0o755)                             # as /etc/nc.sniffer
+    try:
+        script = recipe_script(["recipe-coalesce-key"], {"/etc/nc.sniffer": etc})
+        run = subprocess.run(["sh", "-e", "-c", script], capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 0, run.stderr
+        key = os.path.join(etc, "coalesce", "key")
+        web = pwd.getpwnam(WEB_USER)
+        assert os.stat(key).st_uid == web.pw_uid and os.stat(key).st_mode & 0o077 == 0
+        check = subprocess.run(["runuser", "-u", WEB_USER, "--", "ssh-keygen", "-y", "-f", key],
+                               capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0 and check.stdout.startswith("ssh-ed25519 "), check.stderr
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
