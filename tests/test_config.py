@@ -333,3 +333,12 @@ def test_allowed_name_admits_all_its_addresses(workdir):
 def test_numbers_as_long_digit_strings_and_match_zero(base):
     assert message(dict(base, snaplen="9" * 5000)).startswith("config: invalid snaplen '999")
     assert check(dict(base, match="0", payload=5)).match == b"0"     # a string to look for
+
+
+def test_load_perl_script_with_qw_list(workdir):
+    from tests.test_perlval import ORIGINAL_SAMPLE
+    path = os.path.join(workdir, "nc.sniffer.pl")
+    with open(path, "w") as fh:
+        fh.write(ORIGINAL_SAMPLE.replace("""['127.0.0.1', "10.0.0.1",]""",
+                                         "[qw(127.0.0.1 10.0.0.1)]"))
+    assert config.load_file(path)["allowed"] == ["127.0.0.1", "10.0.0.1"]
