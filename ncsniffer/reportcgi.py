@@ -19,8 +19,8 @@ from ncsniffer.webreport import format_report, one_line, web_report
 
 USAGE = f"""\
 usage: {PROG} [-c CONF] [--format FORMAT] [TYPE]
-       {PROG} --stats FILE [--update [HOST:]PORT] [--refresh S] [--updto S]
-              [--format FORMAT] [TYPE]
+       {PROG} --stats FILE [--update [HOST:]PORT] [--refresh S]
+              [--updto S] [--format FORMAT] [TYPE]
 
   TYPE             which report: 0 (default) groups the peers by /24 network
                    (IPv6: /64), 1 by sub-domain of their host names; both
@@ -39,12 +39,15 @@ usage: {PROG} [-c CONF] [--format FORMAT] [TYPE]
   --updto S        with --update: seconds to wait for the new file (default 15)
   -h, --help       this text
 
-Web page (SSI):  <!--#exec cmd="./{PROG} 0" -->  or  "./{PROG} --format fragment 0"
-  The configuration is read from -c CONF, else ${CONF_ENV}, else {PROG}.conf
-  next to the script, else {SYSTEM_CONF}.  Text is HTML-escaped; errors are
+Web page (SSI):  <!--#exec cmd="./{PROG} 0" -->
+             or  <!--#exec cmd="./{PROG} --format fragment 0" -->
+  The configuration is read from -c CONF, else ${CONF_ENV},
+  else {PROG}.conf next to the script, else
+  {SYSTEM_CONF}.  Text is HTML-escaped; errors are
   printed as one line.
-CGI (the server runs the script for its own URL):  {PROG}?type=1&format=html
-  prints a Content-Type header, then the report (the same configuration).
+CGI (the server runs the script for its own URL):
+  {PROG}?type=1&format=html prints a Content-Type header,
+  then the report (the same configuration).
 
 Terminal (--stats FILE): print the report of FILE.  No cache, no HTML
   escaping; errors go to stderr.
