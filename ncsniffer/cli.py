@@ -46,6 +46,7 @@ options:
             usual (for systemd: Type=notify, readiness and watchdog)
   -q        no progress lines while replaying a file
   --name N  instance name (default: the program name, e.g. nc.sniffer1)
+  -h, --help  this text;  --version  the version
 """
 
 
@@ -151,6 +152,8 @@ def _run(argv, env, config) -> int:
 
 def dispatch(args, name: str, config: dict | None, env: Env) -> int:
     verb = args.verbs[0]
+    if config is None and verb == "top" and {"-h", "--help"} & set(args.top_args):
+        config = {}                    # top's help needs no configuration
     if config is None:
         path = args.config or f"/etc/nc.sniffer/{name}.conf"
         config = configmod.load_file(path)

@@ -42,7 +42,7 @@ from ncsniffer.layout import report_text
 from ncsniffer.lock import LOCK_WAIT, FileLock, lock_holder, take_lock, try_lock
 from ncsniffer.merge import (Part, bounded_line, composite_header, header_number,
                              host_line, merge_all, merge_record)
-from ncsniffer.webconf import ArgParser
+from ncsniffer.webconf import tool_parser
 from ncsniffer.webreport import read_cache
 
 KILL_GRACE = 5.0           # after killing a timed-out command, wait this long for it
@@ -329,9 +329,12 @@ def cgi_main(argv: Sequence[str] | None = None, config: Mapping | None = None,
     out = sys.stdout if out is None else out
     argv = list(sys.argv[1:] if argv is None else argv)
     program = (sys.argv[0] if sys.argv else PROG_CGI) if program is None else program
-    parser = ArgParser(prog=PROG_CGI, allow_abbrev=False, error_class=CoalesceError)
-    parser.add_argument("-c", "--config")
-    parser.add_argument("type", nargs="?", default="1")
+    parser = tool_parser(PROG_CGI, "The composite report of several hosts' stats files, "
+                         "fetched with ssh/rsync and merged (an SSI exec line).",
+                         CGI_CONF_ENV, DEFAULT_COALESCE_CONF, CoalesceError)
+    parser.add_argument("type", nargs="?", default="1", metavar="TYPE",
+                        help="1 (default): the report by sub-domain; 0: by /24 network "
+                        "(IPv6: /64)")
     try:
         args = parser.parse_args(argv)
         conf = config if config is not None else load_config(find_config(

@@ -15,7 +15,7 @@ from ncsniffer.coalesceconf import find_config, load_config
 from ncsniffer.dumprequest import rqst_dump
 from ncsniffer.errors import CoalesceError, NcSnifferError
 from ncsniffer.merge import bounded_line
-from ncsniffer.webconf import ArgParser, chk_wconf
+from ncsniffer.webconf import chk_wconf, tool_parser
 
 DUMP_AGE = 300             # nc.sniffer.dump refreshes a stats file older than this
 DEFAULT_DUMP_CONF = "/etc/nc.sniffer/nc.sniffer.dump.conf"
@@ -31,12 +31,17 @@ def dump_main(argv: Sequence[str] | None = None, config: Mapping | None = None,
     err = sys.stderr if err is None else err
     argv = list(sys.argv[1:] if argv is None else argv)
     program = (sys.argv[0] if sys.argv else PROG_DUMP) if program is None else program
-    parser = ArgParser(prog=PROG_DUMP, allow_abbrev=False, error_class=CoalesceError)
-    parser.add_argument("-c", "--config")
-    parser.add_argument("--stats")
-    parser.add_argument("--update")
-    parser.add_argument("--updto")
-    parser.add_argument("--age")
+    parser = tool_parser(PROG_DUMP, "Run by the coalescer through ssh on a source host: ask "
+                         "the local daemon for a fresh stats file if it is older than --age.",
+                         DUMP_CONF_ENV, DEFAULT_DUMP_CONF, CoalesceError)
+    parser.add_argument("--stats", metavar="FILE",
+                        help="the daemon's stats file (instead of -c)")
+    parser.add_argument("--update", metavar="[HOST:]PORT",
+                        help="the daemon's dump port (its 'port'; host default 127.0.0.1)")
+    parser.add_argument("--updto", metavar="S",
+                        help="seconds to wait for the new stats file (default 15)")
+    parser.add_argument("--age", metavar="S", help=f"ask only if the file is older than S "
+                        f"seconds (default {DUMP_AGE}; 0: always)")
     try:
         args = parser.parse_args(argv)
         if config is not None:

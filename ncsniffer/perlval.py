@@ -32,6 +32,7 @@ _TOKEN = re.compile(
   | (?P<dq>"(?:[^"\\]|\\.)*")
   | (?P<num>[-+]?(?:0[xX][0-9a-fA-F]+|(?:\d[\d_]*)?\.?\d[\d_]*(?:[eE][-+]?\d+)?))
   | (?P<var>[$@%]\w+)
+  | (?P<qw>qw\s*(?:\([^)]*\)|\[[^\]]*\]|\{[^}]*\}|<[^>]*>|(?P<qwd>[^\w\s(\[{<\#=,])(?:(?!(?P=qwd)).)*(?P=qwd)))
   | (?P<word>[A-Za-z_]\w*)
     """,
     re.VERBOSE | re.DOTALL,
@@ -70,6 +71,12 @@ def _char(digits: str, base: int, line: int) -> str:
     if code > sys.maxunicode:
         raise PerlSyntaxError(f"\\x{{{digits[:8]}}} is not a Unicode character", line)
     return chr(code)
+
+
+def _qw_words(text: str) -> list:
+    """The words of ``qw(a b c)`` (any delimiters): Perl's quoted word list, no interpolation."""
+    body = text[2:].lstrip()
+    return body[1:-1].split()
 
 
 def _number(text: str) -> int | float:
@@ -143,6 +150,12 @@ class _Parser:
             return _number(text)
         if kind == "word" and text == "undef":
             return None
+        if kind == "qw":               # alone, a one-word list is that word (as in Perl)
+            words = _qw_words(text)
+            if len(words) == 1:
+                return words[0]
+            raise PerlSyntaxError(f"{text!r} is a flat list here, not one value: write "
+                                  f"[{text}] for a list", self.line_of(pos))
         raise PerlSyntaxError(f"cannot read the value {text!r}", self.line_of(pos))
 
     def key(self) -> str:
@@ -180,7 +193,10 @@ class _Parser:
         self.take("[")
         result = []
         while self.peek()[1] != "]":
-            result.append(self.value(depth))
+            if self.peek()[0] == "qw":     # a list in a list: its words join it (as in Perl)
+                result.extend(_qw_words(self.take()[1]))
+            else:
+                result.append(self.value(depth))
             if self.peek()[1] in (",", "=>"):
                 self.i += 1
             elif self.peek()[1] != "]":

@@ -13,14 +13,30 @@ import sys
 from ncsniffer import pidfile
 from ncsniffer.errors import PidFileError
 
-USAGE = "usage: chkIFrunning PIDFILE [COMMAND ARGS...]\n"
+USAGE = """\
+usage: chkIFrunning PIDFILE [COMMAND ARGS...]
+
+  PIDFILE       the daemon's pid file, e.g. /run/nc.sniffer/nc.sniffer.pid; the
+                daemon counts as running if it names a live process of the
+                instance NAME of NAME.pid
+  COMMAND ARGS  run (exec) this when the daemon is not running, after removing
+                the stale pid file, e.g. /usr/local/bin/nc.sniffer start
+  -h, --help    this text
+
+Exit 0 if the daemon runs (or nothing was to be done), 2 on failure.
+For cron:  */5 * * * * chkIFrunning /run/nc.sniffer/nc.sniffer.pid \\
+                                     /usr/local/bin/nc.sniffer start
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
         sys.stderr.write(USAGE)
-        return 1 if not argv else 0
+        return 1
+    if argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0
     path, command = argv[0], argv[1:]
     name = os.path.basename(path).removesuffix(".pid")
     try:

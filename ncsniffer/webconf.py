@@ -118,3 +118,13 @@ class ArgParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise self.error_class(message)
+
+
+def tool_parser(prog: str, description: str, env: str, default: str,
+                error_class: type = ReportError) -> ArgParser:
+    """A web tool's parser with its ``-c CONFIG``, the help naming the search order."""
+    parser = ArgParser(prog=prog, allow_abbrev=False, error_class=error_class,
+                       description=description)
+    parser.add_argument("-c", "--config", help=f"the configuration file (default: ${env}, "
+                        f"{prog}.conf next to the script, {default})")
+    return parser

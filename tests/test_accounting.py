@@ -401,3 +401,16 @@ def test_lru_order_survives_leaving_and_reaching_the_limit():
     acct.count(k[9], 1, 86452)                          # evicts k5, then k7
     acct.count(k[10], 1, 86452)
     assert list(acct.recent) == [k[8], k[6], k[9], k[10]] and acct.evicted == 4
+
+
+@pytest.mark.slow
+def test_readme_first_ten_minutes_table():
+    """README "First ten minutes": a steady 1000 bytes/s peer, seen 10 s after the start."""
+    acct = Accounting(0)
+    shown = {}
+    checkpoints = {60: 0, 300: 77, 600: 148, 1800: 381, 3600: 617, 7200: 854, 10800: 944}
+    for t in range(0, 10801):
+        acct.count(A, 1000, 10 + t)
+        if t in checkpoints:
+            shown[t] = round(acct.records[A].W / 3600)
+    assert shown == checkpoints

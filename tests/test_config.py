@@ -423,3 +423,12 @@ def test_describe_shows_metrics(base):
     text = config.describe(check(dict(base, metrics="[::1]:9108")))
     assert ast.literal_eval(text)["metrics"] == "[::1]:9108"
     assert ast.literal_eval(text)["metrics_top"] == 10
+
+
+def test_load_perl_script_with_qw_list(workdir):
+    from tests.test_perlval import ORIGINAL_SAMPLE
+    path = os.path.join(workdir, "nc.sniffer.pl")
+    with open(path, "w") as fh:
+        fh.write(ORIGINAL_SAMPLE.replace("""['127.0.0.1', "10.0.0.1",]""",
+                                         "[qw(127.0.0.1 10.0.0.1)]"))
+    assert config.load_file(path)["allowed"] == ["127.0.0.1", "10.0.0.1"]

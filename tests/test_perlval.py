@@ -104,3 +104,21 @@ def test_long_input_keeps_few_tokens():
     parser = perlval._Parser("[" + "1, " * 50_000 + "]")
     assert len(parser.value()) == 50_000
     assert len(parser.tokens) <= perlval.TOKENS_KEPT + 2
+
+
+@pytest.mark.parametrize("qw", ["qw(127.0.0.1 10.0.0.1)", "qw/127.0.0.1 10.0.0.1/",
+                                "qw[ 127.0.0.1\n\t10.0.0.1 ]", "qw{127.0.0.1 10.0.0.1}",
+                                "qw<127.0.0.1 10.0.0.1>", "qw!127.0.0.1 10.0.0.1!",
+                                "qw (127.0.0.1 10.0.0.1)"])
+def test_qw_lists_in_a_list(qw):
+    assert perlval.parse_value(f"{{allowed => [{qw}], a => [1, {qw}, 'x']}}") == {
+        "allowed": ["127.0.0.1", "10.0.0.1"], "a": [1, "127.0.0.1", "10.0.0.1", "x"]}
+
+
+def test_qw_as_a_hash_value():
+    assert perlval.parse_value("{host => qw(127.0.0.1), qw => 1}") == {"host": "127.0.0.1",
+                                                                        "qw": 1}
+    with pytest.raises(perlval.PerlSyntaxError, match=r"write \[qw\(a b\)\]") as info:
+        perlval.parse_value("{\n allowed => qw(a b),\n}")
+    assert info.value.line == 2
+    assert perlval.parse_value("[qw()]") == []

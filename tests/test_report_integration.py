@@ -167,15 +167,7 @@ def lighttpd(tmp_path):
     proc = subprocess.Popen([LIGHTTPD, "-D", "-f", conf], cwd=str(docroot),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, "lighttpd exited"
-                assert time.monotonic() < deadline, "lighttpd did not listen"
-                time.sleep(0.05)
+        wait_listening(proc, port, "lighttpd", str(base))
         yield {"url": f"http://127.0.0.1:{port}/index.shtml", "docroot": str(docroot),
                "base": str(base)}
     finally:
@@ -316,3 +308,299 @@ def test_cgi_process_odd_names(tmp_path, fmt):
     status, out, err, _, _ = run_cgi(["0"], {"NCSNIFFER_CGI_CONF": str(conf)})
     assert status == 0 and "&lt;script&gt;" in out and "<script>" not in out
     assert "\x1b" not in out
+
+
+# --------------------------------------------------------------------------- the README's recipes
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import pwd  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from typing import Optional  # noqa: E402
+
+APACHE2 = "/usr/sbin/apache2"
+CHROMIUM = "/usr/bin/chromium"
+WEB_USER = "www-data"
+# the recipe's lines that install and (re)load the system's server: the test
+# runs its own server instead, with Debian's module files (see *_conf below)
+SERVER_STEPS = ("apt-get ", "lighty-enable-mod ", "a2enmod ", "a2enconf ", "service ")
+
+
+def readme_block(name: str) -> str:
+    """The ```sh block after ``<!-- test: NAME -->`` in the README."""
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        text = fh.read()
+    m = re.search(r"<!-- test: %s -->\n```sh\n(.*?)```\n" % re.escape(name), text, re.S)
+    assert m, f"README has no block {name}"
+    return m.group(1)
+
+
+def recipe_script(names: list, paths: dict) -> str:
+    """The README's recipe blocks as one script, temporary paths for the system's."""
+    lines = [line for name in names for line in readme_block(name).splitlines(keepends=True)
+             if not line.startswith(SERVER_STEPS)]
+    script = "".join(lines)
+    for old in sorted(paths, key=len, reverse=True):
+        script = script.replace(old, paths[old])
+    return script
+
+
+def substitute(text: str, changes: list) -> str:
+    """Regex replacements in a Debian config file; each one must apply."""
+    for pattern, repl in changes:
+        text, count = re.subn(pattern, repl, text, flags=re.M)
+        assert count, f"{pattern!r} not in the Debian file"
+    return text
+
+
+def debian_lighttpd_conf(base: str, port: int) -> str:
+    """Debian's lighttpd.conf with `lighty-enable-mod ssi cgi`, on a temporary root and port."""
+    enabled = os.path.join(base, "lighttpd-enabled")
+    os.mkdir(enabled)
+    for mod in ("10-ssi.conf", "10-cgi.conf"):
+        with open(os.path.join("/etc/lighttpd/conf-available", mod)) as fh:
+            text = fh.read().replace("/usr/lib/cgi-bin/", base + "/cgi-bin/")
+        with open(os.path.join(enabled, mod), "w") as fh:
+            fh.write(text)
+    os.mkdir(os.path.join(base, "uploads"))
+    web = pwd.getpwnam(WEB_USER)
+    with open(os.path.join(base, "error.log"), "w"):
+        pass                                       # as Debian's /var/log/lighttpd: the
+    os.chown(os.path.join(base, "error.log"), web.pw_uid, web.pw_gid)   # server's own
+    with open("/etc/lighttpd/lighttpd.conf") as fh:
+        text = substitute(fh.read(), [
+            (r"^server\.document-root\s*=.*$", f'server.document-root = "{base}/htdocs"'),
+            (r"^server\.upload-dirs\s*=.*$", f'server.upload-dirs = ( "{base}/uploads" )'),
+            (r"^server\.errorlog\s*=.*$", f'server.errorlog = "{base}/error.log"'),
+            (r"^server\.pid-file\s*=.*$", f'server.pid-file = "{base}/lighttpd.pid"'),
+            (r"^server\.port\s*=.*$", f'server.port = {port}\nserver.bind = "127.0.0.1"'),
+            (r"^include_shell \"/usr/share/lighttpd/use-ipv6.pl.*$", ""),
+            (r"^include \"/etc/lighttpd/conf-enabled/\*\.conf\"$", f'include "{enabled}/*.conf"'),
+        ])
+    path = os.path.join(base, "lighttpd.conf")
+    with open(path, "w") as fh:
+        fh.write(text)
+    return path
+
+
+def debian_apache2_conf(base: str, port: int) -> str:
+    """Debian's enabled modules plus `a2enmod include cgi` (cgid), Debian's
+    serve-cgi-bin.conf and the recipe's conf, on a temporary root and port."""
+    run = os.path.join(base, "apache-run")
+    os.mkdir(run)
+    with open("/etc/apache2/conf-available/serve-cgi-bin.conf") as fh:
+        cgi_bin = fh.read().replace("/usr/lib/cgi-bin", base + "/cgi-bin")
+    with open(os.path.join(base, "serve-cgi-bin.conf"), "w") as fh:
+        fh.write(cgi_bin)
+    path = os.path.join(base, "apache2.conf")
+    with open(path, "w") as fh:
+        fh.write(textwrap.dedent(f"""\
+            ServerRoot "/etc/apache2"
+            DefaultRuntimeDir "{run}"
+            PidFile "{run}/apache2.pid"
+            Mutex file:{run} default
+            User {WEB_USER}
+            Group {WEB_USER}
+            ErrorLog "{base}/error.log"
+            LogLevel warn
+            Listen 127.0.0.1:{port}
+            ServerName 127.0.0.1
+            IncludeOptional mods-enabled/*.load
+            IncludeOptional mods-enabled/*.conf
+            Include mods-available/include.load
+            Include mods-available/cgid.load
+            ScriptSock "{run}/cgisock"
+            DocumentRoot "{base}/htdocs"
+            <Directory />
+                Options FollowSymLinks
+                AllowOverride None
+                Require all denied
+            </Directory>
+            <Directory "{base}/htdocs">
+                Options Indexes FollowSymLinks
+                AllowOverride None
+                Require all granted
+            </Directory>
+            Include "{base}/serve-cgi-bin.conf"
+            Include "{base}/apache-conf/nc.sniffer.conf"
+            """))
+    return path
+
+
+SERVERS = {"lighttpd": (LIGHTTPD, debian_lighttpd_conf, lambda conf: ["-D", "-f", conf]),
+           "apache2": (APACHE2, debian_apache2_conf, lambda conf: ["-f", conf, "-DFOREGROUND"])}
+
+
+def wait_listening(proc: subprocess.Popen, port: int, what: str, base: str) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                text = "".join(open(os.path.join(base, log)).read() for log in
+                               ("server.out", "error.log") if os.path.exists(os.path.join(base, log)))
+                pytest.fail(f"{what} did not listen: {text[-2000:]}")
+            time.sleep(0.05)
+
+
+def web_user_cgi(directory: str) -> str:
+    """``make install``'s script, for this checkout: on /usr/bin/python3, as the
+    installed venv is, because the test venv's Python may live where www-data
+    cannot go (a pyenv under /root)."""
+    with open(os.path.join(ROOT, "scripts", "nc.sniffer.cgi")) as fh:
+        body = fh.read().split("\n", 1)[1]
+    path = os.path.join(directory, "nc.sniffer.cgi")
+    with open(path, "w") as fh:
+        fh.write(f"#!/usr/bin/python3\nimport sys\nsys.path.insert(0, {ROOT!r})\n{body}")
+    os.chmod(path, 0o755)
+    return path
+
+
+@contextlib.contextmanager
+def recipe_server(kind: str, stats: str, update: Optional[str]):
+    """Run the README's recipe for ``kind`` on temporary paths, serve it, clean up."""
+    binary, make_conf, argv = SERVERS[kind]
+    if not is_root():
+        pytest.skip("the recipes run as root, the server as www-data")
+    if not os.access(binary, os.X_OK):
+        pytest.skip(f"{kind} is not installed (tools/ensure-test-system installs it)")
+    base = tempfile.mkdtemp(prefix=f"ncs-{kind}-")
+    os.chmod(base, 0o755)                          # the web user walks through it
+    proc = None
+    try:
+        for sub in ("bin", "cgi-bin", "htdocs", "apache-conf"):
+            os.mkdir(os.path.join(base, sub))
+        script = recipe_script(["recipe-common", f"recipe-{kind}"], {
+            "/usr/local/bin/nc.sniffer.cgi": web_user_cgi(base + "/bin"),
+            "/usr/lib/cgi-bin": base + "/cgi-bin",
+            "/var/www/html": base + "/htdocs",
+            "/var/cache/ncsniffer": base + "/cache",
+            "/etc/apache2/conf-available": base + "/apache-conf",
+            "/run/nc.sniffer/nc.sniffer.stats": stats,
+            "'127.0.0.1:10004'": repr(update)})
+        run = subprocess.run(["sh", "-e", "-c", script], capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 0, run.stderr
+        port = free_port(socket.SOCK_STREAM)
+        conf = make_conf(base, port)
+        with open(os.path.join(base, "server.out"), "w") as log:
+            proc = subprocess.Popen([binary, *argv(conf)], cwd="/", stdout=log, stderr=log)
+        wait_listening(proc, port, kind, base)
+        yield {"url": f"http://127.0.0.1:{port}", "base": base}
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def public_daemon():
+    """A live daemon whose stats directory the web user can read (not under tmp_path)."""
+    if not is_root():
+        pytest.skip("live capture needs root")
+    work = tempfile.mkdtemp(prefix="ncs-daemon-")
+    os.chmod(work, 0o755)
+    traffic, listen = free_port(), free_port()
+    conf = write_config(work, bpf=f"host 127.0.0.1 and udp port {traffic}", port=listen,
+                        resolve=False)
+    try:
+        run = subprocess.run([NC_SNIFFER, "-c", conf, "start"], capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 0, run.stderr
+        yield {"stats": os.path.join(work, "nc.sniffer.stats"), "update": f"127.0.0.1:{listen}",
+               "traffic": traffic}
+    finally:
+        subprocess.run([NC_SNIFFER, "-c", conf, "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["lighttpd", "apache2"])
+def test_readme_recipe_on_a_real_server(kind, public_daemon):
+    send_traffic(public_daemon["traffic"])
+    with recipe_server(kind, public_daemon["stats"], public_daemon["update"]) as web:
+        page = fetch(web["url"] + "/peers.shtml")
+        assert '<div class="ncsniffer">' in page and "<svg" in page and "<rect " in page
+        assert "Composite report, SUB DOMAIN ordered by BANDWIDTH" in page
+        assert "127.0.0.1" in page and "<!--#exec" not in page
+        whole = fetch(web["url"] + "/cgi-bin/nc.sniffer.cgi?format=html&type=0")
+        assert whole.startswith("<!DOCTYPE html>") and "127.0.0.0/24" in whole
+        doc = json.loads(fetch(web["url"] + "/cgi-bin/nc.sniffer.cgi?format=json&type=1"))
+        assert doc["report"] == "domain" and doc["totals"]["users"] == 1
+        web_uid = pwd.getpwnam(WEB_USER).pw_uid
+        cache = os.path.join(web["base"], "cache")
+        for name in ("report.0.fragment", "report.1", "report.0.html", "report.1.json"):
+            assert os.stat(os.path.join(cache, name)).st_uid == web_uid, name   # not root
+
+
+BAR = re.compile(r'<rect [^>]*height="([\d.]+)" data-value="([\d.]+)"')
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on a loopback URL, with a throw-away profile, nothing fetched besides."""
+    profile = tempfile.mkdtemp(prefix="ncs-chromium-")
+    try:
+        return subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={profile}", *args],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_html_chart_in_headless_chromium(tmp_path):
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip("chromium is not installed (tools/ensure-test-system installs it)")
+    public = tempfile.mkdtemp(prefix="ncs-stats-")
+    os.chmod(public, 0o755)
+    try:
+        stats = os.path.join(public, "mixed.stats")
+        shutil.copy(os.path.join(ROOT, "tests", "data", "report", "mixed.stats"), stats)
+        os.chmod(stats, 0o644)
+        with recipe_server("lighttpd", stats, None) as web:   # a settled file, no daemon
+            url = web["url"] + "/cgi-bin/nc.sniffer.cgi?format=html&type=0"
+            page = fetch(url)
+            assert page.startswith("<!DOCTYPE html>") and "<svg" in page, page[:300]
+            assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", page, re.I)
+            shot = tmp_path / "report.png"
+            run = chromium(f"--screenshot={shot}", "--window-size=1200,900", url)
+            assert shot.stat().st_size > 2000, run.stderr[-2000:]
+            dom = chromium("--dump-dom", url).stdout
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
+    keep = os.environ.get("NCSNIFFER_KEEP_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
+    bars = [(float(h), float(v)) for h, v in BAR.findall(dom)]
+    assert dom.count("<rect ") == len(bars) == 10 + 10     # the top 10 peers, the top 10 of 14 /24 groups
+    tallest = max(v for _, v in bars[:10])
+    for height, value in bars[:10]:
+        assert abs(height - 200 * value / tallest) < 0.01
+    assert bars[0][0] == 200.0 and bars[10][0] == 200.0
+
+
+def test_readme_coalesce_key_is_made_for_the_web_user():
+    """The README's key recipe, as written (paths aside): the key belongs to www-data."""
+    if not is_root():
+        pytest.skip("the recipe runs as root")
+    etc = tempfile.mkdtemp(prefix="ncs-etc-")
+    os.chmod(etc, 0o755)                             # as /etc/nc.sniffer
+    try:
+        script = recipe_script(["recipe-coalesce-key"], {"/etc/nc.sniffer": etc})
+        run = subprocess.run(["sh", "-e", "-c", script], capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 0, run.stderr
+        key = os.path.join(etc, "coalesce", "key")
+        web = pwd.getpwnam(WEB_USER)
+        assert os.stat(key).st_uid == web.pw_uid and os.stat(key).st_mode & 0o077 == 0
+        check = subprocess.run(["runuser", "-u", WEB_USER, "--", "ssh-keygen", "-y", "-f", key],
+                               capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0 and check.stdout.startswith("ssh-ed25519 "), check.stderr
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
