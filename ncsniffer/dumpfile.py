@@ -360,7 +360,7 @@ _NUM = r"(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 _PERL_RECORD = re.compile(
     r"\t'([^'\n]+)'\s*=> \{\n"
     rf"\t\tB\t=> {_NUM},\n\t\tC\t=> {_NUM},\n\t\tE\t=> {_NUM},\n"
-    r"(?:\t\tK\t=> (\{" + ", ".join(rf"{k} => \d+" for k in K_KEYS) + r"\}),\n)?"
+    r"(?:\t\tK\t=> \{" + ", ".join(rf"{k} => (\d+)" for k in K_KEYS) + r"\},\n)?"
     r"\t\tN\t=> \[((?:'(?:[^'\\]|\\.)*',)*)\],\n"
     rf"\t\tR\t=> {_NUM},\n\t\tS\t=> {_NUM},\n\t\tT\t=> {_NUM},\n\t\tW\t=> {_NUM},\n"
     r"\t\},\n")
@@ -523,7 +523,8 @@ def _add_block(state: _Records, body: str) -> bool:
         chunk = json.loads("{" + text + "}", parse_constant=_no_constant)
     except (ValueError, RecursionError):
         return False
-    if body.count("}") != len(chunk):
+    nested = sum(1 for rec in chunk.values() if type(rec) is dict and "K" in rec)
+    if body.count("}") != len(chunk) + nested:
         return False      # a '}' in a name, or an IP twice (json keeps the last): look closer
     path, records = state.path, state.records
     for ip, rec in chunk.items():
@@ -649,7 +650,7 @@ def _read_perl(path: str, fh, body_start: int, first: str) -> dict[str, dict]:
         m = match(text, pos)
         if m is None:
             break
-        ip, b, c, e, conns, quoted, r, s_, t, w = m.groups()
+        ip, b, c, e, *conns, quoted, r, s_, t, w = m.groups()
         if ip in records:
             raise _twice(path, ip)
         if quoted:
@@ -663,12 +664,12 @@ def _read_perl(path: str, fh, body_start: int, first: str) -> dict[str, dict]:
         except ValueError:
             rec = {"B": _number(b), "C": _number(c), "E": _number(e), "N": names,
                    "R": _number(r), "S": _number(s_), "T": _number(t), "W": _number(w)}
-            if conns:
+            if conns[0] is not None:
                 rec["K"] = _perl_counts(conns)
             records[ip] = _check_record_slow(path, ip, rec)
         else:
             rec = {"B": B, "C": C, "E": E, "N": names, "R": R, "S": S, "T": T, "W": W}
-            if conns:
+            if conns[0] is not None:
                 rec["K"] = k = _perl_counts(conns)
                 if max(k.values()) > MAX_NUMBER:
                     rec = _check_record_slow(path, ip, rec)
@@ -688,9 +689,9 @@ def _read_perl(path: str, fh, body_start: int, first: str) -> dict[str, dict]:
     raise _bad(path, "the records section is not closed (truncated file?)")
 
 
-def _perl_counts(text: str) -> dict[str, int]:
+def _perl_counts(digits: list[str]) -> dict[str, int]:
     """The K hash of the exact layout (the regex vouches for keys and digits)."""
-    return dict(zip(K_KEYS, map(int, re.findall(r"=> (\d+)", text))))
+    return dict(zip(K_KEYS, map(int, digits)))
 
 
 def _perl_unquote(text: str) -> str:

@@ -588,3 +588,12 @@ def test_k_sums_hold_in_written_files(tmp_path_factory, batches, fmt, sighup):
         f"{active} active, {started} started, {evicted} evicted"
     if not sighup:
         assert active == tracker.live
+
+
+def test_duplicate_ip_among_k_records_is_caught_whatever_the_names(tmp_path):
+    """The block fast path counts '}' per record; a name must not make up for a duplicate."""
+    rows = [ROWS_K[0], ROWS_K[0][:4] + (['"K": {x'],) + ROWS_K[0][5:]]
+    path = str(tmp_path / "dup.stats")
+    dumpfile.write_file(path, header(), rows, "python")
+    with pytest.raises(DumpFileError, match="10.1.2.3 appears twice"):
+        dumpfile.read_stats(path)
