@@ -23,6 +23,7 @@ FLOATS = ("R", "W")
 # dump time), in ``conncounts.count``'s column order; one column group "conn".
 CONN_STORED = tuple(f for f in K_FIELDS if f != "active")
 CONN_DTYPE = np.dtype([("k", np.uint32, (len(CONN_STORED),))])
+CONN_MAX = np.iinfo(np.uint32).max
 _BEGUN = [CONN_STORED.index(f) for f in ("tcp", "udp", "icmp")]
 _ENDED = [CONN_STORED.index(f) for f in ("closed", "reset", "refused", "unanswered",
                                           "timedout", "evicted")]
@@ -387,7 +388,7 @@ class Table(MutableMapping):
         room = (now[:, _BEGUN].sum(1) + add[:, _BEGUN].sum(1)) - now[:, _ENDED].sum(1)
         ends = np.cumsum(add[:, _ENDED], axis=1)
         add[:, _ENDED] = np.diff(np.minimum(ends, room[:, None]), axis=1, prepend=0)
-        k[at] = (now + add).astype(np.uint32)
+        k[at] = np.minimum(now + add, CONN_MAX)        # saturate, never wrap
 
     def peer_slots(self, peers: np.ndarray) -> np.ndarray:
         """Slot of each peer of ``conncounts.count`` (v6, peer_hi, peer_lo: the H and L

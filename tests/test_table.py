@@ -156,3 +156,14 @@ def test_no_k_columns_when_connections_are_off():
     acct.count(B, 60, 1000)
     assert "conn" not in acct.records.cols and acct.records.conn_totals() is None
     assert all(len(row) == 9 for row in acct.records.columns())
+
+
+def test_k_counters_saturate_instead_of_wrapping():
+    acct = Accounting(1000, connections=True)
+    acct.count(B, 60, 1000)
+    peers, deltas = conncounts.count(k_events((ct.NEW, ct.ACTIVE, ct.UDP, ct.DIR_OUT,
+                                               0x0A000003, 0, 0)))
+    acct.count_connections(peers, deltas * (2 ** 32 - 2))
+    acct.count_connections(peers, deltas * 5)
+    k = acct.records.conn_dicts(acct.records.occupied())[0]
+    assert k["udp"] == k["out"] == k["active"] == 2 ** 32 - 1
