@@ -101,8 +101,10 @@ class Accounting:
     """Global counters, per-IP records and the daily purge; with ``names``, it
     tells them which IPs need a name."""
 
-    def __init__(self, now: int, max_hosts: int | None = None, names: Names | None = None):
+    def __init__(self, now: int, max_hosts: int | None = None, names: Names | None = None,
+                 connections: bool = False):
         self.max_hosts = max_hosts
+        self.connections = connections      # records carry the K counters of 10.3
         self.names = names
         self.evicted = 0
         self.purged = 0
@@ -118,7 +120,7 @@ class Accounting:
         self.ba = 0        # bytes since the last global update
         self.nextrate = FIRST_GLOBAL_INTERVAL
         self.next = now + FIRST_GLOBAL_INTERVAL
-        self.records = Table()
+        self.records = Table(connections=self.connections)
         # The LRU order of max_hosts, kept one of two ways: far from the limit as
         # each slot's last-seen number (column Q, numpy per run); at the limit,
         # where evictions go packet by packet, as an OrderedDict key -> slot.
@@ -341,6 +343,11 @@ class Accounting:
                 names.want(key)
         states.store()
         table.flush()
+
+    def count_connections(self, peers: np.ndarray, deltas: np.ndarray) -> None:
+        """Add the K deltas of ``conncounts.count`` (its peers and rows) to the
+        records of those peers; peers without a record are skipped."""
+        self.records.add_connections(self.records.peer_slots(peers), deltas)
 
     def ask_names(self, slots: np.ndarray, secs: np.ndarray) -> None:
         """Tell the names, in packet order, each IP whose name is due (T < now),

@@ -22,17 +22,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
+from operator import itemgetter
 from typing import IO, Iterable, Iterator
 
 from ncsniffer import __version__, perlval, safefile, safetext
 from ncsniffer.errors import DumpFileError
 
 FIELDS = ("B", "C", "E", "N", "R", "S", "T", "W")
+# K (spec 10.3, with ``connections: True``): per-record connection counters, sorted
+K_KEYS = ("active", "closed", "evicted", "icmp", "in", "out", "refused", "reset", "tcp",
+          "timedout", "udp", "unanswered")
+K_ZERO = dict.fromkeys(K_KEYS, 0)
+_K_VALUES = itemgetter(*K_KEYS)
 MAX_FILE_BYTES = 512 << 20
 MAX_LITERAL_BYTES = 16 << 20
 MAX_LINE = 1 << 20
 
-Row = tuple  # (ip_text, B, C, E, N, R, S, T, W): the numbers as ints, R and W rounded
+Row = tuple  # (ip_text, B, C, E, N, R, S, T, W[, K]): the numbers as ints, R and W rounded
 
 
 @dataclass
@@ -52,6 +58,7 @@ class Header:
     match: bytes | None = None
     nomatch: bytes | None = None
     evicted: int | None = None
+    connections: tuple[int, int, int] | None = None    # (active, started, evicted), 10.3
     extra: list[str] = field(default_factory=list)   # further lines, without '# '
     version: str = __version__
 
@@ -88,10 +95,17 @@ def header_text(h: Header) -> str:
             lines.append(f"# contains:\t{escape_match(h.match)}")
         if h.nomatch:
             lines.append(f"# excludes:\t{escape_match(h.nomatch)}")
+    if h.connections is not None:
+        lines.append(connections_line(*h.connections))
     if h.evicted is not None:
         lines.append(f"# evicted:\t{h.evicted}")
     lines.extend("# " + line for line in h.extra)
     return "\n".join(lines) + "\n"
+
+
+def connections_line(active: int, started: int, evicted: int) -> str:
+    """The header's ``# connections:`` line (10.3)."""
+    return f"# connections:\t{active} active, {started} started, {evicted} evicted"
 
 
 OCTETS = [str(i) for i in range(256)]
@@ -117,10 +131,12 @@ def rows_from_dicts(records: dict[str, dict]) -> list[Row]:
         a = ipaddress.ip_address(ip)
         return a.version, a.packed
     rows = []
+    with_k = any("K" in r for r in records.values())
     for ip in sorted(records, key=order):
         r = records[ip]
-        rows.append((ip, _int(r["B"]), _int(r["C"]), _int(r["E"]), list(r["N"]), _int(r["R"]),
-                     _int(r["S"]), _int(r["T"]), _int(r["W"])))
+        row = (ip, _int(r["B"]), _int(r["C"]), _int(r["E"]), list(r["N"]), _int(r["R"]),
+               _int(r["S"]), _int(r["T"]), _int(r["W"]))
+        rows.append(row + (r.get("K", K_ZERO),) if with_k else row)
     return rows
 
 
@@ -131,6 +147,10 @@ def _int(value) -> int:
 
 PYTHON_LINE = ('"%s": {"B": %d, "C": %d, "E": %d, "N": %s, "R": %d, "S": %d, "T": %d, '
                '"W": %d},\n')
+K_JSON = "{" + ", ".join(f'"{k}": %d' for k in K_KEYS) + "}"
+K_PERL = "{" + ", ".join(f"{k} => %d" for k in K_KEYS) + "}"
+PYTHON_LINE_K = ('"%s": {"B": %d, "C": %d, "E": %d, "K": %s, "N": %s, "R": %d, "S": %d, '
+                 '"T": %d, "W": %d},\n')
 CHUNK = 4096    # rows formatted per piece: fewer generator steps and writes
 
 
@@ -144,6 +164,11 @@ def _python_body(rows: Iterable[Row]) -> Iterable[str]:
     yield "{\n"
     dumps = json.dumps
     for chunk in _chunks(rows):
+        if len(chunk[0]) > len(FIELDS) + 1:
+            yield "".join([PYTHON_LINE_K % (ip, b, c, e, K_JSON % _K_VALUES(k),
+                                            dumps(list(n)) if n else "[]", r, s, t, w)
+                           for ip, b, c, e, n, r, s, t, w, k in chunk])
+            continue
         yield "".join([PYTHON_LINE % (ip, b, c, e, dumps(list(n)) if n else "[]", r, s, t, w)
                        for ip, b, c, e, n, r, s, t, w in chunk])
     yield "}\n"
@@ -158,13 +183,26 @@ PERL_RECORD = ("\t'%s%s=> {\n\t\tB\t=> %d,\n\t\tC\t=> %d,\n\t\tE\t=> %d,\n"
                "\t\tW\t=> %d,\n\t},\n")
 
 
+PERL_RECORD_K = PERL_RECORD.replace("\t\tN\t", "\t\tK\t=> %s,\n\t\tN\t")
+
+
 def _perl_body(rows: Iterable[Row]) -> Iterable[str]:
     yield "{\n  my $dump = {\n"
     for chunk in _chunks(rows):
+        if len(chunk[0]) > len(FIELDS) + 1:
+            yield "".join([PERL_RECORD_K % (ip, "' " if len(ip) > 13 else "'\t", b, c, e,
+                                            K_PERL % _K_VALUES(k),
+                                            "".join(_perl_quote(x) + "," for x in n),
+                                            r, s, t, w)
+                           for ip, b, c, e, n, r, s, t, w, k in chunk])
+            continue
         yield "".join([PERL_RECORD % (ip, "' " if len(ip) > 13 else "'\t", b, c, e,
                                       "".join(_perl_quote(x) + "," for x in n), r, s, t, w)
                        for ip, b, c, e, n, r, s, t, w in chunk])
     yield "  };\n}\n"
+
+
+CONNECTIONS_KEYS = ("active", "started", "evicted")
 
 
 def _json_document(h: Header, rows: Iterable[Row]) -> Iterable[str]:
@@ -179,16 +217,24 @@ def _json_document(h: Header, rows: Iterable[Row]) -> Iterable[str]:
             head["contains"] = escape_match(h.match)
         if h.nomatch:
             head["excludes"] = escape_match(h.nomatch)
+    if h.connections is not None:
+        head["connections"] = dict(zip(CONNECTIONS_KEYS, h.connections))
     if h.evicted is not None:
         head["evicted"] = h.evicted
     if h.extra:
         head["extra"] = list(h.extra)
     yield json.dumps(head)[:-1] + ', "records": {\n'
     line = '"%s": {"B": %d, "C": %d, "E": %d, "N": %s, "R": %d, "S": %d, "T": %d, "W": %d}'
+    line_k = PYTHON_LINE_K[:-2]
     sep = ""
     for chunk in _chunks(rows):
-        yield sep + ",\n".join([line % (ip, b, c, e, json.dumps(n), r, s, t, w)
-                                for ip, b, c, e, n, r, s, t, w in chunk])
+        if len(chunk[0]) > len(FIELDS) + 1:
+            yield sep + ",\n".join([line_k % (ip, b, c, e, K_JSON % _K_VALUES(k),
+                                               json.dumps(n), r, s, t, w)
+                                    for ip, b, c, e, n, r, s, t, w, k in chunk])
+        else:
+            yield sep + ",\n".join([line % (ip, b, c, e, json.dumps(n), r, s, t, w)
+                                    for ip, b, c, e, n, r, s, t, w in chunk])
         sep = ",\n"
     yield "\n}}\n"
 
@@ -314,6 +360,7 @@ _NUM = r"(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 _PERL_RECORD = re.compile(
     r"\t'([^'\n]+)'\s*=> \{\n"
     rf"\t\tB\t=> {_NUM},\n\t\tC\t=> {_NUM},\n\t\tE\t=> {_NUM},\n"
+    r"(?:\t\tK\t=> \{" + ", ".join(rf"{k} => (\d+)" for k in K_KEYS) + r"\},\n)?"
     r"\t\tN\t=> \[((?:'(?:[^'\\]|\\.)*',)*)\],\n"
     rf"\t\tR\t=> {_NUM},\n\t\tS\t=> {_NUM},\n\t\tT\t=> {_NUM},\n\t\tW\t=> {_NUM},\n"
     r"\t\},\n")
@@ -476,7 +523,8 @@ def _add_block(state: _Records, body: str) -> bool:
         chunk = json.loads("{" + text + "}", parse_constant=_no_constant)
     except (ValueError, RecursionError):
         return False
-    if body.count("}") != len(chunk):
+    nested = sum(1 for rec in chunk.values() if type(rec) is dict and "K" in rec)
+    if body.count("}") != len(chunk) + nested:
         return False      # a '}' in a name, or an IP twice (json keeps the last): look closer
     path, records = state.path, state.records
     for ip, rec in chunk.items():
@@ -602,7 +650,7 @@ def _read_perl(path: str, fh, body_start: int, first: str) -> dict[str, dict]:
         m = match(text, pos)
         if m is None:
             break
-        ip, b, c, e, quoted, r, s_, t, w = m.groups()
+        ip, b, c, e, *conns, quoted, r, s_, t, w = m.groups()
         if ip in records:
             raise _twice(path, ip)
         if quoted:
@@ -614,11 +662,17 @@ def _read_perl(path: str, fh, body_start: int, first: str) -> dict[str, dict]:
         try:       # the regex vouches for numbers and strings; ranges and the IP are left
             B, C, E, R, S, T, W = int(b), int(c), int(e), int(r), int(s_), int(t), int(w)
         except ValueError:
-            records[ip] = _check_record_slow(path, ip, {
-                "B": _number(b), "C": _number(c), "E": _number(e), "N": names,
-                "R": _number(r), "S": _number(s_), "T": _number(t), "W": _number(w)})
+            rec = {"B": _number(b), "C": _number(c), "E": _number(e), "N": names,
+                   "R": _number(r), "S": _number(s_), "T": _number(t), "W": _number(w)}
+            if conns[0] is not None:
+                rec["K"] = _perl_counts(conns)
+            records[ip] = _check_record_slow(path, ip, rec)
         else:
             rec = {"B": B, "C": C, "E": E, "N": names, "R": R, "S": S, "T": T, "W": W}
+            if conns[0] is not None:
+                rec["K"] = k = _perl_counts(conns)
+                if max(k.values()) > MAX_NUMBER:
+                    rec = _check_record_slow(path, ip, rec)
             if not (0 <= (B | C | E | R | S | T | W) <= MAX_NUMBER and _is_ip_fast(ip)
                     and (not names or (plain and len(quoted) <= MAX_NAME)
                          or _plain_names(names))):
@@ -633,6 +687,11 @@ def _read_perl(path: str, fh, body_start: int, first: str) -> dict[str, dict]:
     if rest.startswith("\t'"):            # records in another layout
         return _read_perl_general(path, fh, body_start)
     raise _bad(path, "the records section is not closed (truncated file?)")
+
+
+def _perl_counts(digits: list[str]) -> dict[str, int]:
+    """The K hash of the exact layout (the regex vouches for keys and digits)."""
+    return dict(zip(K_KEYS, map(int, digits)))
 
 
 def _perl_unquote(text: str) -> str:
@@ -695,6 +754,7 @@ def _json_header(path: str, head: dict) -> list[str]:
                    users=_whole(head, "users"), device=_text(head["device"]),
                    promiscuous=bool(head["promiscuous"]), bpf=_text(head["bpf"]),
                    evicted=None if head.get("evicted") is None else _whole(head, "evicted"),
+                   connections=_json_connections(head),
                    version=_text(head.get("ncsniffer", "?")),
                    extra=[_text(x) for x in _list(head, "extra")])
         lines = header_text(h).split("\n")[1:-1]
@@ -713,6 +773,16 @@ def _json_header(path: str, head: dict) -> list[str]:
     except (TypeError, ValueError) as exc:
         raise _bad(path, f"JSON header: {exc}") from None
     return lines
+
+
+def _json_connections(head: dict) -> tuple[int, int, int] | None:
+    """The JSON header's ``connections`` object (10.3), if there is one."""
+    value = head.get("connections")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != set(CONNECTIONS_KEYS):
+        raise ValueError(f"'connections' is not an object of {', '.join(CONNECTIONS_KEYS)}")
+    return tuple(_whole_value(value[k], k) for k in CONNECTIONS_KEYS)
 
 
 def _whole(head: dict, name: str, high: int = MAX_NUMBER) -> int:
@@ -770,7 +840,8 @@ def _check_record(path: str, ip, rec) -> dict:
     keys, integer numbers, a list of short ASCII strings): 100,000 records must
     be read within a report's time budget.  Anything else takes the careful path.
     """
-    if type(rec) is dict and len(rec) == 8 and _is_ip_fast(ip):
+    if type(rec) is dict and (len(rec) == 8 or len(rec) == 9 and _plain_counts(rec.get("K"))) \
+            and _is_ip_fast(ip):
         try:
             b, c, e, n, r, s, t, w = (rec["B"], rec["C"], rec["E"], rec["N"], rec["R"],
                                       rec["S"], rec["T"], rec["W"])
@@ -782,6 +853,20 @@ def _check_record(path: str, ip, rec) -> dict:
                 and type(n) is list and (not n or _plain_names(n))):
             return rec
     return _check_record_slow(path, ip, rec)
+
+
+def _plain_counts(k) -> bool:
+    """K as our writers write it: the twelve counters, whole numbers in range."""
+    if type(k) is not dict or len(k) != len(K_KEYS):
+        return False
+    try:
+        values = _K_VALUES(k)
+    except KeyError:
+        return False
+    for v in values:
+        if type(v) is not int or not 0 <= v <= MAX_NUMBER:
+            return False
+    return True
 
 
 def _plain_names(names: list) -> bool:
@@ -797,11 +882,11 @@ def _check_record_slow(path: str, ip, rec) -> dict:
         raise _bad(path, f"{_shown(ip)} is not an IP address")
     if not isinstance(rec, dict):
         raise _bad(path, f"the record of {ip} is not a mapping")
-    unknown = set(rec) - set(FIELDS)
+    unknown = set(rec) - set(FIELDS) - {"K"}
     if unknown:
         raise _bad(path, f"the record of {ip} has unknown keys "
                          f"{sorted(_shown(k) for k in unknown)[:5]}")
-    out = {}
+    out = {"K": _counts(path, ip, rec["K"])} if "K" in rec else {}
     for key in FIELDS:
         value = rec.get(key, [] if key == "N" else 0)
         if key == "N":
@@ -815,6 +900,28 @@ def _check_record_slow(path: str, ip, rec) -> dict:
         if not -MAX_NUMBER <= value <= MAX_NUMBER:
             raise _bad(path, f"{key} of {ip} is out of range (beyond 2**63)")
         out[key] = value
+    return out
+
+
+def _counts(path: str, ip: str, value) -> dict[str, int]:
+    """A record's K (10.3): exactly the twelve counters, whole numbers from 0."""
+    if not isinstance(value, dict):
+        raise _bad(path, f"K of {ip} is not a mapping of the {len(K_KEYS)} connection counters")
+    missing = [k for k in K_KEYS if k not in value]
+    if missing:
+        raise _bad(path, f"K of {ip} lacks the counters {', '.join(missing[:5])}")
+    unknown = set(value) - set(K_KEYS)
+    if unknown:
+        raise _bad(path, f"K of {ip} has unknown keys "
+                         f"{', '.join(sorted(_shown(k) for k in unknown)[:5])}")
+    out = {}
+    for key in K_KEYS:
+        v = value[key]
+        if isinstance(v, float) and math.isfinite(v) and v == int(v):
+            v = int(v)
+        if type(v) is not int or not 0 <= v <= MAX_NUMBER:
+            raise _bad(path, f"K {key} of {ip} is not a whole number from 0 to {MAX_NUMBER}")
+        out[key] = v
     return out
 
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from ncsniffer import safetext
-from ncsniffer.dumpfile import MAX_NUMBER
+from ncsniffer.dumpfile import K_KEYS, K_ZERO, MAX_NUMBER, connections_line
+
+_CONNECTIONS = re.compile(r"(\d+) active, (\d+) started, (\d+) evicted")
 
 
 def _name_order(name: str) -> tuple:
@@ -28,11 +30,15 @@ def merge_record(a: Mapping, b: Mapping) -> dict:
     depend on the order of the hosts (the original kept the first file's values).
     """
     names = sorted(set(a["N"]) | set(b["N"]), key=_name_order)
-    return {
+    merged = {
         "B": _sum(a["B"], b["B"]), "C": _sum(a["C"], b["C"]), "E": max(a["E"], b["E"]),
         "N": names, "R": _sum(a["R"], b["R"]), "S": min(a["S"], b["S"]),
         "T": max(a["T"], b["T"]), "W": _sum(a["W"], b["W"]),
     }
+    if "K" in a or "K" in b:        # a host without connection tracking adds zeros
+        ka, kb = a.get("K", K_ZERO), b.get("K", K_ZERO)
+        merged["K"] = {k: _sum(ka[k], kb[k]) for k in K_KEYS}
+    return merged
 
 
 def _sum(a, b):
@@ -54,7 +60,12 @@ def merge_all(parts: Iterable[Mapping[str, Mapping]]) -> dict[str, dict]:
     for part in parts:
         for ip, rec in part.items():
             have = merged.get(ip)
-            merged[ip] = merge_record(have, rec) if have is not None else dict(rec, N=list(rec["N"]))
+            if have is not None:
+                merged[ip] = merge_record(have, rec)
+            else:
+                merged[ip] = dict(rec, N=list(rec["N"]))
+                if "K" in rec:
+                    merged[ip]["K"] = dict(rec["K"])
     return merged
 
 
@@ -98,10 +109,22 @@ def composite_header(parts: Sequence[Part], merged_users: int) -> list[str]:
               "# hits:\t\t%.0f per minute" % hits,
               "# bytes:\t%.0f per second" % total_bytes,
               f"# users:\t{merged_users}"]
+    conns = [connections(p.header) for p in parts if p.used]
+    if any(c is not None for c in conns):
+        lines.append(connections_line(*(_sum(0, sum(c[i] for c in conns if c)) for i in range(3))))
     failed = [p.name for p in parts if p.failure]
     if failed:
         lines.append("# failed hosts:\t" + " ".join(failed))
     return lines
+
+
+def connections(header: Sequence[str]) -> tuple[int, int, int] | None:
+    """(active, started, evicted) of the first ``# connections:`` line; None if none."""
+    for line in header:
+        if line.startswith("# connections:"):
+            m = _CONNECTIONS.search(line)
+            return (int(m[1]), int(m[2]), int(m[3])) if m else None
+    return None
 
 
 def header_number(header: Sequence[str], name: str) -> float:

@@ -64,6 +64,7 @@ class Sniffer:
             promiscuous=s.promiscuous and not self.offline, bpf=s.bpf, payload=s.payload,
             snaplen=s.snaplen, match=s.match, nomatch=s.nomatch,
             evicted=acct.evicted if s.raw.get("max_hosts") or acct.evicted else None,
+            connections=acct.records.conn_totals(),
         )
 
     def dump(self, current: int) -> None:

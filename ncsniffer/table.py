@@ -15,8 +15,19 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ncsniffer.conncounts import K_FIELDS
+
 INTS = ("B", "C", "E", "S", "T")
 FLOATS = ("R", "W")
+# The connection counters of 10.3 a record stores (``active`` is begun - ended, at
+# dump time), in ``conncounts.count``'s column order; one column group "conn".
+CONN_STORED = tuple(f for f in K_FIELDS if f != "active")
+CONN_DTYPE = np.dtype([("k", np.uint32, (len(CONN_STORED),))])
+CONN_MAX = np.iinfo(np.uint32).max
+_BEGUN = [CONN_STORED.index(f) for f in ("tcp", "udp", "icmp")]
+_ENDED = [CONN_STORED.index(f) for f in ("closed", "reset", "refused", "unanswered",
+                                          "timedout", "evicted")]
+_FROM_DELTA = [K_FIELDS.index(f) for f in CONN_STORED]
 
 
 class RecordView:
@@ -101,7 +112,7 @@ class Table(MutableMapping):
               "N": object, "H": np.uint64, "L": np.uint64, "K": np.uint8,
               "Q": np.int64}     # Q: when last seen, for max_hosts (``Accounting``)
 
-    def __init__(self, capacity: int = 1024):
+    def __init__(self, capacity: int = 1024, connections: bool = False):
         self.v4 = np.zeros(0, np.uint32)      # sorted IPv4 numbers ...
         self.v4_slot = np.zeros(0, np.int64)  # ... their slots (stale ones are checked)
         self.stale = 0
@@ -112,6 +123,9 @@ class Table(MutableMapping):
         self.free: list[int] = []
         self.cols = {f: np.zeros(capacity, t) for f, t in self.DTYPES.items()}
         self.cols["N"][:] = None
+        self.connections = connections
+        if connections:
+            self.cols["conn"] = np.zeros(capacity, CONN_DTYPE)
 
     # --------------------------------------------------------------- mapping
     def __getitem__(self, key: bytes) -> RecordView:
@@ -212,6 +226,8 @@ class Table(MutableMapping):
             slot, self.size = self.size, self.size + 1
         c = self.cols
         c["T"][slot], c["N"][slot] = 0, None
+        if self.connections:
+            c["conn"][slot] = 0
         if len(key) == 16:
             c["H"][slot], c["L"][slot] = int.from_bytes(key[:8], "big"), int.from_bytes(key[8:], "big")
             c["K"][slot] = 16
@@ -261,6 +277,8 @@ class Table(MutableMapping):
         c["E"][slots] = first_seen
         c["S"][slots] = start
         c["N"][slots] = None
+        if self.connections:
+            c["conn"][slots] = 0
         n4 = len(addrs.v4)
         if n4:
             at = slots[:n4]
@@ -347,9 +365,58 @@ class Table(MutableMapping):
                 else:
                     packed = c["L"][sl].astype(">u4").tobytes()
                 names = [n or () for n in c["N"][sl].tolist()]
-                yield (packed, c["B"][sl].tolist(), c["C"][sl].tolist(), c["E"][sl].tolist(),
+                row = (packed, c["B"][sl].tolist(), c["C"][sl].tolist(), c["E"][sl].tolist(),
                        names, whole(c["R"][sl]), c["S"][sl].tolist(), c["T"][sl].tolist(),
                        whole(c["W"][sl]))
+                yield row + (self.conn_dicts(sl),) if self.connections else row
+
+    # --------------------------------------------------------------- connections (10.3)
+    def add_connections(self, slots: np.ndarray, deltas: np.ndarray) -> None:
+        """Add ``conncounts.count`` deltas (rows in ``K_FIELDS`` order, ``active``
+        ignored) to the records in ``slots`` (-1: no record, skipped).  Ends beyond
+        what a record began (connections of an earlier data set, before a SIGHUP or
+        before the record was purged) are dropped, so the sums of 10.3 always hold."""
+        keep = slots >= 0
+        slots, deltas = slots[keep], np.asarray(deltas, np.int64)[keep]
+        if not slots.size:
+            return
+        k = self.cols["conn"]["k"]
+        at, which = np.unique(slots, return_inverse=True)
+        add = np.zeros((len(at), len(CONN_STORED)), np.int64)
+        np.add.at(add, which.reshape(-1), np.maximum(deltas[:, _FROM_DELTA], 0))
+        now = k[at].astype(np.int64)
+        room = (now[:, _BEGUN].sum(1) + add[:, _BEGUN].sum(1)) - now[:, _ENDED].sum(1)
+        ends = np.cumsum(add[:, _ENDED], axis=1)
+        add[:, _ENDED] = np.diff(np.minimum(ends, room[:, None]), axis=1, prepend=0)
+        k[at] = np.minimum(now + add, CONN_MAX)        # saturate, never wrap
+
+    def peer_slots(self, peers: np.ndarray) -> np.ndarray:
+        """Slot of each peer of ``conncounts.count`` (v6, peer_hi, peer_lo: the H and L
+        words of this table), -1 where there is no record."""
+        wide = peers["v6"] != 0
+        i4, i6 = np.flatnonzero(~wide), np.flatnonzero(wide)
+        words = np.stack((peers["peer_hi"][i6], peers["peer_lo"][i6]), axis=1)
+        packed = words.astype(">u8").tobytes()
+        addrs = Addresses(peers["peer_lo"][i4].astype(np.uint32),
+                          [packed[j:j + 16] for j in range(0, len(packed), 16)])
+        out = np.empty(len(peers), np.int64)
+        out[np.concatenate((i4, i6))] = self.find_addresses(addrs)
+        return out
+
+    def conn_dicts(self, slots: np.ndarray) -> list[dict[str, int]]:
+        """The twelve counters of the records in ``slots`` (``active`` = begun - ended)."""
+        k = self.cols["conn"]["k"][slots].astype(np.int64)
+        active = k[:, _BEGUN].sum(1) - k[:, _ENDED].sum(1)
+        return [dict(zip(CONN_STORED, row), active=a)
+                for row, a in zip(k.tolist(), active.tolist())]
+
+    def conn_totals(self) -> tuple[int, int, int] | None:
+        """(active, started, evicted) over all records, for the header; None when off."""
+        if not self.connections:
+            return None
+        k = self.cols["conn"]["k"][self.occupied()].astype(np.int64).sum(0)
+        begun, ended = int(k[_BEGUN].sum()), int(k[_ENDED].sum())
+        return begun - ended, begun, int(k[CONN_STORED.index("evicted")])
 
 
 def _numbers(keys: list[bytes]) -> np.ndarray:

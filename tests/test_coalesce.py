@@ -722,3 +722,61 @@ def test_coalescer_cgi_with_a_hostile_source(tmp_path):
     assert f"# host:\tbeta\tFAILED ({tmp_path / 'beta.stats'}: not a readable stats file: " in out
     assert "# failed hosts:\tbeta\n" in out and "# host:\talpha\n" in out
     assert "&lt;script&gt;" in out and "<script>" not in out and "\x1b" not in out
+
+
+# --------------------------------------------------------------------------- K merged (10.3)
+
+K0 = dumpfile.K_ZERO
+
+
+def test_merge_sums_k_and_a_host_without_k_adds_zeros():
+    ka = {**K0, "tcp": 2, "in": 2, "active": 1, "closed": 1}
+    kb = {**K0, "udp": 5, "out": 5, "timedout": 5}
+    both = coalesce.merge_record(dict(rec(), K=ka), dict(rec(), K=kb))
+    assert both["K"] == {**K0, "tcp": 2, "udp": 5, "in": 2, "out": 5, "active": 1,
+                         "closed": 1, "timedout": 5}
+    assert coalesce.merge_record(rec(), dict(rec(), K=ka))["K"] == ka
+    assert "K" not in coalesce.merge_record(rec(), rec())
+    big = {**K0, "tcp": dumpfile.MAX_NUMBER}
+    assert coalesce.merge_record(dict(rec(), K=big), dict(rec(), K=big))["K"]["tcp"] == \
+        dumpfile.MAX_NUMBER
+    merged = coalesce.merge_all(({"10.0.0.1": dict(rec(), K=ka)}, {"10.0.0.2": rec()}))
+    merged["10.0.0.1"]["K"]["tcp"] = 99
+    assert ka["tcp"] == 2 and "K" not in merged["10.0.0.2"]
+
+
+def _with_k(path, k, connections):
+    """Rewrite a test host's file as a daemon with connection tracking would have."""
+    stats = dumpfile.read_stats(str(path))
+    text = "".join(dumpfile.render_body(dumpfile.rows_from_dicts(
+        {ip: dict(r, K=k) for ip, r in stats.records.items()}), "python"))
+    header = stats.header + [dumpfile.connections_line(*connections)]
+    path.write_text("\n" + "\n".join(header) + "\n" + text)
+
+
+def test_composite_sums_k_and_connections_line(tmp_path, utc):
+    fetched(tmp_path)
+    one = {**K0, "tcp": 1, "in": 1, "active": 1}
+    _with_k(tmp_path / "alpha.stats", one, (3, 4, 1))
+    _with_k(tmp_path / "gamma.stats", one, (1, 1, 0))
+    coalesce.rem_update(config(tmp_path), {})
+    composite = dumpfile.read_stats(str(tmp_path / "composite.stats"))
+    alpha = dumpfile.read_stats(str(tmp_path / "alpha.stats")).records
+    gamma = dumpfile.read_stats(str(tmp_path / "gamma.stats")).records
+    beta = dumpfile.read_stats(str(tmp_path / "beta.stats")).records
+    for ip, r in composite.records.items():
+        assert r["K"]["tcp"] == (ip in alpha) + (ip in gamma), ip
+    assert set(beta) - set(alpha) - set(gamma) <= set(composite.records)
+    total = composite.header.index("# grand total all hosts")
+    assert "# connections:\t4 active, 5 started, 1 evicted" in composite.header[total:]
+    report = (tmp_path / "sniffer.cache.1").read_text()
+    assert report.split("\nComposite report")[1].count("\n") == \
+        expected("expected.report.1").split("\nComposite report")[1].count("\n")
+
+
+def test_composite_of_files_without_k_stays_without(tmp_path, utc):
+    fetched(tmp_path)
+    coalesce.rem_update(config(tmp_path), {})
+    composite = dumpfile.read_stats(str(tmp_path / "composite.stats"))
+    assert all("K" not in r for r in composite.records.values())
+    assert composite.header_value("connections") is None

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ncsniffer import dumpfile, table
 from ncsniffer.dumpfile import Header
@@ -394,3 +394,206 @@ def test_a_long_non_json_record_is_refused_before_parsing(tmp_path):
     with pytest.raises(DumpFileError, match="line 3: a record of more than 64 KiB"):
         dumpfile.read_stats(str(path))
     assert time.monotonic() - started < 2
+
+
+# --------------------------------------------------------------------------- K: connection counts (10.3)
+
+from ncsniffer import accounting, conncounts, conntrack as ct  # noqa: E402
+
+K_ONE = {**dumpfile.K_ZERO, "tcp": 3, "in": 1, "out": 2, "active": 1, "closed": 1, "reset": 1}
+ROWS_K = [row + (K_ONE if i == 0 else dumpfile.K_ZERO,) for i, row in enumerate(ROWS)]
+CONN_SUMS = ("tcp", "udp", "icmp"), ("in", "out"), (
+    "active", "closed", "reset", "refused", "unanswered", "timedout", "evicted")
+
+
+def test_k_keys_are_the_twelve_counters_sorted():
+    assert dumpfile.K_KEYS == tuple(sorted(conncounts.K_FIELDS))
+
+
+def test_python_line_has_k_in_sorted_place_and_is_json():
+    text = "".join(dumpfile.render(header(connections=(1, 3, 0)), ROWS_K, "python"))
+    line = text.split("\n")[text.split("\n").index("{") + 1]
+    assert line.startswith('"10.1.2.3": {"B": 240, "C": 4, "E": 1145760699, "K": {"active": 1, '
+                           '"closed": 1, "evicted": 0, "icmp": 0, "in": 1, "out": 2, ')
+    rec = json.loads("{" + line[:-1] + "}")["10.1.2.3"]
+    assert list(rec) == list("BCEKNRSTW") and list(rec["K"]) == list(dumpfile.K_KEYS)
+    assert ast.literal_eval(text.split("\n", 10)[-1].split("\n#")[0])["10.1.2.3"]["K"] == K_ONE
+
+
+def test_connections_header_line_follows_bpf_and_match_lines():
+    text = dumpfile.header_text(header(payload=54, snaplen=90, match=b"x", evicted=0,
+                                       connections=(4, 10, 2)))
+    assert ("# contains:\tx\n# connections:\t4 active, 10 started, 2 evicted\n# evicted:\t0\n"
+            in text)
+    assert "connections" not in dumpfile.header_text(header())
+
+
+def test_perl_record_with_k_layout():
+    text = "".join(dumpfile.render(header(), ROWS_K[:1], "perl"))
+    assert ("\t\tE\t=> 1145760699,\n\t\tK\t=> {active => 1, closed => 1, evicted => 0, "
+            "icmp => 0, in => 1, out => 2, refused => 0, reset => 1, tcp => 3, timedout => 0, "
+            "udp => 0, unanswered => 0},\n\t\tN\t=> ['host.example.com',],\n") in text
+
+
+@pytest.mark.parametrize("fmt", ["python", "perl", "json"])
+def test_k_round_trip(tmp_path, fmt):
+    path = str(tmp_path / f"k.{fmt}")
+    dumpfile.write_file(path, header(connections=(1, 3, 0)), ROWS_K, fmt)
+    got = dumpfile.read_stats(path)
+    assert got.records["10.1.2.3"]["K"] == K_ONE
+    assert all(r["K"] == dumpfile.K_ZERO for ip, r in got.records.items() if ip != "10.1.2.3")
+    assert got.header_value("connections") == "1 active, 3 started, 0 evicted"
+    assert dumpfile.rows_from_dicts(got.records) == [tuple(r[:4]) + (list(r[4]),) + r[5:]
+                                                     for r in ROWS_K]
+
+
+def test_perl_layout_with_k_takes_the_fast_reader(tmp_path, monkeypatch):
+    path = str(tmp_path / "k.perl")
+    dumpfile.write_file(path, header(), ROWS_K, "perl")
+    monkeypatch.setattr(dumpfile, "_read_perl_general", None)
+    assert dumpfile.read_stats(path).records["10.1.2.3"]["K"] == K_ONE
+
+
+def test_perl_itself_reads_k(tmp_path):
+    """Perl's own ``do FILE`` takes the Perl layout with K as a nested hash."""
+    path = str(tmp_path / "k.perl")
+    dumpfile.write_file(path, header(), ROWS_K, "perl")
+    script = ('my $d = do $ARGV[0]; die "no: $@ $!" unless $d; my $k = $d->{"10.1.2.3"}{K}; '
+              'print join(",", map {"$_=$k->{$_}"} sort keys %$k), ";", '
+              'scalar(keys %{$d->{"2001:db8::1"}{K}}), "\\n"')
+    out = subprocess.run(["perl", "-e", script, path], capture_output=True, text=True, check=True)
+    assert out.stdout == ",".join(f"{k}={K_ONE[k]}" for k in dumpfile.K_KEYS) + ";12\n"
+
+
+@pytest.mark.parametrize("name", ["mixed.stats", "mixed.perl.stats", "mixed.json.stats",
+                                  "perl_original.stats", "empty.stats"])
+def test_old_files_without_k_read_without_k(name):
+    got = dumpfile.read_stats(os.path.join(os.path.dirname(__file__), "data", "report", name))
+    assert all("K" not in r for r in got.records.values())
+    assert got.header_value("connections") is None
+    assert all(len(row) == 9 for row in dumpfile.rows_from_dicts(got.records))
+
+
+def _k_text(value, fmt: str) -> str:
+    """A K value in a format's own spelling (nested junk included)."""
+    if fmt != "perl":
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} => {_k_text(v, fmt)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_k_text(v, fmt) for v in value) + "]"
+    return json.dumps(value)
+
+
+HOSTILE_K = {
+    "negative": ({**dumpfile.K_ZERO, "tcp": -1}, "K tcp of 10.1.2.3 is not a whole number"),
+    "huge": ({**dumpfile.K_ZERO, "udp": 10 ** 30}, "K udp of 10.1.2.3 is not a whole number"),
+    "fraction": ({**dumpfile.K_ZERO, "in": 1.5}, "K in of 10.1.2.3 is not a whole number"),
+    "missing": ({k: 0 for k in dumpfile.K_KEYS[1:]}, "K of 10.1.2.3 lacks the counters "
+                                                     "active"),
+    "extra": ({**dumpfile.K_ZERO, "zz": 1}, "K of 10.1.2.3 has unknown keys 'zz'"),
+    "nested": ({**dumpfile.K_ZERO, "out": {"a": [1, {"b": 2}]}},
+               "K out of 10.1.2.3 is not a whole number"),
+    "list": ([1, 2, 3], "K of 10.1.2.3 is not a mapping"),
+    "number": (7, "K of 10.1.2.3 is not a mapping"),
+}
+
+
+@pytest.mark.parametrize("fmt", ["python", "perl", "json"])
+@pytest.mark.parametrize("case", sorted(HOSTILE_K))
+def test_hostile_k_is_one_line_naming_the_file(tmp_path, fmt, case):
+    value, problem = HOSTILE_K[case]
+    path = str(tmp_path / f"bad.{fmt}")
+    dumpfile.write_file(path, header(), ROWS_K[:1], fmt)
+    with open(path) as fh:
+        text = fh.read()
+    good = dumpfile.K_PERL if fmt == "perl" else dumpfile.K_JSON
+    text = text.replace(good % dumpfile._K_VALUES(K_ONE), _k_text(value, fmt))
+    with open(path, "w") as fh:
+        fh.write(text)
+    with pytest.raises(DumpFileError) as info:
+        dumpfile.read_stats(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable stats file: {problem}"), message
+    assert "\n" not in message and len(message) < 300 + len(path)
+
+
+def test_hostile_connections_in_json_header(tmp_path):
+    path = str(tmp_path / "bad.json")
+    dumpfile.write_file(path, header(connections=(1, 3, 0)), ROWS_K[:1], "json")
+    text = open(path).read().replace('"active": 1, "started"', '"active": -1, "started"')
+    open(path, "w").write(text)
+    with pytest.raises(DumpFileError, match="'active' is not a whole number"):
+        dumpfile.read_stats(path)
+
+
+def test_connections_off_output_has_no_k():
+    """A Table made without connections writes exactly what it always wrote."""
+    for conns in (False, True):
+        acct = accounting.Accounting(1000, connections=conns)
+        acct.count(bytes([10, 0, 0, 1]), 60, 1000)
+        rows = list(dumpfile.rows_from_records(acct.records))
+        assert len(rows[0]) == (10 if conns else 9)
+        assert ('"K": ' in "".join(dumpfile.render(header(), rows))) is conns
+        assert (acct.records.conn_totals() is None) is not conns
+    assert "cols" in vars(acct.records) and "conn" not in accounting.Accounting(0).records.cols
+
+
+ME_ADDR, PEERS4 = 0x7F000001, (0x0A000001, 0x0A000002, 0x0A000003)
+
+
+@st.composite
+def packet_streams(draw):
+    """Random packets between "me" and a few peers, in time order, in a few batches."""
+    n = draw(st.integers(0, 60))
+    sec, rows = 1000, []
+    for _ in range(n):
+        sec += draw(st.integers(0, 8))
+        peer = draw(st.sampled_from(PEERS4))
+        proto = draw(st.sampled_from(ct.TRACKED[:3]))
+        flags = draw(st.sampled_from([ct.SYN, ct.SYN | ct.ACK, ct.ACK, ct.FIN | ct.ACK, ct.RST,
+                                      ct.RST | ct.ACK])) if proto == ct.TCP else 0
+        rows.append((sec, 0, ME_ADDR, 0, peer, 0, 60, draw(st.sampled_from([40000, 40001])),
+                     80, proto, int(draw(st.booleans())), 0, flags))
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=3)))
+    return [rows[a:b] for a, b in zip([0] + cuts, cuts + [n])]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(packet_streams(), st.sampled_from(["python", "perl", "json"]), st.booleans())
+def test_k_sums_hold_in_written_files(tmp_path_factory, batches, fmt, sighup):
+    """Events of the reference tracker, counted by conncounts into the records, give files
+    where tcp+udp+icmp == in+out == active+ended, for every record, also after a SIGHUP."""
+    tracker = ct.Tracker(max_connections=3, reference=True)
+    acct = accounting.Accounting(1000, connections=True)
+    for i, rows in enumerate(batches):
+        if sighup and i == 1:
+            acct.reset(rows[0][0] if rows else 1000)
+        if not rows:
+            continue
+        for row in rows:
+            acct.count(row[4].to_bytes(4, "big"), row[6], row[0])
+        acct.count_connections(*conncounts.count(tracker.process(ct.packets(rows))))
+    path = str(tmp_path_factory.mktemp("k") / "k.stats")
+    dumpfile.write_file(path, header(connections=acct.records.conn_totals()),
+                        dumpfile.rows_from_records(acct.records), fmt)
+    got = dumpfile.read_stats(path)
+    active = started = evicted = 0
+    for rec in got.records.values():
+        k = rec["K"]
+        sums = [sum(k[f] for f in group) for group in CONN_SUMS]
+        assert sums[0] == sums[1] == sums[2], k
+        active, started, evicted = active + k["active"], started + sums[0], evicted + k["evicted"]
+    assert got.header_value("connections") == \
+        f"{active} active, {started} started, {evicted} evicted"
+    if not sighup:
+        assert active == tracker.live
+
+
+def test_duplicate_ip_among_k_records_is_caught_whatever_the_names(tmp_path):
+    """The block fast path counts '}' per record; a name must not make up for a duplicate."""
+    rows = [ROWS_K[0], ROWS_K[0][:4] + (['"K": {x'],) + ROWS_K[0][5:]]
+    path = str(tmp_path / "dup.stats")
+    dumpfile.write_file(path, header(), rows, "python")
+    with pytest.raises(DumpFileError, match="10.1.2.3 appears twice"):
+        dumpfile.read_stats(path)

@@ -690,3 +690,29 @@ def test_scoped_and_infinite_records_never_reach_the_report(tmp_path):
         path = hostile.write(tmp_path / f"{kind}.stats", kind, fmt)
         with pytest.raises(DumpFileError):
             report.report_text(path, False)
+
+
+# --------------------------------------------------------------------------- K (10.3)
+
+@pytest.mark.parametrize("fmt", ["python", "perl", "json"])
+@pytest.mark.parametrize("kind", [0, 1])
+def test_report_of_a_file_with_k_is_unchanged(tmp_path, fmt, kind):
+    """K is read from every layout and leaves the report as it was."""
+    from ncsniffer import dumpfile
+    stats = dumpfile.read_stats(data("mixed.stats"))
+    one = {**dumpfile.K_ZERO, "udp": 1, "out": 1, "active": 1}
+    rows = dumpfile.rows_from_dicts({ip: dict(r, K=one) for ip, r in stats.records.items()})
+    path = str(tmp_path / f"k.{fmt}")
+    if fmt == "json":
+        with open(data("mixed.json.stats"), encoding="utf-8") as fh:
+            head = fh.read().split(', "records": {')[0]
+        text = head + ', "records": {\n' + "".join(dumpfile._json_document(
+            dumpfile.Header(0, 0, 0, 0, 0, "", False, ""), rows)).split(', "records": {\n')[1]
+    else:
+        text = "\n" + "\n".join(stats.header) + "\n" + "".join(dumpfile.render_body(rows, fmt))
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    assert all(r["K"] == one for r in report.read_stf(path).records.values())
+    out = io.StringIO()
+    report.report(out, path, bool(kind))
+    assert out.getvalue() == expected(f"mixed.report.{kind}")

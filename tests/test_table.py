@@ -73,3 +73,97 @@ def test_slots_are_reused_after_purge():
     acct.count(B, 7, 86402)
     assert acct.records.size == 10 and acct.records[B].as_dict() == \
         {"B": 7, "C": 1, "E": 86402, "N": [], "R": 0, "S": 0, "T": 0, "W": 0}
+
+
+# --------------------------------------------------------------------------- K counters (10.3)
+
+from ncsniffer import conncounts, conntrack as ct  # noqa: E402
+
+
+def k_events(*rows):
+    """Events from (kind, state, proto, dir, peer_lo, v6, peer_hi) rows."""
+    e = np.zeros(len(rows), ct.EVENT_DTYPE)
+    for f, values in zip(("kind", "state", "proto", "dir", "peer_lo", "v6", "peer_hi"),
+                         zip(*rows)):
+        e[f] = values
+    return e
+
+
+V6 = bytes(8) + bytes([0, 0, 0, 0, 0, 0, 0x12, 0x34])
+
+
+def test_k_counts_per_peer_both_families_and_active_computed():
+    acct = Accounting(1000, connections=True)
+    acct.count_run((B, V6), (60, 60), 1000)
+    acct.count_connections(*conncounts.count(k_events(
+        (ct.NEW, ct.ACTIVE, ct.TCP, ct.DIR_OUT, 0x0A000003, 0, 0),
+        (ct.NEW, ct.ACTIVE, ct.UDP, ct.DIR_IN, 0x0A000003, 0, 0),
+        (ct.END, ct.REFUSED, ct.TCP, ct.DIR_OUT, 0x0A000003, 0, 0),
+        (ct.NEW, ct.ACTIVE, ct.ICMP6, ct.DIR_IN, 0x1234, 1, 0),
+        (ct.NEW, ct.ACTIVE, ct.TCP, ct.DIR_IN, 0x0A000009, 0, 0))))   # no record: skipped
+    table = acct.records
+    got = dict(zip(table.keys_at(table.occupied()), table.conn_dicts(table.occupied())))
+    assert got[B] == {**dict.fromkeys(conncounts.K_FIELDS, 0), "tcp": 1, "udp": 1, "in": 1,
+                      "out": 1, "refused": 1, "active": 1}
+    assert got[V6]["icmp"] == got[V6]["in"] == got[V6]["active"] == 1
+    assert table.conn_totals() == (2, 3, 0) and len(table) == 2
+
+
+def test_ends_of_connections_not_begun_in_the_record_are_dropped():
+    """After SIGHUP (or a purge) an old connection's end has no begin here: the sums hold."""
+    acct = Accounting(1000, connections=True)
+    acct.count(B, 60, 1000)
+    acct.count_connections(*conncounts.count(k_events(
+        (ct.END, ct.TIMEDOUT, ct.TCP, ct.DIR_OUT, 0x0A000003, 0, 0))))
+    acct.count_connections(*conncounts.count(k_events(
+        (ct.NEW, ct.ACTIVE, ct.UDP, ct.DIR_OUT, 0x0A000003, 0, 0),
+        (ct.END, ct.RESET, ct.TCP, ct.DIR_OUT, 0x0A000003, 0, 0),
+        (ct.END, ct.CLOSED, ct.TCP, ct.DIR_OUT, 0x0A000003, 0, 0))))
+    k = acct.records.conn_dicts(acct.records.occupied())[0]
+    assert (k["udp"], k["out"], k["timedout"], k["active"]) == (1, 1, 0, 0)
+    assert k["closed"] + k["reset"] == 1
+
+
+def test_k_goes_with_its_record_and_with_sighup():
+    acct = Accounting(1000, max_hosts=1, connections=True)
+    acct.count(B, 60, 1000)
+    acct.count_connections(*conncounts.count(k_events(
+        (ct.NEW, ct.ACTIVE, ct.TCP, ct.DIR_OUT, 0x0A000003, 0, 0))))
+    acct.count(V6, 60, 1001)                  # evicts B, its slot reused
+    acct.count(B, 60, 1002)                   # B again: a new record, K from zero
+    table = acct.records
+    assert table.conn_dicts(table.occupied()) == [dict.fromkeys(conncounts.K_FIELDS, 0)]
+    acct.count_connections(*conncounts.count(k_events(
+        (ct.NEW, ct.ACTIVE, ct.TCP, ct.DIR_OUT, 0x0A000003, 0, 0))))
+    acct.reset(1003)
+    acct.count(B, 60, 1003)
+    assert acct.records.connections and acct.records.conn_totals() == (0, 0, 0)
+
+
+def test_k_columns_grow_with_the_table():
+    acct = Accounting(1000, connections=True)
+    keys = [bytes([10, 1, i >> 8, i & 255]) for i in range(3000)]
+    acct.count_packets(keys, np.arange(len(keys)), np.full(len(keys), 1000), np.full(len(keys), 60))
+    events = k_events(*[(ct.NEW, ct.ACTIVE, ct.UDP, ct.DIR_OUT, int.from_bytes(k, "big"), 0, 0)
+                        for k in keys])
+    acct.count_connections(*conncounts.count(events))
+    assert acct.records.conn_totals() == (3000, 3000, 0)
+    assert len(acct.records.cols["conn"]) == len(acct.records.cols["B"]) >= 3000
+
+
+def test_no_k_columns_when_connections_are_off():
+    acct = Accounting(1000)
+    acct.count(B, 60, 1000)
+    assert "conn" not in acct.records.cols and acct.records.conn_totals() is None
+    assert all(len(row) == 9 for row in acct.records.columns())
+
+
+def test_k_counters_saturate_instead_of_wrapping():
+    acct = Accounting(1000, connections=True)
+    acct.count(B, 60, 1000)
+    peers, deltas = conncounts.count(k_events((ct.NEW, ct.ACTIVE, ct.UDP, ct.DIR_OUT,
+                                               0x0A000003, 0, 0)))
+    acct.count_connections(peers, deltas * (2 ** 32 - 2))
+    acct.count_connections(peers, deltas * 5)
+    k = acct.records.conn_dicts(acct.records.occupied())[0]
+    assert k["udp"] == k["out"] == k["active"] == 2 ** 32 - 1
