@@ -26,7 +26,7 @@ from typing import IO
 
 import daemon as pydaemon
 
-from ncsniffer import capture, host, notify, pidfile, safefile
+from ncsniffer import capture, export, host, notify, pidfile, safefile
 from ncsniffer.clock import WallClock
 from ncsniffer.config import Settings
 from ncsniffer.errors import NcSnifferError
@@ -45,6 +45,7 @@ FLUSH_WAIT = capture.BLOCK_TIMEOUT_MS / 1000 + 0.05
 MAX_DUMP_DELAY = 1.0     # later requests join a waiting dump, for this long at most
 FLUSH_STEP = 0.005
 FLUSH_ROUNDS = 200       # PCAP_BATCH-packet reads while emptying the ring for a dump
+EXPORT_WAIT = 5.0        # seconds SIGTERM waits for the export to be sent or spooled
 
 
 # --------------------------------------------------------------------------- start-up
@@ -308,6 +309,8 @@ class Daemon:
         self.refused = 0
         self.wake_r, self.wake_w = os.pipe()
         self.notifier = notify.Notifier()
+        self.export = export.start(settings, sniffer.acct, self.clock, replay=False) \
+            if settings.clickhouse is not None else None       # its thread: after the fork
 
     # signals only set flags; the loop acts on them
     def _on_signal(self, signum, frame) -> None:
@@ -420,6 +423,8 @@ class Daemon:
             self.write_dump()
         except NcSnifferError as exc:
             log.error("final dump failed: %s", exc)
+        if self.export is not None:
+            log.info("%s", self.export.finish(self.clock.update(), EXPORT_WAIT))
         self._log_counters("stopped")
         if self.settings.pid_file:
             pidfile.remove_pid(self.settings.pid_file, os.getpid())

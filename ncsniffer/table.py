@@ -17,6 +17,7 @@ import numpy as np
 
 INTS = ("B", "C", "E", "S", "T")
 FLOATS = ("R", "W")
+TOTALS = ("X", "P")     # bytes and packets since the record was made (an export's deltas)
 
 
 class RecordView:
@@ -101,7 +102,8 @@ class Table(MutableMapping):
               "N": object, "H": np.uint64, "L": np.uint64, "K": np.uint8,
               "Q": np.int64}     # Q: when last seen, for max_hosts (``Accounting``)
 
-    def __init__(self, capacity: int = 1024):
+    def __init__(self, capacity: int = 1024, totals: bool = False):
+        self.totals = totals         # columns X P as well (only an export needs them)
         self.v4 = np.zeros(0, np.uint32)      # sorted IPv4 numbers ...
         self.v4_slot = np.zeros(0, np.int64)  # ... their slots (stale ones are checked)
         self.stale = 0
@@ -112,6 +114,8 @@ class Table(MutableMapping):
         self.free: list[int] = []
         self.cols = {f: np.zeros(capacity, t) for f, t in self.DTYPES.items()}
         self.cols["N"][:] = None
+        if totals:
+            self.cols.update({f: np.zeros(capacity, np.int64) for f in TOTALS})
 
     # --------------------------------------------------------------- mapping
     def __getitem__(self, key: bytes) -> RecordView:
@@ -212,6 +216,8 @@ class Table(MutableMapping):
             slot, self.size = self.size, self.size + 1
         c = self.cols
         c["T"][slot], c["N"][slot] = 0, None
+        if self.totals:
+            c["X"][slot] = c["P"][slot] = 0
         if len(key) == 16:
             c["H"][slot], c["L"][slot] = int.from_bytes(key[:8], "big"), int.from_bytes(key[8:], "big")
             c["K"][slot] = 16
@@ -256,7 +262,7 @@ class Table(MutableMapping):
         self.size += fresh
         self.count += n
         c = self.cols
-        for f in INTS + FLOATS:
+        for f in INTS + FLOATS + (TOTALS if self.totals else ()):
             c[f][slots] = 0
         c["E"][slots] = first_seen
         c["S"][slots] = start

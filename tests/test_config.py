@@ -222,7 +222,7 @@ ACCEPTED = {
     "host": [None, ""], "allowed": [None, "", []], "nameserver": [None, ""],
     "resolve": [None, True, False], "dump_format": [None, ""], "user": [None, ""],
     "group": [None, ""], "max_hosts": [None], "interface": [None, "", "abc", "-3"],
-    "dns_max_outstanding": [None], "dns_max_qps": [None],
+    "dns_max_outstanding": [None], "dns_max_qps": [None], "clickhouse": [None],
 }
 NEEDS = {"payload": {"match": "x"}, "host": {"port": 10004}, "allowed": {"port": 10004}}
 
