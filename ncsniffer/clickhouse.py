@@ -9,6 +9,7 @@ read them with FINAL.
 
 from __future__ import annotations
 
+import logging
 import socket
 
 from clickhouse_driver import Client
@@ -35,6 +36,9 @@ CONNECTIONS_TABLE = """CREATE TABLE IF NOT EXISTS {db}.ncsniffer_connections (
 ) ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(toDateTime(toUInt32(start)))
 ORDER BY (sniffer, instance, peer, start, proto, me, me_port, peer_port, batch)"""
+
+# the driver logs each failed connection with a traceback; the export logs one line
+logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
 
 COLUMNS = {TRAFFIC: TRAFFIC_COLUMNS, CONNECTIONS: CONNECTION_COLUMNS}
 
