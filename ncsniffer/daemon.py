@@ -26,7 +26,7 @@ from typing import IO
 
 import daemon as pydaemon
 
-from ncsniffer import capture, export, host, notify, pidfile, safefile
+from ncsniffer import capture, host, notify, pidfile, safefile
 from ncsniffer.clock import WallClock
 from ncsniffer.config import Settings
 from ncsniffer.errors import NcSnifferError
@@ -309,8 +309,10 @@ class Daemon:
         self.refused = 0
         self.wake_r, self.wake_w = os.pipe()
         self.notifier = notify.Notifier()
-        self.export = export.start(settings, sniffer.acct, self.clock, replay=False) \
-            if settings.clickhouse is not None else None       # its thread: after the fork
+        self.export = None
+        if settings.clickhouse is not None:
+            from ncsniffer import export    # only then (the driver too); its thread: after the fork
+            self.export = export.start(settings, sniffer.acct, self.clock, replay=False)
 
     # signals only set flags; the loop acts on them
     def _on_signal(self, signum, frame) -> None:
@@ -458,6 +460,8 @@ class Daemon:
         if self.hup_wanted:
             self.hup_wanted = False
             self._dump_in_child(now, hup=True)
+            if self.export is not None:
+                self.export.cutter.cut(now)    # the interval ends with the records it counted
             self.sniffer.acct.reset(now)   # the child holds the snapshot
             if self.resolver is not None:
                 self.resolver.reset()      # no name is due in the new records yet

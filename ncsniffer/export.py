@@ -419,6 +419,12 @@ class Exporter:
             self.retry_at = self.monotonic() + self.backoff
             self.backoff = min(self.backoff * 2, MAX_BACKOFF)
             return False
+        except Exception:          # a batch the sink cannot take at all: not sent again
+            log.exception("clickhouse: batch %s refused: %d rows lost", batch.batch,
+                          len(batch.rows))
+            self.spool.lost_batches += 1
+            self.spool.lost_rows += len(batch.rows)
+            return True
         if self.down:
             log.info("clickhouse: %s answers again", self.target)
         self.down = False

@@ -18,7 +18,7 @@ import time
 import traceback
 from typing import IO, Iterator
 
-from ncsniffer import batch, bpfvm, capture, export, pcapfile
+from ncsniffer import batch, bpfvm, capture, pcapfile
 from ncsniffer.clock import PacketClock
 from ncsniffer.config import Settings
 from ncsniffer.errors import CaptureError, NcSnifferError
@@ -64,8 +64,10 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
     except NcSnifferError:
         close()
         raise
-    exporting = export.start(settings, sniffer.acct, clock, replay=True) \
-        if settings.clickhouse is not None else None
+    exporting = None
+    if settings.clickhouse is not None:
+        from ncsniffer import export    # only then: a plain replay imports nothing more
+        exporting = export.start(settings, sniffer.acct, clock, replay=True)
     if lookups is not None:
         lookups.attach(sniffer)
         clock.every_second(lambda now, elapsed: lookups.tick(now))

@@ -161,3 +161,30 @@ def test_live_daemon_server_killed_and_restarted(workdir, chserver):
         assert dup == [(0,)]
     finally:
         sender.close()
+
+
+@pytest.mark.slow
+def test_live_daemon_sighup_ends_the_interval_with_its_records(workdir, chserver):
+    """SIGHUP clears the records: what they counted before it is exported, none twice."""
+    import signal
+    sender = RawSender()
+    try:
+        d = LiveDaemon(workdir, clickhouse={"url": chserver.url, "interval": 3600})
+        d.start()
+        try:
+            before = sum(sender.send("127.0.0.2", d.dport, b"a" * 10) for _ in range(5))
+            time.sleep(0.3)
+            old = os.stat(d.stats).st_mtime_ns if os.path.exists(d.stats) else 0
+            os.kill(d.pid, signal.SIGHUP)
+            wait_for(lambda: os.path.exists(d.stats) and os.stat(d.stats).st_mtime_ns > old)
+            assert stats_totals(d.stats) == {"127.0.0.2": (before, 5)}
+            after = sum(sender.send("127.0.0.2", d.dport, b"b" * 20) for _ in range(3))
+            time.sleep(0.3)
+        finally:
+            d.stop()
+        wait_for(lambda: not os.path.exists(d.pidfile), timeout=15)
+        assert stats_totals(d.stats) == {"127.0.0.2": (after, 3)}
+        assert per_peer(chserver) == {"127.0.0.2": (before + after, 8)}
+        assert chserver.query("SELECT count() FROM ncs.ncsniffer_traffic FINAL") == [(2,)]
+    finally:
+        sender.close()

@@ -244,3 +244,17 @@ def test_cut_on_packet_time_in_a_batch_is_exact(interval):
     assert sum(r[6] for r in rows) == n
     for r in rows:
         assert r[6] == 3 * (r[4] - r[3]), r          # 3 packets in each second of the interval
+
+
+def test_a_batch_the_sink_cannot_take_is_dropped_not_retried(tmp_path):
+    class Broken(FakeSink):
+        def send(self, table, batch, rows):
+            if batch == "b1":
+                raise TypeError("bad row")
+            super().send(table, batch, rows)
+    sink = Broken()
+    ex = Exporter(sink, Spool(str(tmp_path / "s"), 1 << 20), "fake").start()
+    for i in range(3):
+        ex.submit(batch(i))
+    assert ex.close(5)
+    assert sink.got == ["b0", "b2"] and ex.lost_rows == 3
