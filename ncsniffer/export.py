@@ -21,6 +21,7 @@ keyed by it, so a batch sent twice is stored once.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
+
+import numpy as np
 
 from ncsniffer import safefile
 from ncsniffer.accounting import Accounting
@@ -110,19 +113,17 @@ class Cutter:
             self.cut(now)
 
     def cut(self, now: int) -> int:
-        """Submit the rows of the interval [start, now); return how many."""
+        """Submit the interval [start, now); return how many peers moved in it."""
         if self.start is None:
             self.begin(now)
-        rows = self.rows(self.start, max(now, self.start))
-        for seq, at in enumerate(range(0, len(rows), BATCH_ROWS)):
-            self.submit(Batch(TRAFFIC, f"{self.sniffer}/{self.instance}/{self.start}/{seq}/{self.run}",
-                              rows[at:at + BATCH_ROWS]))
+        cut = self.take(self.start, max(now, self.start))
+        self.submit(cut)
         self.begin(now)
-        return len(rows)
+        return len(cut.keys) + len(cut.gone)
 
-    def rows(self, start: int, end: int) -> list[tuple]:
-        """One row per peer with packets since the last cut, the records gone
-        meanwhile included (summed with the peer's new record, if any)."""
+    def take(self, start: int, end: int) -> "Cut":
+        """The traffic since the last cut, taken from the records (their X P
+        cleared) as arrays: numpy only; the rows are made by the export thread."""
         acct = self.acct
         if acct.departed_lost > self.lost_departed:
             log.warning("clickhouse: %d records went with traffic not exported (over %d "
@@ -134,26 +135,52 @@ class Cutter:
         c = table.cols
         occupied = table.occupied()
         moved = occupied[c["P"][occupied] > 0]
+        cut = Cut(self.sniffer, self.instance, self.run, start, end, gone, table.keys_at(moved),
+                  c["X"][moved], c["P"][moved], c["R"][moved], c["W"][moved], c["N"][moved])
+        c["X"][moved] = 0
+        c["P"][moved] = 0
+        return cut
+
+
+@dataclass
+class Cut:
+    """One interval's traffic as the capture loop took it: the records that moved
+    (columns) and those gone meanwhile (``Accounting.departed``)."""
+
+    sniffer: str
+    instance: str
+    run: str
+    start: int
+    end: int
+    gone: list
+    keys: list
+    x: np.ndarray
+    p: np.ndarray
+    r: np.ndarray
+    w: np.ndarray
+    n: np.ndarray
+
+    def rows(self) -> list[tuple]:
+        """One row per peer, a record gone and the peer's new one summed."""
         head = (self.sniffer, self.instance)
+        start, end = self.start, self.end
         out: dict[str, tuple] = {}
-        for key, x, p, r, w, names in gone:
-            peer = peer_text(key)
-            old = out.get(peer)
-            if old is not None:
-                x, p = x + old[5], p + old[6]
-            out[peer] = (*head, peer, start, end, x, p, r, w, list(names))
-        keys = table.keys_at(moved)
-        for key, x, p, r, w, names in zip(keys, c["X"][moved].tolist(), c["P"][moved].tolist(),
-                                         c["R"][moved].tolist(), c["W"][moved].tolist(),
-                                         c["N"][moved].tolist()):
+        live = zip(self.keys, self.x.tolist(), self.p.tolist(), self.r.tolist(),
+                   self.w.tolist(), self.n.tolist())
+        for key, x, p, r, w, names in itertools.chain(self.gone, live):
             peer = peer_text(key)
             old = out.get(peer)
             if old is not None:
                 x, p = x + old[5], p + old[6]
             out[peer] = (*head, peer, start, end, x, p, r, w, list(names or ()))
-        c["X"][moved] = 0
-        c["P"][moved] = 0
         return list(out.values())
+
+    def batches(self) -> list[Batch]:
+        """The rows in batches of at most BATCH_ROWS, each with its id."""
+        rows = self.rows()
+        name = f"{self.sniffer}/{self.instance}/{self.start}"
+        return [Batch(TRAFFIC, f"{name}/{seq}/{self.run}", rows[at:at + BATCH_ROWS])
+                for seq, at in enumerate(range(0, len(rows), BATCH_ROWS))]
 
 
 def connection_rows(events: Iterable[dict], sniffer: str, instance: str) -> list[tuple]:
@@ -309,9 +336,10 @@ class Exporter:
         return self
 
     # ------------------------------------------------------------ capture side
-    def submit(self, batch: Batch, wait: float | None = 0) -> bool:
-        """Hand ``batch`` to the thread: live, never waiting (a full queue drops it,
-        counted); a replay waits up to ``wait`` seconds (None: as long as it takes)."""
+    def submit(self, batch: "Batch | Cut", wait: float | None = 0) -> bool:
+        """Hand ``batch`` (or a cut, made into batches by the thread) to the thread:
+        live, never waiting (a full queue drops it, counted); a replay waits up to
+        ``wait`` seconds (None: as long as it takes)."""
         try:
             if wait == 0:
                 self.queue.put_nowait(batch)
@@ -319,9 +347,10 @@ class Exporter:
                 self.queue.put(batch, timeout=wait)
             return True
         except queue.Full:
+            rows = _row_count(batch)
             self.dropped_batches += 1
-            self.dropped_rows += len(batch.rows)
-            log.error("clickhouse: export queue full: a batch of %d rows dropped", len(batch.rows))
+            self.dropped_rows += rows
+            log.error("clickhouse: export queue full: %d rows dropped", rows)
             return False
 
     def close(self, timeout: float) -> bool:
@@ -340,8 +369,8 @@ class Exporter:
                 batch = self.queue.get_nowait()
             except queue.Empty:
                 break
-            if batch is not None:
-                self._spool(batch)
+            for one in _batches(batch):
+                self._spool(one)
         return not self.thread.is_alive()
 
     @property
@@ -370,7 +399,8 @@ class Exporter:
             if batch is None:
                 stopping = True
             elif batch:
-                self._take(batch)
+                for one in _batches(batch):
+                    self._take(one)
             if len(self.spool) and (stopping or self.monotonic() >= self.retry_at):
                 self._send_spool()
             if stopping and (not len(self.spool) or self.down) and self.queue.empty():
@@ -432,6 +462,17 @@ class Exporter:
         self.sent_batches += 1
         self.sent_rows += len(batch.rows)
         return True
+
+
+def _batches(item) -> list[Batch]:
+    """A queue item as batches (a cut becomes its batches in the thread)."""
+    if item is None:
+        return []
+    return item.batches() if isinstance(item, Cut) else [item]
+
+
+def _row_count(item) -> int:
+    return len(item.keys) + len(item.gone) if isinstance(item, Cut) else len(item.rows)
 
 
 def spool_dir(stats_dir: str | None, name: str) -> str | None:

@@ -24,8 +24,8 @@ def cutter(acct, interval=60):
     return cut, got
 
 
-def rows_of(batches):
-    return {r[2]: r for b in batches for r in b.rows}
+def rows_of(cuts):
+    return {r[2]: r for cut in cuts for b in cut.batches() for r in b.rows}
 
 
 def test_rows_are_the_traffic_since_the_last_cut():
@@ -112,6 +112,7 @@ def test_interval_batches_are_split_and_named(monkeypatch):
     cut, got = cutter(acct)
     acct.count_run([bytes([10, 0, 2, i]) for i in range(5)], [1] * 5, T0)
     cut.tick(T0 + 60)
+    got = got[0].batches()
     assert [len(b.rows) for b in got] == [2, 2, 1]
     assert [b.batch.split("/")[:4] for b in got] == [
         ["host1", "nc.sniffer", str(T0), str(i)] for i in range(3)]
@@ -240,7 +241,7 @@ def test_cut_on_packet_time_in_a_batch_is_exact(interval):
     batchmod.account(acct, clock, addrs, np.zeros(n, np.int64), secs,
                      np.arange(n), np.full(n, 10, np.int64))
     cut.cut(clock.now + 1)
-    rows = [r for b in got for r in b.rows]
+    rows = [r for c in got for r in c.rows()]
     assert sum(r[6] for r in rows) == n
     for r in rows:
         assert r[6] == 3 * (r[4] - r[3]), r          # 3 packets in each second of the interval
