@@ -17,7 +17,7 @@ import numpy as np
 
 INTS = ("B", "C", "E", "S", "T")
 FLOATS = ("R", "W")
-TOTALS = ("X", "P")     # bytes and packets since the record was made (an export's deltas)
+TOTALS = ("X", "P")     # bytes and packets the export has not taken yet (``ncsniffer.export``)
 
 
 class RecordView:
@@ -103,7 +103,7 @@ class Table(MutableMapping):
               "Q": np.int64}     # Q: when last seen, for max_hosts (``Accounting``)
 
     def __init__(self, capacity: int = 1024, totals: bool = False):
-        self.totals = totals         # columns X P as well (only an export needs them)
+        self.totals = totals         # columns X P as well (only the export needs them)
         self.v4 = np.zeros(0, np.uint32)      # sorted IPv4 numbers ...
         self.v4_slot = np.zeros(0, np.int64)  # ... their slots (stale ones are checked)
         self.stale = 0

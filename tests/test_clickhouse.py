@@ -65,6 +65,9 @@ def test_replay_rows_sum_to_the_stats_file(workdir, chserver):
     assert "rows lost" in result.stderr and ", 0 rows lost" in result.stderr, result.stderr
     stats = stats_totals(os.path.join(workdir, "nc.sniffer.stats"))
     assert per_peer(chserver) == stats
+    with open(os.path.join(workdir, "nc.sniffer.stats"), "rb") as a, \
+            open(cap_stats(workdir, cap), "rb") as b:
+        assert a.read() == b.read()                 # the export changes no byte of the stats
     starts = chserver.query("SELECT DISTINCT start, end FROM ncs.ncsniffer_traffic ORDER BY start")
     bounds = [(int(s.timestamp()), int(e.timestamp())) for s, e in starts]
     assert bounds[0][0] == T0 and all(e - s == 10 for s, e in bounds[:-1])
@@ -92,12 +95,12 @@ def test_replay_with_the_server_down_spools_then_delivers(workdir, tmp_path_fact
         result = replay(workdir, empty, server.url, interval=30)   # the next run sends the spool
         assert result.returncode == 0, result.stderr
         assert os.listdir(spool) == []
-        assert per_peer(server) == stats_totals(cap_stats(workdir, cap, server))
+        assert per_peer(server) == stats_totals(cap_stats(workdir, cap))
     finally:
         server.kill()
 
 
-def cap_stats(workdir: str, cap: str, server: Server) -> str:
+def cap_stats(workdir: str, cap: str) -> str:
     """The stats of ``cap`` alone (the empty replay overwrote the file)."""
     other = os.path.join(workdir, "again")
     os.mkdir(other)
