@@ -162,6 +162,12 @@ def test_live_daemon_server_killed_and_restarted(workdir, chserver):
         dup = chserver.query("SELECT count() FROM (SELECT peer, start, count() AS c FROM "
                              "ncs.ncsniffer_traffic FINAL GROUP BY peer, start HAVING c > 1)")
         assert dup == [(0,)]
+        log_file = os.path.join(workdir, "nc.sniffer.log")      # the log without syslog
+        if os.path.exists(log_file):
+            with open(log_file) as fh:
+                text = fh.read()
+            assert "Connection refused" in text and "answers again" in text, text
+            assert "batches sent, 0 batches spooled, 0 rows lost" in text, text
     finally:
         sender.close()
 
