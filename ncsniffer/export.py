@@ -36,7 +36,7 @@ from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
-from ncsniffer import safefile
+from ncsniffer import host, safefile
 from ncsniffer.accounting import Accounting
 from ncsniffer.errors import NcSnifferError
 
@@ -54,6 +54,7 @@ QUEUE_BATCHES = 64         # batches waiting for the thread before the tick drop
 FIRST_BACKOFF = 0.5        # seconds before the first retry after a failure ...
 MAX_BACKOFF = 10.0         # ... doubling up to this
 SPOOL_NAME = re.compile(r"(\d{16})\.(\d+)\.jsonl")
+SPOOL_TMP = re.compile(r"\d{16}\.\d+\.jsonl\.(\d+)\.tmp")   # a writer's (safefile.tmp_name)
 
 
 class ExportError(NcSnifferError):
@@ -216,6 +217,7 @@ class Spool:
         for name in sorted(os.listdir(self.path)):
             m = SPOOL_NAME.fullmatch(name)
             if m is None:
+                self._remove_stale(name)
                 continue
             try:
                 size = os.lstat(os.path.join(self.path, name)).st_size
@@ -224,6 +226,12 @@ class Spool:
             self.entries.append((int(m.group(1)), int(m.group(2)), size, name))
         if self.entries:
             self._next = self.entries[-1][0] + 1
+
+    def _remove_stale(self, name: str) -> None:
+        """A temporary file of a writer that died while writing it: never a batch."""
+        m = SPOOL_TMP.fullmatch(name)
+        if m and not host.process_exists(int(m.group(1))):
+            self._remove(name)
 
     def __len__(self) -> int:
         with self.lock:

@@ -259,3 +259,14 @@ def test_a_batch_the_sink_cannot_take_is_dropped_not_retried(tmp_path):
         ex.submit(batch(i))
     assert ex.close(5)
     assert sink.got == ["b0", "b2"] and ex.lost_rows == 3
+
+
+def test_spool_removes_a_dead_writers_temporary_file(tmp_path):
+    path = tmp_path / "s.spool"
+    path.mkdir()
+    dead = path / "0000000000000004.3.jsonl.999999999.tmp"
+    mine = path / f"0000000000000005.3.jsonl.{os.getpid()}.tmp"
+    dead.write_text("half")
+    mine.write_text("being written")
+    assert len(Spool(str(path), 1 << 20)) == 0
+    assert not dead.exists() and mine.exists()
