@@ -33,6 +33,8 @@ GLOBAL_INTERVAL = 60       # seconds between global rate updates ...
 FIRST_GLOBAL_INTERVAL = 300  # ... except the first one
 FIRST_PACKETS = 5          # both rules wait for this many packets while starting
 PURGE_BATCH = 10000        # records examined per second of purge work
+MAX_DEPARTED = 100_000     # records gone between two export ticks whose last traffic is kept
+NEVER = 1 << 62            # ``split_at`` when no export cuts the packet time
 
 
 class Names(Protocol):
@@ -102,12 +104,20 @@ class Accounting:
     tells them which IPs need a name."""
 
     def __init__(self, now: int, max_hosts: int | None = None, names: Names | None = None,
-                 connections: bool = False):
+                 connections: bool = False, totals: bool = False):
         self.max_hosts = max_hosts
         self.connections = connections      # records carry the K counters of 10.3
         self.names = names
         self.evicted = 0
         self.purged = 0
+        # With ``totals`` (an export): columns X P count each record's bytes and
+        # packets since the exporter last took them, and records that go (purge,
+        # eviction, SIGHUP) leave their untaken traffic in ``departed``.
+        self.totals = totals
+        self.departed: list[tuple] = []
+        self.departed_lost = 0        # records gone with traffic beyond MAX_DEPARTED
+        self.split_at = NEVER         # replay: count second by second from here (an export tick)
+        self.records = Table(totals=totals)
         self.reset(now)
 
     # ----------------------------------------------------------------- state
@@ -120,7 +130,9 @@ class Accounting:
         self.ba = 0        # bytes since the last global update
         self.nextrate = FIRST_GLOBAL_INTERVAL
         self.next = now + FIRST_GLOBAL_INTERVAL
-        self.records = Table(connections=self.connections)
+        if self.totals:
+            self._depart(self.records.occupied())
+        self.records = Table(connections=self.connections, totals=self.totals)
         # The LRU order of max_hosts, kept one of two ways: far from the limit as
         # each slot's last-seen number (column Q, numpy per run); at the limit,
         # where evictions go packet by packet, as an OrderedDict key -> slot.
@@ -170,6 +182,9 @@ class Accounting:
             self._count_lru(addrs, which, secs, lengths)     # evictions: packet by packet
             return None
         slots = self._count_columns(addrs, which, secs, lengths)
+        if self.totals:
+            np.add.at(self.records.cols["X"], slots, lengths)
+            np.add.at(self.records.cols["P"], slots, 1)
         if self.max_hosts:
             if self._by_seen or len(self.records) < self.max_hosts // 2:
                 self._mark_seen(slots)
@@ -322,6 +337,7 @@ class Accounting:
         keys = addrs.keys()
         states = States(table.cols)
         held, load = states.held, states.load
+        totals: dict[int, list] | None = {} if self.totals else None   # slot -> [bytes, packets]
         for u, now, length in zip(which.tolist(), secs.tolist(), lengths.tolist()):
             key = keys[u]
             slot = recent.get(key)
@@ -330,6 +346,8 @@ class Accounting:
                     old, gone = recent.popitem(last=False)
                     if names is not None:
                         names.drop(old)
+                    if totals is not None:
+                        self._depart_one(gone, held.get(gone), totals.pop(gone, None))
                     states.forget(gone)
                     table.release_one(gone)
                     self.evicted += 1
@@ -339,15 +357,56 @@ class Accounting:
                 recent.move_to_end(key)
                 st = held.get(slot) or load(slot)
             count_one(st, now, length)
+            if totals is not None:
+                t = totals.get(slot)
+                if t is None:
+                    totals[slot] = [length, 1]
+                else:
+                    t[0] += length
+                    t[1] += 1
             if names is not None and cols["T"].item(slot) < now:
                 names.want(key)
         states.store()
+        if totals:
+            at = np.fromiter(totals, np.int64, len(totals))
+            cols["X"][at] += [t[0] for t in totals.values()]
+            cols["P"][at] += [t[1] for t in totals.values()]
         table.flush()
 
     def count_connections(self, peers: np.ndarray, deltas: np.ndarray) -> None:
         """Add the K deltas of ``conncounts.count`` (its peers and rows) to the
         records of those peers; peers without a record are skipped."""
         self.records.add_connections(self.records.peer_slots(peers), deltas)
+
+    # ----------------------------------------------------------------- departures
+    def _depart(self, slots: np.ndarray) -> None:
+        """Records about to be deleted: keep the traffic the exporter has not taken."""
+        c = self.records.cols
+        slots = slots[c["P"][slots] > 0]
+        room = max(MAX_DEPARTED - len(self.departed), 0)
+        if len(slots) > room:
+            self.departed_lost += len(slots) - room
+            slots = slots[:room]
+        if len(slots):
+            self.departed.extend(zip(
+                self.records.keys_at(slots), c["X"][slots].tolist(), c["P"][slots].tolist(),
+                c["R"][slots].tolist(), c["W"][slots].tolist(),
+                [n or () for n in c["N"][slots].tolist()]))
+
+    def _depart_one(self, slot: int, state: list | None, pending: list | None) -> None:
+        """``_depart`` for one evicted record, whose latest fields may be held
+        (``state``: [B, C, E, S, R, W]) and latest totals ``pending``."""
+        c = self.records.cols
+        x, p = c["X"].item(slot), c["P"].item(slot)
+        if pending is not None:
+            x, p = x + pending[0], p + pending[1]
+        if not p:
+            return
+        if len(self.departed) >= MAX_DEPARTED:
+            self.departed_lost += 1
+            return
+        r, w = (state[4], state[5]) if state else (c["R"].item(slot), c["W"].item(slot))
+        self.departed.append((self.records.key(slot), x, p, r, w, c["N"][slot] or ()))
 
     def ask_names(self, slots: np.ndarray, secs: np.ndarray) -> None:
         """Tell the names, in packet order, each IP whose name is due (T < now),
@@ -414,6 +473,8 @@ class Accounting:
         if old.any():
             recent = None if self._by_seen else self._recent
             names = self.names or None       # an empty queue: nothing to drop
+            if self.totals:
+                self._depart(slots[old])
             if names is not None or recent:
                 for slot in slots[old].tolist():
                     key = self.records.key(slot)

@@ -440,6 +440,7 @@ def account(acct: Accounting, clock: Clock, keys: Addresses, which: np.ndarray,
     names_by_second = by_second and acct.names is not None
     stepwise = by_second and (
         acct.purge_due(int(sec.max()), int(times.min()) if good.size else None)
+        or acct.split_at <= int(sec.max())          # an export tick: its interval exact
         or (names_by_second and acct.max_hosts))
     if not stepwise:
         slots = acct.count_packets(keys, which, times, lengths, ask=not names_by_second)

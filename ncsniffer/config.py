@@ -24,6 +24,7 @@ DEFAULT_MAX_HOSTS = 250_000
 FORMATS = ("python", "perl", "json")
 MAX_PORT = 65535
 MAX_DIGITS = 30           # longer digit strings are no setting (and int() refuses 4300+)
+ONE_DAY = 86400
 MAX_HOSTS_LIMIT = 10**9             # beyond any memory: surely a typo
 DNS_LIMITS = {"dns_max_outstanding": 4096, "dns_max_qps": 100_000}  # 4096: 16-bit ids
 DEFAULT_METRICS_TOP = 10
@@ -40,7 +41,38 @@ KNOWN_KEYS = {
     "max_hosts", "interface", "dns_max_outstanding", "dns_max_qps",
     "metrics", "metrics_top",
     "connections", "max_connections", "timeouts", "events",
+    "clickhouse",
 }
+CLICKHOUSE_KEYS = ("url", "interval", "sniffer", "spool_max", "timeout")
+CLICKHOUSE_PORT = 9000              # the native protocol's
+DEFAULT_EXPORT_INTERVAL = 60
+DEFAULT_SPOOL_MAX = 64 << 20        # bytes of undelivered batches kept on disk
+DEFAULT_EXPORT_TIMEOUT = 10         # seconds for a connection or an insert
+_CLICKHOUSE_URL = re.compile(r"clickhouse://(?:([^:@/]+)(?::([^@/]*))?@)?"
+                             r"(\[[0-9a-fA-F:.]+\]|[\w.-]+)(?::(\d{1,5}))?(?:/(\w+))?/?")
+
+
+
+@dataclass
+class ClickHouseSettings:
+    """The ``clickhouse`` export (SPEC 11): server, interval, spool."""
+
+    host: str
+    port: int
+    database: str
+    interval: int
+    sniffer: str | None
+    spool_max: int
+    timeout: int
+    user: str = "default"
+    password: str = ""
+
+    @property
+    def url(self) -> str:
+        """The url without the password (the log, the ``config`` verb)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"clickhouse://{host}:{self.port}/{self.database}"
+
 
 _BPF_HOST = re.compile(r"host\s+([\w.:-]+)", re.IGNORECASE)
 
@@ -81,6 +113,7 @@ class Settings:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     timeouts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     events: str | None = None      # absolute path of the ended connections' JSON lines
+    clickhouse: ClickHouseSettings | None = None
 
     @property
     def pid_file(self) -> str | None:
@@ -391,6 +424,8 @@ def _validate_new_keys(config: dict, settings: Settings) -> None:
     settings.user, settings.group = _account(config, "user"), _account(config, "group")
     _metrics(config, settings)
     _validate_connections(config, settings)
+    if config.get("clickhouse") is not None:
+        settings.clickhouse = _clickhouse(config["clickhouse"])
 
 
 def _metrics(config: dict, settings: Settings) -> None:
@@ -473,6 +508,38 @@ def _events(config: dict) -> str | None:
     return path
 
 
+def _clickhouse(value) -> ClickHouseSettings:
+    """``{'url': 'clickhouse://HOST:PORT/DB', 'interval': SECONDS, ...}``."""
+    if not isinstance(value, dict) or "url" not in value:
+        fail(f"invalid clickhouse '{value}': use {{'url': 'clickhouse://HOST:PORT/DB', "
+             f"'interval': SECONDS}}")
+    for key in sorted(set(value) - set(CLICKHOUSE_KEYS), key=repr):
+        fail(f"invalid clickhouse key '{key}': use one of {', '.join(CLICKHOUSE_KEYS)}")
+    url = value["url"]
+    m = _CLICKHOUSE_URL.fullmatch(url) if isinstance(url, str) else None
+    if m is None or not 0 < int(m.group(4) or CLICKHOUSE_PORT) <= MAX_PORT:
+        fail(f"invalid clickhouse url '{url}': use 'clickhouse://HOST:PORT/DB'")
+    sniffer = value.get("sniffer")
+    if sniffer is not None and (not isinstance(sniffer, str) or not sniffer.strip()
+                                or _CONTROL.search(sniffer)):
+        fail(f"invalid clickhouse sniffer '{sniffer}': use a name")
+    return ClickHouseSettings(
+        host=m.group(3).strip("[]"), port=int(m.group(4) or CLICKHOUSE_PORT),
+        database=m.group(5) or "default",
+        interval=_optional_int(value, "interval", DEFAULT_EXPORT_INTERVAL, 1, ONE_DAY),
+        sniffer=sniffer or None,
+        spool_max=_optional_int(value, "spool_max", DEFAULT_SPOOL_MAX, 0, 1 << 40),
+        timeout=_optional_int(value, "timeout", DEFAULT_EXPORT_TIMEOUT, 1, 3600),
+        user=m.group(1) or "default", password=m.group(2) or "")
+
+
+def _optional_int(value: dict, key: str, default: int, low: int, high: int) -> int:
+    if value.get(key) is None:
+        return default
+    return _int(value[key], f"invalid clickhouse {key} '{value[key]}': {low} to {high}",
+                low=low, high=high)
+
+
 def parse_nameserver(text: str) -> tuple[str | None, int]:
     """``'IP'``, ``'IP:port'``, ``'[v6]:port'`` or a bare IPv6 address -> (IP, port)."""
     text = text.strip()
@@ -531,6 +598,11 @@ def describe(settings: Settings) -> str:
                          timeouts=settings.timeouts)
         if settings.events is not None:
             effective["events"] = settings.events
+    ch = settings.clickhouse
+    if ch is not None:
+        effective["clickhouse"] = {"url": ch.url, "interval": ch.interval,
+                                   "sniffer": ch.sniffer, "spool_max": ch.spool_max,
+                                   "timeout": ch.timeout}
     lines = ["{"]
     for key, value in effective.items():
         lines.append(f"    {key!r}: {value!r},")

@@ -45,6 +45,7 @@ FLUSH_WAIT = capture.BLOCK_TIMEOUT_MS / 1000 + 0.05
 MAX_DUMP_DELAY = 1.0     # later requests join a waiting dump, for this long at most
 FLUSH_STEP = 0.005
 FLUSH_ROUNDS = 200       # PCAP_BATCH-packet reads while emptying the ring for a dump
+EXPORT_WAIT = 5.0        # seconds SIGTERM waits for the export to be sent or spooled
 
 
 # --------------------------------------------------------------------------- start-up
@@ -323,6 +324,10 @@ class Daemon:
         self.metrics = metrics         # a metrics.MetricsServer, or None
         self.dumps = 0                 # stats files written, and the last one's wall time
         self.dump_seconds = 0.0
+        self.export = None
+        if settings.clickhouse is not None:
+            from ncsniffer import export    # only then (the driver too); its thread: after the fork
+            self.export = export.start(settings, sniffer.acct, self.clock, replay=False)
 
     # signals only set flags; the loop acts on them
     def _on_signal(self, signum, frame) -> None:
@@ -447,6 +452,8 @@ class Daemon:
             self.write_dump()
         except NcSnifferError as exc:
             log.error("final dump failed: %s", exc)
+        if self.export is not None:
+            log.info("%s", self.export.finish(self.clock.update(), EXPORT_WAIT))
         self._log_counters("stopped")
         if self.settings.pid_file:
             pidfile.remove_pid(self.settings.pid_file, os.getpid())
@@ -480,6 +487,8 @@ class Daemon:
         if self.hup_wanted:
             self.hup_wanted = False
             self._dump_in_child(now, hup=True)
+            if self.export is not None:
+                self.export.cutter.cut(now)    # the interval ends with the records it counted
             self.sniffer.acct.reset(now)   # the child holds the snapshot
             if self.resolver is not None:
                 self.resolver.reset()      # no name is due in the new records yet

@@ -28,6 +28,7 @@ BATCH = 20000
 PROGRESS_AFTER = 2.0   # seconds of wall time before progress lines appear
 PIPE_BUFFER = 1 << 20  # bytes buffered on each side of the pipe between the processes
 PIPE_SIZE = 1 << 20    # the pipe itself: a prepared batch is 1-2 MB
+EXPORT_WAIT = 30.0     # seconds the end of a replay waits for its export to be sent or spooled
 
 
 class Progress:
@@ -65,6 +66,10 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
     except NcSnifferError:
         close()
         raise
+    exporting = None
+    if settings.clickhouse is not None:
+        from ncsniffer import export    # only then: a plain replay imports nothing more
+        exporting = export.start(settings, sniffer.acct, clock, replay=True)
     if lookups is not None:
         lookups.attach(sniffer)
         clock.every_second(lambda now, elapsed: lookups.tick(now))
@@ -90,6 +95,8 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
 
     sniffer.dump(clock.now)
     log.write(f"nc.sniffer: {path}: {sniffer.counters_text()}\n")
+    if exporting is not None:     # the last second's packets are in: the interval ends after it
+        log.write(f"nc.sniffer: {exporting.finish(clock.now + 1, EXPORT_WAIT)}\n")
     if lookups is not None and hasattr(lookups, "counters_text"):
         log.write(f"nc.sniffer: dns {lookups.counters_text()}\n")
     if error is not None:

@@ -41,7 +41,8 @@ class Sniffer:
         self.device = device
         self.clock = clock
         self.offline = isinstance(clock, PacketClock)
-        self.acct = Accounting(clock.now, settings.max_hosts)
+        self.acct = Accounting(clock.now, settings.max_hosts,
+                               totals=settings.clickhouse is not None)   # the export's X P
         self.rules = batch.Rules(linktype, settings.me_packed, settings.snaplen,
                                  settings.payload, settings.match, settings.nomatch,
                                  settings.connections)

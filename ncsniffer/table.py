@@ -28,6 +28,7 @@ _BEGUN = [CONN_STORED.index(f) for f in ("tcp", "udp", "icmp")]
 _ENDED = [CONN_STORED.index(f) for f in ("closed", "reset", "refused", "unanswered",
                                           "timedout", "evicted")]
 _FROM_DELTA = [K_FIELDS.index(f) for f in CONN_STORED]
+TOTALS = ("X", "P")     # bytes and packets the export has not taken yet (``ncsniffer.export``)
 
 
 class RecordView:
@@ -112,7 +113,9 @@ class Table(MutableMapping):
               "N": object, "H": np.uint64, "L": np.uint64, "K": np.uint8,
               "Q": np.int64}     # Q: when last seen, for max_hosts (``Accounting``)
 
-    def __init__(self, capacity: int = 1024, connections: bool = False):
+    def __init__(self, capacity: int = 1024, connections: bool = False,
+                 totals: bool = False):
+        self.totals = totals         # columns X P as well (only the export needs them)
         self.v4 = np.zeros(0, np.uint32)      # sorted IPv4 numbers ...
         self.v4_slot = np.zeros(0, np.int64)  # ... their slots (stale ones are checked)
         self.stale = 0
@@ -126,6 +129,8 @@ class Table(MutableMapping):
         self.connections = connections
         if connections:
             self.cols["conn"] = np.zeros(capacity, CONN_DTYPE)
+        if totals:
+            self.cols.update({f: np.zeros(capacity, np.int64) for f in TOTALS})
 
     # --------------------------------------------------------------- mapping
     def __getitem__(self, key: bytes) -> RecordView:
@@ -228,6 +233,8 @@ class Table(MutableMapping):
         c["T"][slot], c["N"][slot] = 0, None
         if self.connections:
             c["conn"][slot] = 0
+        if self.totals:
+            c["X"][slot] = c["P"][slot] = 0
         if len(key) == 16:
             c["H"][slot], c["L"][slot] = int.from_bytes(key[:8], "big"), int.from_bytes(key[8:], "big")
             c["K"][slot] = 16
@@ -272,7 +279,7 @@ class Table(MutableMapping):
         self.size += fresh
         self.count += n
         c = self.cols
-        for f in INTS + FLOATS:
+        for f in INTS + FLOATS + (TOTALS if self.totals else ()):
             c[f][slots] = 0
         c["E"][slots] = first_seen
         c["S"][slots] = start

@@ -1,5 +1,6 @@
 """SPEC 1: loading config files and validating them in the original's order and words."""
 
+import ast
 import os
 
 import pytest
@@ -273,6 +274,7 @@ ACCEPTED = {
     "metrics_top": [None],
     "connections": [None, True, False], "max_connections": [None], "timeouts": [None, {}],
     "events": [None, "", "abc", "-3"],       # relative names: in the (writable) start directory
+    "clickhouse": [None],
 }
 NEEDS = {"payload": {"match": "x"}, "host": {"port": 10004}, "allowed": {"port": 10004}}
 
@@ -432,3 +434,38 @@ def test_load_perl_script_with_qw_list(workdir):
         fh.write(ORIGINAL_SAMPLE.replace("""['127.0.0.1', "10.0.0.1",]""",
                                          "[qw(127.0.0.1 10.0.0.1)]"))
     assert config.load_file(path)["allowed"] == ["127.0.0.1", "10.0.0.1"]
+
+
+def test_clickhouse_settings(base):
+    """Issue 14: the export's dict, its defaults and its messages."""
+    s = check(dict(base, clickhouse={"url": "clickhouse://127.0.0.1:19000/ncs"}))
+    ch = s.clickhouse
+    assert (ch.host, ch.port, ch.database, ch.interval, ch.sniffer, ch.spool_max, ch.timeout) == \
+        ("127.0.0.1", 19000, "ncs", 60, None, 64 << 20, 10)
+    assert check(base).clickhouse is None
+    s = check(dict(base, clickhouse={"url": "clickhouse://u:pw@[::1]/x", "interval": "5",
+                                     "sniffer": "edge1"}))
+    assert (s.clickhouse.host, s.clickhouse.port, s.clickhouse.user, s.clickhouse.interval,
+            s.clickhouse.sniffer) == ("::1", 9000, "u", 5, "edge1")
+    assert "pw" not in config.describe(s) and "'url': 'clickhouse://[::1]:9000/x'" in config.describe(s)
+    ast.literal_eval(config.describe(s))
+
+
+@pytest.mark.parametrize("value,text", [
+    ("clickhouse://h/db", "invalid clickhouse 'clickhouse://h/db': use {'url': "
+                          "'clickhouse://HOST:PORT/DB', 'interval': SECONDS}"),
+    ({"interval": 5}, "invalid clickhouse '{'interval': 5}'"),
+    ({"url": "http://h:8123/"}, "invalid clickhouse url 'http://h:8123/': use "
+                                "'clickhouse://HOST:PORT/DB'"),
+    ({"url": "clickhouse://h:0/db"}, "invalid clickhouse url"),
+    ({"url": "clickhouse://h/d;DROP"}, "invalid clickhouse url"),
+    ({"url": "clickhouse://h", "interval": 0}, "invalid clickhouse interval '0': 1 to 86400"),
+    ({"url": "clickhouse://h", "interval": 1.5}, "invalid clickhouse interval '1.5'"),
+    ({"url": "clickhouse://h", "spool_max": -1}, "invalid clickhouse spool_max '-1'"),
+    ({"url": "clickhouse://h", "timeout": "x"}, "invalid clickhouse timeout 'x'"),
+    ({"url": "clickhouse://h", "sniffer": ""}, "invalid clickhouse sniffer ''"),
+    ({"url": "clickhouse://h", "intervall": 5}, "invalid clickhouse key 'intervall': use one "
+                                                "of url, interval, sniffer, spool_max, timeout"),
+])
+def test_clickhouse_bad_values(base, value, text):
+    assert message(dict(base, clickhouse=value)).startswith("config: " + text)
