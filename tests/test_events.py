@@ -1,0 +1,288 @@
+"""Connection events (10.4): formatting, the log writer, the live feed, the drain."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from ncsniffer import conntrack as ct
+from ncsniffer import events
+
+FIELDS = ["start", "end", "proto", "me", "me_port", "peer", "peer_port", "dir", "state",
+          "orig_packets", "orig_bytes", "resp_packets", "resp_bytes"]
+NC_SNIFFER = os.path.join(os.path.dirname(sys.executable), "nc.sniffer")
+
+
+def words(address: str) -> tuple[int, int, int]:
+    """hi, lo, v6 of an address, as table.py and the core hold it."""
+    ip = ipaddress.ip_address(address)
+    n = int(ip)
+    return (n >> 64, n & (2 ** 64 - 1), 1) if ip.version == 6 else (0, n, 0)
+
+
+def event(me="10.0.0.1", peer="192.0.2.7", proto=ct.TCP, state=ct.CLOSED, kind=ct.END,
+          direction=ct.DIR_OUT, ports=(40000, 443), start=1700000000.25, end=1700000003.5,
+          counts=(3, 180, 2, 120)) -> tuple:
+    me_hi, me_lo, v6 = words(me)
+    peer_hi, peer_lo, _ = words(peer)
+    return (start, end, me_hi, me_lo, peer_hi, peer_lo, *counts, *ports,
+            kind, state, proto, direction, v6)
+
+
+def array(*rows) -> np.ndarray:
+    return np.array(list(rows), ct.EVENT_DTYPE)
+
+
+def parsed(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+# --------------------------------------------------------------------------- formatting
+
+def test_log_line_has_exactly_the_fields_of_10_4():
+    (obj,) = parsed(events.log_lines(array(event())))
+    assert list(obj) == FIELDS
+    assert obj == {"start": 1700000000.25, "end": 1700000003.5, "proto": "tcp",
+                   "me": "10.0.0.1", "me_port": 40000, "peer": "192.0.2.7", "peer_port": 443,
+                   "dir": "out", "state": "closed", "orig_packets": 3, "orig_bytes": 180,
+                   "resp_packets": 2, "resp_bytes": 120}
+
+
+def test_ipv6_addresses_and_icmp_ports_zero():
+    rows = array(event("2001:db8::1", "2001:db8:ffff::abcd", proto=ct.ICMP6, ports=(7, 9),
+                       state=ct.TIMEDOUT, direction=ct.DIR_IN),
+                 event("255.255.255.255", "0.0.0.1", proto=ct.ICMP, ports=(1, 2)),
+                 event("::ffff:1.2.3.4", "::1", proto=ct.UDP, ports=(53, 5353)))
+    a, b, c = parsed(events.log_lines(rows))
+    assert (a["me"], a["peer"], a["proto"], a["me_port"], a["peer_port"], a["dir"]) == \
+        ("2001:db8::1", "2001:db8:ffff::abcd", "icmp6", 0, 0, "in")
+    assert (b["me"], b["peer"], b["proto"], b["me_port"]) == ("255.255.255.255", "0.0.0.1",
+                                                              "icmp", 0)
+    assert (c["me"], c["peer"], c["proto"], c["me_port"], c["peer_port"]) == \
+        ("::ffff:1.2.3.4", "::1", "udp", 53, 5353)
+
+
+@pytest.mark.parametrize("state", range(ct.CLOSED, ct.DRAINED + 1))
+def test_every_end_state(state):
+    (obj,) = parsed(events.log_lines(array(event(state=state))))
+    assert obj["state"] == ct.STATES[state]
+
+
+def test_log_skips_new_events_and_the_feed_marks_them():
+    rows = array(event(kind=ct.NEW, state=ct.ACTIVE), event())
+    assert [o["state"] for o in parsed(events.log_lines(rows))] == ["closed"]
+    new, end = parsed(events.feed_lines(rows))
+    assert list(new) == ["event"] + FIELDS
+    assert (new["event"], new["state"], end["event"], end["state"]) == \
+        ("new", "active", "end", "closed")
+    assert events.log_lines(array()) == "" == events.feed_lines(array())
+
+
+def test_drained_events():
+    rows = events.as_drained(array(event(kind=ct.NEW, state=ct.ACTIVE)))
+    (obj,) = parsed(events.log_lines(rows))
+    assert obj["state"] == "drained"
+
+
+def test_a_million_events_in_seconds():
+    rng = np.random.default_rng(1)
+    n = 1_000_000
+    rows = np.zeros(n, ct.EVENT_DTYPE)
+    rows["me_lo"] = 0x0A000001
+    rows["peer_lo"] = rng.integers(0, 2 ** 32, n)
+    rows["kind"], rows["state"], rows["proto"] = ct.END, ct.TIMEDOUT, ct.UDP
+    began = time.process_time()
+    text = events.log_lines(rows)
+    assert text.count("\n") == n
+    assert time.process_time() - began < 30
+
+
+# --------------------------------------------------------------------------- the log
+
+def read_lines(path: str) -> list[dict]:
+    with open(path) as fh:
+        return parsed(fh.read())
+
+
+def test_log_appends_batches_and_reopens_after_rename(tmp_path):
+    path = str(tmp_path / "conn.json")
+    sink = events.Events(log_path=path)
+    sink.push(array(event(peer="192.0.2.1"), event(kind=ct.NEW, state=ct.ACTIVE)))
+    sink.push(array(event(peer="192.0.2.2")))
+    deadline = time.monotonic() + 5
+    while sink.log.written < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.rename(path, path + ".1")
+    sink.reopen()
+    sink.push(array(event(peer="192.0.2.3")))
+    events.drain(sink, array(event(kind=ct.NEW, state=ct.ACTIVE, peer="192.0.2.4")))
+    assert [o["peer"] for o in read_lines(path + ".1")] == ["192.0.2.1", "192.0.2.2"]
+    assert [(o["peer"], o["state"]) for o in read_lines(path)] == \
+        [("192.0.2.3", "closed"), ("192.0.2.4", "drained")]
+    assert "events logged 4, dropped 0" in sink.counters_text()
+
+
+def test_log_refuses_a_planted_symlink(tmp_path):
+    target = tmp_path / "passwd"
+    target.write_text("root\n")
+    path = tmp_path / "conn.json"
+    path.symlink_to(target)
+    with pytest.raises(events.EventsError, match="symbolic link"):
+        events.EventLog(str(path))
+    assert target.read_text() == "root\n"
+
+
+def test_reopen_onto_a_planted_symlink_keeps_the_old_file(tmp_path):
+    path = str(tmp_path / "conn.json")
+    log = events.EventLog(path)
+    os.rename(path, path + ".1")
+    os.symlink(str(tmp_path / "elsewhere"), path)
+    log.reopen()
+    log.write(events.log_lines(array(event())), 1)
+    log.close()
+    assert len(read_lines(path + ".1")) == 1
+    assert not os.path.exists(tmp_path / "elsewhere")
+
+
+def test_full_queue_drops_and_counts(tmp_path, caplog):
+    path = str(tmp_path / "fifo")
+    os.mkfifo(path)
+    with pytest.raises(events.EventsError, match="cannot open events file .*fifo"):
+        events.EventLog(path)             # a FIFO never blocks the start either
+    log = events.EventLog(str(tmp_path / "conn.json"), limit=1000)
+    log._cond.acquire()                       # the writer cannot take anything
+    try:
+        line = events.log_lines(array(event()))
+        accepted = sum(log.write(line, 1) for _ in range(50))
+    finally:
+        log._cond.release()
+    log.close()
+    assert accepted == 1000 // len(line)
+    assert log.dropped.count == 50 - accepted
+    assert "lines dropped" in caplog.text
+
+
+# --------------------------------------------------------------------------- the feed
+
+class Loop:
+    """The daemon's selector loop in a thread, for a feed tested with real sockets."""
+
+    def __init__(self, feed: events.EventFeed):
+        self.sel = selectors.DefaultSelector()
+        self.lock = threading.Lock()
+        feed.attach(self.sel)
+        self.stop = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop:
+            with self.lock:
+                for key, mask in self.sel.select(0.02):
+                    key.data(mask)
+            time.sleep(0.001)
+
+    def close(self) -> None:
+        self.stop = True
+        self.thread.join(5)
+
+
+def wait_for(cond, seconds=10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_socket_is_0600_and_a_stale_one_replaced(tmp_path):
+    path = str(tmp_path / "x.events")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()                       # a dead daemon's socket file
+    feed = events.EventFeed(path)
+    try:
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+        with pytest.raises(events.EventsError, match="in use by another daemon"):
+            events.EventFeed(path)
+    finally:
+        feed.close()
+    assert not os.path.exists(path)
+
+
+def test_socket_refuses_a_planted_symlink(tmp_path):
+    path = tmp_path / "x.events"
+    path.symlink_to(tmp_path / "target")
+    with pytest.raises(events.EventsError, match="symbolic link"):
+        events.EventFeed(str(path))
+
+
+@pytest.mark.integration
+def test_slow_subscriber_cut_off_fast_one_keeps_receiving(tmp_path):
+    path = str(tmp_path / "nc.sniffer.events")
+    conf = tmp_path / "nc.conf"
+    conf.write_text(repr({"piddir": str(tmp_path)}))
+    feed = events.EventFeed(path)
+    loop = Loop(feed)
+    out = open(tmp_path / "out", "wb")
+    client = subprocess.Popen([NC_SNIFFER, "-c", str(conf), "--name", "nc.sniffer", "events"],
+                              stdout=out, stderr=subprocess.PIPE)
+    slow = None
+    try:
+        wait_for(lambda: len(feed.clients) == 1)
+        slow = socket.socket(socket.AF_UNIX)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(path)                # and never reads
+        wait_for(lambda: len(feed.clients) == 2)
+        text = events.feed_lines(array(*[event(peer=f"192.0.2.{i % 250}") for i in range(1000)]))
+        sent = 0
+        began = time.monotonic()
+        while sent < 100 and time.monotonic() - began < 30:
+            with loop.lock:
+                t0 = time.monotonic()
+                feed.publish(text)
+                assert time.monotonic() - t0 < 0.5        # never blocks
+            sent += 1
+            time.sleep(0.02)
+        wait_for(lambda: feed.cut_off == 1)
+        assert len(feed.clients) == 1
+        with loop.lock:
+            feed.flush(10)
+            feed.close()
+        assert client.wait(10) == 0
+    finally:
+        loop.close()
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        if slow is not None:
+            slow.close()
+        out.close()
+    lines = (tmp_path / "out").read_text().splitlines()
+    assert len(lines) == 1000 * sent
+    assert json.loads(lines[-1])["peer"] == "192.0.2.249"
+
+
+@pytest.mark.integration
+def test_events_verb_errors(tmp_path):
+    conf = tmp_path / "nc.conf"
+    conf.write_text(repr({"piddir": str(tmp_path)}))
+    run = lambda: subprocess.run([NC_SNIFFER, "-c", str(conf), "--name", "nc.x", "events"],  # noqa: E731
+                                 capture_output=True, text=True, timeout=20)
+    missing = run()
+    assert (missing.returncode, missing.stderr.strip()) == \
+        (2, f"nc.sniffer: nc.x not running: no socket '{tmp_path}/nc.x.events'")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(tmp_path / "nc.x.events"))
+    stale.close()
+    refused = run()
+    assert refused.returncode == 2 and "stale socket" in refused.stderr
