@@ -475,6 +475,12 @@ def from_settings(settings, feed: bool = True) -> Events | None:
     return Events(log_path, feed_path(settings.piddir, settings.name) if want_feed else None)
 
 
+def still_open(sniffer) -> np.ndarray | None:
+    """The tracker's open connections at the end (None until the tracker is wired)."""
+    tracker = getattr(sniffer, "tracker", None)
+    return tracker.drain() if tracker is not None else None
+
+
 def drain(events: Events | None, still_open: np.ndarray | None = None) -> None:
     """The end of a run, after the final dump: drained events out, then flush and close."""
     if events is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import os
@@ -286,3 +287,30 @@ def test_events_verb_errors(tmp_path):
     stale.close()
     refused = run()
     assert refused.returncode == 2 and "stale socket" in refused.stderr
+
+
+# --------------------------------------------------------------------------- the drain
+
+def test_replay_drains_after_the_final_dump(tmp_path, monkeypatch):
+    from ncsniffer import config, decode, pcapgen, replay
+    from tests.conftest import write_config
+    me = "192.0.2.10"
+    cap = str(tmp_path / "in.pcap")
+    frame = pcapgen.frame(decode.DLT_EN10MB, pcapgen.ip_packet("198.51.100.1", me, "udp", b"x"))
+    pcapgen.write_pcap(cap, decode.DLT_EN10MB, [(1_600_000_000, frame, len(frame))])
+    settings = config.validate(config.load_file(write_config(str(tmp_path), bpf=f"host {me}")),
+                               "nc.sniffer", offline=True)
+    settings.events = str(tmp_path / "conn.json")      # the config key comes with the merge
+    stats = os.path.join(str(tmp_path), "nc.sniffer.stats")
+    seen = []
+
+    def still_open(sniffer):
+        seen.append(os.path.exists(stats))              # the final dump came first
+        return array(event(kind=ct.NEW, state=ct.ACTIVE, me=me, peer="198.51.100.1"))
+    monkeypatch.setattr(events, "still_open", still_open)
+    log = io.StringIO()
+    assert replay.replay(settings, cap, log, quiet=True) == 0
+    assert seen == [True]
+    assert [(o["peer"], o["state"]) for o in read_lines(settings.events)] == \
+        [("198.51.100.1", "drained")]
+    assert "events logged 1, dropped 0" in log.getvalue()
