@@ -36,7 +36,7 @@ from ncsniffer.errors import NcSnifferError
 
 log = logging.getLogger("ncsniffer")
 
-LOG_QUEUE_BYTES = 64 << 20      # unwritten log text held for the writer thread
+LOG_QUEUE_EVENTS = 1 << 20      # ended connections held for the writer thread (96 B each)
 FEED_QUEUE_BYTES = 4 << 20      # unsent feed text per subscriber before it is cut off
 MAX_SUBSCRIBERS = 64
 ACCEPT_BATCH = 16               # connections accepted per readable turn
@@ -107,12 +107,17 @@ def _columns(events: np.ndarray) -> list[list]:
             events["resp_packets"].tolist(), events["resp_bytes"].tolist()]
 
 
+def ended(events: np.ndarray) -> np.ndarray:
+    """The end events among ``events`` (the log has no ``new`` lines)."""
+    return events[events["kind"] == conntrack.END]
+
+
 def log_lines(events: np.ndarray) -> str:
     """The log's JSON lines for the ended connections among ``events``."""
-    ended = events[events["kind"] == conntrack.END]
-    if not len(ended):
+    rows = ended(events)
+    if not len(rows):
         return ""
-    return "".join(LOG_LINE % row for row in zip(*_columns(ended)))
+    return "".join(LOG_LINE % row for row in zip(*_columns(rows)))
 
 
 def feed_lines(events: np.ndarray) -> str:
@@ -155,30 +160,32 @@ def open_log(path: str) -> int:
 
 
 class EventLog:
-    """The ``events: PATH`` file, written by a thread from a bounded queue of text."""
+    """The ``events: PATH`` file, formatted and written by a thread from a bounded queue
+    of event arrays (the loop only copies them)."""
 
-    def __init__(self, path: str, limit: int = LOG_QUEUE_BYTES):
+    def __init__(self, path: str, limit: int = LOG_QUEUE_EVENTS):
         self.path, self.limit = path, limit
         self.fd = open_log(path)
         self.written = 0                      # lines, by the writer thread
         self.dropped = _Losses(f"events file '{path}'")
         self._cond = threading.Condition()
-        self._queue: deque[tuple[str, int]] = deque()
+        self._queue: deque[np.ndarray] = deque()
         self._pending = 0
         self._reopen = self._closing = False
         self._thread = threading.Thread(target=self._run, name="events-log", daemon=True)
         self._thread.start()
 
-    def write(self, text: str, lines: int) -> bool:
-        """Queue ``lines`` lines; never blocks (a full queue drops and counts them)."""
+    def write(self, ended: np.ndarray) -> bool:
+        """Queue the ended connections ``ended``; never blocks (a full queue drops and
+        counts them)."""
         with self._cond:
-            if self._closing:
+            if self._closing or not len(ended):
                 return False
-            if self._pending + len(text) > self.limit:
-                self.dropped.add(lines, "the writer is behind, lines dropped")
+            if self._pending + len(ended) > self.limit:
+                self.dropped.add(len(ended), "the writer is behind, lines dropped")
                 return False
-            self._queue.append((text, lines))
-            self._pending += len(text)
+            self._queue.append(ended.copy())
+            self._pending += len(ended)
             self._cond.notify()
         return True
 
@@ -213,9 +220,10 @@ class EventLog:
                 break
         os.close(self.fd)
 
-    def _write_out(self, items: list[tuple[str, int]]) -> None:
-        data = "".join(text for text, _ in items).encode()
-        lines = sum(n for _, n in items)
+    def _write_out(self, items: list[np.ndarray]) -> None:
+        ended = np.concatenate(items)
+        data = log_lines(ended).encode()
+        lines = len(ended)
         try:
             view = memoryview(data)
             while view:
@@ -224,7 +232,7 @@ class EventLog:
         except OSError as exc:
             self.dropped.add(lines, f"write failed: {exc.strerror}")
         with self._cond:
-            self._pending -= sum(len(text) for text, _ in items)
+            self._pending -= lines
 
     def _swap_file(self) -> None:
         try:
@@ -430,9 +438,7 @@ class Events:
         if not len(events):
             return
         if self.log is not None:
-            text = log_lines(events)
-            if text:
-                self.log.write(text, text.count("\n"))
+            self.log.write(ended(events))
         if self.feed is not None and self.feed.clients:
             self.feed.publish(feed_lines(events))
 
