@@ -19,7 +19,6 @@ the connections still open go to the log and the feed with state
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import selectors

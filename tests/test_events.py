@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -313,3 +314,83 @@ def test_replay_drains_after_the_final_dump(tmp_path, monkeypatch):
     assert [(o["peer"], o["state"]) for o in read_lines(settings.events)] == \
         [("198.51.100.1", "drained")]
     assert "events logged 1, dropped 0" in log.getvalue()
+
+
+# --------------------------------------------------------------------------- a real daemon
+
+# The daemon with the settings the config keys will give (connections, events) and,
+# in the tracker's place until it is wired, a batch of events each loop turn while
+# the file FLOW exists.
+DAEMON = r'''
+import os, sys
+import numpy as np
+from ncsniffer import cli, config, conntrack as ct, daemon
+conf, log_path, flow = sys.argv[1:4]
+validate = config.validate
+def with_events(*args, **kw):
+    settings = validate(*args, **kw)
+    settings.connections, settings.events = True, log_path
+    return settings
+config.validate = with_events
+rows = np.zeros(2000, ct.EVENT_DTYPE)
+rows["me_lo"], rows["peer_lo"] = 0x7F000001, 0x7F000002 + np.arange(2000)
+rows["kind"] = np.arange(2000) % 2
+rows["state"] = np.where(rows["kind"] == ct.END, ct.CLOSED, ct.ACTIVE)
+rows["proto"], rows["me_port"], rows["peer_port"] = ct.TCP, 40000, 443
+drain_capture = daemon.Daemon._drain_capture
+def with_flow(self, rounds=20):
+    drain_capture(self, rounds)
+    if os.path.exists(flow):
+        self.events.push(rows)
+daemon.Daemon._drain_capture = with_flow
+sys.exit(cli.main(["-c", conf, "--name", "nc.sniffer", "-f", "start"]))
+'''
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_daemon_feed_cuts_off_a_stalled_subscriber(tmp_path):
+    from tests.conftest import write_config
+    from tests.daemonutil import free_port
+    work = str(tmp_path)
+    conf = write_config(work, bpf=f"host 127.0.0.1 and udp port {free_port()}")
+    log_path, flow, sock_path = (os.path.join(work, n) for n in
+                                 ("conn.json", "flow", "nc.sniffer.events"))
+    err = open(tmp_path / "daemon.err", "w+")
+    out = open(tmp_path / "client.out", "wb")
+    d = subprocess.Popen([sys.executable, "-c", DAEMON, conf, log_path, flow], stderr=err)
+    client = stalled = None
+    try:
+        wait_for(lambda: os.path.exists(sock_path) or d.poll() is not None, 20)
+        assert d.poll() is None, (tmp_path / "daemon.err").read_text()
+        assert oct(os.stat(sock_path).st_mode & 0o777) == "0o600"
+        client = subprocess.Popen([NC_SNIFFER, "-c", conf, "--name", "nc.sniffer", "events"],
+                                  stdout=out)
+        stalled = socket.socket(socket.AF_UNIX)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(sock_path)
+        time.sleep(0.5)
+        open(flow, "w").close()
+        wait_for(lambda: "cut off" in (tmp_path / "daemon.err").read_text(), 30)
+        os.unlink(flow)
+        time.sleep(0.3)
+        d.send_signal(signal.SIGTERM)
+        assert d.wait(30) == 0
+        assert client.wait(15) == 0
+    finally:
+        for p in (d, client):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+        if stalled is not None:
+            stalled.close()
+        out.close()
+        err.close()
+    text = (tmp_path / "daemon.err").read_text()
+    stopped = [line for line in text.splitlines() if "stopped:" in line][-1]
+    logged = int(stopped.split("events logged ")[1].split(",")[0])
+    assert "dropped 0" in stopped and ", 1 cut off" in stopped, stopped
+    assert logged > 0 and len(read_lines(log_path)) == logged
+    lines = (tmp_path / "client.out").read_text().splitlines()
+    assert len(lines) >= 2000 and {json.loads(x)["event"] for x in lines} == {"new", "end"}
+    assert not os.path.exists(sock_path)
