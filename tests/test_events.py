@@ -320,9 +320,9 @@ def test_replay_drains_after_the_final_dump(tmp_path, monkeypatch):
 
 # The daemon with the settings the config keys will give (connections, events) and,
 # in the tracker's place until it is wired, a batch of events each loop turn while
-# the file FLOW exists.
+# the file FLOW exists (at most one per 20 ms).
 DAEMON = r'''
-import os, sys
+import os, sys, time
 import numpy as np
 from ncsniffer import cli, config, conntrack as ct, daemon
 conf, log_path, flow = sys.argv[1:4]
@@ -338,9 +338,11 @@ rows["kind"] = np.arange(2000) % 2
 rows["state"] = np.where(rows["kind"] == ct.END, ct.CLOSED, ct.ACTIVE)
 rows["proto"], rows["me_port"], rows["peer_port"] = ct.TCP, 40000, 443
 drain_capture = daemon.Daemon._drain_capture
+last = [0.0]
 def with_flow(self, rounds=20):
     drain_capture(self, rounds)
-    if os.path.exists(flow):
+    if os.path.exists(flow) and time.monotonic() > last[0] + 0.02:   # 100k events/s at most
+        last[0] = time.monotonic()
         self.events.push(rows)
 daemon.Daemon._drain_capture = with_flow
 sys.exit(cli.main(["-c", conf, "--name", "nc.sniffer", "-f", "start"]))
@@ -349,7 +351,7 @@ sys.exit(cli.main(["-c", conf, "--name", "nc.sniffer", "-f", "start"]))
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_daemon_feed_cuts_off_a_stalled_subscriber(tmp_path):
+def test_daemon_feed_cuts_off_a_stalled_subscriber_and_sighup_reopens_the_log(tmp_path):
     from tests.conftest import write_config
     from tests.daemonutil import free_port
     work = str(tmp_path)
@@ -372,6 +374,10 @@ def test_daemon_feed_cuts_off_a_stalled_subscriber(tmp_path):
         time.sleep(0.5)
         open(flow, "w").close()
         wait_for(lambda: "cut off" in (tmp_path / "daemon.err").read_text(), 30)
+        os.rename(log_path, log_path + ".1")          # logrotate, then its SIGHUP
+        d.send_signal(signal.SIGHUP)
+        wait_for(lambda: os.path.exists(log_path), 10)
+        time.sleep(0.3)
         os.unlink(flow)
         time.sleep(0.3)
         d.send_signal(signal.SIGTERM)
@@ -390,7 +396,8 @@ def test_daemon_feed_cuts_off_a_stalled_subscriber(tmp_path):
     stopped = [line for line in text.splitlines() if "stopped:" in line][-1]
     logged = int(stopped.split("events logged ")[1].split(",")[0])
     assert "dropped 0" in stopped and ", 1 cut off" in stopped, stopped
-    assert logged > 0 and len(read_lines(log_path)) == logged
+    rotated, fresh = len(read_lines(log_path + ".1")), len(read_lines(log_path))
+    assert rotated > 0 and fresh > 0 and rotated + fresh == logged
     lines = (tmp_path / "client.out").read_text().splitlines()
     assert len(lines) >= 2000 and {json.loads(x)["event"] for x in lines} == {"new", "end"}
     assert not os.path.exists(sock_path)
