@@ -25,6 +25,7 @@ import selectors
 import socket
 import stat
 import threading
+import time
 from collections import deque
 from typing import Callable, Optional
 
@@ -39,7 +40,9 @@ LOG_QUEUE_EVENTS = 1 << 20      # ended connections held for the writer thread (
 FEED_QUEUE_BYTES = 4 << 20      # unsent feed text per subscriber before it is cut off
 MAX_SUBSCRIBERS = 64
 ACCEPT_BATCH = 16               # connections accepted per readable turn
-CLOSE_WAIT = 10.0               # seconds the writer thread may take to flush at the end
+CLOSE_WAIT = 5.0                # seconds the writer thread may take to flush at the end
+FEED_FLUSH_WAIT = 2.0           # seconds subscribers get to take their last lines
+# (both within the 15 s that ``nc.sniffer stop`` waits before its SIGKILL)
 RECV_SIZE = 65536
 WARN_EVERY = 1000               # after the first ten, one warning per this many losses
 SOCKET_MODE = 0o600
@@ -389,7 +392,6 @@ class EventFeed:
 
     def flush(self, timeout: float) -> None:
         """At the end: send what the subscribers' buffers hold, for ``timeout`` at most."""
-        import time
         deadline = time.monotonic() + timeout
         while any(s.out for s in self.clients.values()) and time.monotonic() < deadline:
             waiting = [s for s in self.clients.values() if s.out]
@@ -446,7 +448,7 @@ class Events:
         if self.log is not None:
             self.log.reopen()
 
-    def drain(self, still_open: np.ndarray | None = None, timeout: float = CLOSE_WAIT) -> None:
+    def drain(self, still_open: np.ndarray | None = None) -> None:
         """After the final dump: the open connections as ``drained``, then flush and close."""
         if self.closed:
             return
@@ -454,10 +456,10 @@ class Events:
             self.push(as_drained(still_open))
         self.closed = True
         if self.feed is not None:
-            self.feed.flush(timeout)
+            self.feed.flush(FEED_FLUSH_WAIT)
             self.feed.close()
         if self.log is not None:
-            self.log.close(timeout)
+            self.log.close(CLOSE_WAIT)
 
     def counters_text(self) -> str:
         """For the dump and stop log lines."""
