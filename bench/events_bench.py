@@ -119,7 +119,7 @@ def main() -> int:
          ["loop time per batch, p99 (ms)", f"{np.percentile(ms, 99):.2f}"],
          ["loop time per batch, max (ms)", f"{ms.max():.2f}"],
          ["loop behind schedule at the end (s)", f"{max(behind, 0):.2f}"],
-         ["stalled subscriber cut off (count, at batch)", f"{cut_off}, {cut_at}"],
+         ["subscribers cut off (count, first at batch)", f"{cut_off}, {cut_at}"],
          ["subscribers left", str(subscribers_left)],
          ["fast subscriber lines received / sent", f"{fmt_int(received)} / {fmt_int(total)}"],
          ["log lines written / dropped", f"{fmt_int(written)} / {fmt_int(dropped)}"]])

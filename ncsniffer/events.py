@@ -46,6 +46,8 @@ FEED_FLUSH_WAIT = 2.0           # seconds subscribers get to take their last lin
 RECV_SIZE = 65536
 WARN_EVERY = 1000               # after the first ten, one warning per this many losses
 SOCKET_MODE = 0o600
+FEED_MAX_SHARE = 0.25           # of the loop's time the feed may spend formatting ...
+FEED_WINDOW = 1.0               # ... over this many seconds, else its subscribers are cut off
 
 _NAMES = np.array([conntrack.PROTO_NAMES.get(p, str(p)) for p in range(256)], object)
 _STATES = np.array(conntrack.STATES, object)
@@ -309,6 +311,8 @@ class EventFeed:
         self.clients: dict[int, _Subscriber] = {}
         self.cut_off = 0
         self.sent = 0                 # lines handed to subscribers' buffers
+        self.max_share = FEED_MAX_SHARE
+        self._window, self._spent = time.monotonic(), 0.0
 
     def attach(self, sel: selectors.BaseSelector) -> None:
         """Register in the loop's selector; the key's data is the handler to call."""
@@ -368,6 +372,22 @@ class EventFeed:
             self.sent += lines
             if was_idle:
                 self._send(sub)
+
+    def charge(self, seconds: float, now: float | None = None) -> None:
+        """Count the loop's time spent on the feed; when it is more than ``max_share``
+        of a window, every subscriber is cut off: the feed never slows capture."""
+        now = time.monotonic() if now is None else now
+        self._spent += seconds
+        if now - self._window < FEED_WINDOW:
+            return
+        share = self._spent / (now - self._window)
+        self._window, self._spent = now, 0.0
+        if share > self.max_share and self.clients:
+            self.cut_off += len(self.clients)
+            log.warning("events feed: formatting took %d%% of the loop's time; %d subscribers "
+                        "cut off (%d so far)", round(share * 100), len(self.clients), self.cut_off)
+            for sub in list(self.clients.values()):
+                self._drop(sub)
 
     def _send(self, sub: _Subscriber) -> None:
         try:
@@ -441,7 +461,9 @@ class Events:
         if self.log is not None:
             self.log.write(ended(events))
         if self.feed is not None and self.feed.clients:
+            began = time.perf_counter()
             self.feed.publish(feed_lines(events))
+            self.feed.charge(time.perf_counter() - began)
 
     def reopen(self) -> None:
         """SIGHUP: the log file is opened anew (log rotation)."""

@@ -227,6 +227,28 @@ def test_socket_refuses_a_planted_symlink(tmp_path):
         events.EventFeed(str(path))
 
 
+def test_a_feed_that_takes_too_much_of_the_loop_cuts_everyone_off(tmp_path, caplog):
+    feed = events.EventFeed(str(tmp_path / "x.events"))
+    sel = selectors.DefaultSelector()
+    feed.attach(sel)
+    clients = [socket.socket(socket.AF_UNIX) for _ in range(2)]
+    try:
+        for c in clients:
+            c.connect(feed.path)
+        wait_for(lambda: [key.data(mask) for key, mask in sel.select(0.01)] is None
+                 or len(feed.clients) == 2)
+        start = feed._window
+        feed.charge(0.2, now=start + 0.5)       # a window not over yet
+        feed.charge(0.1, now=start + 1.0)       # 30 % of it: over the 25 %
+        assert (len(feed.clients), feed.cut_off) == (0, 2)
+        assert "formatting took 30% of the loop's time; 2 subscribers cut off" in caplog.text
+        assert all(c.recv(10) == b"" for c in clients)
+    finally:
+        for c in clients:
+            c.close()
+        feed.close()
+
+
 @pytest.mark.integration
 def test_slow_subscriber_cut_off_fast_one_keeps_receiving(tmp_path):
     path = str(tmp_path / "nc.sniffer.events")
@@ -320,7 +342,8 @@ def test_replay_drains_after_the_final_dump(tmp_path, monkeypatch):
 
 # The daemon with the settings the config keys will give (connections, events) and,
 # in the tracker's place until it is wired, a batch of events each loop turn while
-# the file FLOW exists (at most one per 20 ms).
+# the file FLOW exists (at most one per 50 ms: the feed's formatting stays within its
+# share of the loop's time, else every subscriber would be cut off).
 DAEMON = r'''
 import os, sys, time
 import numpy as np
@@ -332,16 +355,16 @@ def with_events(*args, **kw):
     settings.connections, settings.events = True, log_path
     return settings
 config.validate = with_events
-rows = np.zeros(2000, ct.EVENT_DTYPE)
-rows["me_lo"], rows["peer_lo"] = 0x7F000001, 0x7F000002 + np.arange(2000)
-rows["kind"] = np.arange(2000) % 2
+rows = np.zeros(500, ct.EVENT_DTYPE)
+rows["me_lo"], rows["peer_lo"] = 0x7F000001, 0x7F000002 + np.arange(500)
+rows["kind"] = np.arange(500) % 2
 rows["state"] = np.where(rows["kind"] == ct.END, ct.CLOSED, ct.ACTIVE)
 rows["proto"], rows["me_port"], rows["peer_port"] = ct.TCP, 40000, 443
 drain_capture = daemon.Daemon._drain_capture
 last = [0.0]
 def with_flow(self, rounds=20):
     drain_capture(self, rounds)
-    if os.path.exists(flow) and time.monotonic() > last[0] + 0.02:   # 100k events/s at most
+    if os.path.exists(flow) and time.monotonic() > last[0] + 0.05:   # 10k events/s at most
         last[0] = time.monotonic()
         self.events.push(rows)
 daemon.Daemon._drain_capture = with_flow
