@@ -18,7 +18,7 @@ from typing import IO
 from ncsniffer import __version__, config as configmod, pidfile
 from ncsniffer.errors import ConfigError, NcSnifferError, UsageError
 
-VERBS = ("start", "stop", "restart", "status", "dump", "config", "top")
+VERBS = ("start", "stop", "restart", "status", "dump", "config", "top", "events")
 VALUE_OPTIONS = ("-c", "--config", "-r", "--read", "--name")
 STOP_WAIT = 15.0
 EXIT_OK, EXIT_USAGE, EXIT_RUNTIME, EXIT_NOT_RUNNING = 0, 1, 2, 3
@@ -35,6 +35,8 @@ commands:
   dump      have the daemon rewrite its stats file (SIGUSR1)
   config    print the effective configuration
   top       live view of the busiest peers (top --help: its options)
+  events    print new and ended connections as JSON lines, live
+            (needs connections: True)
 
 options:
   -c FILE   configuration file (default /etc/nc.sniffer/NAME.conf); a Python
@@ -185,6 +187,8 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
             return EXIT_OK
         os.kill(pid, signal.SIGUSR1)
         return EXIT_OK
+    if verb == "events":
+        return follow_events(piddir, name, pid_path, env)
     if verb == "stop":
         if not stop(pid_path, name):
             env.stderr.write(f"{name}: not running\n")
@@ -200,6 +204,25 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
         return EXIT_OK
     from ncsniffer import daemon
     return daemon.start(settings, foreground=args.debug or args.foreground, log_stream=env.stderr)
+
+
+def follow_events(piddir: str, name: str, pid_path: str, env: Env) -> int:
+    """``events``: the daemon's feed to stdout until it ends or Ctrl-C."""
+    from ncsniffer import events
+    out = getattr(env.stdout, "buffer", None)
+
+    def write(data: bytes) -> None:
+        if out is not None:
+            out.write(data)
+            out.flush()
+        else:
+            env.stdout.write(data.decode("utf-8", errors="replace"))
+    try:
+        events.follow(events.feed_path(piddir, name), name, write,
+                      running=lambda: bool(pidfile.running_pid(pid_path, name)))
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+    return EXIT_OK
 
 
 def _offline_lookups(settings, log):

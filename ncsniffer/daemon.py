@@ -26,7 +26,7 @@ from typing import IO
 
 import daemon as pydaemon
 
-from ncsniffer import capture, host, notify, pidfile, safefile, snapshot
+from ncsniffer import capture, events as eventsmod, host, notify, pidfile, safefile, snapshot
 from ncsniffer.clock import WallClock
 from ncsniffer.config import Settings
 from ncsniffer.errors import NcSnifferError
@@ -240,7 +240,7 @@ def drop_privileges(settings: Settings) -> None:
                else pwd.getpwnam(settings.user).pw_gid)
     except KeyError as exc:
         raise NcSnifferError(f"unknown user or group: {exc.args[0]}") from exc
-    for path in (settings.pid_file, settings.stats_file):
+    for path in (settings.pid_file, settings.stats_file, getattr(settings, "events", None)):
         _chown_if_present(path, uid, gid)
     os.setgroups([gid])
     os.setgid(gid)
@@ -328,6 +328,7 @@ class Daemon:
         if settings.clickhouse is not None:
             from ncsniffer import export    # only then (the driver too); its thread: after the fork
             self.export = export.start(settings, sniffer.acct, self.clock, replay=False)
+        self.events = eventsmod.from_settings(settings)   # the log and the feed (10.4), or None
 
     # signals only set flags; the loop acts on them
     def _on_signal(self, signum, frame) -> None:
@@ -350,6 +351,8 @@ class Daemon:
             sel.register(self.listener, selectors.EVENT_READ, "udp")
         if self.resolver is not None:
             sel.register(self.resolver.fileno(), selectors.EVENT_READ, "dns")
+        if self.events is not None:
+            self.events.attach(sel)          # its keys' data: handlers to call
         s = self.settings
         log.info("started on %s (%s), bpf '%s'%s", s.interface,
                  "promiscuous" if s.promiscuous else "non-promiscuous", s.bpf,
@@ -362,9 +365,13 @@ class Daemon:
             waiting = self.dump_wanted and self.dump_child is None    # else: no spinning
             until = min(clock.next_tick, self.dump_due) if waiting else clock.next_tick
             timeout = max(0.0, min(until - time.monotonic(), 0.1))
-            ready = {key.data for key, _ in sel.select(timeout)}
+            selected = sel.select(timeout)
+            ready = {key.data for key, _ in selected if isinstance(key.data, str)}
             now = clock.update()             # this turn's now, for every decision in it
             self._drain_capture()
+            for key, mask in selected:
+                if callable(key.data):
+                    key.data(mask)           # the events feed's listener and subscribers
             if "signal" in ready:
                 _drain(self.wake_r)
             if "udp" in ready:
@@ -440,6 +447,8 @@ class Daemon:
         if signal.SIGHUP in flags:
             self.hup_wanted = True
             self._want_dump()
+            if self.events is not None:
+                self.events.reopen()           # log rotation: the events file anew
             flags.discard(signal.SIGUSR1)      # the HUP dump serves it
         if signal.SIGUSR1 in flags:
             self._want_dump()
@@ -452,6 +461,9 @@ class Daemon:
             self.write_dump()
         except NcSnifferError as exc:
             log.error("final dump failed: %s", exc)
+        # final dump, then drain (open connections as ``drained``) to the log and the
+        # feed, then close; the wiring step passes the tracker's drain() here
+        eventsmod.drain(self.events, eventsmod.still_open(self.sniffer))
         if self.export is not None:
             log.info("%s", self.export.finish(self.clock.update(), EXPORT_WAIT))
         self._log_counters("stopped")
@@ -585,6 +597,8 @@ class Daemon:
             line += f"; {self.refused} dump requests refused"
         if self.resolver is not None:
             line += "; dns " + self.resolver.counters_text()
+        if self.events is not None:
+            line += "; " + self.events.counters_text()
         log.info("%s", line)
 
 

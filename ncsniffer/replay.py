@@ -18,7 +18,7 @@ import time
 import traceback
 from typing import IO, Iterator
 
-from ncsniffer import batch, bpfvm, capture, pcapfile
+from ncsniffer import batch, bpfvm, capture, events, pcapfile
 from ncsniffer.clock import PacketClock
 from ncsniffer.config import Settings
 from ncsniffer.errors import CaptureError, NcSnifferError
@@ -63,6 +63,7 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
     try:
         sniffer = Sniffer(settings, linktype, clock, device=path,   # the purge: its first job
                           flows=flows)
+        sink = events.from_settings(settings, feed=False)   # the events file, or None
     except NcSnifferError:
         close()
         raise
@@ -94,9 +95,14 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
         lookups.finish(clock.now)
 
     sniffer.dump(clock.now)
+    # final dump, then drain: the open connections to the events file as ``drained``
+    # (the wiring step passes the tracker's drain() and each batch's events)
+    events.drain(sink, events.still_open(sniffer))
     log.write(f"nc.sniffer: {path}: {sniffer.counters_text()}\n")
     if exporting is not None:     # the last second's packets are in: the interval ends after it
         log.write(f"nc.sniffer: {exporting.finish(clock.now + 1, EXPORT_WAIT)}\n")
+    if sink is not None:
+        log.write(f"nc.sniffer: {sink.counters_text()}\n")
     if lookups is not None and hasattr(lookups, "counters_text"):
         log.write(f"nc.sniffer: dns {lookups.counters_text()}\n")
     if error is not None:
