@@ -529,6 +529,7 @@ def flow_frames(draw, link):
     return f[:draw(st.integers(1, len(f)))] if draw(st.booleans()) else f
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(sorted(batch.LINK_HEADER) + sorted(batch.BY_VERSION)), st.data())
 def test_vectorized_flow_fields_equal_scalar(link, data):

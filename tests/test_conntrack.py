@@ -257,6 +257,7 @@ def feed(tracker, batch, cuts, ticks):
     return np.concatenate(out)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ct.HAVE_CORE, reason="the extension is not built")
 @settings(max_examples=400, deadline=None, suppress_health_check=SLOW_MACHINE)
 @given(packet_rows, SMALL_TIMEOUTS, st.integers(1, 5),
@@ -273,6 +274,7 @@ def test_core_equals_reference_packet_for_packet(spec, timeouts, max_conn, cuts,
     assert conncounts.as_dict(peers, counts) == dict(ref._core.k)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ct.HAVE_CORE, reason="the extension is not built")
 @settings(max_examples=150, deadline=None, suppress_health_check=SLOW_MACHINE)
 @given(packet_rows, st.lists(st.integers(0, 80), max_size=6))

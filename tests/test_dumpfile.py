@@ -559,6 +559,7 @@ def packet_streams(draw):
     return [rows[a:b] for a, b in zip([0] + cuts, cuts + [n])]
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(packet_streams(), st.sampled_from(["python", "perl", "json"]), st.booleans())
 def test_k_sums_hold_in_written_files(tmp_path_factory, batches, fmt, sighup):

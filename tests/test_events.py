@@ -96,6 +96,7 @@ def test_drained_events():
     assert obj["state"] == "drained"
 
 
+@pytest.mark.slow
 def test_a_million_events_in_seconds():
     rng = np.random.default_rng(1)
     n = 1_000_000

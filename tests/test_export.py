@@ -188,6 +188,7 @@ class FakeSink:
         pass
 
 
+@pytest.mark.slow
 def test_thread_spools_while_down_and_sends_in_order(tmp_path):
     sink = FakeSink()
     sink.up.clear()
