@@ -29,14 +29,18 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from ncsniffer.config import DEFAULT_TIMEOUTS
 from ncsniffer.errors import ConfigError
 
 # --------------------------------------------------------------- defaults (10.1)
-TCP_ESTABLISH_TIMEOUT = 5      # TCP, handshake not complete -> unanswered
-TCP_TIMEOUT = 300              # TCP established, idle -> timedout
-UDP_TIMEOUT = 20               # UDP idle -> timedout
-ICMP_TIMEOUT = 10              # ICMP / ICMPv6 idle -> timedout
-TCP_LINGER = 10                # an ended TCP entry absorbs late packets this long
+# The defaults live in config.DEFAULT_TIMEOUTS (one source): tcp_establish (handshake
+# not complete -> unanswered), tcp (established, idle -> timedout), udp, icmp (idle ->
+# timedout), tcp_linger (an ended TCP entry absorbs late packets this long).
+TCP_ESTABLISH_TIMEOUT = DEFAULT_TIMEOUTS["tcp_establish"]
+TCP_TIMEOUT = DEFAULT_TIMEOUTS["tcp"]
+UDP_TIMEOUT = DEFAULT_TIMEOUTS["udp"]
+ICMP_TIMEOUT = DEFAULT_TIMEOUTS["icmp"]
+TCP_LINGER = DEFAULT_TIMEOUTS["tcp_linger"]
 DEFAULT_MAX_CONNECTIONS = 1_000_000
 MAX_TIMEOUT = 10 ** 6          # seconds (11.5 days): the timer wheel has a slot per second
 
@@ -135,8 +139,10 @@ def as_packets(batch: np.ndarray) -> np.ndarray:
     if batch.dtype == PACKET_DTYPE and batch.flags.c_contiguous:
         return batch
     out = np.empty(len(batch), PACKET_DTYPE)
+    have = batch.dtype.names
     for name in PACKET_DTYPE.names:
-        out[name] = batch[name]
+        # decode.FLOW calls the wire length ``length``
+        out[name] = batch["length" if name == "wirelen" and name not in have else name]
     return out
 
 

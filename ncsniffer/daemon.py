@@ -329,6 +329,7 @@ class Daemon:
             from ncsniffer import export    # only then (the driver too); its thread: after the fork
             self.export = export.start(settings, sniffer.acct, self.clock, replay=False)
         self.events = eventsmod.from_settings(settings)   # the log and the feed (10.4), or None
+        sniffer.events = self.events       # the tracker's events reach them
 
     # signals only set flags; the loop acts on them
     def _on_signal(self, signum, frame) -> None:
@@ -462,7 +463,7 @@ class Daemon:
         except NcSnifferError as exc:
             log.error("final dump failed: %s", exc)
         # final dump, then drain (open connections as ``drained``) to the log and the
-        # feed, then close; the wiring step passes the tracker's drain() here
+        # feed, then close
         eventsmod.drain(self.events, eventsmod.still_open(self.sniffer))
         if self.export is not None:
             log.info("%s", self.export.finish(self.clock.update(), EXPORT_WAIT))
@@ -501,7 +502,7 @@ class Daemon:
             self._dump_in_child(now, hup=True)
             if self.export is not None:
                 self.export.cutter.cut(now)    # the interval ends with the records it counted
-            self.sniffer.acct.reset(now)   # the child holds the snapshot
+            self.sniffer.reset(now)        # the child holds the snapshot
             if self.resolver is not None:
                 self.resolver.reset()      # no name is due in the new records yet
         else:

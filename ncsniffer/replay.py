@@ -64,6 +64,7 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
         sniffer = Sniffer(settings, linktype, clock, device=path,   # the purge: its first job
                           flows=flows)
         sink = events.from_settings(settings, feed=False)   # the events file, or None
+        sniffer.events = sink              # the tracker's events reach the file
     except NcSnifferError:
         close()
         raise
@@ -96,7 +97,6 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
 
     sniffer.dump(clock.now)
     # final dump, then drain: the open connections to the events file as ``drained``
-    # (the wiring step passes the tracker's drain() and each batch's events)
     events.drain(sink, events.still_open(sniffer))
     log.write(f"nc.sniffer: {path}: {sniffer.counters_text()}\n")
     if exporting is not None:     # the last second's packets are in: the interval ends after it

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from ncsniffer import batch, capture, dumpfile, linktypes
+import numpy as np
+
+from ncsniffer import batch, capture, conncounts, conntrack, dumpfile, linktypes
 from ncsniffer.accounting import Accounting
 from ncsniffer.clock import Clock, PacketClock
 from ncsniffer.config import Settings
@@ -42,15 +44,90 @@ class Sniffer:
         self.clock = clock
         self.offline = isinstance(clock, PacketClock)
         self.acct = Accounting(clock.now, settings.max_hosts,
+                               connections=settings.connections,      # the K columns
                                totals=settings.clickhouse is not None)   # the export's X P
         self.rules = batch.Rules(linktype, settings.me_packed, settings.snaplen,
                                  settings.payload, settings.match, settings.nomatch,
                                  settings.connections)
-        self.flows = flows
         self.counters = batch.Counters()
+        # Connection tracking (10): the tracker, fed each batch's FLOW records; its
+        # events go to the K counters and to ``events`` (the driver's Events, or None).
+        self.tracker: conntrack.Tracker | None = None
+        self.events = None
+        self._open: dict[tuple, np.ndarray] = {}      # per peer: begun counts of open ones
+        self._carried: dict[tuple, np.ndarray] = {}   # open at a reset, not yet counted
+        if settings.connections and flows is None:
+            self.tracker = conntrack.Tracker(conntrack.Timeouts.from_config(settings.timeouts),
+                                             settings.max_connections)
+            flows = self._track
+        self.flows = flows
         if isinstance(clock, PacketClock):
-            clock.at_start(self.acct.reset)           # replay: start at the first packet
+            clock.at_start(self.reset)                # replay: start at the first packet
         clock.every_second(self.acct.purge)
+        if self.tracker is not None and not self.offline:
+            clock.every_second(self._tick)            # live: expiry on idle seconds
+
+    # ----------------------------------------------------------- connections
+    def _track(self, flows, clock=None) -> None:
+        self.feed(self.tracker.process(flows))
+
+    def _tick(self, now: int, elapsed: int) -> None:
+        self.feed(self.tracker.advance(now))
+
+    def feed(self, events: np.ndarray) -> None:
+        """The tracker's events: K counters of their peers' records, then the events sink."""
+        if not len(events):
+            return
+        peers, deltas = conncounts.count(events)
+        self._remember_open(events)
+        if self._carried:
+            for i, peer in enumerate(peers.tolist()):
+                carried = self._carried.pop(tuple(peer), None)
+                if carried is not None:
+                    deltas[i] += carried
+        self.acct.count_connections(peers, deltas)
+        if self.events is not None:
+            self.events.push(events)
+
+    _BEGUN = [conncounts.K_FIELDS.index(f) for f in ("tcp", "udp", "icmp", "in", "out", "active")]
+
+    def _remember_open(self, events: np.ndarray) -> None:
+        """Keep, per peer, the begun counts (tcp udp icmp in out active) of its open
+        connections: what a reset carries into the new data set."""
+        new = events["kind"] == conntrack.NEW
+        ended = events[~new].copy()
+        ended["kind"] = conntrack.NEW          # counted as begun, then subtracted
+        rows = []
+        if new.any():
+            rows.append(conncounts.count(events[new]))
+        if len(ended):
+            peers, d = conncounts.count(ended)
+            rows.append((peers, -d))
+        cols = self._BEGUN
+        for peers, d in rows:
+            for peer, row in zip(peers.tolist(), d[:, cols]):
+                key = tuple(peer)
+                total = self._open.get(key)
+                total = row.copy() if total is None else total + row
+                if total.any():
+                    self._open[key] = total
+                else:
+                    self._open.pop(key, None)
+
+    def reset(self, now: int) -> None:
+        """Start a new data set (start-up, SIGHUP).  With connection tracking, the
+        connections still open are counted as begun in the new one (10.3): the K of
+        each such peer gets them with its first event after the reset, so that an
+        end is never counted without its beginning."""
+        self.acct.reset(now)
+        if self.tracker is not None and self._open:
+            width = len(conncounts.K_FIELDS)
+            carried = {}
+            for key, begun in self._open.items():
+                row = np.zeros(width, np.int64)
+                row[self._BEGUN] = begun
+                carried[key] = row
+            self._carried = carried
 
     def process(self, got, prog=None) -> None:
         """Account a batch of packets (``prog`` None: the kernel filtered them)."""

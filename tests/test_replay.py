@@ -544,12 +544,22 @@ def test_connections_hand_flow_records_to_the_consumer(workdir):
 
 
 def test_connections_change_no_byte_of_the_stats_file(workdir):
-    """Issue 13: the flow fields are extracted, nothing else differs (SPEC 10)."""
+    """Issue 13: without ``connections`` (off or absent) the stats file is byte for byte
+    what it was; with it on, only the K counters and the ``# connections:`` line are new."""
+    from ncsniffer import dumpfile
     records, _ = build(flow_traffic())
-    outputs = []
-    for on in (False, True):
-        result, stats = replay(workdir, records, connections=on)
+    outputs, read = [], []
+    for on in (None, False, True):
+        cfg = {} if on is None else {"connections": on}
+        result, stats = replay(workdir, records, **cfg)
         assert result.returncode == 0, result.stderr
         with open(stats, "rb") as fh:
             outputs.append((fh.read(), result.stdout, result.stderr))
+        read.append(dumpfile.read_stats(stats))
     assert outputs[0] == outputs[1]
+    off, on = read[1], read[2]
+    assert [h for h in on.header if not h.startswith("# connections:")] == off.header
+    assert on.header_value("connections") is not None
+    assert {ip: {k: v for k, v in r.items() if k != "K"} for ip, r in on.records.items()} \
+        == off.records
+    assert all("K" in r for r in on.records.values())

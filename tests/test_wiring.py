@@ -1,0 +1,119 @@
+"""Issue 13 wired (SPEC 10): a replay with ``connections`` tracks connections,
+counts K per peer in the stats file and writes the events file."""
+
+import json
+import os
+
+import dpkt
+import pytest
+
+from ncsniffer import decode, dumpfile, pcapgen
+from tests.conftest import run_cli, write_config
+
+pytestmark = pytest.mark.integration
+
+ME = "192.0.2.10"
+T0 = 1_600_000_000
+FULL, REFUSED, SILENT, UDP_PEER, PING = ("198.51.100.1", "198.51.100.2", "198.51.100.3",
+                                        "198.51.100.4", "198.51.100.5")
+F = dpkt.tcp
+K_ZERO = dict.fromkeys(("tcp", "udp", "icmp", "in", "out", "active", "closed", "reset",
+                        "refused", "unanswered", "timedout", "evicted"), 0)
+
+
+def tcp(src, dst, sport, dport, flags, data=b""):
+    import ipaddress
+    seg = F.TCP(sport=sport, dport=dport, flags=flags, data=data)
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    ip = dpkt.ip.IP(src=a.packed, dst=b.packed, p=dpkt.ip.IP_PROTO_TCP, data=seg)
+    ip.len = 20 + len(bytes(seg))
+    return bytes(ip)
+
+
+def captures():
+    """(ts, ip packet): a complete TCP connection, a refused one, an unanswered SYN
+    (then a gap > 5 s), a UDP flow, an ICMP echo."""
+    c = []
+    t = T0
+    c += [(t, tcp(ME, FULL, 40001, 80, F.TH_SYN)),
+          (t + 0.01, tcp(FULL, ME, 80, 40001, F.TH_SYN | F.TH_ACK)),
+          (t + 0.02, tcp(ME, FULL, 40001, 80, F.TH_ACK)),
+          (t + 0.03, tcp(ME, FULL, 40001, 80, F.TH_ACK | F.TH_PUSH, b"GET / HTTP/1.0\r\n\r\n")),
+          (t + 0.04, tcp(FULL, ME, 80, 40001, F.TH_ACK | F.TH_PUSH, b"HTTP/1.0 200 OK\r\n\r\n")),
+          (t + 0.05, tcp(ME, FULL, 40001, 80, F.TH_FIN | F.TH_ACK)),
+          (t + 0.06, tcp(FULL, ME, 80, 40001, F.TH_FIN | F.TH_ACK)),
+          (t + 0.07, tcp(ME, FULL, 40001, 80, F.TH_ACK))]
+    c += [(t + 1, tcp(REFUSED, ME, 50000, 22, F.TH_SYN)),
+          (t + 1.01, tcp(ME, REFUSED, 22, 50000, F.TH_RST | F.TH_ACK))]
+    c += [(t + 2, tcp(ME, SILENT, 40002, 443, F.TH_SYN))]
+    c += [(t + 3, pcapgen.ip_packet(ME, UDP_PEER, "udp", b"q", sport=40003, dport=53)),
+          (t + 3.01, pcapgen.ip_packet(UDP_PEER, ME, "udp", b"answer", sport=53, dport=40003))]
+    c += [(t + 4, pcapgen.ip_packet(ME, PING, "icmp", b"ping"))]
+    c += [(t + 9, pcapgen.ip_packet(ME, UDP_PEER, "udp", b"late", sport=40009, dport=53))]
+    return [(ts, pcapgen.frame(decode.DLT_EN10MB, pkt), len(pcapgen.frame(decode.DLT_EN10MB, pkt)))
+            for ts, pkt in c]
+
+
+def run(workdir, monkeypatch=None, mode=None, **cfg):
+    cap = os.path.join(workdir, "conn.pcap")
+    pcapgen.write_pcap(cap, decode.DLT_EN10MB, captures())
+    events = os.path.join(workdir, "events.jsonl")
+    if os.path.exists(events):
+        os.unlink(events)
+    conf = write_config(workdir, bpf=f"host {ME}", connections=True, events=events, **cfg)
+    env = dict(os.environ)
+    env.pop("NCSNIFFER_REPLAY", None)
+    if mode:
+        env["NCSNIFFER_REPLAY"] = mode
+    result = run_cli("-c", conf, "-r", cap, "start", env=env)
+    assert result.returncode == 0, result.stderr
+    stats = os.path.join(workdir, "nc.sniffer.stats")
+    with open(events) as fh:
+        lines = [json.loads(line) for line in fh]
+    return stats, lines
+
+
+def k(**counts):
+    return {**K_ZERO, **counts}
+
+
+def test_replay_counts_connections_per_peer_and_writes_the_events(workdir):
+    stats, lines = run(workdir)
+    st = dumpfile.read_stats(stats)
+    got = {ip: rec["K"] for ip, rec in st.records.items()}
+    assert got[FULL] == k(tcp=1, out=1, closed=1)
+    assert got[REFUSED] == k(tcp=1, **{"in": 1}, refused=1)
+    assert got[SILENT] == k(tcp=1, out=1, unanswered=1)
+    # the UDP flows (udp timeout 20 s) and the ICMP echo are still open at the final
+    # dump: active there, drained afterwards
+    assert got[UDP_PEER] == k(udp=2, out=2, active=2)
+    assert got[PING] == k(icmp=1, out=1, active=1)
+    for K in got.values():
+        begun = K["tcp"] + K["udp"] + K["icmp"]
+        assert begun == K["in"] + K["out"] == K["active"] + sum(
+            K[s] for s in ("closed", "reset", "refused", "unanswered", "timedout", "evicted"))
+    assert st.header_value("connections") == "3 active, 6 started, 0 evicted"
+    by_peer = sorted((e["peer"], e["state"]) for e in lines)
+    assert by_peer == sorted([(FULL, "closed"), (REFUSED, "refused"), (SILENT, "unanswered"),
+                              (UDP_PEER, "drained"), (UDP_PEER, "drained"), (PING, "drained")])
+    full = next(e for e in lines if e["peer"] == FULL)
+    assert (full["proto"], full["dir"], full["me"], full["peer_port"]) == ("tcp", "out", ME, 80)
+    # the last ACK comes after both FINs: the entry lingers, it counts in B/C only (10.2)
+    assert (full["orig_packets"], full["resp_packets"]) == (4, 3)
+
+
+def test_timedout_udp_flow_with_a_short_timeout(workdir):
+    stats, lines = run(workdir, timeouts={"udp": 2})
+    K = dumpfile.read_stats(stats).records[UDP_PEER]["K"]
+    assert K == k(udp=2, out=2, active=1, timedout=1)
+    states = sorted(e["state"] for e in lines if e["peer"] == UDP_PEER)
+    assert states == ["drained", "timedout"]
+
+
+def test_the_three_replay_modes_give_the_same_stats_file(workdir):
+    outputs = []
+    for mode in (None, "serial", "libpcap"):
+        stats, lines = run(workdir, mode=mode)
+        with open(stats, "rb") as fh:
+            outputs.append((fh.read(), sorted(json.dumps(e, sort_keys=True) for e in lines)))
+    assert outputs[0] == outputs[1] == outputs[2]
