@@ -117,3 +117,33 @@ def test_the_three_replay_modes_give_the_same_stats_file(workdir):
         with open(stats, "rb") as fh:
             outputs.append((fh.read(), sorted(json.dumps(e, sort_keys=True) for e in lines)))
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_a_reset_carries_the_open_connections_into_the_new_data_set(workdir):
+    """SIGHUP (Sniffer.reset): K is cleared with the records; a connection open across
+    the reset counts as begun in the new data set once its peer has a record and an
+    event there, so that tcp + udp + icmp == in + out == active + ended always holds."""
+    from ncsniffer import config, replay as replay_module
+    from ncsniffer.clock import PacketClock
+    from ncsniffer.sniffer import Sniffer
+    packets = captures()
+    first, second = packets[:3], packets[3:8]       # handshake | data and both FINs
+    settings = config.validate({"bpf": f"host {ME}", "sniffer": workdir, "resolve": False,
+                                "connections": True}, "nc.sniffer", offline=True)
+    sn = None
+    for i, part in enumerate((first, second)):
+        cap = os.path.join(workdir, f"part{i}.pcap")
+        pcapgen.write_pcap(cap, decode.DLT_EN10MB, part)
+        batches, linktype, prog, close = replay_module._open(cap, settings)
+        if sn is None:
+            sn = Sniffer(settings, linktype, PacketClock(), device=cap)
+        else:
+            sn.reset(sn.clock.now)
+            assert not len(sn.acct.records)
+        for got in batches:
+            sn.process(got, prog)
+        close()
+    st_path = os.path.join(workdir, "after.stats")
+    sn.settings.stats_file = st_path
+    sn.dump(sn.clock.now)
+    assert dumpfile.read_stats(st_path).records[FULL]["K"] == k(tcp=1, out=1, closed=1)
