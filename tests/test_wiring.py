@@ -147,3 +147,42 @@ def test_a_reset_carries_the_open_connections_into_the_new_data_set(workdir):
     sn.settings.stats_file = st_path
     sn.dump(sn.clock.now)
     assert dumpfile.read_stats(st_path).records[FULL]["K"] == k(tcp=1, out=1, closed=1)
+
+
+# --------------------------------------------------------------------------- live, on lo
+
+live = pytest.mark.skipif(os.geteuid() != 0, reason="live capture needs root")
+
+
+@live
+def test_live_daemon_counts_expires_on_idle_seconds_and_drains(workdir):
+    """The daemon on lo: K in the dumps, a UDP flow timed out by the per-second tick
+    (no packet after it), the open one drained to the events file after SIGTERM."""
+    import signal
+    import time
+    from tests.daemonutil import LiveDaemon, wait_for
+    from tests.netutil import RawSender
+    events = os.path.join(workdir, "events.jsonl")
+    sender = RawSender()
+    try:
+        d = LiveDaemon(workdir, connections=True, events=events, timeouts={"udp": 1})
+        d.start()
+        pid = d.pid
+        try:
+            sender.send("127.0.0.2", d.dport, b"first", sport=41000)
+            time.sleep(3.5)                       # idle: the tick expires it
+            sender.send("127.0.0.3", d.dport, b"second", sport=41001)
+            d.dump()
+            st = dumpfile.read_stats(d.stats)
+            assert st.records["127.0.0.2"]["K"] == k(udp=1, **{"in": 1}, timedout=1)
+            assert st.records["127.0.0.3"]["K"] == k(udp=1, **{"in": 1}, active=1)
+            assert st.header_value("connections") == "1 active, 2 started, 0 evicted"
+        finally:
+            os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists(d.pidfile))
+    finally:
+        sender.close()
+    with open(events) as fh:
+        lines = [json.loads(line) for line in fh]
+    assert sorted((e["peer"], e["state"]) for e in lines) == \
+        [("127.0.0.2", "timedout"), ("127.0.0.3", "drained")]
