@@ -56,6 +56,7 @@ class Sniffer:
         self.events = None
         self._open: dict[tuple, np.ndarray] = {}      # per peer: begun counts of open ones
         self._carried: dict[tuple, np.ndarray] = {}   # open at a reset, not yet counted
+        self.carry_open = not self.offline      # a replay has no SIGHUP: nothing to carry
         if settings.connections and flows is None:
             self.tracker = conntrack.Tracker(conntrack.Timeouts.from_config(settings.timeouts),
                                              settings.max_connections)
@@ -79,7 +80,8 @@ class Sniffer:
         if not len(events):
             return
         peers, deltas = conncounts.count(events)
-        self._remember_open(events)
+        if self.carry_open:
+            self._remember_open(events)
         if self._carried:
             for i, peer in enumerate(peers.tolist()):
                 carried = self._carried.pop(tuple(peer), None)

@@ -137,6 +137,7 @@ def test_a_reset_carries_the_open_connections_into_the_new_data_set(workdir):
         batches, linktype, prog, close = replay_module._open(cap, settings)
         if sn is None:
             sn = Sniffer(settings, linktype, PacketClock(), device=cap)
+            sn.carry_open = True          # as live, where a SIGHUP can come
         else:
             sn.reset(sn.clock.now)
             assert not len(sn.acct.records)
