@@ -29,11 +29,11 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from ncsniffer.config import DEFAULT_TIMEOUTS
+from ncsniffer.timeouts import DEFAULT_TIMEOUTS
 from ncsniffer.errors import ConfigError
 
 # --------------------------------------------------------------- defaults (10.1)
-# The defaults live in config.DEFAULT_TIMEOUTS (one source): tcp_establish (handshake
+# The defaults live in timeouts.DEFAULT_TIMEOUTS (one source): tcp_establish (handshake
 # not complete -> unanswered), tcp (established, idle -> timedout), udp, icmp (idle ->
 # timedout), tcp_linger (an ended TCP entry absorbs late packets this long).
 TCP_ESTABLISH_TIMEOUT = DEFAULT_TIMEOUTS["tcp_establish"]
