@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 NC_SNIFFER = os.path.join(BIN, "nc.sniffer")
+
+
+@contextlib.contextmanager
+def other_users_dir(prefix: str, mode: int):
+    """A temporary directory with ``mode``, outside pytest's own tmp root (which is
+    0700), for processes of other users; removed afterwards."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(path, mode)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def write_config(directory: str, name: str = "nc.sniffer.conf", **settings) -> str:

@@ -1,13 +1,11 @@
 """Opening a live capture: failures a user can act on, not a misleading bpf error."""
 
 import os
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 
-from tests.conftest import NC_SNIFFER, write_config
+from tests.conftest import NC_SNIFFER, other_users_dir, write_config
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root to set up the cases")]
@@ -17,12 +15,8 @@ pytestmark = [pytest.mark.integration,
 def opendir():
     """A work directory user nobody may write (pytest's tmp_path is root's only),
     sticky as the daemon demands of a directory every user may write."""
-    path = tempfile.mkdtemp(prefix="ncs-capture-")
-    os.chmod(path, 0o1777)
-    try:
+    with other_users_dir("ncs-capture-", 0o1777) as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

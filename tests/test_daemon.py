@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import NC_SNIFFER, ROOT, plain_read, run_cli, stop_process, write_config
+from tests.conftest import NC_SNIFFER, ROOT, plain_read, run_cli, other_users_dir, stop_process, write_config
 from tests.daemonutil import LiveDaemon, free_port, mtime_ns, tmp_files, wait_for
 from tests.netutil import RawSender, loopback_source
 
@@ -414,12 +414,8 @@ def test_relative_directories_survive_daemonizing(workdir, sender):
 @pytest.fixture
 def shared_dir():
     """A directory the daemon user may write, sticky as the README says (like /tmp)."""
-    import shutil
-    import tempfile
-    path = tempfile.mkdtemp(prefix="ncs-shared-")   # pytest's own tmp root is 0700
-    os.chmod(path, 0o1777)
-    yield path
-    shutil.rmtree(path)
+    with other_users_dir("ncs-shared-", 0o1777) as path:
+        yield path
 
 
 def own_file(directory: str) -> tuple[str, bytes]:

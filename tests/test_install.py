@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from tests.conftest import ROOT, plain_read, write_config
+from tests.conftest import ROOT, other_users_dir, plain_read, write_config
 from tests.test_notify import notify_socket, run_notified_daemon  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
@@ -178,12 +178,8 @@ def ensure_user(user: str) -> None:
 @pytest.fixture
 def web_dir():
     """A directory the web user can read (pytest's tmp_path is root's alone)."""
-    path = tempfile.mkdtemp(prefix="ncsniffer-web.")
-    os.chmod(path, 0o755)
-    try:
+    with other_users_dir("ncsniffer-web.", 0o755) as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def as_web_user(*argv: str, cwd: str | None = None) -> subprocess.CompletedProcess:

@@ -11,7 +11,6 @@ import io
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 
@@ -19,6 +18,7 @@ import pytest
 
 from ncsniffer import report
 from ncsniffer.errors import DumpFileError, NcSnifferError
+from tests.conftest import other_users_dir
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "report")
 
@@ -309,10 +309,8 @@ def _in_child_as_nobody(fn):
 @pytest.fixture
 def public_dir():
     """A directory an unprivileged child can enter (pytest's tmp_path is 0700)."""
-    path = tempfile.mkdtemp(prefix="ncsniffer-report-")
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with other_users_dir("ncsniffer-report-", 0o755) as path:
+        yield path
 
 
 def test_chk_wconf_messages(tmp_path):
