@@ -14,7 +14,7 @@ Three parts, so that the capture loop never waits on the network:
   each batch through a ``Sink`` (``ncsniffer.clickhouse``), spools it on any
   failure, and sends the spool in order once the server answers again.
 
-A batch keeps its id (sniffer, instance, interval start, sequence, run) from
+A batch keeps its id (sniffer, instance, interval start, cut number and sequence, run) from
 the cut to the server, through the spool; the table is a ReplacingMergeTree
 keyed by it, so a batch sent twice is stored once.
 """
@@ -99,6 +99,7 @@ class Cutter:
         self.submit = submit
         self.run = secrets.token_hex(4)      # tells this process's batches from a restart's
         self.start: int | None = None
+        self.cuts = 0                        # numbers the cuts: two may start in one second
         self.lost_departed = 0
 
     def begin(self, now: int) -> None:
@@ -136,8 +137,10 @@ class Cutter:
         c = table.cols
         occupied = table.occupied()
         moved = occupied[c["P"][occupied] > 0]
-        cut = Cut(self.sniffer, self.instance, self.run, start, end, gone, table.keys_at(moved),
-                  c["X"][moved], c["P"][moved], c["R"][moved], c["W"][moved], c["N"][moved])
+        cut = Cut(self.sniffer, self.instance, self.run, self.cuts, start, end, gone,
+                  table.keys_at(moved), c["X"][moved], c["P"][moved], c["R"][moved],
+                  c["W"][moved], c["N"][moved])
+        self.cuts += 1
         c["X"][moved] = 0
         c["P"][moved] = 0
         return cut
@@ -151,6 +154,7 @@ class Cut:
     sniffer: str
     instance: str
     run: str
+    number: int                  # the run's cut count: a SIGHUP cut may share its start second
     start: int
     end: int
     gone: list
@@ -180,7 +184,7 @@ class Cut:
         """The rows in batches of at most BATCH_ROWS, each with its id."""
         rows = self.rows()
         name = f"{self.sniffer}/{self.instance}/{self.start}"
-        return [Batch(TRAFFIC, f"{name}/{seq}/{self.run}", rows[at:at + BATCH_ROWS])
+        return [Batch(TRAFFIC, f"{name}/{self.number}.{seq}/{self.run}", rows[at:at + BATCH_ROWS])
                 for seq, at in enumerate(range(0, len(rows), BATCH_ROWS))]
 
 

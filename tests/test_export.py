@@ -115,7 +115,20 @@ def test_interval_batches_are_split_and_named(monkeypatch):
     got = got[0].batches()
     assert [len(b.rows) for b in got] == [2, 2, 1]
     assert [b.batch.split("/")[:4] for b in got] == [
-        ["host1", "nc.sniffer", str(T0), str(i)] for i in range(3)]
+        ["host1", "nc.sniffer", str(T0), f"0.{i}"] for i in range(3)]
+
+
+def test_two_cuts_in_one_second_have_distinct_batch_ids():
+    """A SIGHUP cut in the interval's first second, then the next cut: the two
+    intervals start in the same second, and neither batch may replace the other."""
+    acct = Accounting(T0, totals=True)
+    cut, got = cutter(acct)
+    acct.count_run([A], [10], T0)
+    cut.cut(T0)
+    acct.count_run([A], [20], T0)
+    cut.cut(T0 + 60)
+    ids = [b.batch for c in got for b in c.batches()]
+    assert len(ids) == 2 and len(set(ids)) == 2
 
 
 def test_connection_rows_from_events():
