@@ -328,7 +328,8 @@ class Daemon:
         if settings.clickhouse is not None:
             from ncsniffer import export    # only then (the driver too); its thread: after the fork
             self.export = export.start(settings, sniffer.acct, self.clock, replay=False)
-        self.events = eventsmod.from_settings(settings)   # the log and the feed (10.4), or None
+        self.events = eventsmod.from_settings(    # the log, the feed (10.4), the export, or None
+            settings, export=self.export and self.export.ended)
         sniffer.events = self.events       # the tracker's events reach them
 
     # signals only set flags; the loop acts on them

@@ -36,7 +36,7 @@ from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
-from ncsniffer import host, safefile
+from ncsniffer import events, host, safefile
 from ncsniffer.accounting import Accounting
 from ncsniffer.errors import NcSnifferError
 
@@ -50,6 +50,7 @@ CONNECTION_COLUMNS = ("sniffer", "instance", "start", "end", "proto", "me", "me_
                       "peer", "peer_port", "dir", "state", "orig_packets", "orig_bytes",
                       "resp_packets", "resp_bytes")
 BATCH_ROWS = 50_000        # rows per batch: one insert, one spool file
+ENDED_LIMIT = 1 << 20      # ended connections held between two cuts (96 B each)
 QUEUE_BATCHES = 64         # batches waiting for the thread before the tick drops one
 FIRST_BACKOFF = 0.5        # seconds before the first retry after a failure ...
 MAX_BACKOFF = 10.0         # ... doubling up to this
@@ -101,6 +102,7 @@ class Cutter:
         self.start: int | None = None
         self.cuts = 0                        # numbers the cuts: two may start in one second
         self.lost_departed = 0
+        self.ended: Ended | None = None      # with connection tracking: its ended connections
 
     def begin(self, now: int) -> None:
         """The first interval starts at ``now`` (a replay: its first packet)."""
@@ -120,8 +122,11 @@ class Cutter:
             self.begin(now)
         cut = self.take(self.start, max(now, self.start))
         self.submit(cut)
+        if self.ended is not None and self.ended.items:
+            self.submit(EndedCut(self.sniffer, self.instance, self.run, cut.number,
+                                 cut.start, cut.end, self.ended.take()))
         self.begin(now)
-        return len(cut.keys) + len(cut.gone)
+        return cut.row_count()
 
     def take(self, start: int, end: int) -> "Cut":
         """The traffic since the last cut, taken from the records (their X P
@@ -165,6 +170,9 @@ class Cut:
     w: np.ndarray
     n: np.ndarray
 
+    def row_count(self) -> int:
+        return len(self.keys) + len(self.gone)
+
     def rows(self) -> list[tuple]:
         """One row per peer, a record gone and the peer's new one summed."""
         head = (self.sniffer, self.instance)
@@ -188,12 +196,61 @@ class Cut:
                 for seq, at in enumerate(range(0, len(rows), BATCH_ROWS))]
 
 
-def connection_rows(events: Iterable[dict], sniffer: str, instance: str) -> list[tuple]:
-    """Rows of ``ncsniffer_connections`` from ended-connection events (SPEC 10.4)."""
-    return [(sniffer, instance, float(e["start"]), float(e["end"]), str(e["proto"]),
-             str(e["me"]), int(e["me_port"]), str(e["peer"]), int(e["peer_port"]),
-             str(e["dir"]), str(e["state"]), int(e["orig_packets"]), int(e["orig_bytes"]),
-             int(e["resp_packets"]), int(e["resp_bytes"])) for e in events]
+class Ended:
+    """Ended connections waiting for the next cut (SPEC 11): the event arrays the
+    tracker hands the events (``events.Events.push``), copied in the capture loop and
+    bounded (beyond ``limit``, dropped and counted); their rows are made by the thread."""
+
+    def __init__(self, limit: int = ENDED_LIMIT):
+        self.limit = limit
+        self.items: list[np.ndarray] = []
+        self.pending = 0
+        self.lost = events.Losses("clickhouse: ended connections")
+
+    def write(self, ended: np.ndarray) -> bool:
+        """Hold ``ended`` (end events) for the next cut; never blocks."""
+        if not len(ended):
+            return False
+        if self.pending + len(ended) > self.limit:
+            self.lost.add(len(ended), f"over {self.limit} between two cuts, dropped")
+            return False
+        self.items.append(ended.copy())
+        self.pending += len(ended)
+        return True
+
+    def take(self) -> list[np.ndarray]:
+        """What is held, emptied."""
+        items, self.items, self.pending = self.items, [], 0
+        return items
+
+
+@dataclass
+class EndedCut:
+    """The connections that ended in one interval, as the capture loop took them."""
+
+    sniffer: str
+    instance: str
+    run: str
+    number: int                  # the traffic cut's number: one id per interval and table
+    start: int
+    end: int
+    items: list
+
+    def row_count(self) -> int:
+        return sum(len(a) for a in self.items)
+
+    def batches(self) -> list[Batch]:
+        """The rows (those of the events log's lines) in batches, each with its id."""
+        rows = connection_rows(np.concatenate(self.items), self.sniffer, self.instance)
+        name = f"{self.sniffer}/{self.instance}/{self.start}/c{self.number}"
+        return [Batch(CONNECTIONS, f"{name}.{seq}/{self.run}", rows[at:at + BATCH_ROWS])
+                for seq, at in enumerate(range(0, len(rows), BATCH_ROWS))]
+
+
+def connection_rows(ended: np.ndarray, sniffer: str, instance: str) -> list[tuple]:
+    """Rows of ``ncsniffer_connections`` from end events (``conntrack.EVENT_DTYPE``):
+    the fields of the events log's lines (SPEC 10.4), after sniffer and instance."""
+    return [(sniffer, instance, *row) for row in zip(*events.columns(ended))]
 
 
 # --------------------------------------------------------------------------- the spool
@@ -480,11 +537,11 @@ def _batches(item) -> list[Batch]:
     """A queue item as batches (a cut becomes its batches in the thread)."""
     if item is None:
         return []
-    return item.batches() if isinstance(item, Cut) else [item]
+    return item.batches() if isinstance(item, (Cut, EndedCut)) else [item]
 
 
 def _row_count(item) -> int:
-    return len(item.keys) + len(item.gone) if isinstance(item, Cut) else len(item.rows)
+    return item.row_count() if isinstance(item, (Cut, EndedCut)) else len(item.rows)
 
 
 def spool_dir(stats_dir: str | None, name: str) -> str | None:
@@ -506,6 +563,11 @@ class Export:
     def __init__(self, cutter: Cutter, exporter: Exporter):
         self.cutter = cutter
         self.exporter = exporter
+
+    @property
+    def ended(self) -> Ended | None:
+        """Where the ended connections go (``events.from_settings``), or None."""
+        return self.cutter.ended
 
     def finish(self, now: int, timeout: float) -> str:
         """The last interval up to ``now``, then everything delivered or spooled
@@ -532,6 +594,8 @@ def start(settings, acct: Accounting, clock, replay: bool) -> Export:
     wait = 2.0 * ch.timeout if replay else 0
     cutter = Cutter(acct, sniffer_name(ch.sniffer), settings.name, ch.interval,
                     lambda batch: exporter.submit(batch, wait))
+    if settings.connections:
+        cutter.ended = Ended()          # the driver's Events hand it the ended connections
     if replay:
         clock.at_start(cutter.begin)
     else:

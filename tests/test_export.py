@@ -131,14 +131,57 @@ def test_two_cuts_in_one_second_have_distinct_batch_ids():
     assert len(ids) == 2 and len(set(ids)) == 2
 
 
-def test_connection_rows_from_events():
-    event = {"start": 1.5, "end": 2.25, "proto": "tcp", "me": "192.0.2.1", "me_port": 22,
-             "peer": "198.51.100.7", "peer_port": 40000, "dir": "in", "state": "closed",
-             "orig_packets": 5, "orig_bytes": 400, "resp_packets": 4, "resp_bytes": 900}
-    (row,) = export.connection_rows([event], "host1", "nc.sniffer")
-    assert row == ("host1", "nc.sniffer", 1.5, 2.25, "tcp", "192.0.2.1", 22, "198.51.100.7",
-                   40000, "in", "closed", 5, 400, 4, 900)
+def end_event(peer_lo=0xC6336407, state=1, **fields):
+    """One end event as the tracker makes them (conntrack.EVENT_DTYPE)."""
+    from ncsniffer import conntrack
+    e = np.zeros(1, conntrack.EVENT_DTYPE)
+    e["start"], e["end"], e["proto"] = 1.5, 2.25, 6
+    e["me_lo"], e["peer_lo"], e["me_port"], e["peer_port"] = 0xC0000201, peer_lo, 22, 40000
+    e["dir"], e["state"], e["kind"] = 0, state, conntrack.END
+    e["orig_packets"], e["orig_bytes"], e["resp_packets"], e["resp_bytes"] = 5, 400, 4, 900
+    for name, value in fields.items():
+        e[name] = value
+    return e
+
+
+def test_connection_rows_are_the_events_log_lines():
+    from ncsniffer import events
+    e = end_event()
+    (row,) = export.connection_rows(e, "host1", "nc.sniffer")
+    line = json.loads(events.log_lines(e))
+    assert row == ("host1", "nc.sniffer", *line.values())
+    assert row[2:8] == (1.5, 2.25, "tcp", "192.0.2.1", 22, "198.51.100.7")
     assert len(row) == len(export.CONNECTION_COLUMNS)
+    assert tuple(line) == export.CONNECTION_COLUMNS[2:]
+
+
+def test_ended_connections_go_out_with_the_interval_cut():
+    from ncsniffer import events
+    acct = Accounting(T0, totals=True)
+    cut, got = cutter(acct)
+    cut.ended = export.Ended()
+    sink = events.Events(export=cut.ended)
+    sink.push(end_event())
+    sink.push(end_event(kind=0))             # a ``new`` event: not a row
+    cut.tick(T0 + 60)
+    traffic, ended = got
+    assert isinstance(ended, export.EndedCut) and ended.row_count() == 1
+    (b,) = ended.batches()
+    assert b.table == export.CONNECTIONS
+    assert b.batch == f"host1/nc.sniffer/{T0}/c{traffic.number}.0/{cut.run}"
+    assert b.rows[0][10] == "closed"
+    sink.drain(end_event(state=0))           # still open at the end: drained
+    cut.cut(T0 + 70)
+    (b,) = got[-1].batches()
+    assert b.rows[0][10] == "drained"
+
+
+def test_ended_connections_beyond_the_bound_are_counted():
+    held = export.Ended(limit=2)
+    assert held.write(np.concatenate([end_event(), end_event()]))
+    assert not held.write(end_event())
+    assert held.lost.count == 1 and held.pending == 2
+    assert len(held.take()) == 1 and held.pending == 0
 
 
 # --------------------------------------------------------------------------- spool
