@@ -407,9 +407,10 @@ class Daemon:
     def _publish(self) -> None:
         """Hand the metrics server this second's snapshot (it never reads live state)."""
         dns = self.resolver.lookups.counters if self.resolver is not None else None
+        export = self.export.exporter.counters() if self.export is not None else None
         self.metrics.publish(snapshot.take(self.sniffer, self.clock.now, self.cap.stats(), dns,
                                            self.dumps, self.dump_seconds,
-                                           self.settings.metrics_top))
+                                           self.settings.metrics_top, export))
 
     # ------------------------------------------------------------------ requests
     def _serve_requests(self) -> None:

@@ -304,6 +304,10 @@ class Spool:
     def size(self) -> int:
         return sum(e[2] for e in self.entries)
 
+    @property
+    def rows(self) -> int:
+        return sum(e[1] for e in self.entries)
+
     def add(self, batch: Batch) -> None:
         """Queue ``batch`` behind the others, dropping the oldest beyond the bound."""
         text = json.dumps({"table": batch.table, "batch": batch.batch}) + "\n" + \
@@ -451,7 +455,7 @@ class Exporter:
         """For the log and the metrics."""
         return {"sent_batches": self.sent_batches, "sent_rows": self.sent_rows,
                 "failures": self.failures, "spooled_batches": len(self.spool),
-                "spool_bytes": self.spool.size, "lost_batches": self.spool.lost_batches
+                "spooled_rows": self.spool.rows, "spool_bytes": self.spool.size, "lost_batches": self.spool.lost_batches
                 + self.dropped_batches, "lost_rows": self.lost_rows}
 
     # ------------------------------------------------------------ thread side
