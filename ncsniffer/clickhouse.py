@@ -21,7 +21,7 @@ TRAFFIC_TABLE = """CREATE TABLE IF NOT EXISTS {db}.ncsniffer_traffic (
     sniffer String, instance String, peer String,
     start DateTime, end DateTime,
     bytes UInt64, packets UInt64, rate Float64, bw Float64,
-    names Array(String), batch String
+    names Array(String), epoch DateTime, batch String
 ) ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(start)
 ORDER BY (sniffer, instance, peer, start, batch)"""
@@ -48,16 +48,19 @@ class ClickHouse:
     made (and the tables created) on first use and again after a failure."""
 
     def __init__(self, host: str, port: int, database: str, timeout: float,
-                 user: str = "default", password: str = ""):
+                 user: str = "default", password: str = "", create: bool = True):
         self.host, self.port, self.database = host, port, database
         self.timeout = timeout
         self.user, self.password = user, password
+        self.create = create            # a reader (the fleet report) creates nothing
         self.client: Client | None = None
 
     def _connect(self) -> Client:
         client = Client(self.host, port=self.port, database="default", user=self.user,
                         password=self.password, connect_timeout=self.timeout,
                         send_receive_timeout=self.timeout, sync_request_timeout=self.timeout)
+        if not self.create:
+            return client
         db = _quote(self.database)
         client.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
         client.execute(TRAFFIC_TABLE.format(db=db))
@@ -77,13 +80,13 @@ class ClickHouse:
             self.close()
             raise ExportError(_reason(exc)) from exc
 
-    def query(self, sql: str) -> list:
-        """Rows of a query (the tests, the README's examples)."""
+    def query(self, sql: str, params: dict | None = None) -> list:
+        """Rows of a query (``%(name)s`` filled from ``params`` by the driver, quoted)."""
         try:
             if self.client is None:
                 self.client = self._connect()
-            return self.client.execute(sql)
-        except (ch_errors.Error, OSError, EOFError) as exc:
+            return self.client.execute(sql, params)
+        except (ch_errors.Error, OSError, EOFError, socket.timeout) as exc:
             self.close()
             raise ExportError(_reason(exc)) from exc
 

@@ -38,14 +38,14 @@ import numpy as np
 
 from ncsniffer import events, host, safefile
 from ncsniffer.accounting import Accounting
-from ncsniffer.errors import NcSnifferError
+from ncsniffer.errors import StoreError
 
 log = logging.getLogger("ncsniffer")
 
 TRAFFIC = "ncsniffer_traffic"
 CONNECTIONS = "ncsniffer_connections"
 TRAFFIC_COLUMNS = ("sniffer", "instance", "peer", "start", "end", "bytes", "packets",
-                   "rate", "bw", "names")
+                   "rate", "bw", "names", "epoch")
 CONNECTION_COLUMNS = ("sniffer", "instance", "start", "end", "proto", "me", "me_port",
                       "peer", "peer_port", "dir", "state", "orig_packets", "orig_bytes",
                       "resp_packets", "resp_bytes")
@@ -58,7 +58,7 @@ SPOOL_NAME = re.compile(r"(\d{16})\.(\d+)\.jsonl")
 SPOOL_TMP = re.compile(r"\d{16}\.\d+\.jsonl\.(\d+)\.tmp")   # a writer's (safefile.tmp_name)
 
 
-class ExportError(NcSnifferError):
+class ExportError(StoreError):
     """The store cannot take a batch now (it is spooled and sent again later)."""
 
 
@@ -144,7 +144,7 @@ class Cutter:
         moved = occupied[c["P"][occupied] > 0]
         cut = Cut(self.sniffer, self.instance, self.run, self.cuts, start, end, gone,
                   table.keys_at(moved), c["X"][moved], c["P"][moved], c["R"][moved],
-                  c["W"][moved], c["N"][moved])
+                  c["W"][moved], c["N"][moved], c["E"][moved])
         self.cuts += 1
         c["X"][moved] = 0
         c["P"][moved] = 0
@@ -169,6 +169,7 @@ class Cut:
     r: np.ndarray
     w: np.ndarray
     n: np.ndarray
+    e: np.ndarray                # E: with R, W and N what the fleet report shows (SPEC 11)
 
     def row_count(self) -> int:
         return len(self.keys) + len(self.gone)
@@ -179,13 +180,13 @@ class Cut:
         start, end = self.start, self.end
         out: dict[str, tuple] = {}
         live = zip(self.keys, self.x.tolist(), self.p.tolist(), self.r.tolist(),
-                   self.w.tolist(), self.n.tolist())
-        for key, x, p, r, w, names in itertools.chain(self.gone, live):
+                   self.w.tolist(), self.n.tolist(), self.e.tolist())
+        for key, x, p, r, w, names, e in itertools.chain(self.gone, live):
             peer = peer_text(key)
             old = out.get(peer)
             if old is not None:
                 x, p = x + old[5], p + old[6]
-            out[peer] = (*head, peer, start, end, x, p, r, w, list(names or ()))
+            out[peer] = (*head, peer, start, end, x, p, r, w, list(names or ()), int(e))
         return list(out.values())
 
     def batches(self) -> list[Batch]:

@@ -39,6 +39,8 @@ def test_rows_are_the_traffic_since_the_last_cut():
     assert rows["10.0.0.1"][3:7] == (T0, T0 + 60, 150, 2)
     assert rows["10.0.0.2"][5:7] == (7, 1)
     assert rows["10.0.0.1"][:2] == ("host1", "nc.sniffer")
+    assert rows["10.0.0.1"][10] == acct.records[A].E      # the epoch: the fleet report's E
+    assert len(rows["10.0.0.1"]) == len(export.TRAFFIC_COLUMNS)
     acct.count_run([A], [10], T0 + 61)
     got.clear()
     cut.tick(T0 + 120)
