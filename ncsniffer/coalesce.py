@@ -8,6 +8,9 @@ into ``CACHEDIR/composite.stats`` and writes the by-name report into
 ``CACHE.1`` (and the /24 report into ``CACHE.0``).  ``nc.sniffer.dump`` is the
 remote half.
 
+With ``source: 'clickhouse'`` no host is fetched: ``fleet`` reads the
+sniffers' rows from the store and the same merge and report follow.
+
 The merge is pure and lives apart (``merge``), as do the configuration
 (``coalesceconf``) and the remote half (``dumpcmd``).  ssh and
 rsync run from argument lists, never through a shell, with timeouts; host names
@@ -337,7 +340,8 @@ def cgi_main(argv: Sequence[str] | None = None, config: Mapping | None = None,
     argv = list(sys.argv[1:] if argv is None else argv)
     program = (sys.argv[0] if sys.argv else PROG_CGI) if program is None else program
     parser = tool_parser(PROG_CGI, "The composite report of several hosts' stats files, "
-                         "fetched with ssh/rsync and merged (an SSI exec line).",
+                         "fetched with ssh/rsync and merged, or of their rows in "
+                         "ClickHouse (source 'clickhouse'); an SSI exec line.",
                          CGI_CONF_ENV, DEFAULT_COALESCE_CONF, CoalesceError)
     parser.add_argument("type", nargs="?", default="1", metavar="TYPE",
                         help="1 (default): the report by sub-domain; 0: by /24 network "
