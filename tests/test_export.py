@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from ncsniffer import export
 from ncsniffer.accounting import Accounting
@@ -304,6 +305,51 @@ def test_cut_on_packet_time_in_a_batch_is_exact(interval):
     assert sum(r[6] for r in rows) == n
     for r in rows:
         assert r[6] == 3 * (r[4] - r[3]), r          # 3 packets in each second of the interval
+
+
+def interval_model(secs: list[int], interval: int) -> dict[int, int]:
+    """Packets per interval start, one packet at a time: the clock is the latest second
+    seen (it never goes back); a tick at or past start + interval starts a new one."""
+    start = clock = secs[0]
+    out: dict[int, int] = {}
+    for sec in secs:
+        clock = max(clock, sec)
+        if clock >= start + interval:
+            start = clock
+        out[start] = out.get(start, 0) + 1
+    return out
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(-3, 4), min_size=1, max_size=120), st.integers(1, 6),
+       st.integers(1, 4))
+def test_stretches_between_ticks_count_as_one_packet_at_a_time(steps, interval, batches):
+    """The replay counts each stretch between two export ticks in one step; the rows
+    are those of a per-packet model, also when time steps back in a batch."""
+    from ncsniffer import batch as batchmod
+    from ncsniffer.clock import PacketClock
+    from ncsniffer.table import Addresses
+    secs = list(np.cumsum([T0] + steps))
+    clock = PacketClock()
+    acct = Accounting(0, totals=True)
+    got = []
+    cut = Cutter(acct, "h", "n", interval, got.append)
+    clock.at_start(acct.reset)
+    clock.at_start(cut.begin)
+    clock.every_second(cut.tick)
+    addrs = Addresses(np.array([0x0A000001, 0x0A000002], np.uint32), [])
+    for part in np.array_split(np.array(secs, np.int64), batches):
+        if len(part):
+            n = len(part)
+            batchmod.account(acct, clock, addrs, np.arange(n) % 2, part, np.arange(n),
+                             np.full(n, 10, np.int64))
+    cut.cut(clock.now + 1)
+    per_start: dict[int, int] = {}
+    for c in got:
+        for r in c.rows():
+            per_start[r[3]] = per_start.get(r[3], 0) + r[6]
+    assert per_start == interval_model(secs, interval)
 
 
 def test_a_batch_the_sink_cannot_take_is_dropped_not_retried(tmp_path):
