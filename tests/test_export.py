@@ -282,19 +282,26 @@ def test_full_queue_drops_and_counts(monkeypatch, tmp_path):
     assert ex.lost_rows == 3
 
 
-@pytest.mark.parametrize("interval", [1, 7])
-def test_cut_on_packet_time_in_a_batch_is_exact(interval):
-    """A replay counts second by second across an export tick (``split_at``)."""
-    from ncsniffer import batch as batchmod
+def replay_cutter(interval: int):
+    """A packet clock with an accounting and a cutter on it, as a replay sets them up;
+    the cuts go to the list returned last."""
     from ncsniffer.clock import PacketClock
-    from ncsniffer.table import Addresses
     clock = PacketClock()
     acct = Accounting(0, totals=True)
-    got = []
+    got: list = []
     cut = Cutter(acct, "h", "n", interval, got.append)
     clock.at_start(acct.reset)
     clock.at_start(cut.begin)
     clock.every_second(cut.tick)
+    return clock, acct, cut, got
+
+
+@pytest.mark.parametrize("interval", [1, 7])
+def test_cut_on_packet_time_in_a_batch_is_exact(interval):
+    """A replay counts second by second across an export tick (``split_at``)."""
+    from ncsniffer import batch as batchmod
+    from ncsniffer.table import Addresses
+    clock, acct, cut, got = replay_cutter(interval)
     secs = np.repeat(np.arange(T0, T0 + 20), 3)
     n = len(secs)
     addrs = Addresses(np.array([0x0A000001], np.uint32), [])
@@ -328,16 +335,9 @@ def test_stretches_between_ticks_count_as_one_packet_at_a_time(steps, interval, 
     """The replay counts each stretch between two export ticks in one step; the rows
     are those of a per-packet model, also when time steps back in a batch."""
     from ncsniffer import batch as batchmod
-    from ncsniffer.clock import PacketClock
     from ncsniffer.table import Addresses
     secs = list(np.cumsum([T0] + steps))
-    clock = PacketClock()
-    acct = Accounting(0, totals=True)
-    got = []
-    cut = Cutter(acct, "h", "n", interval, got.append)
-    clock.at_start(acct.reset)
-    clock.at_start(cut.begin)
-    clock.every_second(cut.tick)
+    clock, acct, cut, got = replay_cutter(interval)
     addrs = Addresses(np.array([0x0A000001, 0x0A000002], np.uint32), [])
     for part in np.array_split(np.array(secs, np.int64), batches):
         if len(part):
