@@ -65,6 +65,7 @@ class ClickHouse:
         client.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
         client.execute(TRAFFIC_TABLE.format(db=db))
         client.execute(CONNECTIONS_TABLE.format(db=db))
+        _add_missing_columns(client, self.database, db)
         return client
 
     def send(self, table: str, batch: str, rows: list) -> None:
@@ -99,6 +100,20 @@ class ClickHouse:
             except Exception:        # a half-dead connection: nothing more to do with it
                 pass
             self.client = None
+
+
+# columns added after a table may have been made: (table, column, type, the one before)
+ADDED_COLUMNS = (("ncsniffer_traffic", "epoch", "DateTime", "names"),)
+
+
+def _add_missing_columns(client: Client, database: str, db: str) -> None:
+    """Bring tables made by an older version up to date (18.16 knows no ADD COLUMN
+    IF NOT EXISTS, so the columns are looked up first)."""
+    have = set(client.execute("SELECT table, name FROM system.columns WHERE database = "
+                              "%(db)s", {"db": database}))
+    for table, column, kind, after in ADDED_COLUMNS:
+        if (table, column) not in have:
+            client.execute(f"ALTER TABLE {db}.{table} ADD COLUMN {column} {kind} AFTER {after}")
 
 
 def _quote(name: str) -> str:

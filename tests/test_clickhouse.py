@@ -78,6 +78,27 @@ def test_replay_rows_sum_to_the_stats_file(workdir, chserver):
     assert not os.path.exists(os.path.join(workdir, "nc.sniffer.spool"))   # nothing failed
 
 
+OLD_TRAFFIC = """CREATE TABLE ncs.ncsniffer_traffic (
+    sniffer String, instance String, peer String, start DateTime, end DateTime,
+    bytes UInt64, packets UInt64, rate Float64, bw Float64, names Array(String), batch String
+) ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(start)
+ORDER BY (sniffer, instance, peer, start, batch)"""
+
+
+def test_a_table_of_an_older_version_gets_the_new_column(workdir, chserver):
+    """A traffic table made before ``epoch`` existed: the export adds the column."""
+    chserver.query("CREATE DATABASE ncs")
+    chserver.query(OLD_TRAFFIC)
+    cap = os.path.join(workdir, "in.pcap")
+    capture(cap, n=300)
+    result = replay(workdir, cap, chserver.url, interval=60)
+    assert result.returncode == 0 and ", 0 rows lost" in result.stderr, result.stderr
+    stats = plain_read(os.path.join(workdir, "nc.sniffer.stats"))[1]
+    got = dict(chserver.query("SELECT peer, toUInt32(argMax(epoch, end)) FROM "
+                              "ncs.ncsniffer_traffic FINAL GROUP BY peer"))
+    assert got == {peer: r["E"] for peer, r in stats.items()}
+
+
 @pytest.mark.slow
 def test_replay_with_the_server_down_spools_then_delivers(workdir, tmp_path_factory):
     server = Server(str(tmp_path_factory.mktemp("clickhouse")))
