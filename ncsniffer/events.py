@@ -496,6 +496,8 @@ class Events:
         if self.feed is not None:
             parts.append(f"events feed {len(self.feed.clients)} subscribers, "
                          f"{self.feed.cut_off} cut off")
+        if self.export is not None:
+            parts.append(f"ended connections for clickhouse dropped {self.export.lost.count}")
         return "; ".join(parts)
 
 

@@ -180,11 +180,14 @@ def test_ended_connections_go_out_with_the_interval_cut():
 
 
 def test_ended_connections_beyond_the_bound_are_counted():
+    from ncsniffer import events
     held = export.Ended(limit=2)
     assert held.write(np.concatenate([end_event(), end_event()]))
     assert not held.write(end_event())
     assert held.lost.count == 1 and held.pending == 2
     assert len(held.take()) == 1 and held.pending == 0
+    assert events.Events(export=held).counters_text() == \
+        "ended connections for clickhouse dropped 1"          # the stop line's part
 
 
 # --------------------------------------------------------------------------- spool
