@@ -391,7 +391,7 @@ class Accounting:
             self.departed.extend(zip(
                 self.records.keys_at(slots), c["X"][slots].tolist(), c["P"][slots].tolist(),
                 c["R"][slots].tolist(), c["W"][slots].tolist(),
-                [n or () for n in c["N"][slots].tolist()]))
+                [n or () for n in c["N"][slots].tolist()], c["E"][slots].tolist()))
 
     def _depart_one(self, slot: int, state: list | None, pending: list | None) -> None:
         """``_depart`` for one evicted record, whose latest fields may be held
@@ -405,8 +405,9 @@ class Accounting:
         if len(self.departed) >= MAX_DEPARTED:
             self.departed_lost += 1
             return
-        r, w = (state[4], state[5]) if state else (c["R"].item(slot), c["W"].item(slot))
-        self.departed.append((self.records.key(slot), x, p, r, w, c["N"][slot] or ()))
+        r, w, e = ((state[4], state[5], state[2]) if state else
+                   (c["R"].item(slot), c["W"].item(slot), c["E"].item(slot)))
+        self.departed.append((self.records.key(slot), x, p, r, w, c["N"][slot] or (), e))
 
     def ask_names(self, slots: np.ndarray, secs: np.ndarray) -> None:
         """Tell the names, in packet order, each IP whose name is due (T < now),

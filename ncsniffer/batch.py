@@ -440,16 +440,32 @@ def account(acct: Accounting, clock: Clock, keys: Addresses, which: np.ndarray,
     names_by_second = by_second and acct.names is not None
     stepwise = by_second and (
         acct.purge_due(int(sec.max()), int(times.min()) if good.size else None)
-        or acct.split_at <= int(sec.max())          # an export tick: its interval exact
         or (names_by_second and acct.max_hosts))
-    if not stepwise:
-        slots = acct.count_packets(keys, which, times, lengths, ask=not names_by_second)
+    # Otherwise one step per stretch up to the next export tick (``split_at``, on a
+    # packet clock): the tick's cut must see exactly its interval's packets.
+    counted = base = 0
+    slots = None
     c0 = 0
     for i, (now, c1) in enumerate(zip(run_secs, cuts)):
         if i:
             packets(now)
         if c1 > c0 and stepwise:
             acct.count_packets(keys, which[c0:c1], times[c0:c1], lengths[c0:c1])
-        elif c1 > c0 and names_by_second:
-            acct.ask_names(slots[c0:c1], times[c0:c1])
+        elif c1 > c0:
+            if counted < c1:
+                stop = _stretch_end(run_secs, cuts, i, acct.split_at) if by_second else len(times)
+                slots = acct.count_packets(keys, which[c0:stop], times[c0:stop],
+                                           lengths[c0:stop], ask=not names_by_second)
+                base, counted = c0, stop
+            if names_by_second:
+                acct.ask_names(slots[c0 - base:c1 - base], times[c0:c1])
         c0 = c1
+
+
+def _stretch_end(run_secs: list, cuts: list, i: int, split_at: int) -> int:
+    """End (in the counted packets) of the stretch from run ``i``: before the first
+    later run at or past ``split_at``, the second whose tick cuts an interval."""
+    for j in range(i + 1, len(run_secs)):
+        if run_secs[j] >= split_at:
+            return cuts[j - 1]
+    return cuts[-1]

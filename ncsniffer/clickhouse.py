@@ -21,7 +21,7 @@ TRAFFIC_TABLE = """CREATE TABLE IF NOT EXISTS {db}.ncsniffer_traffic (
     sniffer String, instance String, peer String,
     start DateTime, end DateTime,
     bytes UInt64, packets UInt64, rate Float64, bw Float64,
-    names Array(String), batch String
+    names Array(String), epoch DateTime, batch String
 ) ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(start)
 ORDER BY (sniffer, instance, peer, start, batch)"""
@@ -48,20 +48,24 @@ class ClickHouse:
     made (and the tables created) on first use and again after a failure."""
 
     def __init__(self, host: str, port: int, database: str, timeout: float,
-                 user: str = "default", password: str = ""):
+                 user: str = "default", password: str = "", create: bool = True):
         self.host, self.port, self.database = host, port, database
         self.timeout = timeout
         self.user, self.password = user, password
+        self.create = create            # a reader (the fleet report) creates nothing
         self.client: Client | None = None
 
     def _connect(self) -> Client:
         client = Client(self.host, port=self.port, database="default", user=self.user,
                         password=self.password, connect_timeout=self.timeout,
                         send_receive_timeout=self.timeout, sync_request_timeout=self.timeout)
+        if not self.create:
+            return client
         db = _quote(self.database)
         client.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
         client.execute(TRAFFIC_TABLE.format(db=db))
         client.execute(CONNECTIONS_TABLE.format(db=db))
+        _add_missing_columns(client, self.database, db)
         return client
 
     def send(self, table: str, batch: str, rows: list) -> None:
@@ -70,20 +74,22 @@ class ClickHouse:
         try:
             if self.client is None:
                 self.client = self._connect()
+            # by columns: no per-row copy here, none in the driver
+            data = [list(col) for col in zip(*rows)] + [[batch] * len(rows)]
             self.client.execute(
                 f"INSERT INTO {_quote(self.database)}.{table} ({', '.join(columns)}) VALUES",
-                [(*row, batch) for row in rows])
+                data, columnar=True)
         except (ch_errors.Error, OSError, EOFError, socket.timeout) as exc:
             self.close()
             raise ExportError(_reason(exc)) from exc
 
-    def query(self, sql: str) -> list:
-        """Rows of a query (the tests, the README's examples)."""
+    def query(self, sql: str, params: dict | None = None) -> list:
+        """Rows of a query (``%(name)s`` filled from ``params`` by the driver, quoted)."""
         try:
             if self.client is None:
                 self.client = self._connect()
-            return self.client.execute(sql)
-        except (ch_errors.Error, OSError, EOFError) as exc:
+            return self.client.execute(sql, params)
+        except (ch_errors.Error, OSError, EOFError, socket.timeout) as exc:
             self.close()
             raise ExportError(_reason(exc)) from exc
 
@@ -94,6 +100,20 @@ class ClickHouse:
             except Exception:        # a half-dead connection: nothing more to do with it
                 pass
             self.client = None
+
+
+# columns added after a table may have been made: (table, column, type, the one before)
+ADDED_COLUMNS = (("ncsniffer_traffic", "epoch", "DateTime", "names"),)
+
+
+def _add_missing_columns(client: Client, database: str, db: str) -> None:
+    """Bring tables made by an older version up to date (18.16 knows no ADD COLUMN
+    IF NOT EXISTS, so the columns are looked up first)."""
+    have = set(client.execute("SELECT table, name FROM system.columns WHERE database = "
+                              "%(db)s", {"db": database}))
+    for table, column, kind, after in ADDED_COLUMNS:
+        if (table, column) not in have:
+            client.execute(f"ALTER TABLE {db}.{table} ADD COLUMN {column} {kind} AFTER {after}")
 
 
 def _quote(name: str) -> str:

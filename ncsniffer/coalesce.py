@@ -8,6 +8,9 @@ into ``CACHEDIR/composite.stats`` and writes the by-name report into
 ``CACHE.1`` (and the /24 report into ``CACHE.0``).  ``nc.sniffer.dump`` is the
 remote half.
 
+With ``source: 'clickhouse'`` no host is fetched: ``fleet`` reads the
+sniffers' rows from the store and the same merge and report follow.
+
 The merge is pure and lives apart (``merge``), as do the configuration
 (``coalesceconf``) and the remote half (``dumpcmd``).  ssh and
 rsync run from argument lists, never through a shell, with timeouts; host names
@@ -37,7 +40,7 @@ from ncsniffer.dumpcmd import (DEFAULT_DUMP_CONF, DUMP_AGE, DUMP_CONF_ENV, PROG_
                                dump_local, dump_main)
 from ncsniffer.dumpfile import read_stats, rows_from_dicts
 from ncsniffer.dumprequest import chkcache, rqst_dump
-from ncsniffer.errors import CoalesceError, DumpFileError, NcSnifferError
+from ncsniffer.errors import CoalesceError, DumpFileError, NcSnifferError, StoreError
 from ncsniffer.layout import report_text
 from ncsniffer.lock import LOCK_WAIT, FileLock, lock_holder, take_lock, try_lock
 from ncsniffer.merge import (Part, bounded_line, composite_header, header_number,
@@ -259,9 +262,15 @@ def write_report(cache_file: str, stats_file: str, by_name: bool) -> None:
 def rem_update(conf: Mapping | Coalesce, failures: Mapping[str, str] | None = None) -> list[Part]:
     """Merge all fetched stats into composite.stats and rebuild both report caches."""
     cfg = conf if isinstance(conf, Coalesce) else rem_wchk(conf)
-    parts = read_parts(cfg, failures or {})
-    merged = merge_all(p.records for p in parts if p.used)
-    write_composite(cfg.composite, composite_header(parts, len(merged)), merged, cfg.format)
+    if cfg.store is not None:                # source 'clickhouse': one query, no hosts
+        from ncsniffer import fleet
+        header, merged = fleet.fetch(cfg.store)
+        parts = []
+    else:
+        parts = read_parts(cfg, failures or {})
+        merged = merge_all(p.records for p in parts if p.used)
+        header = composite_header(parts, len(merged))
+    write_composite(cfg.composite, header, merged, cfg.format)
     write_report(cfg.cache_file(True), cfg.composite, True)
     write_report(cfg.cache_file(False), cfg.composite, False)
     return parts
@@ -275,7 +284,8 @@ def _fresh(path: str, refresh: int) -> bool:
 
 def rem_report(conf: Mapping | Coalesce, out: IO[str] | None = None, by_name: bool = True,
                wait: float = LOCK_WAIT, escape: bool = False) -> int:
-    """Print the composite report, rebuilding it when older than ``refresh``; 0 or 1.
+    """Print the composite report, rebuilding it when older than ``refresh``; 0, 1, or
+    2 when the store (source 'clickhouse') cannot answer.
 
     Only one coalescer builds: the others wait for its lock and serve its result.
     Errors are printed as one line, as the web page shows whatever we print.
@@ -286,7 +296,7 @@ def rem_report(conf: Mapping | Coalesce, out: IO[str] | None = None, by_name: bo
         out.write(_html(_composite_report(cfg, by_name, wait), escape))
     except NcSnifferError as exc:
         out.write(_html(bounded_line(str(exc), 1000) + "\n", escape))
-        return 1
+        return 2 if isinstance(exc, StoreError) else 1
     except Exception as exc:  # noqa: BLE001 - the page shows a line, never nothing
         out.write(_html(bounded_line(f"internal error: {type(exc).__name__}: {exc}", 1000) + "\n",
                         escape))
@@ -330,7 +340,8 @@ def cgi_main(argv: Sequence[str] | None = None, config: Mapping | None = None,
     argv = list(sys.argv[1:] if argv is None else argv)
     program = (sys.argv[0] if sys.argv else PROG_CGI) if program is None else program
     parser = tool_parser(PROG_CGI, "The composite report of several hosts' stats files, "
-                         "fetched with ssh/rsync and merged (an SSI exec line).",
+                         "fetched with ssh/rsync and merged, or of their rows in "
+                         "ClickHouse (source 'clickhouse'); an SSI exec line.",
                          CGI_CONF_ENV, DEFAULT_COALESCE_CONF, CoalesceError)
     parser.add_argument("type", nargs="?", default="1", metavar="TYPE",
                         help="1 (default): the report by sub-domain; 0: by /24 network "

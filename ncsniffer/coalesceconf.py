@@ -6,6 +6,7 @@ commands are split into words here, never handed to a shell.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
 import re
@@ -45,6 +46,42 @@ class Source:
     local: str                  # CACHEDIR/NAME.stats
 
 
+SOURCES = ("ssh", "clickhouse")
+STORE_KEYS = ("url", "database", "window", "from", "to", "sniffers")
+DEFAULT_WINDOW = 3600       # seconds of traffic the report from ClickHouse sums
+MAX_WINDOW = 366 * 86400
+_DATABASE = re.compile(r"\w{1,64}", re.ASCII)
+_WHEN = "epoch seconds or 'YYYY-MM-DD HH:MM:SS' (UTC)"
+
+
+@dataclass(frozen=True)
+class Store:
+    """``source: 'clickhouse'``: the server, the window and the sniffers to sum (SPEC 11)."""
+
+    host: str
+    port: int
+    database: str
+    user: str = "default"
+    password: str = ""
+    window: int = DEFAULT_WINDOW        # the last WINDOW seconds, unless begin/end are set
+    begin: int | None = None            # 'from', 'to': a fixed window [begin, end)
+    end: int | None = None
+    sniffers: tuple[str, ...] = ()      # () = every sniffer
+    timeout: float = FETCH_TIMEOUT
+
+    @property
+    def url(self) -> str:
+        """Without the password (the report's header, the messages)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"clickhouse://{host}:{self.port}/{self.database}"
+
+    def bounds(self, now: float) -> tuple[int, int]:
+        """The window [begin, end) in epoch seconds, the last ``window`` ones at ``now``."""
+        if self.begin is not None:
+            return self.begin, self.end
+        return int(now) - self.window, int(now)
+
+
 @dataclass
 class Coalesce:
     """A checked coalescer configuration."""
@@ -60,6 +97,7 @@ class Coalesce:
     rsync: list[str] = field(default_factory=lambda: ["rsync"])
     timeout: float = FETCH_TIMEOUT
     format: str = "python"
+    store: Store | None = None          # source 'clickhouse': no ssh, no rsync
 
     @property
     def composite(self) -> str:
@@ -145,6 +183,14 @@ def rem_wchk(conf: Mapping) -> Coalesce:
     cache_dir = os.path.dirname(cache) or "."
     if not (os.path.isdir(cache_dir) and os.access(cache_dir, os.W_OK | os.X_OK)):
         raise CoalesceError(f"cache directory not writable: '{cache_dir}/'")
+    source = conf.get("source", "ssh")
+    if source not in SOURCES:
+        raise CoalesceError(f"invalid source '{source}': use 'ssh' or 'clickhouse'")
+    if source == "clickhouse":
+        return _from_store(conf, cache, cache_dir)
+    for key in STORE_KEYS:
+        if key in conf:
+            raise CoalesceError(f"'{key}' needs source 'clickhouse'")
     src = conf.get("src") or {}
     if not isinstance(src, Mapping):
         raise CoalesceError("'src' must map host names to {'exec': ..., 'fetch': ...}")
@@ -164,6 +210,76 @@ def rem_wchk(conf: Mapping) -> Coalesce:
         raise CoalesceError("nothing to coalesce: no 'src' hosts and no local 'update'")
     _check_clashes(cfg)
     return cfg
+
+
+def _from_store(conf: Mapping, cache: str, cache_dir: str) -> Coalesce:
+    """``source: 'clickhouse'``: the url, the window, the sniffers; no hosts to fetch."""
+    for key in ("src", "update", "stats"):
+        if conf.get(key):
+            raise CoalesceError(f"'{key}' goes with source 'ssh', not 'clickhouse'")
+    if not conf.get("url"):
+        raise CoalesceError("missing url for source 'clickhouse'")
+    server = config.parse_clickhouse_url(conf["url"])
+    if server is None:
+        raise CoalesceError(f"invalid url '{conf['url']}': use 'clickhouse://HOST:PORT/DB'")
+    host, port, database, user, password = server
+    if conf.get("database") is not None:
+        database = str(conf["database"])
+        if not _DATABASE.fullmatch(database):
+            raise CoalesceError(f"invalid database '{database}': letters, digits and _")
+    window = DEFAULT_WINDOW
+    if conf.get("window") is not None:
+        if "from" in conf or "to" in conf:
+            raise CoalesceError("use 'window' or 'from' and 'to', not both")
+        window = _whole(conf["window"], "window", f"whole seconds, 1 to {MAX_WINDOW}",
+                        1, MAX_WINDOW)
+    begin = end = None
+    if "from" in conf or "to" in conf:
+        if "from" not in conf or "to" not in conf:
+            raise CoalesceError("a fixed window needs both 'from' and 'to'")
+        begin, end = _when(conf["from"], "from"), _when(conf["to"], "to")
+        if begin >= end:
+            raise CoalesceError(f"invalid window: 'from' ({conf['from']}) is not before "
+                                f"'to' ({conf['to']})")
+    store = Store(host, port, database, user, password, window, begin, end,
+                  _names(conf.get("sniffers")), _digits(conf, "timeout", FETCH_TIMEOUT, "timeout"))
+    cfg = Coalesce(cache=cache, cache_dir=cache_dir, sources=[], store=store)
+    cfg.refresh = _digits(conf, "refresh", 300, "refresh")
+    cfg.timeout = store.timeout
+    cfg.format = str(conf.get("format", "python"))
+    if cfg.format not in COMPOSITE_FORMATS:
+        raise CoalesceError(f"invalid composite format '{cfg.format}' (python or perl)")
+    return cfg
+
+
+def _whole(value: object, key: str, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not re.fullmatch(r"\d{1,12}", str(value).strip()) \
+            or not low <= int(str(value)) <= high:
+        raise CoalesceError(f"invalid {key} '{value}': {what}")
+    return int(str(value))
+
+
+def _when(value: object, key: str) -> int:
+    """A window bound: epoch seconds, or a UTC date and time."""
+    if isinstance(value, int) and not isinstance(value, bool) or \
+            isinstance(value, str) and value.strip().isdigit():
+        return _whole(value, key, _WHEN, 0, 2**32 - 1)
+    try:
+        when = datetime.datetime.strptime(str(value).strip(), "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        raise CoalesceError(f"invalid {key} '{value}': {_WHEN}") from None
+    return int(when.replace(tzinfo=datetime.timezone.utc).timestamp())
+
+
+def _names(value: object) -> tuple[str, ...]:
+    """``sniffers``: names (a lone string counts as a list of one, as 'allowed' does)."""
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not names or not all(
+            isinstance(n, str) and n.strip() and not UNSAFE_WORD.search(n) for n in names):
+        raise CoalesceError(f"invalid sniffers '{value}': use a list of names")
+    return tuple(names)
 
 
 def _check_clashes(cfg: Coalesce) -> None:

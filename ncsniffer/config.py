@@ -516,21 +516,31 @@ def _clickhouse(value) -> ClickHouseSettings:
     for key in sorted(set(value) - set(CLICKHOUSE_KEYS), key=repr):
         fail(f"invalid clickhouse key '{key}': use one of {', '.join(CLICKHOUSE_KEYS)}")
     url = value["url"]
-    m = _CLICKHOUSE_URL.fullmatch(url) if isinstance(url, str) else None
-    if m is None or not 0 < int(m.group(4) or CLICKHOUSE_PORT) <= MAX_PORT:
+    server = parse_clickhouse_url(url)
+    if server is None:
         fail(f"invalid clickhouse url '{url}': use 'clickhouse://HOST:PORT/DB'")
     sniffer = value.get("sniffer")
     if sniffer is not None and (not isinstance(sniffer, str) or not sniffer.strip()
                                 or _CONTROL.search(sniffer)):
         fail(f"invalid clickhouse sniffer '{sniffer}': use a name")
+    host, port, database, user, password = server
     return ClickHouseSettings(
-        host=m.group(3).strip("[]"), port=int(m.group(4) or CLICKHOUSE_PORT),
-        database=m.group(5) or "default",
+        host=host, port=port, database=database,
         interval=_optional_int(value, "interval", DEFAULT_EXPORT_INTERVAL, 1, ONE_DAY),
         sniffer=sniffer or None,
         spool_max=_optional_int(value, "spool_max", DEFAULT_SPOOL_MAX, 0, 1 << 40),
         timeout=_optional_int(value, "timeout", DEFAULT_EXPORT_TIMEOUT, 1, 3600),
-        user=m.group(1) or "default", password=m.group(2) or "")
+        user=user, password=password)
+
+
+def parse_clickhouse_url(url: object) -> tuple[str, int, str, str, str] | None:
+    """``clickhouse://[USER[:PASSWORD]@]HOST[:PORT][/DB]`` as (host, port, database,
+    user, password), or None if it is not one (the export's and the coalescer's)."""
+    m = _CLICKHOUSE_URL.fullmatch(url) if isinstance(url, str) else None
+    if m is None or not 0 < int(m.group(4) or CLICKHOUSE_PORT) <= MAX_PORT:
+        return None
+    return (m.group(3).strip("[]"), int(m.group(4) or CLICKHOUSE_PORT), m.group(5) or "default",
+            m.group(1) or "default", m.group(2) or "")
 
 
 def _optional_int(value: dict, key: str, default: int, low: int, high: int) -> int:

@@ -187,6 +187,9 @@ class Tracker:
             from ncsniffer.conntrack_ref import ReferenceTracker
             self._core = ReferenceTracker(timeouts, max_connections)
 
+        # connections ended since the tracker was made, per end state (``ended_totals``)
+        self._ended = np.zeros(len(STATES), np.int64)
+
     def process(self, batch: np.ndarray) -> np.ndarray:
         """Track a batch of packets; the events it causes, in order."""
         return self._events(self._core.process(as_packets(batch)))
@@ -213,8 +216,14 @@ class Tracker:
         """Connections ended as ``evicted`` since the tracker was made."""
         return self._core.evictions()
 
-    @staticmethod
-    def _events(raw) -> np.ndarray:
-        if isinstance(raw, np.ndarray):
-            return raw
-        return np.frombuffer(raw, EVENT_DTYPE)
+    def ended_totals(self) -> dict[str, int]:
+        """Connections ended since the tracker was made, by end state (SIGHUP keeps them:
+        the metrics' counters)."""
+        return dict(zip(STATES[CLOSED:], self._ended[CLOSED:].tolist()))
+
+    def _events(self, raw) -> np.ndarray:
+        events = raw if isinstance(raw, np.ndarray) else np.frombuffer(raw, EVENT_DTYPE)
+        if len(events):
+            self._ended += np.bincount(events["state"][events["kind"] == END],
+                                       minlength=len(STATES))[:len(STATES)]
+        return events

@@ -328,7 +328,8 @@ class Daemon:
         if settings.clickhouse is not None:
             from ncsniffer import export    # only then (the driver too); its thread: after the fork
             self.export = export.start(settings, sniffer.acct, self.clock, replay=False)
-        self.events = eventsmod.from_settings(settings)   # the log and the feed (10.4), or None
+        self.events = eventsmod.from_settings(    # the log, the feed (10.4), the export, or None
+            settings, export=self.export and self.export.ended)
         sniffer.events = self.events       # the tracker's events reach them
 
     # signals only set flags; the loop acts on them
@@ -406,9 +407,10 @@ class Daemon:
     def _publish(self) -> None:
         """Hand the metrics server this second's snapshot (it never reads live state)."""
         dns = self.resolver.lookups.counters if self.resolver is not None else None
+        export = self.export.exporter.counters() if self.export is not None else None
         self.metrics.publish(snapshot.take(self.sniffer, self.clock.now, self.cap.stats(), dns,
                                            self.dumps, self.dump_seconds,
-                                           self.settings.metrics_top))
+                                           self.settings.metrics_top, export))
 
     # ------------------------------------------------------------------ requests
     def _serve_requests(self) -> None:

@@ -134,13 +134,13 @@ def rows_from_dicts(records: dict[str, dict]) -> list[Row]:
     with_k = any("K" in r for r in records.values())
     for ip in sorted(records, key=order):
         r = records[ip]
-        row = (ip, _int(r["B"]), _int(r["C"]), _int(r["E"]), list(r["N"]), _int(r["R"]),
-               _int(r["S"]), _int(r["T"]), _int(r["W"]))
+        row = (ip, printed(r["B"]), printed(r["C"]), printed(r["E"]), list(r["N"]), printed(r["R"]),
+               printed(r["S"]), printed(r["T"]), printed(r["W"]))
         rows.append(row + (r.get("K", K_ZERO),) if with_k else row)
     return rows
 
 
-def _int(value) -> int:
+def printed(value) -> int:
     """A number of a file's record as the stats files print it (``%.0f``)."""
     return value if type(value) is int else int("%.0f" % value)
 

@@ -43,6 +43,10 @@ class LockTimeout(ReportError):
     """Another process held the lock for longer than the timeout."""
 
 
+class StoreError(NcSnifferError):
+    """The shared store (ClickHouse) cannot be reached, or refused a query (exit 2)."""
+
+
 class CoalesceError(NcSnifferError):
     """The coalescing configuration or one of its steps failed."""
 

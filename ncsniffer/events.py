@@ -99,7 +99,7 @@ def _distinct_pairs(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndar
     return uniq, inv
 
 
-def _columns(events: np.ndarray) -> list[list]:
+def columns(events: np.ndarray) -> list[list]:
     """The 10.4 fields of ``events`` as columns, in LOG_LINE's order."""
     icmp = np.isin(events["proto"], (conntrack.ICMP, conntrack.ICMP6))
     port = lambda name: np.where(icmp, 0, events[name]).tolist()   # noqa: E731
@@ -121,7 +121,7 @@ def log_lines(events: np.ndarray) -> str:
     rows = ended(events)
     if not len(rows):
         return ""
-    return "".join(LOG_LINE % row for row in zip(*_columns(rows)))
+    return "".join(LOG_LINE % row for row in zip(*columns(rows)))
 
 
 def feed_lines(events: np.ndarray) -> str:
@@ -129,7 +129,7 @@ def feed_lines(events: np.ndarray) -> str:
     if not len(events):
         return ""
     return "".join(FEED_LINE % row
-                   for row in zip(_KINDS[events["kind"]].tolist(), *_columns(events)))
+                   for row in zip(_KINDS[events["kind"]].tolist(), *columns(events)))
 
 
 def as_drained(events: np.ndarray) -> np.ndarray:
@@ -139,7 +139,7 @@ def as_drained(events: np.ndarray) -> np.ndarray:
     return out
 
 
-class _Losses:
+class Losses:
     """A count of lost lines, warned about without flooding the log."""
 
     def __init__(self, what: str):
@@ -171,7 +171,7 @@ class EventLog:
         self.path, self.limit = path, limit
         self.fd = open_log(path)
         self.written = 0                      # lines, by the writer thread
-        self.dropped = _Losses(f"events file '{path}'")
+        self.dropped = Losses(f"events file '{path}'")
         self._cond = threading.Condition()
         self._queue: deque[np.ndarray] = deque()
         self._pending = 0
@@ -440,8 +440,10 @@ class EventFeed:
 class Events:
     """What the daemon and the replay hand each batch's events to, and drain at the end."""
 
-    def __init__(self, log_path: str | None = None, feed_socket: str | None = None):
+    def __init__(self, log_path: str | None = None, feed_socket: str | None = None,
+                 export=None):
         self.log = EventLog(log_path) if log_path else None
+        self.export = export          # export.Ended: the log's connections, to ClickHouse
         try:
             self.feed = EventFeed(feed_socket) if feed_socket else None
         except BaseException:
@@ -458,8 +460,11 @@ class Events:
         """One batch's events: the ended ones to the log, all to the feed; never blocks."""
         if not len(events):
             return
-        if self.log is not None:
-            self.log.write(ended(events))
+        if self.log is not None or self.export is not None:
+            gone = ended(events)
+            for sink in (self.log, self.export):
+                if sink is not None:
+                    sink.write(gone)
         if self.feed is not None and self.feed.clients:
             began = time.perf_counter()
             self.feed.publish(feed_lines(events))
@@ -491,17 +496,21 @@ class Events:
         if self.feed is not None:
             parts.append(f"events feed {len(self.feed.clients)} subscribers, "
                          f"{self.feed.cut_off} cut off")
+        if self.export is not None:
+            parts.append(f"ended connections for clickhouse dropped {self.export.lost.count}")
         return "; ".join(parts)
 
 
-def from_settings(settings, feed: bool = True) -> Events | None:
+def from_settings(settings, feed: bool = True, export=None) -> Events | None:
     """The events of ``settings`` (None if none are wanted): the log with ``events``,
-    the feed with ``connections`` on a live daemon."""
+    the feed with ``connections`` on a live daemon, the ClickHouse rows with ``export``
+    (an ``export.Ended``)."""
     log_path = getattr(settings, "events", None)
     want_feed = feed and getattr(settings, "connections", False) and settings.piddir
-    if not log_path and not want_feed:
+    if not log_path and not want_feed and export is None:
         return None
-    return Events(log_path, feed_path(settings.piddir, settings.name) if want_feed else None)
+    return Events(log_path, feed_path(settings.piddir, settings.name) if want_feed else None,
+                  export)
 
 
 def still_open(sniffer) -> np.ndarray | None:

@@ -32,24 +32,25 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
-from ncsniffer import host, safefile
+from ncsniffer import events, host, safefile
 from ncsniffer.accounting import Accounting
-from ncsniffer.errors import NcSnifferError
+from ncsniffer.errors import StoreError
 
 log = logging.getLogger("ncsniffer")
 
 TRAFFIC = "ncsniffer_traffic"
 CONNECTIONS = "ncsniffer_connections"
 TRAFFIC_COLUMNS = ("sniffer", "instance", "peer", "start", "end", "bytes", "packets",
-                   "rate", "bw", "names")
+                   "rate", "bw", "names", "epoch")
 CONNECTION_COLUMNS = ("sniffer", "instance", "start", "end", "proto", "me", "me_port",
                       "peer", "peer_port", "dir", "state", "orig_packets", "orig_bytes",
                       "resp_packets", "resp_bytes")
 BATCH_ROWS = 50_000        # rows per batch: one insert, one spool file
+ENDED_LIMIT = 1 << 20      # ended connections held between two cuts (96 B each)
 QUEUE_BATCHES = 64         # batches waiting for the thread before the tick drops one
 FIRST_BACKOFF = 0.5        # seconds before the first retry after a failure ...
 MAX_BACKOFF = 10.0         # ... doubling up to this
@@ -57,7 +58,7 @@ SPOOL_NAME = re.compile(r"(\d{16})\.(\d+)\.jsonl")
 SPOOL_TMP = re.compile(r"\d{16}\.\d+\.jsonl\.(\d+)\.tmp")   # a writer's (safefile.tmp_name)
 
 
-class ExportError(NcSnifferError):
+class ExportError(StoreError):
     """The store cannot take a batch now (it is spooled and sent again later)."""
 
 
@@ -101,6 +102,7 @@ class Cutter:
         self.start: int | None = None
         self.cuts = 0                        # numbers the cuts: two may start in one second
         self.lost_departed = 0
+        self.ended: Ended | None = None      # with connection tracking: its ended connections
 
     def begin(self, now: int) -> None:
         """The first interval starts at ``now`` (a replay: its first packet)."""
@@ -120,8 +122,11 @@ class Cutter:
             self.begin(now)
         cut = self.take(self.start, max(now, self.start))
         self.submit(cut)
+        if self.ended is not None and self.ended.items:
+            self.submit(EndedCut(self.sniffer, self.instance, self.run, cut.number,
+                                 cut.start, cut.end, self.ended.take()))
         self.begin(now)
-        return len(cut.keys) + len(cut.gone)
+        return cut.row_count()
 
     def take(self, start: int, end: int) -> "Cut":
         """The traffic since the last cut, taken from the records (their X P
@@ -139,7 +144,7 @@ class Cutter:
         moved = occupied[c["P"][occupied] > 0]
         cut = Cut(self.sniffer, self.instance, self.run, self.cuts, start, end, gone,
                   table.keys_at(moved), c["X"][moved], c["P"][moved], c["R"][moved],
-                  c["W"][moved], c["N"][moved])
+                  c["W"][moved], c["N"][moved], c["E"][moved])
         self.cuts += 1
         c["X"][moved] = 0
         c["P"][moved] = 0
@@ -164,21 +169,36 @@ class Cut:
     r: np.ndarray
     w: np.ndarray
     n: np.ndarray
+    e: np.ndarray                # E: with R, W and N what the fleet report shows (SPEC 11)
+
+    def row_count(self) -> int:
+        return len(self.keys) + len(self.gone)
 
     def rows(self) -> list[tuple]:
         """One row per peer, a record gone and the peer's new one summed."""
-        head = (self.sniffer, self.instance)
         start, end = self.start, self.end
-        out: dict[str, tuple] = {}
-        live = zip(self.keys, self.x.tolist(), self.p.tolist(), self.r.tolist(),
-                   self.w.tolist(), self.n.tolist())
-        for key, x, p, r, w, names in itertools.chain(self.gone, live):
+        ntoa, ntop, six = socket.inet_ntoa, socket.inet_ntop, socket.AF_INET6
+        peers = [ntoa(k) if len(k) == 4 else ntop(six, k) for k in self.keys]
+        same = itertools.repeat
+        # zip builds the tuples in C: this is the export thread's cost per row
+        live = list(zip(same(self.sniffer), same(self.instance), peers, same(start), same(end),
+                        self.x.tolist(), self.p.tolist(), self.r.tolist(), self.w.tolist(),
+                        [n or [] for n in self.n.tolist()], self.e.tolist()))
+        if not self.gone:
+            return live
+        old: dict[str, tuple] = {}
+        for key, x, p, r, w, names, e in self.gone:
             peer = peer_text(key)
-            old = out.get(peer)
-            if old is not None:
-                x, p = x + old[5], p + old[6]
-            out[peer] = (*head, peer, start, end, x, p, r, w, list(names or ()))
-        return list(out.values())
+            had = old.get(peer)
+            if had is not None:
+                x, p = x + had[5], p + had[6]
+            old[peer] = (self.sniffer, self.instance, peer, start, end, x, p, r, w,
+                         list(names or ()), int(e))
+        for i, row in enumerate(live):
+            had = old.pop(row[2], None)
+            if had is not None:
+                live[i] = row[:5] + (row[5] + had[5], row[6] + had[6]) + row[7:]
+        return list(old.values()) + live
 
     def batches(self) -> list[Batch]:
         """The rows in batches of at most BATCH_ROWS, each with its id."""
@@ -188,12 +208,61 @@ class Cut:
                 for seq, at in enumerate(range(0, len(rows), BATCH_ROWS))]
 
 
-def connection_rows(events: Iterable[dict], sniffer: str, instance: str) -> list[tuple]:
-    """Rows of ``ncsniffer_connections`` from ended-connection events (SPEC 10.4)."""
-    return [(sniffer, instance, float(e["start"]), float(e["end"]), str(e["proto"]),
-             str(e["me"]), int(e["me_port"]), str(e["peer"]), int(e["peer_port"]),
-             str(e["dir"]), str(e["state"]), int(e["orig_packets"]), int(e["orig_bytes"]),
-             int(e["resp_packets"]), int(e["resp_bytes"])) for e in events]
+class Ended:
+    """Ended connections waiting for the next cut (SPEC 11): the event arrays the
+    tracker hands the events (``events.Events.push``), copied in the capture loop and
+    bounded (beyond ``limit``, dropped and counted); their rows are made by the thread."""
+
+    def __init__(self, limit: int = ENDED_LIMIT):
+        self.limit = limit
+        self.items: list[np.ndarray] = []
+        self.pending = 0
+        self.lost = events.Losses("clickhouse: ended connections")
+
+    def write(self, ended: np.ndarray) -> bool:
+        """Hold ``ended`` (end events) for the next cut; never blocks."""
+        if not len(ended):
+            return False
+        if self.pending + len(ended) > self.limit:
+            self.lost.add(len(ended), f"over {self.limit} between two cuts, dropped")
+            return False
+        self.items.append(ended.copy())
+        self.pending += len(ended)
+        return True
+
+    def take(self) -> list[np.ndarray]:
+        """What is held, emptied."""
+        items, self.items, self.pending = self.items, [], 0
+        return items
+
+
+@dataclass
+class EndedCut:
+    """The connections that ended in one interval, as the capture loop took them."""
+
+    sniffer: str
+    instance: str
+    run: str
+    number: int                  # the traffic cut's number: one id per interval and table
+    start: int
+    end: int
+    items: list
+
+    def row_count(self) -> int:
+        return sum(len(a) for a in self.items)
+
+    def batches(self) -> list[Batch]:
+        """The rows (those of the events log's lines) in batches, each with its id."""
+        rows = connection_rows(np.concatenate(self.items), self.sniffer, self.instance)
+        name = f"{self.sniffer}/{self.instance}/{self.start}/c{self.number}"
+        return [Batch(CONNECTIONS, f"{name}.{seq}/{self.run}", rows[at:at + BATCH_ROWS])
+                for seq, at in enumerate(range(0, len(rows), BATCH_ROWS))]
+
+
+def connection_rows(ended: np.ndarray, sniffer: str, instance: str) -> list[tuple]:
+    """Rows of ``ncsniffer_connections`` from end events (``conntrack.EVENT_DTYPE``):
+    the fields of the events log's lines (SPEC 10.4), after sniffer and instance."""
+    return [(sniffer, instance, *row) for row in zip(*events.columns(ended))]
 
 
 # --------------------------------------------------------------------------- the spool
@@ -246,6 +315,10 @@ class Spool:
     @property
     def size(self) -> int:
         return sum(e[2] for e in self.entries)
+
+    @property
+    def rows(self) -> int:
+        return sum(e[1] for e in self.entries)
 
     def add(self, batch: Batch) -> None:
         """Queue ``batch`` behind the others, dropping the oldest beyond the bound."""
@@ -394,7 +467,7 @@ class Exporter:
         """For the log and the metrics."""
         return {"sent_batches": self.sent_batches, "sent_rows": self.sent_rows,
                 "failures": self.failures, "spooled_batches": len(self.spool),
-                "spool_bytes": self.spool.size, "lost_batches": self.spool.lost_batches
+                "spooled_rows": self.spool.rows, "spool_bytes": self.spool.size, "lost_batches": self.spool.lost_batches
                 + self.dropped_batches, "lost_rows": self.lost_rows}
 
     # ------------------------------------------------------------ thread side
@@ -480,11 +553,11 @@ def _batches(item) -> list[Batch]:
     """A queue item as batches (a cut becomes its batches in the thread)."""
     if item is None:
         return []
-    return item.batches() if isinstance(item, Cut) else [item]
+    return item.batches() if isinstance(item, (Cut, EndedCut)) else [item]
 
 
 def _row_count(item) -> int:
-    return len(item.keys) + len(item.gone) if isinstance(item, Cut) else len(item.rows)
+    return item.row_count() if isinstance(item, (Cut, EndedCut)) else len(item.rows)
 
 
 def spool_dir(stats_dir: str | None, name: str) -> str | None:
@@ -506,6 +579,11 @@ class Export:
     def __init__(self, cutter: Cutter, exporter: Exporter):
         self.cutter = cutter
         self.exporter = exporter
+
+    @property
+    def ended(self) -> Ended | None:
+        """Where the ended connections go (``events.from_settings``), or None."""
+        return self.cutter.ended
 
     def finish(self, now: int, timeout: float) -> str:
         """The last interval up to ``now``, then everything delivered or spooled
@@ -532,6 +610,8 @@ def start(settings, acct: Accounting, clock, replay: bool) -> Export:
     wait = 2.0 * ch.timeout if replay else 0
     cutter = Cutter(acct, sniffer_name(ch.sniffer), settings.name, ch.interval,
                     lambda batch: exporter.submit(batch, wait))
+    if settings.connections:
+        cutter.ended = Ended()          # the driver's Events hand it the ended connections
     if replay:
         clock.at_start(cutter.begin)
     else:

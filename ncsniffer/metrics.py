@@ -20,7 +20,8 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ncsniffer.errors import NcSnifferError
-from ncsniffer.snapshot import DNS_RESULTS, PACKET_KINDS, PCAP_KINDS, Snapshot
+from ncsniffer.snapshot import (DNS_RESULTS, END_STATES, EXPORT_RESULTS, PACKET_KINDS,
+                                PCAP_KINDS, Snapshot)
 
 CLIENT_TIMEOUT = 5.0        # seconds a scraper may take to send its request
 JSON_TYPE = "application/json; charset=utf-8"
@@ -64,16 +65,41 @@ FAMILIES = (
      "hits_per_minute", None),
     ("ncsniffer_bytes_per_second", GaugeMetricFamily, "The header's byte rate",
      "bytes_per_second", None),
-    # ncsniffer_connections_total{state} and ncsniffer_connections_active (SPEC 10)
-    # join here once connection tracking exists, and only with it on.
+    # only with connection tracking on (SPEC 10): the tracker's totals
+    ("ncsniffer_connections", CounterMetricFamily, "Connections ended, by how they ended",
+     "connections", ("state", END_STATES)),
+    ("ncsniffer_connections_active", GaugeMetricFamily, "Connections open now",
+     "connections_active", None),
+    # only with the ClickHouse export: export.Exporter.counters()
+    ("ncsniffer_export_batches", CounterMetricFamily, "Export batches sent or lost",
+     "export_batches", ("result", EXPORT_RESULTS)),
+    ("ncsniffer_export_rows", CounterMetricFamily, "Export rows sent or lost",
+     "export_rows", ("result", EXPORT_RESULTS)),
+    ("ncsniffer_export_failures", CounterMetricFamily, "Failed sends to the store",
+     "export.failures", None),
+    ("ncsniffer_export_spooled_batches", GaugeMetricFamily, "Batches waiting in the spool",
+     "export.spooled_batches", None),
+    ("ncsniffer_export_spooled_rows", GaugeMetricFamily, "Rows waiting in the spool",
+     "export.spooled_rows", None),
+    ("ncsniffer_export_spool_bytes", GaugeMetricFamily, "Size of the spool",
+     "export.spool_bytes", None),
 )
+
+
+def _value(snap: Snapshot, attr: str):
+    """The snapshot's field ``attr`` (``field.key``: a key of a dict field); None: absent."""
+    field, _, key = attr.partition(".")
+    value = getattr(snap, field)
+    return value[key] if key and value is not None else value
 
 
 def families(snap: Snapshot) -> Iterator:
     """The metric families of SPEC 11, each series labelled ``instance_name``."""
     name = snap.instance
     for metric, kind, text, attr, labelled in FAMILIES:
-        value = getattr(snap, attr)
+        value = _value(snap, attr)
+        if value is None:          # a part that is off (connections, export)
+            continue
         if labelled is None:
             family = kind(metric, text, labels=["instance_name"])
             family.add_metric([name], value)

@@ -60,18 +60,19 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
     batches, linktype, prog, close = _open(path, settings)
     error: NcSnifferError | None = None
     clock = PacketClock()
+    exporting = None
     try:
         sniffer = Sniffer(settings, linktype, clock, device=path,   # the purge: its first job
                           flows=flows)
-        sink = events.from_settings(settings, feed=False)   # the events file, or None
-        sniffer.events = sink              # the tracker's events reach the file
+        if settings.clickhouse is not None:
+            from ncsniffer import export    # only then: a plain replay imports nothing more
+            exporting = export.start(settings, sniffer.acct, clock, replay=True)
+        sink = events.from_settings(settings, feed=False,    # the events file, or None
+                                    export=exporting and exporting.ended)
+        sniffer.events = sink              # the tracker's events reach the file (and export)
     except NcSnifferError:
         close()
         raise
-    exporting = None
-    if settings.clickhouse is not None:
-        from ncsniffer import export    # only then: a plain replay imports nothing more
-        exporting = export.start(settings, sniffer.acct, clock, replay=True)
     if lookups is not None:
         lookups.attach(sniffer)
         clock.every_second(lambda now, elapsed: lookups.tick(now))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ncsniffer import decode
+from ncsniffer import conntrack, decode
 from ncsniffer.table import Table
 
 DNS_RESULTS = ("sent", "answered", "rejected", "timedout")
@@ -22,6 +22,8 @@ RESOLVER_COUNTERS = {"sent": "sent", "answered": "answered", "rejected": "reject
                      "timedout": "timed out"}
 PACKET_KINDS = ("seen", "counted", "unmatched", "truncated", "non_ip", "invalid")
 PCAP_KINDS = ("received", "dropped", "if_dropped")
+END_STATES = conntrack.STATES[conntrack.CLOSED:]     # how connections end (10.3, 10.4)
+EXPORT_RESULTS = ("sent", "lost")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,23 @@ class Snapshot:
     dump_seconds: float = 0.0
     dns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DNS_RESULTS, 0))
     top: tuple[Peer, ...] = ()
+    # with connection tracking: ended connections by state, open ones (else None)
+    connections: dict[str, int] | None = None
+    connections_active: int | None = None
+    # with the ClickHouse export (export.Exporter.counters), else None
+    export: dict[str, int] | None = None
+
+    @property
+    def export_batches(self) -> dict[str, int] | None:
+        return self._export("batches")
+
+    @property
+    def export_rows(self) -> dict[str, int] | None:
+        return self._export("rows")
+
+    def _export(self, what: str) -> dict[str, int] | None:
+        e = self.export
+        return None if e is None else {r: e[f"{r}_{what}"] for r in EXPORT_RESULTS}
 
     def as_dict(self) -> dict:
         """For ``/stats.json``: header, counters, top peers."""
@@ -65,6 +84,9 @@ class Snapshot:
             "counters": {"packets": dict(self.packets), "pcap": dict(self.pcap),
                          "evictions": self.evictions, "dumps": self.dumps,
                          "dump_seconds": self.dump_seconds, "dns": dict(self.dns)},
+            **({} if self.connections is None else {"connections": {
+                "ended": dict(self.connections), "active": self.connections_active}}),
+            **({} if self.export is None else {"export": dict(self.export)}),
             "top": [{"peer": p.address, "bytes_per_hour": p.bytes_per_hour,
                      "packets_per_hour": p.packets_per_hour, "names": list(p.names)}
                     for p in self.top],
@@ -103,13 +125,17 @@ def top_peers(table: Table, n: int) -> tuple[Peer, ...]:
 
 
 def take(sniffer, now: int, pcap: tuple[int, int, int], dns: dict[str, int] | None = None,
-         dumps: int = 0, dump_seconds: float = 0.0, top: int = 10) -> Snapshot:
+         dumps: int = 0, dump_seconds: float = 0.0, top: int = 10,
+         export: dict[str, int] | None = None) -> Snapshot:
     """The snapshot of a ``Sniffer`` at ``now``, with the capture's ``pcap`` statistics,
-    the resolver's counters and the daemon's dumps."""
+    the resolver's counters, the daemon's dumps and the export's counters."""
     h = sniffer.header(now)
+    tracker = sniffer.tracker
     return Snapshot(
         instance=sniffer.settings.name, start=h.start, current=h.current,
         hits_per_minute=float(h.hits), bytes_per_second=float(h.bytes), users=h.users,
         device=h.device or "", bpf=h.bpf, packets=packet_counts(sniffer.counters),
         pcap=dict(zip(PCAP_KINDS, pcap)), evictions=sniffer.acct.evicted, dumps=dumps,
-        dump_seconds=dump_seconds, dns=dns_counts(dns), top=top_peers(sniffer.acct.records, top))
+        dump_seconds=dump_seconds, dns=dns_counts(dns), top=top_peers(sniffer.acct.records, top),
+        connections=None if tracker is None else tracker.ended_totals(),
+        connections_active=None if tracker is None else tracker.live, export=export)

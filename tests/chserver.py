@@ -34,9 +34,15 @@ CONFIG = """<?xml version="1.0"?>
     <default_database>default</default_database>
     <mark_cache_size>67108864</mark_cache_size>
     <timezone>UTC</timezone>
-    <mlock_executable>false</mlock_executable>
+    <mlock_executable>false</mlock_executable>{cluster}
 </yandex>
 """
+
+# a cluster of shards (one replica each) for Distributed tables, in 18.16's syntax
+CLUSTER = """
+    <remote_servers><{name}>{shards}</{name}></remote_servers>"""
+SHARD = """
+        <shard><replica><host>127.0.0.1</host><port>{port}</port></replica></shard>"""
 
 USERS = """<?xml version="1.0"?>
 <yandex>
@@ -57,11 +63,20 @@ class Server:
         self.port = free_port(socket.SOCK_STREAM)
         self.http = free_port(socket.SOCK_STREAM)
         self.conf = os.path.join(directory, "config.xml")
-        with open(self.conf, "w") as fh:
-            fh.write(CONFIG.format(d=directory, tcp=self.port, http=self.http))
+        self.write_config()
         with open(os.path.join(directory, "users.xml"), "w") as fh:
             fh.write(USERS)
         self.proc: subprocess.Popen | None = None
+
+    def write_config(self, cluster: str = "", shards: tuple[int, ...] = ()) -> None:
+        """The server's config.xml; with ``cluster``, a cluster of the servers on the
+        ``shards`` ports, one shard each (before ``start``)."""
+        text = ""
+        if cluster:
+            text = CLUSTER.format(name=cluster,
+                                  shards="".join(SHARD.format(port=p) for p in shards))
+        with open(self.conf, "w") as fh:
+            fh.write(CONFIG.format(d=self.dir, tcp=self.port, http=self.http, cluster=text))
 
     @property
     def url(self) -> str:

@@ -78,6 +78,27 @@ def test_replay_rows_sum_to_the_stats_file(workdir, chserver):
     assert not os.path.exists(os.path.join(workdir, "nc.sniffer.spool"))   # nothing failed
 
 
+OLD_TRAFFIC = """CREATE TABLE ncs.ncsniffer_traffic (
+    sniffer String, instance String, peer String, start DateTime, end DateTime,
+    bytes UInt64, packets UInt64, rate Float64, bw Float64, names Array(String), batch String
+) ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(start)
+ORDER BY (sniffer, instance, peer, start, batch)"""
+
+
+def test_a_table_of_an_older_version_gets_the_new_column(workdir, chserver):
+    """A traffic table made before ``epoch`` existed: the export adds the column."""
+    chserver.query("CREATE DATABASE ncs")
+    chserver.query(OLD_TRAFFIC)
+    cap = os.path.join(workdir, "in.pcap")
+    capture(cap, n=300)
+    result = replay(workdir, cap, chserver.url, interval=60)
+    assert result.returncode == 0 and ", 0 rows lost" in result.stderr, result.stderr
+    stats = plain_read(os.path.join(workdir, "nc.sniffer.stats"))[1]
+    got = dict(chserver.query("SELECT peer, toUInt32(argMax(epoch, end)) FROM "
+                              "ncs.ncsniffer_traffic FINAL GROUP BY peer"))
+    assert got == {peer: r["E"] for peer, r in stats.items()}
+
+
 @pytest.mark.slow
 def test_replay_with_the_server_down_spools_then_delivers(workdir, tmp_path_factory):
     server = Server(str(tmp_path_factory.mktemp("clickhouse")))
@@ -197,3 +218,79 @@ def test_live_daemon_sighup_ends_the_interval_with_its_records(workdir, chserver
         assert chserver.query("SELECT count() FROM ncs.ncsniffer_traffic FINAL") == [(2,)]
     finally:
         sender.close()
+
+
+# --------------------------------------------------------------------------- connections
+
+CONN_ROW = ("start, end, proto, me, me_port, peer, peer_port, dir, state, orig_packets, "
+            "orig_bytes, resp_packets, resp_bytes")
+
+
+def connection_rows(server: Server) -> list[tuple]:
+    """The rows of ncsniffer_connections (FINAL: a batch sent twice is one), sorted."""
+    return sorted(server.query(f"SELECT sniffer, instance, {CONN_ROW} FROM "
+                               "ncs.ncsniffer_connections FINAL"))
+
+
+def exported(server: Server) -> bool:
+    """Whether a connection row is in (the export makes the database with its first batch)."""
+    return server.query("EXISTS TABLE ncs.ncsniffer_connections") == [(1,)] and \
+        bool(connection_rows(server))
+
+
+def event_lines(path: str, sniffer: str = "test-sniffer") -> list[tuple]:
+    """The events log's lines as rows of that table, sorted."""
+    import json
+    with open(path) as fh:
+        return sorted((sniffer, "nc.sniffer", *json.loads(line).values()) for line in fh)
+
+
+def test_replay_connection_rows_are_the_events_log(workdir, chserver):
+    """Ended connections (closed, refused, unanswered, drained at the end) go to
+    ncsniffer_connections: the rows are the events log's lines."""
+    from tests.test_wiring import captures
+    cap = os.path.join(workdir, "conn.pcap")
+    pcapgen.write_pcap(cap, decode.DLT_EN10MB, captures())
+    events = os.path.join(workdir, "events.jsonl")
+    conf = write_config(workdir, bpf=f"host {ME}", connections=True, events=events,
+                        clickhouse={"url": chserver.url, "sniffer": "test-sniffer",
+                                    "interval": 2})
+    result = run_cli("-c", conf, "-r", cap, "start")
+    assert result.returncode == 0, result.stderr
+    lines = event_lines(events)
+    assert len(lines) == 6 and {r[10] for r in lines} == \
+        {"closed", "refused", "unanswered", "drained"}
+    assert connection_rows(chserver) == lines
+    again = run_cli("-c", conf, "-r", cap, "start")           # another run: its own batch ids
+    assert again.returncode == 0, again.stderr
+    assert len(connection_rows(chserver)) == 12
+
+
+@pytest.mark.slow
+def test_live_daemon_connection_rows_are_the_events_log(workdir, chserver):
+    """The daemon on lo: a UDP flow timed out by the tick, one drained after SIGTERM,
+    each a row equal to its events-log line; the traffic rows as before."""
+    import signal
+    events = os.path.join(workdir, "events.jsonl")
+    sender = RawSender()
+    try:
+        d = LiveDaemon(workdir, connections=True, events=events, timeouts={"udp": 1},
+                       clickhouse={"url": chserver.url, "sniffer": "test-sniffer",
+                                   "interval": 1})
+        d.start()
+        pid = d.pid
+        try:
+            sender.send("127.0.0.2", d.dport, b"first", sport=41000)
+            wait_for(lambda: exported(chserver), timeout=10)   # timed out, exported
+            sender.send("127.0.0.3", d.dport, b"second", sport=41001)
+            time.sleep(0.3)
+        finally:
+            os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists(d.pidfile), timeout=15)
+    finally:
+        sender.close()
+    lines = event_lines(events)
+    assert [(r[7], r[10]) for r in lines] == [("127.0.0.2", "timedout"),
+                                              ("127.0.0.3", "drained")]
+    assert connection_rows(chserver) == lines
+    assert per_peer(chserver) == stats_totals(d.stats)

@@ -247,7 +247,7 @@ def test_rounding_is_printf_rounding(values):
     """Accounting rows and rows read from files round R and W exactly as %.0f prints."""
     expected = [int("%.0f" % v) for v in values]
     assert table.whole(np.array(values, np.float64)) == expected
-    assert [dumpfile._int(v) for v in values] == expected
+    assert [dumpfile.printed(v) for v in values] == expected
 
 
 def planted(tmp_path, *names: str) -> tuple[str, str]:

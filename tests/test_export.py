@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from ncsniffer import export
 from ncsniffer.accounting import Accounting
@@ -39,6 +40,8 @@ def test_rows_are_the_traffic_since_the_last_cut():
     assert rows["10.0.0.1"][3:7] == (T0, T0 + 60, 150, 2)
     assert rows["10.0.0.2"][5:7] == (7, 1)
     assert rows["10.0.0.1"][:2] == ("host1", "nc.sniffer")
+    assert rows["10.0.0.1"][10] == acct.records[A].E      # the epoch: the fleet report's E
+    assert len(rows["10.0.0.1"]) == len(export.TRAFFIC_COLUMNS)
     acct.count_run([A], [10], T0 + 61)
     got.clear()
     cut.tick(T0 + 120)
@@ -131,14 +134,60 @@ def test_two_cuts_in_one_second_have_distinct_batch_ids():
     assert len(ids) == 2 and len(set(ids)) == 2
 
 
-def test_connection_rows_from_events():
-    event = {"start": 1.5, "end": 2.25, "proto": "tcp", "me": "192.0.2.1", "me_port": 22,
-             "peer": "198.51.100.7", "peer_port": 40000, "dir": "in", "state": "closed",
-             "orig_packets": 5, "orig_bytes": 400, "resp_packets": 4, "resp_bytes": 900}
-    (row,) = export.connection_rows([event], "host1", "nc.sniffer")
-    assert row == ("host1", "nc.sniffer", 1.5, 2.25, "tcp", "192.0.2.1", 22, "198.51.100.7",
-                   40000, "in", "closed", 5, 400, 4, 900)
+def end_event(peer_lo=0xC6336407, state=1, **fields):
+    """One end event as the tracker makes them (conntrack.EVENT_DTYPE)."""
+    from ncsniffer import conntrack
+    e = np.zeros(1, conntrack.EVENT_DTYPE)
+    e["start"], e["end"], e["proto"] = 1.5, 2.25, 6
+    e["me_lo"], e["peer_lo"], e["me_port"], e["peer_port"] = 0xC0000201, peer_lo, 22, 40000
+    e["dir"], e["state"], e["kind"] = 0, state, conntrack.END
+    e["orig_packets"], e["orig_bytes"], e["resp_packets"], e["resp_bytes"] = 5, 400, 4, 900
+    for name, value in fields.items():
+        e[name] = value
+    return e
+
+
+def test_connection_rows_are_the_events_log_lines():
+    from ncsniffer import events
+    e = end_event()
+    (row,) = export.connection_rows(e, "host1", "nc.sniffer")
+    line = json.loads(events.log_lines(e))
+    assert row == ("host1", "nc.sniffer", *line.values())
+    assert row[2:8] == (1.5, 2.25, "tcp", "192.0.2.1", 22, "198.51.100.7")
     assert len(row) == len(export.CONNECTION_COLUMNS)
+    assert tuple(line) == export.CONNECTION_COLUMNS[2:]
+
+
+def test_ended_connections_go_out_with_the_interval_cut():
+    from ncsniffer import events
+    acct = Accounting(T0, totals=True)
+    cut, got = cutter(acct)
+    cut.ended = export.Ended()
+    sink = events.Events(export=cut.ended)
+    sink.push(end_event())
+    sink.push(end_event(kind=0))             # a ``new`` event: not a row
+    cut.tick(T0 + 60)
+    traffic, ended = got
+    assert isinstance(ended, export.EndedCut) and ended.row_count() == 1
+    (b,) = ended.batches()
+    assert b.table == export.CONNECTIONS
+    assert b.batch == f"host1/nc.sniffer/{T0}/c{traffic.number}.0/{cut.run}"
+    assert b.rows[0][10] == "closed"
+    sink.drain(end_event(state=0))           # still open at the end: drained
+    cut.cut(T0 + 70)
+    (b,) = got[-1].batches()
+    assert b.rows[0][10] == "drained"
+
+
+def test_ended_connections_beyond_the_bound_are_counted():
+    from ncsniffer import events
+    held = export.Ended(limit=2)
+    assert held.write(np.concatenate([end_event(), end_event()]))
+    assert not held.write(end_event())
+    assert held.lost.count == 1 and held.pending == 2
+    assert len(held.take()) == 1 and held.pending == 0
+    assert events.Events(export=held).counters_text() == \
+        "ended connections for clickhouse dropped 1"          # the stop line's part
 
 
 # --------------------------------------------------------------------------- spool
@@ -236,19 +285,26 @@ def test_full_queue_drops_and_counts(monkeypatch, tmp_path):
     assert ex.lost_rows == 3
 
 
-@pytest.mark.parametrize("interval", [1, 7])
-def test_cut_on_packet_time_in_a_batch_is_exact(interval):
-    """A replay counts second by second across an export tick (``split_at``)."""
-    from ncsniffer import batch as batchmod
+def replay_cutter(interval: int):
+    """A packet clock with an accounting and a cutter on it, as a replay sets them up;
+    the cuts go to the list returned last."""
     from ncsniffer.clock import PacketClock
-    from ncsniffer.table import Addresses
     clock = PacketClock()
     acct = Accounting(0, totals=True)
-    got = []
+    got: list = []
     cut = Cutter(acct, "h", "n", interval, got.append)
     clock.at_start(acct.reset)
     clock.at_start(cut.begin)
     clock.every_second(cut.tick)
+    return clock, acct, cut, got
+
+
+@pytest.mark.parametrize("interval", [1, 7])
+def test_cut_on_packet_time_in_a_batch_is_exact(interval):
+    """A replay counts second by second across an export tick (``split_at``)."""
+    from ncsniffer import batch as batchmod
+    from ncsniffer.table import Addresses
+    clock, acct, cut, got = replay_cutter(interval)
     secs = np.repeat(np.arange(T0, T0 + 20), 3)
     n = len(secs)
     addrs = Addresses(np.array([0x0A000001], np.uint32), [])
@@ -259,6 +315,44 @@ def test_cut_on_packet_time_in_a_batch_is_exact(interval):
     assert sum(r[6] for r in rows) == n
     for r in rows:
         assert r[6] == 3 * (r[4] - r[3]), r          # 3 packets in each second of the interval
+
+
+def interval_model(secs: list[int], interval: int) -> dict[int, int]:
+    """Packets per interval start, one packet at a time: the clock is the latest second
+    seen (it never goes back); a tick at or past start + interval starts a new one."""
+    start = clock = secs[0]
+    out: dict[int, int] = {}
+    for sec in secs:
+        clock = max(clock, sec)
+        if clock >= start + interval:
+            start = clock
+        out[start] = out.get(start, 0) + 1
+    return out
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(-3, 4), min_size=1, max_size=120), st.integers(1, 6),
+       st.integers(1, 4))
+def test_stretches_between_ticks_count_as_one_packet_at_a_time(steps, interval, batches):
+    """The replay counts each stretch between two export ticks in one step; the rows
+    are those of a per-packet model, also when time steps back in a batch."""
+    from ncsniffer import batch as batchmod
+    from ncsniffer.table import Addresses
+    secs = list(np.cumsum([T0] + steps))
+    clock, acct, cut, got = replay_cutter(interval)
+    addrs = Addresses(np.array([0x0A000001, 0x0A000002], np.uint32), [])
+    for part in np.array_split(np.array(secs, np.int64), batches):
+        if len(part):
+            n = len(part)
+            batchmod.account(acct, clock, addrs, np.arange(n) % 2, part, np.arange(n),
+                             np.full(n, 10, np.int64))
+    cut.cut(clock.now + 1)
+    per_start: dict[int, int] = {}
+    for c in got:
+        for r in c.rows():
+            per_start[r[3]] = per_start.get(r[3], 0) + r[6]
+    assert per_start == interval_model(secs, interval)
 
 
 def test_a_batch_the_sink_cannot_take_is_dropped_not_retried(tmp_path):

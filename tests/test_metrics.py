@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ncsniffer import metrics, snapshot
 from ncsniffer.accounting import Accounting
 from ncsniffer.snapshot import PACKET_KINDS, PCAP_KINDS, Peer, Snapshot
+from tests.chserver import chserver  # noqa: F401  (the fixture)
 from tests.conftest import stop_process
 from tests.daemonutil import LiveDaemon, free_port, wait_for
 from tests.netutil import RawSender, loopback_source
@@ -151,11 +152,69 @@ def test_100000_peers_stay_under_200_series_and_100_ms():
     assert len(acct.records) == 100_000
     began = time.perf_counter()
     top = snapshot.top_peers(acct.records, 10)
-    text = metrics.exposition(metrics.Published(small(top=top, users=100_000))).decode()
+    ended = dict.fromkeys(snapshot.END_STATES, 10**6)
+    text = metrics.exposition(metrics.Published(small(
+        top=top, users=100_000, connections=ended, connections_active=10**5,
+        export=EXPORT))).decode()
     took = time.perf_counter() - began
     got = series(text)
     assert len(got) < 200 and len([n for n, _ in got if "top_peer" in n]) == 10
     assert took < 0.1, f"snapshot and exposition took {took * 1000:.1f} ms"
+
+
+EXPORT = {"sent_batches": 7, "sent_rows": 700, "failures": 2, "spooled_batches": 1,
+          "spooled_rows": 40, "spool_bytes": 4000, "lost_batches": 1, "lost_rows": 9}
+
+
+def test_connection_and_export_series_only_when_they_are_on():
+    labels = (("instance_name", "nc.sniffer"),)
+    off = series(metrics.exposition(metrics.Published(small())).decode())
+    assert not [n for n, _ in off if "connections" in n or "export" in n]
+    ended = dict.fromkeys(snapshot.END_STATES, 0) | {"closed": 4, "refused": 1}
+    on = series(metrics.exposition(metrics.Published(
+        small(connections=ended, connections_active=3, export=EXPORT))).decode())
+    conns = {dict(l)["state"]: v for (n, l), v in on.items()
+             if n == "ncsniffer_connections_total"}
+    assert conns == ended and set(conns) == {"closed", "reset", "refused", "unanswered",
+                                             "timedout", "evicted", "drained"}
+    assert on[("ncsniffer_connections_active", labels)] == 3
+    for what in ("batches", "rows"):
+        got = {dict(l)["result"]: v for (n, l), v in on.items()
+               if n == f"ncsniffer_export_{what}_total"}
+        assert got == {"sent": EXPORT[f"sent_{what}"], "lost": EXPORT[f"lost_{what}"]}
+    assert on[("ncsniffer_export_failures_total", labels)] == 2
+    assert on[("ncsniffer_export_spooled_batches", labels)] == 1
+    assert on[("ncsniffer_export_spooled_rows", labels)] == 40
+    assert on[("ncsniffer_export_spool_bytes", labels)] == 4000
+    assert len(on) - len(off) == 7 + 1 + 2 + 2 + 4
+    d = small(connections=ended, connections_active=3, export=EXPORT).as_dict()
+    assert d["connections"] == {"ended": ended, "active": 3} and d["export"] == EXPORT
+
+
+def test_tracker_totals_feed_the_connection_metrics(workdir):
+    """A replay's tracker: ended connections by state and the open ones, in the snapshot."""
+    from ncsniffer import config, replay as replay_module
+    from ncsniffer.clock import PacketClock
+    from ncsniffer.sniffer import Sniffer
+    from tests.test_wiring import ME, captures
+    from ncsniffer import decode, pcapgen
+    cap = os.path.join(workdir, "conn.pcap")
+    pcapgen.write_pcap(cap, decode.DLT_EN10MB, captures())
+    settings = config.validate({"bpf": f"host {ME}", "sniffer": workdir, "resolve": False,
+                                "connections": True}, "nc.sniffer", offline=True)
+    batches, linktype, prog, close = replay_module._open(cap, settings)
+    sn = Sniffer(settings, linktype, PacketClock(), device=cap)
+    for got in batches:
+        sn.process(got, prog)
+    close()
+    snap = snapshot.take(sn, sn.clock.now, (0, 0, 0))
+    assert snap.connections == dict.fromkeys(snapshot.END_STATES, 0) | {
+        "closed": 1, "refused": 1, "unanswered": 1}
+    assert snap.connections_active == 3 == sn.header(sn.clock.now).connections[0]
+    sn.reset(sn.clock.now)                      # SIGHUP: the counters go on
+    assert snapshot.take(sn, sn.clock.now, (0, 0, 0)).connections["closed"] == 1
+    sn.tracker.drain()
+    assert snapshot.take(sn, sn.clock.now, (0, 0, 0)).connections["drained"] == 3
 
 
 def test_stats_json_holds_header_counters_and_top():
@@ -217,6 +276,39 @@ def test_live_daemon_serves_metrics_and_json(workdir, sender, where):
     assert got[counted] == n
     assert got[("ncsniffer_hosts", (("instance_name", "nc.sniffer"),))] == 20
     assert len([k for k in got if k[0] == "ncsniffer_top_peer_bytes_per_hour"]) == 5
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@root
+def test_live_daemon_connection_and_export_metrics(workdir, sender, chserver):
+    """Connections and the ClickHouse export on: the tracker's totals and the export's
+    counters in /metrics equal the stats file's K and the rows the server holds."""
+    mport = free_port()
+    with LiveDaemon(workdir, metrics=f"127.0.0.1:{mport}", connections=True,
+                    timeouts={"udp": 1}, clickhouse={"url": chserver.url, "interval": 1}) as d:
+        for i in range(5):
+            sender.send(f"127.0.0.{2 + i}", d.dport, b"c" * i, sport=42000 + i)
+
+        def settled():     # the five flows timed out, their rows sent and published
+            if chserver.query("EXISTS TABLE ncs.ncsniffer_connections") != [(1,)]:
+                return None
+            (held,), = chserver.query(
+                "SELECT (SELECT count() FROM ncs.ncsniffer_traffic FINAL) + "
+                "(SELECT count() FROM ncs.ncsniffer_connections FINAL)")
+            got = series(get(mport, "/metrics")[1].decode())
+            ended = got.get(("ncsniffer_connections_total", one + (("state", "timedout"),)))
+            sent = got.get(("ncsniffer_export_rows_total", one + (("result", "sent"),)))
+            return got if ended == 5 and held >= 10 and sent == held else None
+
+        one = (("instance_name", "nc.sniffer"),)
+        got = wait_for(settled, timeout=15, step=0.2)
+        body = d.dump()
+    assert got[("ncsniffer_connections_active", one)] == 0
+    assert sum(r["K"]["timedout"] for r in body.values()) == 5
+    assert got[("ncsniffer_export_batches_total", one + (("result", "lost"),))] == 0
+    assert got[("ncsniffer_export_spooled_batches", one)] == 0
+    assert chserver.query("SELECT count() FROM ncs.ncsniffer_connections FINAL") == [(5,)]
 
 
 @pytest.mark.integration
@@ -291,7 +383,7 @@ def query(web: int, expr: str) -> list:
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (tools/ensure-test-system)")
 def test_prometheus_scrapes_the_counters_of_the_stats_file(workdir, sender, prometheus):
     mport = free_port()
-    with LiveDaemon(workdir, metrics=f"127.0.0.1:{mport}") as d:
+    with LiveDaemon(workdir, metrics=f"127.0.0.1:{mport}", connections=True) as d:
         web = prometheus(mport)
         n = send_some(sender, d.dport, peers=30)
         body = d.dump()
@@ -304,7 +396,9 @@ def test_prometheus_scrapes_the_counters_of_the_stats_file(workdir, sender, prom
         rows = wait_for(scraped, timeout=20, step=0.5)
         hosts = query(web, "ncsniffer_hosts")
         seen = query(web, "ncsniffer_packets_total")
+        active = query(web, "ncsniffer_connections_active")
     assert rows[0]["metric"]["instance_name"] == "nc.sniffer"
     assert float(rows[0]["value"][1]) == sum(r["C"] for r in body.values()) == n
     assert float(hosts[0]["value"][1]) == len(body) == 30
     assert {r["metric"]["kind"] for r in seen} == set(PACKET_KINDS)
+    assert float(active[0]["value"][1]) == sum(r["K"]["active"] for r in body.values()) > 0
