@@ -10,7 +10,9 @@ alone, not the command.  It writes bench/results/conntrack.md:
    ``--batch`` rows) on synthetic streams of ``--packets`` packets: many short
    TCP connections, long TCP flows, UDP flows, a SYN flood from distinct
    sources, and the four interleaved; the plain Python model on a slice too.
-2. events/s of ``conncounts.count`` (K per peer) on the events of each batch.
+2. events/s of ``conncounts.count`` (K per peer) on the events of each batch, and of
+   the open tally kept batch by batch (the plain twin; the live path's before) against
+   the one asked of the tracker at a reset (``open_tally(Tracker.open())``).
 3. bytes per connection: the growth of the RSS of a fresh process tracking
    1,000,000 connections (a SYN flood of 1,000,000 sources, max_connections
    1,000,000), then after a further 1,000,000 (bounded: evictions counted).
@@ -117,16 +119,23 @@ def rate(stream: np.ndarray, batch: int, prefill: np.ndarray | None = None,
     return len(stream) / spent, events, tracker.evictions
 
 
-def aggregation(stream: np.ndarray, batch: int) -> tuple[float, int]:
-    """events/s of conncounts.count over the events of each batch of the stream."""
-    tracker, spent, events = ct.Tracker(), 0.0, 0
+def aggregation(stream: np.ndarray, batch: int) -> tuple[float, float, int, float, int]:
+    """events/s of conncounts.count over the events of each batch of the stream and of
+    the open tally's plain twin (conncounts.remember_open, the live path's until the
+    tally was asked of the tracker at a reset), the events; then the seconds of that
+    reset-time tally (open_tally of Tracker.open) and the connections it found open."""
+    tracker, spent, twin, events, tally = ct.Tracker(), 0.0, 0.0, 0, {}
     for i in range(0, len(stream), batch):
         out = tracker.process(stream[i:i + batch])
         t0 = time.perf_counter()
         conncounts.count(out)
-        spent += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        conncounts.remember_open(tally, out)
+        spent, twin = spent + t1 - t0, twin + time.perf_counter() - t1
         events += len(out)
-    return events / spent, events
+    t0 = time.perf_counter()
+    conncounts.open_tally(tracker.open())
+    return events / spent, events / twin, events, time.perf_counter() - t0, tracker.live
 
 
 def rss_kib() -> int:
@@ -200,8 +209,9 @@ def main() -> None:
     log("K aggregation")
     k_rows = []
     for name, stream in (("the four interleaved", mix(n, rng)), ("SYN flood", syn_flood(n))):
-        eps, events = aggregation(stream, args.batch)
-        k_rows.append([name, fmt_int(events), fmt_int(eps)])
+        eps, twin_eps, events, reset_s, still = aggregation(stream, args.batch)
+        k_rows.append([name, fmt_int(events), fmt_int(eps), fmt_int(twin_eps),
+                       f"{reset_s * 1e3:.0f} ms ({fmt_int(still)})"])
     log("memory")
     lines = ["# Connection tracking core: micro-benchmark", ""] + machine + [
         f"- batches of {fmt_int(args.batch)} packets; time spent in Tracker.process only "
@@ -209,8 +219,11 @@ def main() -> None:
         "growth (fresh pages, rehashing) the new connections pay", "",
         "## Packets per second", ""]
     lines += table(["stream", "packets", "packets/s", "events", "evicted"], rows)
-    lines += ["", "## K aggregation (conncounts.count, the events of each batch)", ""]
-    lines += table(["stream", "events", "events/s"], k_rows)
+    lines += ["", "## K aggregation (conncounts.count, the events of each batch) and the "
+              "open tally", ""]
+    lines += table(["stream", "events", "count events/s",
+                    "open tally per batch, plain twin, events/s",
+                    "open tally at a reset (open connections)"], k_rows)
     lines += ["", "## Memory", ""] + memory(1_000_000, args.batch)
     lines += ["", f"- load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"]
     text = "\n".join(lines) + "\n"

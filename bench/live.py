@@ -2,6 +2,7 @@
 """Live capture benchmark: the daemon sniffs one end of a veth pair, tcpreplay feeds the other.
 
     python3 bench/live.py [--rates 50000 100000 200000 400000] [--seconds 5]
+    python3 bench/live.py --connections [--stalled-subscriber] [--rates 200000]
     bench/run --live
 
 Two network namespaces created here (and deleted afterwards, also on failure) are
@@ -11,6 +12,11 @@ nothing leaves them.  For every rate a fresh daemon (bpf ``host 10.213.77.1``) i
 started in the sniffer namespace, tcpreplay sends rate x seconds packets (bounded by
 --limit and --duration), and the daemon's ``stopped:`` log line gives the packets it
 saw and pcap's received/dropped counters.
+
+``--connections``: the daemon tracks connections (``connections: True``); results in
+live-connections-*.md.  ``--stalled-subscriber`` (with it): an ``nc.sniffer events``
+subscriber is stopped (SIGSTOP) after its first line, so it never reads again; the
+daemon must cut it off (logged, counted) and lose no packet (live-slow-subscriber-*.md).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -40,6 +47,7 @@ RATES = (50_000, 100_000, 200_000, 400_000)
 ZIPF_CAPTURE = os.path.join(benchlib.WORK, "live-zipf-400k.pcap")
 COUNTERS = re.compile(r"(\w+): (\d+) packets, (\d+) counted.*?pcap received (\d+), "
                       r"dropped (\d+), interface dropped (\d+)")
+FEED = re.compile(r"events feed (\d+) subscribers, (\d+) cut off")
 
 
 def sh(*cmd: str, timeout: float = 30, check: bool = True) -> str:
@@ -123,7 +131,8 @@ def parse_tcpreplay(out: str) -> dict:
 class Daemon:
     """One nc.sniffer daemon in the sniffer namespace, with its own piddir and log."""
 
-    def __init__(self, bed: Testbed, directory: str, bpf: str = f"host {ME}") -> None:
+    def __init__(self, bed: Testbed, directory: str, bpf: str = f"host {ME}",
+                 connections: bool = False) -> None:
         self.bed, self.dir = bed, directory
         self.conf = os.path.join(directory, "nc.sniffer.conf")
         self.log_path = os.path.join(directory, "nc.sniffer.log")
@@ -131,7 +140,7 @@ class Daemon:
         self.pid: int | None = None
         with open(self.conf, "w") as fh:
             fh.write(repr({"piddir": directory, "sniffer": directory, "bpf": bpf,
-                           "resolve": False}) + "\n")
+                           "resolve": False, "connections": connections}) + "\n")
 
     def command(self, what: str, timeout: float = 30) -> str:
         return sh("ip", "netns", "exec", self.bed.sniff_ns, NC, "-c", self.conf, what,
@@ -181,9 +190,11 @@ class Daemon:
         if not found:
             raise BenchError(f"no '{what}:' counters in the daemon log")
         m = found[-1]
+        line = self.log_text()[m.start():].splitlines()[0]
+        feed = FEED.search(line)
         return {"packets": int(m.group(2)), "counted": int(m.group(3)),
                 "received": int(m.group(4)), "dropped": int(m.group(5)),
-                "ifdropped": int(m.group(6))}
+                "ifdropped": int(m.group(6)), "cut_off": int(feed.group(2)) if feed else None}
 
     def status(self) -> dict:
         """VmRSS, VmHWM, RssAnon in kB from /proc."""
@@ -196,13 +207,74 @@ class Daemon:
         return values
 
 
+class StalledSubscriber:
+    """``nc.sniffer events`` in the sniffer namespace, stopped (SIGSTOP) once its first
+    line came: a subscriber that never reads again.  Killed by its pid at the end."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.proc = subprocess.Popen(["ip", "netns", "exec", daemon.bed.sniff_ns, NC, "-c",
+                                      daemon.conf, "events"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+
+    def stall(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) for the first line, then stop the process."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready or not self.proc.stdout.readline():
+            raise BenchError(f"nc.sniffer events: no line within {timeout} s")
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()              # SIGKILL ends a stopped process too
+        self.proc.wait(10)
+        self.proc.stdout.close()
+
+
 def ensure_zipf_capture() -> str:
     return livecap.ensure(ZIPF_CAPTURE, "--zipf", "--packets", "400000", "--peers", "50000")
 
 
-def measure(rates: list[int], seconds: float, drain: float = 2.0) -> list[str]:
-    capture = ensure_zipf_capture()
-    lines = ["# Live capture benchmark: daemon on a veth, tcpreplay at fixed rates", ""]
+def one_rate(bed: Testbed, capture: str, rate: int, seconds: float, drain: float,
+             connections: bool = False, stalled: bool = False) -> dict:
+    """A fresh daemon, ``rate`` x ``seconds`` packets, ``drain`` seconds, stop: what tcpreplay
+    sent, the daemon's ``stopped:`` counters, the veth's rx counters before and after, and
+    the daemon's first cut-off log line (with ``stalled``)."""
+    directory = tempfile.mkdtemp(prefix="ncbench-live-")
+    daemon = Daemon(bed, directory, connections=connections)
+    subscriber = None
+    try:
+        daemon.start()
+        rx0, rxdrop0 = bed.rx()
+        if stalled:
+            subscriber = StalledSubscriber(daemon)
+            time.sleep(0.5)                    # connected before the first packet
+            sender = bed.replay_async(capture, rate, int(rate * seconds), seconds)
+            subscriber.stall(10)
+            out, err = sender.communicate(timeout=seconds + 60)
+            if sender.returncode != 0:
+                raise BenchError(f"tcpreplay: {err.strip() or out.strip()}")
+            sent = parse_tcpreplay(out)
+        else:
+            sent = bed.replay(capture, rate, int(rate * seconds), seconds)
+        time.sleep(drain)
+        rx1, rxdrop1 = bed.rx()
+        daemon.stop()
+        cut = [line for line in daemon.log_text().splitlines() if "cut off (" in line]
+        return {"sent": sent, "counters": daemon.counters("stopped"), "rx0": rx0, "rx": rx1,
+                "rxdrop0": rxdrop0, "rxdrop": rxdrop1, "cut_line": cut[0] if cut else None}
+    finally:
+        daemon.stop()
+        if subscriber is not None:
+            subscriber.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def measure(rates: list[int], seconds: float, drain: float = 2.0, connections: bool = False,
+            stalled: bool = False, capture: str | None = None) -> list[str]:
+    capture = capture or ensure_zipf_capture()
+    what = (", connections: True" if connections else "") + \
+        (", an `nc.sniffer events` subscriber stopped after its first line" if stalled else "")
+    lines = [f"# Live capture benchmark: daemon on a veth, tcpreplay at fixed rates{what}", ""]
     lines += benchlib.machine_lines()
     lines += [f"- capture: `{os.path.relpath(capture, benchlib.ROOT)}` (`bench/livecap.py --zipf`, "
               "400,000 IPv4 packets, 50,000 Zipf peers, sizes as gen_capture.py), looped by "
@@ -214,22 +286,15 @@ def measure(rates: list[int], seconds: float, drain: float = 2.0) -> list[str]:
     with Testbed() as bed:
         log(f"namespaces {bed.sniff_ns} / {bed.send_ns} up")
         for rate in rates:
-            directory = tempfile.mkdtemp(prefix="ncbench-live-")
-            daemon = Daemon(bed, directory)
-            try:
-                daemon.start()
-                rx0, rxdrop0 = bed.rx()
-                log(f"{fmt_int(rate)} pps for {seconds:g} s")
-                sent = bed.replay(capture, rate, int(rate * seconds), seconds)
-                time.sleep(drain)
-                rx1, rxdrop1 = bed.rx()
-                daemon.stop()
-                c = daemon.counters("stopped")
-            finally:
-                daemon.stop()
-                shutil.rmtree(directory, ignore_errors=True)
+            log(f"{fmt_int(rate)} pps for {seconds:g} s")
+            run = one_rate(bed, capture, rate, seconds, drain, connections, stalled)
+            sent, c, rx1, rx0, rxdrop1, rxdrop0 = (run[k] for k in (
+                "sent", "counters", "rx", "rx0", "rxdrop", "rxdrop0"))
+            if run["cut_line"]:
+                notes.append(f"- the daemon's log at {fmt_int(rate)} pps: `{run['cut_line']}`")
             lost = sent["sent"] - c["packets"]
             zero = lost == 0 and c["dropped"] == 0 and c["ifdropped"] == 0
+            cut = "-" if c["cut_off"] is None else str(c["cut_off"])
             if zero and (best is None or rate > best):
                 best = rate
             if not zero:
@@ -241,10 +306,10 @@ def measure(rates: list[int], seconds: float, drain: float = 2.0) -> list[str]:
             rows.append([fmt_int(rate), fmt_int(sent["pps"]), fmt_int(sent["sent"]),
                          fmt_int(rx1 - rx0), fmt_int(c["received"]), fmt_int(c["packets"]),
                          fmt_int(c["dropped"]), fmt_int(c["ifdropped"]), fmt_int(rxdrop1 - rxdrop0),
-                         fmt_int(lost), "yes" if zero else "NO"])
+                         fmt_int(lost), cut, "yes" if zero else "NO"])
     lines += benchlib.table(["target pps", "achieved pps", "sent", "veth rx", "pcap received",
                              "daemon packets", "pcap dropped", "if dropped", "veth rx dropped",
-                             "lost (sent − daemon)", "zero loss"], rows)
+                             "lost (sent − daemon)", "subscribers cut off", "zero loss"], rows)
     lines += ["", f"**Highest rate with zero loss: {fmt_int(best) + ' packets/s' if best else 'none'}**"
               " (achieved pps is tcpreplay's own measure; sent = its successful packets)",
               ""] + notes + ["", f"- load average at end: {benchlib.load_text()}"]
@@ -256,14 +321,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", type=int, nargs="+", default=list(RATES))
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--drain", type=float, default=2.0, help="seconds between sender end and stop")
+    p.add_argument("--connections", action="store_true", help="the daemon tracks connections")
+    p.add_argument("--stalled-subscriber", action="store_true",
+                   help="with --connections: a feed subscriber that stops reading")
     args = p.parse_args(argv)
+    if args.stalled_subscriber and not args.connections:
+        p.error("--stalled-subscriber needs --connections (the feed)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the finally blocks
     if os.geteuid() != 0:
         raise BenchError("the live benchmark creates network namespaces: run as root")
     benchlib.ensure_nc()
     benchlib.ensure_commands("tcpreplay", "ip", "tcpdump")
-    lines = measure(args.rates, args.seconds, args.drain)
-    benchlib.write_results("live", lines)
+    lines = measure(args.rates, args.seconds, args.drain, args.connections,
+                    args.stalled_subscriber)
+    kind = ("live-slow-subscriber" if args.stalled_subscriber else
+            "live-connections" if args.connections else "live")
+    benchlib.write_results(kind, lines)
     return 0
 
 

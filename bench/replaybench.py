@@ -5,7 +5,7 @@
 
 Tools: tcpdump (libpcap read floor), darkstat -r (default host table, and with
 every host kept), pmacctd print plugin reading the file, nc.sniffer -r with
-default settings and with a match string.  Each tool's own packet count is
+default settings, with a match string and with connections: True.  Each tool's own packet count is
 checked against tcpdump's where the tool reports one.
 """
 
@@ -26,6 +26,7 @@ import benchlib  # noqa: E402
 from benchlib import FILTER, NC, Run, fmt_int, log  # noqa: E402
 
 CAPTURE = os.path.join(benchlib.WORK, "bench.pcap")
+CONNECTIONS = "nc.sniffer -r (connections)"
 # pmacctd sleeps this long before reading a savefile ("allowing plugins to complete
 # their startup"); 0 would mean its built-in 2 s.  Subtracted from its wall time.
 PMACCT_DELAY = 1
@@ -91,6 +92,9 @@ def tools(capture: str, scratch: str) -> list[Tool]:
         fh.write(repr(base) + "\n")
     with open(conf_match, "w") as fh:
         fh.write(repr(dict(base, match="xyz", payload=54, snaplen=120)) + "\n")
+    conf_conn = os.path.join(scratch, "connections.conf")
+    with open(conf_conn, "w") as fh:
+        fh.write(repr(dict(base, connections=True)) + "\n")
     pm_conf = os.path.join(scratch, "pmacctd.conf")
     with open(pm_conf, "w") as fh:
         fh.write(PMACCT_CONF.format(capture=capture, delay=PMACCT_DELAY, bpf=FILTER,
@@ -117,6 +121,8 @@ def tools(capture: str, scratch: str) -> list[Tool]:
         Tool("nc.sniffer -r (one process)", ["env", "NCSNIFFER_REPLAY=serial", NC, "-q", "-c",
                                               conf_default, "-r", capture, "start"],
              _nc_packets, note="NCSNIFFER_REPLAY=serial: no second process"),
+        Tool(CONNECTIONS, [NC, "-q", "-c", conf_conn, "-r", capture, "start"], _nc_packets,
+             note="connections: True (tracking, K counters; issue 13)"),
     ]
 
 
@@ -180,12 +186,13 @@ def report(tool_list: list[Tool], measured: dict[str, list[Run]], expected: int)
               "the largest single process. "
               "nc.sniffer maps the capture file, so its peak RSS includes the file's pages.", ""]
     ours = [pps["nc.sniffer -r (default)"], pps["nc.sniffer -r (match 'xyz')"],
-            pps["nc.sniffer -r (one process)"]]
+            pps["nc.sniffer -r (one process)"], pps[CONNECTIONS]]
     ratio_rows = []
     for other in ("darkstat -r", "darkstat -r, all hosts kept", "pmacctd print plugin"):
         ratio_rows.append([f"nc.sniffer / {other}"] + [f"{x / pps[other]:.2f}" for x in ours])
     lines += ["## Ratios (packets/s; ≥ 1.00 means nc.sniffer is faster)", ""]
-    lines += benchlib.table(["", "default", "match 'xyz'", "one process"], ratio_rows)
+    lines += benchlib.table(["", "default", "match 'xyz'", "one process", "connections"],
+                            ratio_rows)
     lines += ["", "## Sanity: packets each tool reports", ""] + sanity
     return lines
 

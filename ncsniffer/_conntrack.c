@@ -668,14 +668,20 @@ static PyObject *Core_advance(Core *c, PyObject *arg)
     return take_events(c);
 }
 
+/* An event for every live entry, least recently active first. */
+static void emit_live(Core *c, uint8_t kind, uint8_t state)
+{
+    for (uint32_t i = c->lru.head; i != NIL; i = c->pool[i].lru_next)
+        if (emit(c, kind, state, &c->pool[i]) < 0)
+            break;
+}
+
 /* Every live entry ends as drained, least recently active first; the table empties. */
 static PyObject *Core_drain(Core *c, PyObject *unused)
 {
     if (!ready(c))
         return NULL;
-    for (uint32_t i = c->lru.head; i != NIL; i = c->pool[i].lru_next)
-        if (emit(c, K_END, E_DRAINED, &c->pool[i]) < 0)
-            break;
+    emit_live(c, K_END, E_DRAINED);
     for (uint32_t s = 0; s < c->wheel_size; s++)
         c->wheel[s].head = c->wheel[s].tail = NIL;
     for (uint32_t k = 0; k < c->hash_size; k++)
@@ -684,6 +690,16 @@ static PyObject *Core_drain(Core *c, PyObject *unused)
     c->used = 0;
     c->free_head = NIL;
     c->live = c->lingering = 0;
+    return take_events(c);
+}
+
+/* Every live entry as a new event (least recently active first); the table unchanged:
+ * the connections open now, which a reset (SIGHUP) counts as begun in the new data set. */
+static PyObject *Core_open(Core *c, PyObject *unused)
+{
+    if (!ready(c))
+        return NULL;
+    emit_live(c, K_NEW, E_ACTIVE);
     return take_events(c);
 }
 
@@ -759,6 +775,8 @@ static PyMethodDef Core_methods[] = {
      "advance(sec) -> bytes: move the clock with no packet; the expiries."},
     {"drain", (PyCFunction)Core_drain, METH_NOARGS,
      "drain() -> bytes: end every live connection as drained, empty the table."},
+    {"open", (PyCFunction)Core_open, METH_NOARGS,
+     "open() -> bytes: every live connection as a new event; the table unchanged."},
     {"live", (PyCFunction)Core_live, METH_NOARGS, "live() -> open connections."},
     {"lingering", (PyCFunction)Core_lingering, METH_NOARGS, "lingering() -> ended, lingering."},
     {"evictions", (PyCFunction)Core_evictions, METH_NOARGS, "evictions() -> evicted so far."},

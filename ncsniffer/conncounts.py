@@ -48,6 +48,37 @@ def count(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unique, flat.reshape(len(unique), width)
 
 
+def open_tally(still_open: np.ndarray) -> dict[tuple, np.ndarray]:
+    """Per peer (v6, peer_hi, peer_lo), the K row of the open connections ``still_open``
+    (``Tracker.open()``: one ``new`` event each) counted as begun (tcp udp icmp in out
+    active): what a reset (SIGHUP) carries into the new data set."""
+    peers, deltas = count(still_open)
+    return dict(zip(peers.tolist(), deltas))
+
+
+def remember_open(tally: dict[tuple, np.ndarray], events: np.ndarray) -> None:
+    """``open_tally``'s plain twin, kept up event batch by event batch: ``new`` adds its
+    begun counts, ``end`` takes them off; a peer with none open leaves ``tally``."""
+    new = events["kind"] == ct.NEW
+    ended = events[~new].copy()
+    ended["kind"] = ct.NEW          # counted as begun, then subtracted
+    rows = []
+    if new.any():
+        rows.append(count(events[new]))
+    if len(ended):
+        peers, d = count(ended)
+        rows.append((peers, -d))
+    for peers, d in rows:
+        for peer, row in zip(peers.tolist(), d):
+            key = tuple(peer)
+            total = tally.get(key)
+            total = row.copy() if total is None else total + row
+            if total.any():
+                tally[key] = total
+            else:
+                tally.pop(key, None)
+
+
 def _peers(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct peers, sorted, and the peer of each event.  IPv4 peers (v6 and
     high word 0, the common case) by one np.unique of the low word; the others by a

@@ -202,6 +202,10 @@ class Tracker:
         """End every open connection as ``drained`` (oldest activity first) and empty the table."""
         return self._events(self._core.drain())
 
+    def open(self) -> np.ndarray:
+        """The open connections as ``new`` events (oldest activity first); nothing changes."""
+        return self._events(self._core.open())
+
     @property
     def live(self) -> int:
         """Open connections (lingering entries excluded): the ones ``max_connections`` bounds."""

@@ -34,6 +34,12 @@ K_KEYS = ("active", "closed", "evicted", "icmp", "in", "out", "refused", "reset"
           "timedout", "udp", "unanswered")
 K_ZERO = dict.fromkeys(K_KEYS, 0)
 _K_VALUES = itemgetter(*K_KEYS)
+
+
+def _k_values(k) -> tuple[int, ...]:
+    """A row's K: a tuple in K_KEYS order (the records' dump) or a dict (a file read)."""
+    return k if type(k) is tuple else _K_VALUES(k)
+
 MAX_FILE_BYTES = 512 << 20
 MAX_LITERAL_BYTES = 16 << 20
 MAX_LINE = 1 << 20
@@ -165,7 +171,7 @@ def _python_body(rows: Iterable[Row]) -> Iterable[str]:
     dumps = json.dumps
     for chunk in _chunks(rows):
         if len(chunk[0]) > len(FIELDS) + 1:
-            yield "".join([PYTHON_LINE_K % (ip, b, c, e, K_JSON % _K_VALUES(k),
+            yield "".join([PYTHON_LINE_K % (ip, b, c, e, K_JSON % _k_values(k),
                                             dumps(list(n)) if n else "[]", r, s, t, w)
                            for ip, b, c, e, n, r, s, t, w, k in chunk])
             continue
@@ -191,7 +197,7 @@ def _perl_body(rows: Iterable[Row]) -> Iterable[str]:
     for chunk in _chunks(rows):
         if len(chunk[0]) > len(FIELDS) + 1:
             yield "".join([PERL_RECORD_K % (ip, "' " if len(ip) > 13 else "'\t", b, c, e,
-                                            K_PERL % _K_VALUES(k),
+                                            K_PERL % _k_values(k),
                                             "".join(_perl_quote(x) + "," for x in n),
                                             r, s, t, w)
                            for ip, b, c, e, n, r, s, t, w, k in chunk])
@@ -229,7 +235,7 @@ def _json_document(h: Header, rows: Iterable[Row]) -> Iterable[str]:
     sep = ""
     for chunk in _chunks(rows):
         if len(chunk[0]) > len(FIELDS) + 1:
-            yield sep + ",\n".join([line_k % (ip, b, c, e, K_JSON % _K_VALUES(k),
+            yield sep + ",\n".join([line_k % (ip, b, c, e, K_JSON % _k_values(k),
                                                json.dumps(n), r, s, t, w)
                                     for ip, b, c, e, n, r, s, t, w, k in chunk])
         else:

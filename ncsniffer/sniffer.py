@@ -54,7 +54,6 @@ class Sniffer:
         # events go to the K counters and to ``events`` (the driver's Events, or None).
         self.tracker: conntrack.Tracker | None = None
         self.events = None
-        self._open: dict[tuple, np.ndarray] = {}      # per peer: begun counts of open ones
         self._carried: dict[tuple, np.ndarray] = {}   # open at a reset, not yet counted
         self.carry_open = not self.offline      # a replay has no SIGHUP: nothing to carry
         if settings.connections and flows is None:
@@ -80,8 +79,6 @@ class Sniffer:
         if not len(events):
             return
         peers, deltas = conncounts.count(events)
-        if self.carry_open:
-            self._remember_open(events)
         if self._carried:
             for i, peer in enumerate(peers.tolist()):
                 carried = self._carried.pop(tuple(peer), None)
@@ -91,45 +88,20 @@ class Sniffer:
         if self.events is not None:
             self.events.push(events)
 
-    _BEGUN = [conncounts.K_FIELDS.index(f) for f in ("tcp", "udp", "icmp", "in", "out", "active")]
-
-    def _remember_open(self, events: np.ndarray) -> None:
-        """Keep, per peer, the begun counts (tcp udp icmp in out active) of its open
-        connections: what a reset carries into the new data set."""
-        new = events["kind"] == conntrack.NEW
-        ended = events[~new].copy()
-        ended["kind"] = conntrack.NEW          # counted as begun, then subtracted
-        rows = []
-        if new.any():
-            rows.append(conncounts.count(events[new]))
-        if len(ended):
-            peers, d = conncounts.count(ended)
-            rows.append((peers, -d))
-        cols = self._BEGUN
-        for peers, d in rows:
-            for peer, row in zip(peers.tolist(), d[:, cols]):
-                key = tuple(peer)
-                total = self._open.get(key)
-                total = row.copy() if total is None else total + row
-                if total.any():
-                    self._open[key] = total
-                else:
-                    self._open.pop(key, None)
-
     def reset(self, now: int) -> None:
         """Start a new data set (start-up, SIGHUP).  With connection tracking, the
         connections still open are counted as begun in the new one (10.3): the K of
         each such peer gets them with its first event after the reset, so that an
         end is never counted without its beginning."""
         self.acct.reset(now)
-        if self.tracker is not None and self._open:
-            width = len(conncounts.K_FIELDS)
-            carried = {}
-            for key, begun in self._open.items():
-                row = np.zeros(width, np.int64)
-                row[self._BEGUN] = begun
-                carried[key] = row
-            self._carried = carried
+        if self.tracker is not None and self.carry_open:
+            self._carried = self._remember_open()
+
+    def _remember_open(self) -> dict[tuple, np.ndarray]:
+        """Per peer, the K row of its open connections counted as begun: asked of the
+        tracker at the reset, so the live path keeps no tally (its plain twin,
+        ``conncounts.remember_open``, kept one up per batch)."""
+        return conncounts.open_tally(self.tracker.open())
 
     def process(self, got, prog=None) -> None:
         """Account a batch of packets (``prog`` None: the kernel filtered them)."""

@@ -1,9 +1,11 @@
 """The per-peer K counters (spec 10.3) derived from events: by hand, and their invariant."""
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ncsniffer import conncounts, conntrack as ct
+from tests.test_conntrack import packet_rows, stream
 
 ZERO = dict.fromkeys(conncounts.K_FIELDS, 0)
 
@@ -77,3 +79,29 @@ def test_peers_of_both_families_counted_as_one_by_one(rows):
     peers, counts = conncounts.count(events)
     assert peers.tolist() == sorted(want)
     assert conncounts.as_dict(peers, counts) == want
+
+
+# The open tally asked of the tracker at a reset against its plain twin kept batch by batch.
+@pytest.mark.parametrize("reference", [False, True])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=packet_rows, cuts=st.lists(st.integers(0, 80), max_size=6),
+       ticks=st.lists(st.sampled_from([0, 1, 5, 30]), max_size=6), max_conn=st.integers(1, 6))
+def test_open_tally_of_the_tracker_equals_the_batch_by_batch_twin(reference, spec, cuts, ticks,
+                                                                  max_conn):
+    if not reference and not ct.HAVE_CORE:
+        pytest.fail("the extension is not built")
+    batch = stream(spec)
+    tracker = ct.Tracker(ct.Timeouts(tcp_establish=2, tcp=4, udp=3, icmp=1, tcp_linger=2),
+                         max_conn, reference=reference)
+    tally: dict = {}
+    last = 0
+    for i, cut in enumerate(sorted(min(c, len(batch)) for c in cuts) + [len(batch)]):
+        conncounts.remember_open(tally, tracker.process(batch[last:cut]))
+        if i < len(ticks) and ticks[i] and cut:
+            conncounts.remember_open(tally, tracker.advance(int(batch["sec"][cut - 1]) + ticks[i]))
+        last = cut
+        fast = conncounts.open_tally(tracker.open())
+        assert {k: v.tolist() for k, v in fast.items()} == \
+            {k: v.tolist() for k, v in tally.items()}
+        active = conncounts.K_FIELDS.index("active")
+        assert sum(int(v[active]) for v in fast.values()) == tracker.live

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from ncsniffer import table as table_mod
 from ncsniffer.accounting import Accounting
 
 B = bytes([10, 0, 0, 3])
@@ -92,7 +93,8 @@ def k_events(*rows):
 V6 = bytes(8) + bytes([0, 0, 0, 0, 0, 0, 0x12, 0x34])
 
 
-def test_k_counts_per_peer_both_families_and_active_computed():
+def two_peers_with_connections() -> Accounting:
+    """B and V6 with a few connections each (and one of a peer without a record)."""
     acct = Accounting(1000, connections=True)
     acct.count_run((B, V6), (60, 60), 1000)
     acct.count_connections(*conncounts.count(k_events(
@@ -101,7 +103,11 @@ def test_k_counts_per_peer_both_families_and_active_computed():
         (ct.END, ct.REFUSED, ct.TCP, ct.DIR_OUT, 0x0A000003, 0, 0),
         (ct.NEW, ct.ACTIVE, ct.ICMP6, ct.DIR_IN, 0x1234, 1, 0),
         (ct.NEW, ct.ACTIVE, ct.TCP, ct.DIR_IN, 0x0A000009, 0, 0))))   # no record: skipped
-    table = acct.records
+    return acct
+
+
+def test_k_counts_per_peer_both_families_and_active_computed():
+    table = two_peers_with_connections().records
     got = dict(zip(table.keys_at(table.occupied()), table.conn_dicts(table.occupied())))
     assert got[B] == {**dict.fromkeys(conncounts.K_FIELDS, 0), "tcp": 1, "udp": 1, "in": 1,
                       "out": 1, "refused": 1, "active": 1}
@@ -167,3 +173,23 @@ def test_k_counters_saturate_instead_of_wrapping():
     acct.count_connections(peers, deltas * 5)
     k = acct.records.conn_dicts(acct.records.occupied())[0]
     assert k["udp"] == k["out"] == k["active"] == 2 ** 32 - 1
+
+
+@given(st.lists(st.tuples(st.integers(0, 40), st.lists(st.integers(0, 2 ** 31), min_size=3,
+                                                         max_size=3)), max_size=60),
+       st.booleans())
+def test_sum_by_slot_equals_its_plain_twin(rows, distinct):
+    if distinct:
+        rows = list({slot: (slot, r) for slot, r in rows}.values())
+    slots = np.array([slot for slot, _ in rows], np.int64)
+    values = np.array([r for _, r in rows], np.int64).reshape(len(rows), 3)
+    got, want = table_mod.sum_by_slot(slots, values), table_mod.sum_by_slot_plain(slots, values)
+    assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+
+
+def test_conn_values_are_conn_dicts_in_the_files_order():
+    from ncsniffer import dumpfile
+    table = two_peers_with_connections().records
+    slots = table.occupied()
+    assert table_mod.K_SORTED == dumpfile.K_KEYS
+    assert table.conn_values(slots) == [dumpfile._K_VALUES(d) for d in table.conn_dicts(slots)]
