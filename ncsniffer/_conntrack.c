@@ -33,7 +33,7 @@
 
 #define NIL UINT32_MAX
 #define MAX_ENTRIES (UINT32_MAX - 1)
-#define MAX_TIMEOUT 1000000       /* seconds: conntrack.MAX_TIMEOUT; the wheel's size */
+#define MAX_TIMEOUT 1000000       /* seconds: timeouts.MAX_TIMEOUT; the wheel's size */
 #define AHEAD 16                  /* rows looked up in advance (a power of two) */
 
 /* IP protocols, TCP flags */
