@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from ncsniffer import batch, capture, conncounts, conntrack, dumpfile, linktypes
-from ncsniffer.accounting import Accounting
+from ncsniffer.accounting import ONEDAY, Accounting
 from ncsniffer.clock import Clock, PacketClock
 from ncsniffer.config import Settings
 from ncsniffer.dumpfile import Header
@@ -55,8 +55,10 @@ class Sniffer:
         self.tracker: conntrack.Tracker | None = None
         self.events = None
         self._open: dict[tuple, np.ndarray] = {}      # per peer: begun counts of open ones
-        self._carried: dict[tuple, np.ndarray] = {}   # open at a reset, not yet counted
-        self.carry_open = not self.offline      # a replay has no SIGHUP: nothing to carry
+        # Kept wherever a record can go while its peer has connections open (10.3): live
+        # (SIGHUP), with max_hosts (eviction), with a timeout of a day (idle purge).
+        self.carry_open = (not self.offline or bool(settings.max_hosts)
+                           or max(settings.timeouts.values()) >= ONEDAY)
         if settings.connections and flows is None:
             self.tracker = conntrack.Tracker(conntrack.Timeouts.from_config(settings.timeouts),
                                              settings.max_connections)
@@ -80,18 +82,31 @@ class Sniffer:
         if not len(events):
             return
         peers, deltas = conncounts.count(events)
+        slots = self.acct.records.peer_slots(peers)
+        if self._open:
+            self._count_open_as_begun(peers, slots, deltas)
         if self.carry_open:
             self._remember_open(events)
-        if self._carried:
-            for i, peer in enumerate(peers.tolist()):
-                carried = self._carried.pop(tuple(peer), None)
-                if carried is not None:
-                    deltas[i] += carried
-        self.acct.count_connections(peers, deltas)
+        self.acct.records.add_connections(slots, deltas)
         if self.events is not None:
             self.events.push(events)
 
     _BEGUN = [conncounts.K_FIELDS.index(f) for f in ("tcp", "udp", "icmp", "in", "out", "active")]
+
+    def _count_open_as_begun(self, peers: np.ndarray, slots: np.ndarray,
+                             deltas: np.ndarray) -> None:
+        """A record made after its peer's open connections began (after a SIGHUP, or anew
+        after a purge or an eviction) counts them as begun with its first events, so that
+        their ends count too and the sums of 10.3 hold.  Such a record counts no
+        connection yet: any other has had its first events."""
+        fresh = np.flatnonzero(self.acct.records.conn_unbegun(slots))
+        if not fresh.size:
+            return
+        keys = peers[fresh].tolist()
+        for i, key in zip(fresh.tolist(), keys):
+            begun = self._open.get(tuple(key))
+            if begun is not None:
+                deltas[i, self._BEGUN] += begun
 
     def _remember_open(self, events: np.ndarray) -> None:
         """Keep, per peer, the begun counts (tcp udp icmp in out active) of its open
@@ -118,18 +133,10 @@ class Sniffer:
 
     def reset(self, now: int) -> None:
         """Start a new data set (start-up, SIGHUP).  With connection tracking, the
-        connections still open are counted as begun in the new one (10.3): the K of
-        each such peer gets them with its first event after the reset, so that an
-        end is never counted without its beginning."""
+        connections still open are counted as begun in the new one (10.3): the new
+        record of each such peer gets them with its first events, so that an end is
+        never counted without its beginning (``_count_open_as_begun``)."""
         self.acct.reset(now)
-        if self.tracker is not None and self._open:
-            width = len(conncounts.K_FIELDS)
-            carried = {}
-            for key, begun in self._open.items():
-                row = np.zeros(width, np.int64)
-                row[self._BEGUN] = begun
-                carried[key] = row
-            self._carried = carried
 
     def process(self, got, prog=None) -> None:
         """Account a batch of packets (``prog`` None: the kernel filtered them)."""

@@ -187,3 +187,81 @@ def test_live_daemon_counts_expires_on_idle_seconds_and_drains(workdir):
         lines = [json.loads(line) for line in fh]
     assert sorted((e["peer"], e["state"]) for e in lines) == \
         [("127.0.0.2", "timedout"), ("127.0.0.3", "drained")]
+
+
+# ------------------------------------------- a record deleted while its peer has connections open
+
+def replay_parts(workdir, parts, **cfg):
+    """One Sniffer fed each part (a list of (ts, ip packet)) as batches of its own, as
+    a long replay or a live capture would; the stats file after the last."""
+    from ncsniffer import config, replay as replay_module
+    from ncsniffer.clock import PacketClock
+    from ncsniffer.sniffer import Sniffer
+    settings = config.validate({"bpf": f"host {ME}", "sniffer": workdir, "resolve": False,
+                                "connections": True, **cfg}, "nc.sniffer", offline=True)
+    sn = None
+    for i, part in enumerate(parts):
+        cap = os.path.join(workdir, f"part{i}.pcap")
+        pcapgen.write_pcap(cap, decode.DLT_EN10MB,
+                           [(ts, pcapgen.frame(decode.DLT_EN10MB, p),
+                             len(pcapgen.frame(decode.DLT_EN10MB, p))) for ts, p in part])
+        batches, linktype, prog, close = replay_module._open(cap, settings)
+        if sn is None:
+            sn = Sniffer(settings, linktype, PacketClock(), device=cap)
+        for got in batches:
+            sn.process(got, prog)
+        close()
+    sn.settings.stats_file = os.path.join(workdir, "parts.stats")
+    sn.dump(sn.clock.now)
+    return sn, dumpfile.read_stats(sn.settings.stats_file)
+
+
+def handshake(t, peer, port=40001):
+    return [(t, tcp(ME, peer, port, 80, F.TH_SYN)),
+            (t + 0.01, tcp(peer, ME, 80, port, F.TH_SYN | F.TH_ACK)),
+            (t + 0.02, tcp(ME, peer, port, 80, F.TH_ACK))]
+
+
+def close(t, peer, port=40001):
+    return [(t, tcp(ME, peer, port, 80, F.TH_FIN | F.TH_ACK)),
+            (t + 0.01, tcp(peer, ME, 80, port, F.TH_FIN | F.TH_ACK))]
+
+
+def udp_out(t, peer=UDP_PEER, sport=40003):
+    return (t, pcapgen.ip_packet(ME, peer, "udp", b"q", sport=sport, dport=53))
+
+
+def test_a_record_evicted_with_an_open_connection_counts_it_when_made_anew(workdir):
+    """max_hosts 1: FULL's record goes (evicted by UDP_PEER's) while its connection is
+    open, and comes back with the FINs; the new record counts the connection as begun
+    (10.3), so its end is counted too, not dropped."""
+    sn, st = replay_parts(workdir, [handshake(T0, FULL), [udp_out(T0 + 1)], close(T0 + 2, FULL)],
+                          max_hosts=1)
+    assert sn.acct.evicted == 2
+    assert list(st.records) == [FULL]
+    assert st.records[FULL]["K"] == k(tcp=1, out=1, closed=1)
+    assert st.header_value("connections") == "0 active, 1 started, 0 evicted"
+
+
+def test_a_record_purged_with_an_open_connection_counts_it_when_made_anew(workdir):
+    """A TCP timeout over a day: FULL's record is purged (a day idle) while its
+    connection is open; the FINs make a new record, which counts that connection."""
+    ticks = [[udp_out(T0 + s)] for s in range(1000, 90_000, 1000)]   # the purge runs
+    sn, st = replay_parts(workdir, [handshake(T0, FULL), *ticks, close(T0 + 90_001, FULL)],
+                          timeouts={"tcp": 200_000, "udp": 5000})
+    assert sn.acct.purged == 1                          # FULL's (UDP_PEER's E is recent)
+    assert st.records[FULL]["K"] == k(tcp=1, out=1, closed=1)
+
+
+def test_a_record_made_anew_counts_only_the_connections_still_open(workdir):
+    """Two connections open when FULL's record is evicted; one ends while FULL has no
+    record (its end counted nowhere), the other is counted as begun by the new record,
+    beside one begun there."""
+    parts = [handshake(T0, FULL, 40001) + handshake(T0, FULL, 40002),
+             [udp_out(T0 + 1)],                                       # evicts FULL
+             close(T0 + 2, FULL, 40001)[:1] + [udp_out(T0 + 2)],      # FULL anew, then gone
+             close(T0 + 2, FULL, 40001)[1:] + [udp_out(T0 + 3)],      # 40001 ends: no record
+             handshake(T0 + 4, FULL, 40003) + close(T0 + 5, FULL, 40002)]
+    sn, st = replay_parts(workdir, parts, max_hosts=1)
+    assert list(st.records) == [FULL]
+    assert st.records[FULL]["K"] == k(tcp=2, out=2, active=1, closed=1)
