@@ -265,3 +265,25 @@ def test_a_record_made_anew_counts_only_the_connections_still_open(workdir):
     sn, st = replay_parts(workdir, parts, max_hosts=1)
     assert list(st.records) == [FULL]
     assert st.records[FULL]["K"] == k(tcp=2, out=2, active=1, closed=1)
+
+
+def test_the_readme_example_replay_of_samples_connections_pcap(workdir):
+    """README, "Events": the shipped capture (real traffic recorded in a namespace)
+    replayed with the shipped config gives the K, header and log shown there."""
+    from tests.conftest import ROOT
+    os.mkdir(os.path.join(workdir, "demo-out"))
+    result = run_cli("-c", os.path.join(ROOT, "samples", "connections.conf"),
+                     "-r", os.path.join(ROOT, "samples", "connections.pcap"), "start", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "59 packets, 57 counted, 0 unmatched, 0 truncated, 2 non-IP, 0 invalid, 1 hosts" \
+        in result.stderr
+    assert "events logged 11, dropped 0" in result.stderr
+    st = dumpfile.read_stats(os.path.join(workdir, "demo-out", "nc.sniffer.stats"))
+    assert st.records["10.213.77.2"]["K"] == k(tcp=6, udp=4, icmp=1, out=11, active=6,
+                                               closed=3, refused=2)
+    assert st.header_value("connections") == "6 active, 11 started, 0 evicted"
+    with open(os.path.join(workdir, "demo-out", "connections.jsonl")) as fh:
+        states = sorted((e["proto"], e["state"]) for e in map(json.loads, fh))
+    assert states == sorted([("tcp", "closed")] * 3 + [("tcp", "refused")] * 2
+                            + [("tcp", "drained")] + [("udp", "drained")] * 4
+                            + [("icmp", "drained")])
