@@ -698,6 +698,19 @@ static PyObject *Core_drain(Core *c, PyObject *unused)
     return take_events(c);
 }
 
+/* Every live entry as a new event, least recently active first; nothing changes. */
+static PyObject *Core_still_open(Core *c, PyObject *unused)
+{
+    if (!ready(c))
+        return NULL;
+    for (uint32_t i = c->lru.head; i != NIL; i = c->pool[i].lru_next)
+        if (emit(c, K_NEW, E_ACTIVE, &c->pool[i]) < 0) {
+            c->failed = 1;
+            break;
+        }
+    return take_events(c);
+}
+
 static PyObject *Core_live(Core *c, PyObject *unused)
 {
     return PyLong_FromUnsignedLong(c->live);
@@ -771,6 +784,8 @@ static PyMethodDef Core_methods[] = {
      "advance(sec) -> bytes: move the clock with no packet; the expiries."},
     {"drain", (PyCFunction)Core_drain, METH_NOARGS,
      "drain() -> bytes: end every live connection as drained, empty the table."},
+    {"still_open", (PyCFunction)Core_still_open, METH_NOARGS,
+     "still_open() -> bytes: every live connection as a new event; the table unchanged."},
     {"live", (PyCFunction)Core_live, METH_NOARGS, "live() -> open connections."},
     {"lingering", (PyCFunction)Core_lingering, METH_NOARGS, "lingering() -> ended, lingering."},
     {"evictions", (PyCFunction)Core_evictions, METH_NOARGS, "evictions() -> evicted so far."},

@@ -20,7 +20,7 @@ gone; the resolver writes N and T through the table.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -110,6 +110,9 @@ class Accounting:
         self.names = names
         self.evicted = 0
         self.purged = 0
+        # Called once, before the first batch that evicts records (connection tracking
+        # then starts to keep what a record made anew needs, 10.3).
+        self.before_evictions: Callable[[], object] | None = None
         # With ``totals`` (an export): columns X P count each record's bytes and
         # packets since the exporter last took them, and records that go (purge,
         # eviction, SIGHUP) leave their untaken traffic in ``departed``.
@@ -179,6 +182,9 @@ class Accounting:
         if self.max_hosts and len(self.records) + len(addrs) > self.max_hosts and \
                 len(self.records) + int(np.count_nonzero(
                 self.records.find_addresses(addrs) < 0)) > self.max_hosts:
+            hook, self.before_evictions = self.before_evictions, None
+            if hook is not None:
+                hook()
             self._count_lru(addrs, which, secs, lengths)     # evictions: packet by packet
             return None
         slots = self._count_columns(addrs, which, secs, lengths)

@@ -199,6 +199,11 @@ class Tracker:
         """End every open connection as ``drained`` (oldest activity first) and empty the table."""
         return self._events(self._core.drain())
 
+    def still_open(self) -> np.ndarray:
+        """Every open connection as a ``new`` event (oldest activity first), the table
+        unchanged: what a replay about to evict records starts its per-peer counts with."""
+        return self._events(self._core.still_open())
+
     @property
     def live(self) -> int:
         """Open connections (lingering entries excluded): the ones ``max_connections`` bounds."""

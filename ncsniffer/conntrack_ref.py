@@ -77,6 +77,11 @@ class ReferenceTracker:
         self.lingering_keys.clear()
         return self._flush()
 
+    def still_open(self) -> np.ndarray:
+        for c in sorted(self._live(), key=lambda c: c.activity):
+            self.out.append(self._row(ct.NEW, ct.ACTIVE, c))
+        return self._flush()
+
     def live(self) -> int:
         return len(self._live())
 
@@ -220,12 +225,18 @@ class ReferenceTracker:
                 self._emit(ct.END, ct.UNANSWERED if c.state == SYN_SENT else ct.TIMEDOUT, c)
 
     # --------------------------------------------------------------- output
-    def _emit(self, kind: int, state: int, c: Conn) -> None:
+    @staticmethod
+    def _row(kind: int, state: int, c: Conn) -> tuple:
+        """The EVENT_DTYPE row of an event of ``c``."""
         v6, me_hi, me_lo, me_port, peer_hi, peer_lo, peer_port, proto = c.key
-        self.out.append((c.start, c.end, me_hi, me_lo, peer_hi, peer_lo,
-                         c.orig_packets, c.orig_bytes, c.resp_packets, c.resp_bytes,
-                         me_port, peer_port, kind, state, proto,
-                         ct.DIR_OUT if c.from_me else ct.DIR_IN, v6))
+        return (c.start, c.end, me_hi, me_lo, peer_hi, peer_lo,
+                c.orig_packets, c.orig_bytes, c.resp_packets, c.resp_bytes,
+                me_port, peer_port, kind, state, proto,
+                ct.DIR_OUT if c.from_me else ct.DIR_IN, v6)
+
+    def _emit(self, kind: int, state: int, c: Conn) -> None:
+        self.out.append(self._row(kind, state, c))
+        v6, _, _, _, peer_hi, peer_lo, _, proto = c.key
         k = self.k[(v6, peer_hi, peer_lo)]
         if kind == ct.NEW:
             k["udp" if proto == ct.UDP else "tcp" if proto == ct.TCP else "icmp"] += 1

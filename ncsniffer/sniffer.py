@@ -56,13 +56,15 @@ class Sniffer:
         self.events = None
         self._open: dict[tuple, np.ndarray] = {}      # per peer: begun counts of open ones
         # Kept wherever a record can go while its peer has connections open (10.3): live
-        # (SIGHUP), with max_hosts (eviction), with a timeout of a day (idle purge).
-        self.carry_open = (not self.offline or bool(settings.max_hosts)
-                           or max(settings.timeouts.values()) >= ONEDAY)
+        # (SIGHUP), with a timeout of a day (the idle purge); a replay with max_hosts
+        # begins at its first eviction (``_carry_from_now``).
+        self.carry_open = not self.offline or max(settings.timeouts.values()) >= ONEDAY
         if settings.connections and flows is None:
             self.tracker = conntrack.Tracker(conntrack.Timeouts.from_config(settings.timeouts),
                                              settings.max_connections)
             flows = self._track
+            if not self.carry_open and settings.max_hosts:
+                self.acct.before_evictions = self._carry_from_now
         self.flows = flows
         if isinstance(clock, PacketClock):
             clock.at_start(self.reset)                # replay: start at the first packet
@@ -92,6 +94,13 @@ class Sniffer:
             self.events.push(events)
 
     _BEGUN = [conncounts.K_FIELDS.index(f) for f in ("tcp", "udp", "icmp", "in", "out", "active")]
+
+    def _carry_from_now(self) -> None:
+        """A replay's records are about to be evicted: from now on keep the open
+        connections per peer, starting with those the tracker holds.  Until now no
+        record went, so every record counts its peer's connections exactly."""
+        self._remember_open(self.tracker.still_open())
+        self.carry_open = True
 
     def _count_open_as_begun(self, peers: np.ndarray, slots: np.ndarray,
                              deltas: np.ndarray) -> None:

@@ -144,6 +144,20 @@ def test_still_open_at_the_end_is_drained(make):
     assert (t.live, t.lingering) == (0, 0)
 
 
+def test_still_open_lists_the_open_connections_as_new_events_and_changes_nothing(make):
+    """What a replay that begins to evict records needs: the connections open now, as
+    ``new`` events (least recently active first); the table stays as it is."""
+    t = make()
+    rows = [pkt(1, ME, S), pkt(1, PEER, S | A), pkt(2, ME, 0, ct.UDP, peer_port=53),
+            pkt(3, ME, S, peer_port=81), pkt(3, PEER, R | A, peer_port=81), pkt(4, PEER)]
+    run(t, rows)
+    assert [(e["kind"], e["state"], e["proto"], e["peer_port"])
+            for e in ct.as_dicts(t.still_open())] == [("new", "active", "udp", 53),
+                                                      ("new", "active", "tcp", 80)]
+    assert (t.live, t.lingering) == (2, 1)
+    assert [g[:2] for g in run(t, [], drain=True)] == [("end", "drained")] * 2
+
+
 def test_eviction_takes_the_oldest_last_packet_and_skips_lingering(make):
     t = make(max_connections=2)
     rows = [pkt(1, ME, S, peer_port=1), pkt(1, ME, S, peer_port=2), pkt(1, ME, R, peer_port=2),
@@ -398,6 +412,17 @@ def test_syn_flood_is_bounded_and_counts_everything_else_exactly():
 def test_core_equals_reference_on_thousands_of_keys(seed, bound):
     """Enough keys for the hash table to grow and to shift slots back on deletion;
     with the small bound, more lingering entries than it (the oldest linger ends)."""
+    batch, cuts = thousands_of_keys(seed)
+    core, ref = ct.Tracker(THOUSANDS_TIMEOUTS, bound), model(THOUSANDS_TIMEOUTS, bound)
+    assert feed(core, batch, cuts, []).tolist() == feed(ref, batch, cuts, []).tolist()
+    assert core.evictions == ref.evictions > 0
+
+
+THOUSANDS_TIMEOUTS = ct.Timeouts(tcp_establish=2, tcp=3, udp=2, icmp=1, tcp_linger=1)
+
+
+def thousands_of_keys(seed: int) -> tuple[np.ndarray, list[int]]:
+    """20,000 random packets on 3000 keys, and five cuts into batches."""
     rng = np.random.default_rng(seed)
     n, keys = 20_000, 3000
     batch = np.zeros(n, ct.PACKET_DTYPE)
@@ -408,11 +433,18 @@ def test_core_equals_reference_on_thousands_of_keys(seed, bound):
     batch["me_port"], batch["peer_port"] = key // 700, 80
     batch["proto"] = np.array([ct.TCP, ct.TCP, ct.UDP, ct.ICMP])[key % 4]
     batch["from_me"], batch["flags"] = rng.integers(0, 2, n), rng.choice(FLAGS, n)
-    timeouts = ct.Timeouts(tcp_establish=2, tcp=3, udp=2, icmp=1, tcp_linger=1)
-    cuts = sorted(rng.integers(0, n, 5).tolist())
-    core, ref = ct.Tracker(timeouts, bound), model(timeouts, bound)
-    assert feed(core, batch, cuts, []).tolist() == feed(ref, batch, cuts, []).tolist()
-    assert core.evictions == ref.evictions > 0
+    return batch, sorted(rng.integers(0, n, 5).tolist())
+
+
+@pytest.mark.skipif(not ct.HAVE_CORE, reason="the extension is not built")
+def test_core_equals_reference_on_the_open_connections():
+    batch, _ = thousands_of_keys(4)
+    core, ref = ct.Tracker(THOUSANDS_TIMEOUTS, 1500), model(THOUSANDS_TIMEOUTS, 1500)
+    for tracker in (core, ref):
+        tracker.process(batch[:15_000])
+    assert len(core.still_open()) == core.live > 100
+    assert core.still_open().tolist() == ref.still_open().tolist()
+    assert feed(core, batch[15_000:], [], []).tolist() == feed(ref, batch[15_000:], [], []).tolist()
 
 
 MEMORY_PROBE = """

@@ -237,10 +237,17 @@ def test_a_record_evicted_with_an_open_connection_counts_it_when_made_anew(workd
     (10.3), so its end is counted too, not dropped."""
     sn, st = replay_parts(workdir, [handshake(T0, FULL), [udp_out(T0 + 1)], close(T0 + 2, FULL)],
                           max_hosts=1)
-    assert sn.acct.evicted == 2
+    assert sn.acct.evicted == 2 and sn.carry_open      # from the first eviction on
     assert list(st.records) == [FULL]
     assert st.records[FULL]["K"] == k(tcp=1, out=1, closed=1)
     assert st.header_value("connections") == "0 active, 1 started, 0 evicted"
+
+
+def test_a_replay_that_evicts_no_record_keeps_no_open_counts(workdir):
+    """The per-peer open counts cost time: a replay keeps them only once records go."""
+    sn, st = replay_parts(workdir, [handshake(T0, FULL), [udp_out(T0 + 1)]], max_hosts=2)
+    assert not sn.carry_open and not sn._open and sn.acct.evicted == 0
+    assert st.records[FULL]["K"] == k(tcp=1, out=1, active=1)
 
 
 def test_a_record_purged_with_an_open_connection_counts_it_when_made_anew(workdir):
