@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from ncsniffer import batch, capture, conncounts, conntrack, dumpfile, linktypes
-from ncsniffer.accounting import ONEDAY, Accounting
+from ncsniffer.accounting import Accounting
 from ncsniffer.clock import Clock, PacketClock
 from ncsniffer.config import Settings
 from ncsniffer.dumpfile import Header
@@ -55,16 +55,15 @@ class Sniffer:
         self.tracker: conntrack.Tracker | None = None
         self.events = None
         self._open: dict[tuple, np.ndarray] = {}      # per peer: begun counts of open ones
-        # Kept wherever a record can go while its peer has connections open (10.3): live
-        # (SIGHUP), with a timeout of a day (the idle purge); a replay with max_hosts
-        # begins at its first eviction (``_carry_from_now``).
-        self.carry_open = not self.offline or max(settings.timeouts.values()) >= ONEDAY
+        # What a record made while its peer has connections open needs (10.3): kept live
+        # (SIGHUP), and in a replay from its first eviction or purge (``_carry_from_now``).
+        self.carry_open = not self.offline
         if settings.connections and flows is None:
             self.tracker = conntrack.Tracker(conntrack.Timeouts.from_config(settings.timeouts),
                                              settings.max_connections)
             flows = self._track
-            if not self.carry_open and settings.max_hosts:
-                self.acct.before_evictions = self._carry_from_now
+            if not self.carry_open:
+                self.acct.before_deletions = self._carry_from_now
         self.flows = flows
         if isinstance(clock, PacketClock):
             clock.at_start(self.reset)                # replay: start at the first packet
@@ -96,8 +95,8 @@ class Sniffer:
     _BEGUN = [conncounts.K_FIELDS.index(f) for f in ("tcp", "udp", "icmp", "in", "out", "active")]
 
     def _carry_from_now(self) -> None:
-        """A replay's records are about to be evicted: from now on keep the open
-        connections per peer, starting with those the tracker holds.  Until now no
+        """A replay's records are about to go (evicted or purged): from now on keep the
+        open connections per peer, starting with those the tracker holds.  Until now no
         record went, so every record counts its peer's connections exactly."""
         self._remember_open(self.tracker.still_open())
         self.carry_open = True

@@ -260,6 +260,18 @@ def test_a_record_purged_with_an_open_connection_counts_it_when_made_anew(workdi
     assert st.records[FULL]["K"] == k(tcp=1, out=1, closed=1)
 
 
+def test_a_day_without_packets_then_the_peer_again(workdir):
+    """A capture with a gap of over a day: its first packet after the gap purges FULL's
+    record while the tracker (no packet, no expiry yet) still holds FULL's connection;
+    FULL's SYN in that batch makes the record anew, the old connection times out at
+    that packet: the new record counts both, the old one as begun there."""
+    parts = [handshake(T0, FULL),
+             [udp_out(T0 + 90_000), (T0 + 90_000.5, tcp(ME, FULL, 40002, 80, F.TH_SYN))]]
+    sn, st = replay_parts(workdir, parts)
+    assert sn.acct.purged == 1
+    assert st.records[FULL]["K"] == k(tcp=2, out=2, active=1, timedout=1)
+
+
 def test_a_record_made_anew_counts_only_the_connections_still_open(workdir):
     """Two connections open when FULL's record is evicted; one ends while FULL has no
     record (its end counted nowhere), the other is counted as begun by the new record,
