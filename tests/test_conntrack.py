@@ -436,6 +436,7 @@ def thousands_of_keys(seed: int) -> tuple[np.ndarray, list[int]]:
     return batch, sorted(rng.integers(0, n, 5).tolist())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ct.HAVE_CORE, reason="the extension is not built")
 def test_core_equals_reference_on_the_open_connections():
     batch, _ = thousands_of_keys(4)
