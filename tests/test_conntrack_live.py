@@ -148,9 +148,10 @@ def test_live_connections_between_namespaces(bed, servers, tmp_path):
     write_config(work, bpf=f"host {ME}", connections=True, events=events_log,
                  timeouts={"udp": 1, "icmp": 1})          # the UDP and ICMP flows time out
     feed_path = os.path.join(work, "nc.sniffer.events")
+    pid_path = os.path.join(work, "nc.sniffer.pid")
     subscriber = holder = None
-    daemon.start()
     try:
+        daemon.start()
         subscriber = subprocess.Popen(in_ns(bed.sniff_ns, NC_SNIFFER, "-c", daemon.conf, "events"),
                                       stdout=open(feed_out, "wb"), stderr=subprocess.PIPE)
         wait_for(lambda: subscribers(bed, feed_path) >= 1, timeout=5)
@@ -186,13 +187,16 @@ def test_live_connections_between_namespaces(bed, servers, tmp_path):
         assert f"# connections:\t1 active, {started} started, 0 evicted" in header
 
         os.kill(daemon.pid, signal.SIGTERM)                 # the open one is drained
-        wait_for(lambda: not os.path.exists(os.path.join(work, "nc.sniffer.pid")), timeout=15)
+        wait_for(lambda: not os.path.exists(pid_path), timeout=15)
         daemon.pid = None
         subscriber.wait(timeout=10)                          # the feed ends with the daemon
     finally:
         for proc in (holder, subscriber):
             if proc is not None:
                 stop_process(proc, 5)
+        if daemon.pid is None and os.path.exists(pid_path):    # started, never seen ready
+            with open(pid_path) as fh:
+                daemon.pid = int(fh.readline())
         daemon.stop()
 
     feed = lines_of(feed_out)
