@@ -13,7 +13,9 @@
  *     backward shift; a miss is one cache line, and the batch loop prefetches
  *     the slots, then the entries, of the packets a few rows ahead;
  *   - eviction: an intrusive LRU list of the live entries (not the lingering
- *     ones), the least recently active at the head;
+ *     ones), the least recently active at the head; the lingering ones in a
+ *     list of their own through the same links, in the order they began to
+ *     linger: at most max_connections of them, the oldest linger ends first;
  *   - expiry: a timer wheel, one slot per second, more slots than the longest
  *     timeout, so a slot only ever holds entries of one deadline; an entry is
  *     moved to the tail of its new slot only when its deadline changes (on
@@ -33,7 +35,7 @@
 
 #define NIL UINT32_MAX
 #define MAX_ENTRIES (UINT32_MAX - 1)
-#define MAX_TIMEOUT 1000000       /* seconds: conntrack.MAX_TIMEOUT; the wheel's size */
+#define MAX_TIMEOUT 1000000       /* seconds: timeouts.MAX_TIMEOUT; the wheel's size */
 #define AHEAD 16                  /* rows looked up in advance (a power of two) */
 
 /* IP protocols, TCP flags */
@@ -110,8 +112,8 @@ typedef struct {
     /* the hash table */
     slot_t *slots;
     uint32_t hash_size;           /* a power of two */
-    /* LRU of live entries */
-    list_t lru;
+    /* LRU of live entries; lingering ones, oldest first (the same links) */
+    list_t lru, linger;
     uint32_t live, lingering;
     uint64_t evictions;
     /* the timer wheel */
@@ -345,9 +347,10 @@ static void release(Core *c, uint32_t i)
     entry_t *e = &c->pool[i];
     hash_remove(c, i);
     wh_remove(c, slot_of(c, e->deadline), i);
-    if (e->state == S_LINGER)
+    if (e->state == S_LINGER) {
+        lru_remove(c, &c->linger, i);
         c->lingering--;
-    else {
+    } else {
         lru_remove(c, &c->lru, i);
         c->live--;
     }
@@ -373,11 +376,13 @@ static int pool_grow(Core *c)
 }
 
 /* A new live entry for packet p's key, evicting the least recently active
- * live entry if the table is full; NIL if out of memory. */
+ * live entry if the table is full (unless its packet ends it at once: it is
+ * never live after that packet); NIL if out of memory. */
 static uint32_t open_entry(Core *c, const packet_t *p, uint32_t hash, uint16_t me_port,
-                           uint16_t peer_port, uint8_t state, uint8_t bits, double ts)
+                           uint16_t peer_port, uint8_t state, uint8_t bits, double ts,
+                           int ends_at_once)
 {
-    if (c->live >= c->max_live) {
+    if (c->live >= c->max_live && !ends_at_once) {
         uint32_t victim = c->lru.head;
         if (emit(c, K_END, E_EVICTED, &c->pool[victim]) < 0)
             return NIL;
@@ -452,7 +457,8 @@ static inline int64_t timeout_of(const Core *c, const entry_t *e)
     }
 }
 
-/* Ended by a packet: the end event, then the linger (not live, not in the LRU). */
+/* Ended by a packet: the end event, then the linger (not live, not in the LRU);
+ * with max_connections lingering already, the oldest linger ends (no event). */
 static int finish(Core *c, uint32_t i, uint8_t state)
 {
     entry_t *e = &c->pool[i];
@@ -460,8 +466,11 @@ static int finish(Core *c, uint32_t i, uint8_t state)
         return -1;
     lru_remove(c, &c->lru, i);
     c->live--;
+    if (c->lingering >= c->max_live)
+        release(c, c->linger.head);
     c->lingering++;
     e->state = S_LINGER;
+    lru_append(c, &c->linger, i);
     arm(c, i, c->t_linger);
     return 0;
 }
@@ -511,7 +520,8 @@ static int tcp_packet(Core *c, uint32_t i, const packet_t *p, uint32_t hash, dou
     int from_initiator;
     if (i == NIL) {
         i = open_entry(c, p, hash, p->me_port, p->peer_port,
-                       opening ? S_SYN_SENT : S_ESTABLISHED, opening ? 0 : B_PICKUP, ts);
+                       opening ? S_SYN_SENT : S_ESTABLISHED, opening ? 0 : B_PICKUP, ts,
+                       !opening && (f & F_RST));
         if (i == NIL)
             return -1;
         from_initiator = count(c, i, p, ts);
@@ -565,7 +575,7 @@ static int one_packet(Core *c, const packet_t *p, uint32_t hash)
     if (p->proto == P_TCP)
         return tcp_packet(c, i, p, hash, ts);
     int fresh = i == NIL;
-    if (fresh && (i = open_entry(c, p, hash, me_port, peer_port, S_FLOW, 0, ts)) == NIL)
+    if (fresh && (i = open_entry(c, p, hash, me_port, peer_port, S_FLOW, 0, ts, 0)) == NIL)
         return -1;
     count(c, i, p, ts);
     if (fresh && emit(c, K_NEW, E_ACTIVE, &c->pool[i]) < 0)
@@ -687,15 +697,16 @@ static PyObject *Core_drain(Core *c, PyObject *unused)
     for (uint32_t k = 0; k < c->hash_size; k++)
         c->slots[k].entry = NIL;
     c->lru.head = c->lru.tail = NIL;
+    c->linger.head = c->linger.tail = NIL;
     c->used = 0;
     c->free_head = NIL;
     c->live = c->lingering = 0;
     return take_events(c);
 }
 
-/* Every live entry as a new event (least recently active first); the table unchanged:
- * the connections open now, which a reset (SIGHUP) counts as begun in the new data set. */
-static PyObject *Core_open(Core *c, PyObject *unused)
+/* Every live entry as a new event, least recently active first; the table unchanged:
+ * what a reset (SIGHUP) or a replay about to delete records counts as begun. */
+static PyObject *Core_still_open(Core *c, PyObject *unused)
 {
     if (!ready(c))
         return NULL;
@@ -755,6 +766,7 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds)
     for (uint32_t s = 0; s < c->wheel_size; s++)
         c->wheel[s].head = c->wheel[s].tail = NIL;
     c->lru.head = c->lru.tail = NIL;
+    c->linger.head = c->linger.tail = NIL;
     c->free_head = NIL;
     return 0;
 }
@@ -775,8 +787,8 @@ static PyMethodDef Core_methods[] = {
      "advance(sec) -> bytes: move the clock with no packet; the expiries."},
     {"drain", (PyCFunction)Core_drain, METH_NOARGS,
      "drain() -> bytes: end every live connection as drained, empty the table."},
-    {"open", (PyCFunction)Core_open, METH_NOARGS,
-     "open() -> bytes: every live connection as a new event; the table unchanged."},
+    {"still_open", (PyCFunction)Core_still_open, METH_NOARGS,
+     "still_open() -> bytes: every live connection as a new event; the table unchanged."},
     {"live", (PyCFunction)Core_live, METH_NOARGS, "live() -> open connections."},
     {"lingering", (PyCFunction)Core_lingering, METH_NOARGS, "lingering() -> ended, lingering."},
     {"evictions", (PyCFunction)Core_evictions, METH_NOARGS, "evictions() -> evicted so far."},

@@ -20,7 +20,7 @@ gone; the resolver writes N and T through the table.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -110,6 +110,9 @@ class Accounting:
         self.names = names
         self.evicted = 0
         self.purged = 0
+        # Called once, before the first record is evicted or purged (connection tracking
+        # then starts to keep what a record made anew needs, 10.3).
+        self.before_deletions: Callable[[], object] | None = None
         # With ``totals`` (an export): columns X P count each record's bytes and
         # packets since the exporter last took them, and records that go (purge,
         # eviction, SIGHUP) leave their untaken traffic in ``departed``.
@@ -179,6 +182,7 @@ class Accounting:
         if self.max_hosts and len(self.records) + len(addrs) > self.max_hosts and \
                 len(self.records) + int(np.count_nonzero(
                 self.records.find_addresses(addrs) < 0)) > self.max_hosts:
+            self._deleting()
             self._count_lru(addrs, which, secs, lengths)     # evictions: packet by packet
             return None
         slots = self._count_columns(addrs, which, secs, lengths)
@@ -373,6 +377,12 @@ class Accounting:
             cols["P"][at] += [t[1] for t in totals.values()]
         table.flush()
 
+    def _deleting(self) -> None:
+        """Records are about to go: the ``before_deletions`` hook, once."""
+        hook, self.before_deletions = self.before_deletions, None
+        if hook is not None:
+            hook()
+
     def count_connections(self, peers: np.ndarray, deltas: np.ndarray) -> None:
         """Add the K deltas of ``conncounts.count`` (its peers and rows) to the
         records of those peers; peers without a record are skipped."""
@@ -472,6 +482,7 @@ class Accounting:
         e = self.records.cols["E"][slots]
         old = e < limit
         if old.any():
+            self._deleting()
             recent = None if self._by_seen else self._recent
             names = self.names or None       # an empty queue: nothing to drop
             if self.totals:

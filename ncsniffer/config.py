@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ncsniffer import host, perlval
 from ncsniffer.errors import ConfigError
-from ncsniffer.timeouts import DEFAULT_TIMEOUTS   # SPEC 10.1; the tracker reads them too
+from ncsniffer.timeouts import DEFAULT_TIMEOUTS, MAX_TIMEOUT   # SPEC 10.1; the tracker's too
 
 DEFAULT_SNAPLEN = 14 + 20 + 4
 MAX_SNAPLEN = 65535
@@ -33,7 +33,6 @@ MAX_METRICS_TOP = 1000    # peers in /metrics: the series stay bounded (SPEC 11)
 # Connection tracking (SPEC 10): the table's bound, and its idle timeouts in seconds.
 DEFAULT_MAX_CONNECTIONS = 1_000_000
 MAX_CONNECTIONS_LIMIT = 10**9       # beyond any memory: surely a typo
-MAX_TIMEOUT = 10**9
 
 KNOWN_KEYS = {
     "piddir", "sniffer", "bpf", "snaplen", "match", "nomatch", "payload", "port",

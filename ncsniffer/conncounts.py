@@ -50,15 +50,16 @@ def count(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def open_tally(still_open: np.ndarray) -> dict[tuple, np.ndarray]:
     """Per peer (v6, peer_hi, peer_lo), the K row of the open connections ``still_open``
-    (``Tracker.open()``: one ``new`` event each) counted as begun (tcp udp icmp in out
-    active): what a reset (SIGHUP) carries into the new data set."""
+    (``Tracker.still_open()``: one ``new`` event each) counted as begun (tcp udp icmp in out
+    active): the tally a replay starts with when its first record is about to go."""
     peers, deltas = count(still_open)
     return dict(zip(peers.tolist(), deltas))
 
 
 def remember_open(tally: dict[tuple, np.ndarray], events: np.ndarray) -> None:
-    """``open_tally``'s plain twin, kept up event batch by event batch: ``new`` adds its
-    begun counts, ``end`` takes them off; a peer with none open leaves ``tally``."""
+    """The same tally kept up event batch by event batch (``open_tally`` is its twin):
+    ``new`` adds its begun counts, ``end`` takes them off; a peer with none open
+    leaves ``tally``."""
     new = events["kind"] == ct.NEW
     ended = events[~new].copy()
     ended["kind"] = ct.NEW          # counted as begun, then subtracted

@@ -29,20 +29,20 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from ncsniffer.timeouts import DEFAULT_TIMEOUTS
+from ncsniffer.timeouts import DEFAULT_TIMEOUTS, MAX_TIMEOUT
 from ncsniffer.errors import ConfigError
 
 # --------------------------------------------------------------- defaults (10.1)
 # The defaults live in timeouts.DEFAULT_TIMEOUTS (one source): tcp_establish (handshake
 # not complete -> unanswered), tcp (established, idle -> timedout), udp, icmp (idle ->
-# timedout), tcp_linger (an ended TCP entry absorbs late packets this long).
+# timedout), tcp_linger (an ended TCP entry absorbs late packets this long); MAX_TIMEOUT
+# bounds them all (the timer wheel's size).
 TCP_ESTABLISH_TIMEOUT = DEFAULT_TIMEOUTS["tcp_establish"]
 TCP_TIMEOUT = DEFAULT_TIMEOUTS["tcp"]
 UDP_TIMEOUT = DEFAULT_TIMEOUTS["udp"]
 ICMP_TIMEOUT = DEFAULT_TIMEOUTS["icmp"]
 TCP_LINGER = DEFAULT_TIMEOUTS["tcp_linger"]
 DEFAULT_MAX_CONNECTIONS = 1_000_000
-MAX_TIMEOUT = 10 ** 6          # seconds (11.5 days): the timer wheel has a slot per second
 
 # --------------------------------------------------------------- protocols, flags
 TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
@@ -202,9 +202,10 @@ class Tracker:
         """End every open connection as ``drained`` (oldest activity first) and empty the table."""
         return self._events(self._core.drain())
 
-    def open(self) -> np.ndarray:
-        """The open connections as ``new`` events (oldest activity first); nothing changes."""
-        return self._events(self._core.open())
+    def still_open(self) -> np.ndarray:
+        """Every open connection as a ``new`` event (oldest activity first), the table
+        unchanged: what a replay about to evict records starts its per-peer counts with."""
+        return self._events(self._core.still_open())
 
     @property
     def live(self) -> int:

@@ -9,7 +9,7 @@ can check the aggregation of ``conncounts`` against it.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Optional
 
@@ -52,6 +52,7 @@ class ReferenceTracker:
         self.timeouts = timeouts
         self.max_connections = ct.check_max_connections(max_connections)
         self.table: dict[tuple, Conn] = {}
+        self.lingering_keys: OrderedDict[tuple, None] = OrderedDict()   # oldest linger first
         self.now: Optional[int] = None
         self.n_evictions = 0
         self.packet_no = 0
@@ -73,11 +74,12 @@ class ReferenceTracker:
         for c in sorted(self._live(), key=lambda c: c.activity):
             self._emit(ct.END, ct.DRAINED, c)
         self.table.clear()
+        self.lingering_keys.clear()
         return self._flush()
 
-    def open(self) -> np.ndarray:
+    def still_open(self) -> np.ndarray:
         for c in sorted(self._live(), key=lambda c: c.activity):
-            self.out.append(self._row(ct.NEW, ct.ACTIVE, c))     # counted nowhere
+            self.out.append(self._row(ct.NEW, ct.ACTIVE, c))
         return self._flush()
 
     def live(self) -> int:
@@ -118,11 +120,12 @@ class ReferenceTracker:
         if c is not None and c.state == LINGER:
             if not opening:
                 return                     # absorbed: counts in B/C only
-            del self.table[key]            # a new SYN during the linger: a new connection
+            self._forget(key)              # a new SYN during the linger: a new connection
             c = None
         sender_me = bool(p["from_me"])
         if c is None:
-            c = self._open(key, sender_me, SYN_SENT if opening else ESTABLISHED, ts)
+            c = self._open(key, sender_me, SYN_SENT if opening else ESTABLISHED, ts,
+                           evict=opening or not flags & ct.RST)   # a lone RST: never live
             c.pickup = not opening
             self._count(c, p, ts)
             self._emit(ct.NEW, ct.ACTIVE, c)
@@ -151,10 +154,12 @@ class ReferenceTracker:
         self._arm(c, self._timeout(c))
 
     # --------------------------------------------------------------- entries
-    def _open(self, key: tuple, from_me: bool, state: str, ts: float) -> Conn:
-        """A new entry, after evicting the least recently active one if the table is full."""
+    def _open(self, key: tuple, from_me: bool, state: str, ts: float,
+              evict: bool = True) -> Conn:
+        """A new entry, after evicting the least recently active one if the table is full
+        (not for one that its packet ends at once: it takes no live slot)."""
         live = self._live()
-        if len(live) >= self.max_connections:
+        if evict and len(live) >= self.max_connections:
             victim = min(live, key=lambda c: c.activity)
             self._emit(ct.END, ct.EVICTED, victim)
             del self.table[victim.key]
@@ -175,10 +180,19 @@ class ReferenceTracker:
         c.activity = self.packet_no
 
     def _finish(self, c: Conn, state: int) -> None:
-        """Ended by this packet: the end event, then the linger."""
+        """Ended by this packet: the end event, then the linger, which ends the oldest
+        linger at once (no event) if max_connections entries linger already."""
         self._emit(ct.END, state, c)
+        if len(self.lingering_keys) >= self.max_connections:
+            self._forget(next(iter(self.lingering_keys)))
         c.state = LINGER
+        self.lingering_keys[c.key] = None
         self._arm(c, self.timeouts.tcp_linger)
+
+    def _forget(self, key: tuple) -> None:
+        """Delete an entry from the table (and from the linger order)."""
+        del self.table[key]
+        self.lingering_keys.pop(key, None)
 
     def _timeout(self, c: Conn) -> int:
         t = self.timeouts
@@ -206,13 +220,14 @@ class ReferenceTracker:
         self.now = sec
         expired = [c for c in self.table.values() if self.now > c.deadline]
         for c in sorted(expired, key=lambda c: (c.deadline, c.armed)):
-            del self.table[c.key]
+            self._forget(c.key)
             if c.state != LINGER:
                 self._emit(ct.END, ct.UNANSWERED if c.state == SYN_SENT else ct.TIMEDOUT, c)
 
     # --------------------------------------------------------------- output
     @staticmethod
     def _row(kind: int, state: int, c: Conn) -> tuple:
+        """The EVENT_DTYPE row of an event of ``c``."""
         v6, me_hi, me_lo, me_port, peer_hi, peer_lo, peer_port, proto = c.key
         return (c.start, c.end, me_hi, me_lo, peer_hi, peer_lo,
                 c.orig_packets, c.orig_bytes, c.resp_packets, c.resp_bytes,

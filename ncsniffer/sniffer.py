@@ -54,12 +54,16 @@ class Sniffer:
         # events go to the K counters and to ``events`` (the driver's Events, or None).
         self.tracker: conntrack.Tracker | None = None
         self.events = None
-        self._carried: dict[tuple, np.ndarray] = {}   # open at a reset, not yet counted
-        self.carry_open = not self.offline      # a replay has no SIGHUP: nothing to carry
+        self._open: dict[tuple, np.ndarray] = {}      # per peer: begun counts of open ones
+        # What a record made while its peer has connections open needs (10.3): kept live
+        # (SIGHUP), and in a replay from its first eviction or purge (``_carry_from_now``).
+        self.carry_open = not self.offline
         if settings.connections and flows is None:
             self.tracker = conntrack.Tracker(conntrack.Timeouts.from_config(settings.timeouts),
                                              settings.max_connections)
             flows = self._track
+            if not self.carry_open:
+                self.acct.before_deletions = self._carry_from_now
         self.flows = flows
         if isinstance(clock, PacketClock):
             clock.at_start(self.reset)                # replay: start at the first packet
@@ -79,29 +83,48 @@ class Sniffer:
         if not len(events):
             return
         peers, deltas = conncounts.count(events)
-        if self._carried:
-            for i, peer in enumerate(peers.tolist()):
-                carried = self._carried.pop(tuple(peer), None)
-                if carried is not None:
-                    deltas[i] += carried
-        self.acct.count_connections(peers, deltas)
+        slots = self.acct.records.peer_slots(peers)
+        if self._open:
+            self._count_open_as_begun(peers, slots, deltas)
+        if self.carry_open:
+            self._remember_open(events)
+        self.acct.records.add_connections(slots, deltas)
         if self.events is not None:
             self.events.push(events)
 
+    def _carry_from_now(self) -> None:
+        """A replay's records are about to go (evicted or purged): from now on keep the
+        open connections per peer, starting with those the tracker holds.  Until now no
+        record went, so every record counts its peer's connections exactly."""
+        self._open = conncounts.open_tally(self.tracker.still_open())
+        self.carry_open = True
+
+    def _count_open_as_begun(self, peers: np.ndarray, slots: np.ndarray,
+                             deltas: np.ndarray) -> None:
+        """A record made after its peer's open connections began (after a SIGHUP, or anew
+        after a purge or an eviction) counts them as begun with its first events, so that
+        their ends count too and the sums of 10.3 hold.  Such a record counts no
+        connection yet: any other has had its first events."""
+        fresh = np.flatnonzero(self.acct.records.conn_unbegun(slots))
+        if not fresh.size:
+            return
+        keys = peers[fresh].tolist()
+        for i, key in zip(fresh.tolist(), keys):
+            begun = self._open.get(tuple(key))
+            if begun is not None:
+                deltas[i] += begun
+
+    def _remember_open(self, events: np.ndarray) -> None:
+        """Keep, per peer, the begun counts of its open connections (a K row):
+        what a record made anew takes (``_count_open_as_begun``)."""
+        conncounts.remember_open(self._open, events)
+
     def reset(self, now: int) -> None:
         """Start a new data set (start-up, SIGHUP).  With connection tracking, the
-        connections still open are counted as begun in the new one (10.3): the K of
-        each such peer gets them with its first event after the reset, so that an
-        end is never counted without its beginning."""
+        connections still open are counted as begun in the new one (10.3): the new
+        record of each such peer gets them with its first events, so that an end is
+        never counted without its beginning (``_count_open_as_begun``)."""
         self.acct.reset(now)
-        if self.tracker is not None and self.carry_open:
-            self._carried = self._remember_open()
-
-    def _remember_open(self) -> dict[tuple, np.ndarray]:
-        """Per peer, the K row of its open connections counted as begun: asked of the
-        tracker at the reset, so the live path keeps no tally (its plain twin,
-        ``conncounts.remember_open``, kept one up per batch)."""
-        return conncounts.open_tally(self.tracker.open())
 
     def process(self, got, prog=None) -> None:
         """Account a batch of packets (``prog`` None: the kernel filtered them)."""

@@ -426,6 +426,11 @@ class Table(MutableMapping):
         out[:, K_SORTED.index("active")] = k[:, _BEGUN].sum(1) - k[:, _ENDED].sum(1)
         return list(map(tuple, out.tolist()))
 
+    def conn_unbegun(self, slots: np.ndarray) -> np.ndarray:
+        """Whether each slot is a record that counts no connection yet (-1: False)."""
+        k = self.cols["conn"]["k"][np.maximum(slots, 0)]
+        return (slots >= 0) & ~k[:, _BEGUN].any(1)
+
     def conn_totals(self) -> tuple[int, int, int] | None:
         """(active, started, evicted) over all records, for the header; None when off."""
         if not self.connections:

@@ -171,14 +171,31 @@ def test_connection_keys(base, workdir):
                     "udp, icmp, tcp_linger"),
     ("timeouts", {"tpc": 5}, "config: invalid timeouts key 'tpc': use tcp_establish, tcp, udp, "
                              "icmp, tcp_linger"),
-    ("timeouts", {"udp": 0}, "config: invalid timeouts 'udp': '0': seconds, 1 to 1000000000"),
-    ("timeouts", {"tcp": -3}, "config: invalid timeouts 'tcp': '-3': seconds, 1 to 1000000000"),
+    ("timeouts", {"udp": 0}, "config: invalid timeouts 'udp': '0': seconds, 1 to 1000000"),
+    ("timeouts", {"tcp": -3}, "config: invalid timeouts 'tcp': '-3': seconds, 1 to 1000000"),
     ("timeouts", {"icmp": 1.5}, "config: invalid timeouts 'icmp': '1.5': seconds, "
-                                "1 to 1000000000"),
+                                "1 to 1000000"),
+    ("timeouts", {"tcp": 1000001}, "config: invalid timeouts 'tcp': '1000001': seconds, "
+                                   "1 to 1000000"),
     ("events", 5, "config: invalid events '5': a file path"),
 ])
 def test_connection_keys_refused(base, key, value, text):
     assert message(dict(base, **{key: value})) == text
+
+
+def test_every_timeout_the_config_takes_the_tracker_takes(base):
+    """One bound (the timer wheel's size): the longest timeout that passes validation
+    builds a tracker, one second more is a config error, not a failure at start."""
+    from ncsniffer import conntrack
+    longest = {key: conntrack.MAX_TIMEOUT for key in config.DEFAULT_TIMEOUTS}
+    s = check(dict(base, connections=True, timeouts=longest))
+    tracker = conntrack.Tracker(conntrack.Timeouts.from_config(s.timeouts), 10)
+    assert tracker.timeouts.longest() == conntrack.MAX_TIMEOUT == config.MAX_TIMEOUT
+    if conntrack.HAVE_CORE:                     # the C core's own bound is the same number
+        with pytest.raises(ValueError):
+            conntrack._conntrack.Core(5, conntrack.MAX_TIMEOUT + 1, 20, 10, 10, 10)
+    assert message(dict(base, timeouts={"udp": conntrack.MAX_TIMEOUT + 1})).startswith(
+        "config: invalid timeouts 'udp'")
 
 
 def test_events_file_checks(base, workdir, tmp_path, monkeypatch):

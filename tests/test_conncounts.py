@@ -100,8 +100,63 @@ def test_open_tally_of_the_tracker_equals_the_batch_by_batch_twin(reference, spe
         if i < len(ticks) and ticks[i] and cut:
             conncounts.remember_open(tally, tracker.advance(int(batch["sec"][cut - 1]) + ticks[i]))
         last = cut
-        fast = conncounts.open_tally(tracker.open())
+        fast = conncounts.open_tally(tracker.still_open())
         assert {k: v.tolist() for k, v in fast.items()} == \
             {k: v.tolist() for k, v in tally.items()}
         active = conncounts.K_FIELDS.index("active")
         assert sum(int(v[active]) for v in fast.values()) == tracker.live
+
+
+# ------------------------------------------- records that go while their peer has connections open
+
+PEERS = 3
+_op = st.one_of(
+    st.tuples(st.just("begin"), st.integers(0, PEERS - 1), st.sampled_from((ct.TCP, ct.UDP)),
+              st.sampled_from((ct.DIR_IN, ct.DIR_OUT))),
+    st.tuples(st.just("end"), st.integers(0, PEERS - 1), st.integers(0, 3),
+              st.sampled_from(sorted(conncounts.END_COUNTER)), st.booleans()),
+    st.tuples(st.just("packet"), st.integers(0, PEERS - 1)),
+    st.tuples(st.just("reset"),))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_op, max_size=30), st.sampled_from((1, 2)))
+def test_a_record_made_after_its_peers_connections_began_counts_the_open_ones(ops, max_hosts):
+    """Records evicted (max_hosts), reset (SIGHUP) and made anew while their peer has
+    connections open: every record keeps tcp+udp+icmp == in+out == active+ended, and
+    once it counts a connection its ``active`` is the peer's open connections exactly."""
+    from ncsniffer import config, decode
+    from ncsniffer.clock import WallClock
+    from ncsniffer.sniffer import Sniffer
+    s = config.validate({"bpf": "host 192.0.2.1", "sniffer": "/tmp", "resolve": False,
+                         "connections": True, "max_hosts": max_hosts or 0},
+                        "nc.sniffer", offline=True)
+    sn = Sniffer(s, decode.DLT_EN10MB, WallClock(lambda: 1000.0, lambda: 0.0), device="x")
+    assert sn.carry_open                               # live: its clock is not the packets'
+    sn.reset(1000)
+    open_ = {p: [] for p in range(PEERS)}            # the model: (proto, dir) of open ones
+    key = [bytes([10, 0, 0, p + 1]) for p in range(PEERS)]
+    for now, op in enumerate(ops, 1001):
+        if op[0] == "begin":
+            _, p, proto, direction = op
+            sn.acct.count(key[p], 60, now)
+            open_[p].append((proto, direction))
+            sn.feed(event(ct.NEW, ct.ACTIVE, proto, direction, peer=0x0A000001 + p))
+        elif op[0] == "end" and open_[op[1]]:
+            _, p, i, state, with_packet = op
+            proto, direction = open_[p].pop(i % len(open_[p]))
+            if with_packet:
+                sn.acct.count(key[p], 60, now)
+            sn.feed(event(ct.END, state, proto, direction, peer=0x0A000001 + p))
+        elif op[0] == "packet":
+            sn.acct.count(key[op[1]], 60, now)
+        elif op[0] == "reset":
+            sn.reset(now)
+        table = sn.acct.records
+        slots = table.occupied()
+        for k_of, k in zip(table.keys_at(slots), table.conn_dicts(slots)):
+            begun = k["tcp"] + k["udp"] + k["icmp"]
+            ended = sum(k[f] for f in conncounts.END_COUNTER.values())
+            assert begun == k["in"] + k["out"] == k["active"] + ended
+            if begun:
+                assert k["active"] == len(open_[key.index(k_of)])

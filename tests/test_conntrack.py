@@ -144,6 +144,20 @@ def test_still_open_at_the_end_is_drained(make):
     assert (t.live, t.lingering) == (0, 0)
 
 
+def test_still_open_lists_the_open_connections_as_new_events_and_changes_nothing(make):
+    """What a replay that begins to evict records needs: the connections open now, as
+    ``new`` events (least recently active first); the table stays as it is."""
+    t = make()
+    rows = [pkt(1, ME, S), pkt(1, PEER, S | A), pkt(2, ME, 0, ct.UDP, peer_port=53),
+            pkt(3, ME, S, peer_port=81), pkt(3, PEER, R | A, peer_port=81), pkt(4, PEER)]
+    run(t, rows)
+    assert [(e["kind"], e["state"], e["proto"], e["peer_port"])
+            for e in ct.as_dicts(t.still_open())] == [("new", "active", "udp", 53),
+                                                      ("new", "active", "tcp", 80)]
+    assert (t.live, t.lingering) == (2, 1)
+    assert [g[:2] for g in run(t, [], drain=True)] == [("end", "drained")] * 2
+
+
 def test_eviction_takes_the_oldest_last_packet_and_skips_lingering(make):
     t = make(max_connections=2)
     rows = [pkt(1, ME, S, peer_port=1), pkt(1, ME, S, peer_port=2), pkt(1, ME, R, peer_port=2),
@@ -152,6 +166,68 @@ def test_eviction_takes_the_oldest_last_packet_and_skips_lingering(make):
     assert [g[:2] for g in got] == [("new", "active"), ("new", "active"), ("end", "reset"),
                                     ("new", "active"), ("end", "evicted"), ("new", "active")]
     assert (t.live, t.lingering, t.evictions) == (2, 1, 1)
+
+
+def test_lingering_entries_are_bounded_too_the_oldest_linger_ends_first(make):
+    """max_connections lingering entries at most: one more ends the linger that began
+    first, with no event; a late packet on it is then a pickup, on the others absorbed."""
+    t = make(max_connections=2)
+    ends = [pkt(1, ME, R, peer_port=p) for p in (1, 2, 3)]      # three pickups, reset at once
+    assert [g[:2] for g in run(t, ends)] == [("new", "active"), ("end", "reset")] * 3
+    assert (t.live, t.lingering) == (0, 2)
+    assert run(t, [pkt(2, PEER, peer_port=2), pkt(2, PEER, peer_port=3)]) == []
+    assert run(t, [pkt(2, PEER, peer_port=1)]) == [NEW_IN]      # its linger had ended
+    assert (t.live, t.lingering) == (1, 2)
+
+
+def rst_flood(first: int, n: int, sec: int) -> np.ndarray:
+    """n lone RSTs from n distinct spoofed IPv4 sources to me:80, in one second: each a
+    pickup that ends at once and lingers."""
+    batch = syn_flood(first, n, sec)
+    batch["flags"] = R
+    return batch
+
+
+def test_rst_flood_lingers_within_the_bound_and_counts_everything_else_exactly(make):
+    """A flood of RSTs makes lingering entries, not live ones: they stay within
+    max_connections (the table within twice that), and the connections of another
+    peer, filling the table across the flood, some closed in its middle (a late ACK
+    after the FINs), count exactly: none evicted, no pickup."""
+    bound, closing = 50, 20                  # the other peer's connections fill the table
+    t = make(max_connections=bound)
+
+    def legit(sec, who, flags, sender=ME):
+        return [pkt(sec, sender, flags, peer=1, me_port=5000 + i, peer_port=443) for i in who]
+    opened = [row for i in range(bound) for row in
+              legit(1, [i], S) + legit(1, [i], S | A, PEER) + legit(1, [i], A)]
+    closed = legit(3, range(closing), F | A) + legit(3, range(closing), F | A, PEER)
+    batches = [ct.packets(opened)]
+    batches += [rst_flood((1 << 24) + 100 * b, 100, 2 + b // 10) for b in range(10)]
+    batches += [np.concatenate((ct.packets(closed), rst_flood(1 << 25, 10, 3),
+                                ct.packets(legit(3, range(closing), A))))]   # the late ACKs
+    batches += [rst_flood((1 << 26) + 100 * b, 100, 3 + b // 10) for b in range(10)]
+    events = []
+    for b in batches:
+        events.append(t.process(b))
+        assert t.live <= bound and t.lingering <= bound
+    assert t.evictions == 0
+    k = conncounts.as_dict(*conncounts.count(np.concatenate(events)))
+    zero = dict.fromkeys(conncounts.K_FIELDS, 0)
+    assert k.pop((0, 0, 1)) == {**zero, "tcp": bound, "out": bound, "closed": closing,
+                                "active": bound - closing}
+    assert len(k) == 2010 and all(v == {**zero, "tcp": 1, "in": 1, "reset": 1} for v in k.values())
+
+
+def test_a_lone_rst_in_a_full_table_evicts_nothing(make):
+    """A pickup that its own packet ends (a lone RST) is never live after it: it takes
+    no live slot, so it evicts nothing even when max_connections are open."""
+    t = make(max_connections=2)
+    opened = [pkt(1, ME, S, peer_port=1), pkt(1, ME, S, peer_port=2)]
+    assert run(t, opened + [pkt(2, PEER, R, peer_port=3)]) == \
+        [NEW_OUT, NEW_OUT, NEW_IN, ("end", "reset", "in", 1, 0)]
+    assert (t.live, t.lingering, t.evictions) == (2, 1, 0)
+    assert [g[:2] for g in run(t, [pkt(2, PEER, peer_port=4)])] == \
+        [("end", "evicted"), ("new", "active")]               # a pickup that stays live
 
 
 def test_the_clock_never_goes_back(make):
@@ -332,9 +408,21 @@ def test_syn_flood_is_bounded_and_counts_everything_else_exactly():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not ct.HAVE_CORE, reason="the extension is not built")
-@pytest.mark.parametrize("seed", [1, 2])
-def test_core_equals_reference_on_thousands_of_keys(seed):
-    """Enough keys for the hash table to grow and to shift slots back on deletion."""
+@pytest.mark.parametrize("seed,bound", [(1, 1500), (2, 1500), (3, 40)])
+def test_core_equals_reference_on_thousands_of_keys(seed, bound):
+    """Enough keys for the hash table to grow and to shift slots back on deletion;
+    with the small bound, more lingering entries than it (the oldest linger ends)."""
+    batch, cuts = thousands_of_keys(seed)
+    core, ref = ct.Tracker(THOUSANDS_TIMEOUTS, bound), model(THOUSANDS_TIMEOUTS, bound)
+    assert feed(core, batch, cuts, []).tolist() == feed(ref, batch, cuts, []).tolist()
+    assert core.evictions == ref.evictions > 0
+
+
+THOUSANDS_TIMEOUTS = ct.Timeouts(tcp_establish=2, tcp=3, udp=2, icmp=1, tcp_linger=1)
+
+
+def thousands_of_keys(seed: int) -> tuple[np.ndarray, list[int]]:
+    """20,000 random packets on 3000 keys, and five cuts into batches."""
     rng = np.random.default_rng(seed)
     n, keys = 20_000, 3000
     batch = np.zeros(n, ct.PACKET_DTYPE)
@@ -345,11 +433,19 @@ def test_core_equals_reference_on_thousands_of_keys(seed):
     batch["me_port"], batch["peer_port"] = key // 700, 80
     batch["proto"] = np.array([ct.TCP, ct.TCP, ct.UDP, ct.ICMP])[key % 4]
     batch["from_me"], batch["flags"] = rng.integers(0, 2, n), rng.choice(FLAGS, n)
-    timeouts = ct.Timeouts(tcp_establish=2, tcp=3, udp=2, icmp=1, tcp_linger=1)
-    cuts = sorted(rng.integers(0, n, 5).tolist())
-    core, ref = ct.Tracker(timeouts, 1500), model(timeouts, 1500)
-    assert feed(core, batch, cuts, []).tolist() == feed(ref, batch, cuts, []).tolist()
-    assert core.evictions == ref.evictions > 0
+    return batch, sorted(rng.integers(0, n, 5).tolist())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ct.HAVE_CORE, reason="the extension is not built")
+def test_core_equals_reference_on_the_open_connections():
+    batch, _ = thousands_of_keys(4)
+    core, ref = ct.Tracker(THOUSANDS_TIMEOUTS, 1500), model(THOUSANDS_TIMEOUTS, 1500)
+    for tracker in (core, ref):
+        tracker.process(batch[:15_000])
+    assert len(core.still_open()) == core.live > 100
+    assert core.still_open().tolist() == ref.still_open().tolist()
+    assert feed(core, batch[15_000:], [], []).tolist() == feed(ref, batch[15_000:], [], []).tolist()
 
 
 MEMORY_PROBE = """

@@ -187,3 +187,122 @@ def test_live_daemon_counts_expires_on_idle_seconds_and_drains(workdir):
         lines = [json.loads(line) for line in fh]
     assert sorted((e["peer"], e["state"]) for e in lines) == \
         [("127.0.0.2", "timedout"), ("127.0.0.3", "drained")]
+
+
+# ------------------------------------------- a record deleted while its peer has connections open
+
+def replay_parts(workdir, parts, **cfg):
+    """One Sniffer fed each part (a list of (ts, ip packet)) as batches of its own, as
+    a long replay or a live capture would; the stats file after the last."""
+    from ncsniffer import config, replay as replay_module
+    from ncsniffer.clock import PacketClock
+    from ncsniffer.sniffer import Sniffer
+    settings = config.validate({"bpf": f"host {ME}", "sniffer": workdir, "resolve": False,
+                                "connections": True, **cfg}, "nc.sniffer", offline=True)
+    sn = None
+    for i, part in enumerate(parts):
+        cap = os.path.join(workdir, f"part{i}.pcap")
+        pcapgen.write_pcap(cap, decode.DLT_EN10MB,
+                           [(ts, pcapgen.frame(decode.DLT_EN10MB, p),
+                             len(pcapgen.frame(decode.DLT_EN10MB, p))) for ts, p in part])
+        batches, linktype, prog, close = replay_module._open(cap, settings)
+        if sn is None:
+            sn = Sniffer(settings, linktype, PacketClock(), device=cap)
+        for got in batches:
+            sn.process(got, prog)
+        close()
+    sn.settings.stats_file = os.path.join(workdir, "parts.stats")
+    sn.dump(sn.clock.now)
+    return sn, dumpfile.read_stats(sn.settings.stats_file)
+
+
+def handshake(t, peer, port=40001):
+    return [(t, tcp(ME, peer, port, 80, F.TH_SYN)),
+            (t + 0.01, tcp(peer, ME, 80, port, F.TH_SYN | F.TH_ACK)),
+            (t + 0.02, tcp(ME, peer, port, 80, F.TH_ACK))]
+
+
+def close(t, peer, port=40001):
+    return [(t, tcp(ME, peer, port, 80, F.TH_FIN | F.TH_ACK)),
+            (t + 0.01, tcp(peer, ME, 80, port, F.TH_FIN | F.TH_ACK))]
+
+
+def udp_out(t, peer=UDP_PEER, sport=40003):
+    return (t, pcapgen.ip_packet(ME, peer, "udp", b"q", sport=sport, dport=53))
+
+
+def test_a_record_evicted_with_an_open_connection_counts_it_when_made_anew(workdir):
+    """max_hosts 1: FULL's record goes (evicted by UDP_PEER's) while its connection is
+    open, and comes back with the FINs; the new record counts the connection as begun
+    (10.3), so its end is counted too, not dropped."""
+    sn, st = replay_parts(workdir, [handshake(T0, FULL), [udp_out(T0 + 1)], close(T0 + 2, FULL)],
+                          max_hosts=1)
+    assert sn.acct.evicted == 2 and sn.carry_open      # from the first eviction on
+    assert list(st.records) == [FULL]
+    assert st.records[FULL]["K"] == k(tcp=1, out=1, closed=1)
+    assert st.header_value("connections") == "0 active, 1 started, 0 evicted"
+
+
+def test_a_replay_that_evicts_no_record_keeps_no_open_counts(workdir):
+    """The per-peer open counts cost time: a replay keeps them only once records go."""
+    sn, st = replay_parts(workdir, [handshake(T0, FULL), [udp_out(T0 + 1)]], max_hosts=2)
+    assert not sn.carry_open and not sn._open and sn.acct.evicted == 0
+    assert st.records[FULL]["K"] == k(tcp=1, out=1, active=1)
+
+
+def test_a_record_purged_with_an_open_connection_counts_it_when_made_anew(workdir):
+    """A TCP timeout over a day: FULL's record is purged (a day idle) while its
+    connection is open; the FINs make a new record, which counts that connection."""
+    ticks = [[udp_out(T0 + s)] for s in range(1000, 90_000, 1000)]   # the purge runs
+    sn, st = replay_parts(workdir, [handshake(T0, FULL), *ticks, close(T0 + 90_001, FULL)],
+                          timeouts={"tcp": 200_000, "udp": 5000})
+    assert sn.acct.purged == 1                          # FULL's (UDP_PEER's E is recent)
+    assert st.records[FULL]["K"] == k(tcp=1, out=1, closed=1)
+
+
+def test_a_day_without_packets_then_the_peer_again(workdir):
+    """A capture with a gap of over a day: its first packet after the gap purges FULL's
+    record while the tracker (no packet, no expiry yet) still holds FULL's connection;
+    FULL's SYN in that batch makes the record anew, the old connection times out at
+    that packet: the new record counts both, the old one as begun there."""
+    parts = [handshake(T0, FULL),
+             [udp_out(T0 + 90_000), (T0 + 90_000.5, tcp(ME, FULL, 40002, 80, F.TH_SYN))]]
+    sn, st = replay_parts(workdir, parts)
+    assert sn.acct.purged == 1
+    assert st.records[FULL]["K"] == k(tcp=2, out=2, active=1, timedout=1)
+
+
+def test_a_record_made_anew_counts_only_the_connections_still_open(workdir):
+    """Two connections open when FULL's record is evicted; one ends while FULL has no
+    record (its end counted nowhere), the other is counted as begun by the new record,
+    beside one begun there."""
+    parts = [handshake(T0, FULL, 40001) + handshake(T0, FULL, 40002),
+             [udp_out(T0 + 1)],                                       # evicts FULL
+             close(T0 + 2, FULL, 40001)[:1] + [udp_out(T0 + 2)],      # FULL anew, then gone
+             close(T0 + 2, FULL, 40001)[1:] + [udp_out(T0 + 3)],      # 40001 ends: no record
+             handshake(T0 + 4, FULL, 40003) + close(T0 + 5, FULL, 40002)]
+    sn, st = replay_parts(workdir, parts, max_hosts=1)
+    assert list(st.records) == [FULL]
+    assert st.records[FULL]["K"] == k(tcp=2, out=2, active=1, closed=1)
+
+
+def test_the_readme_example_replay_of_samples_connections_pcap(workdir):
+    """README, "Events": the shipped capture (real traffic recorded in a namespace)
+    replayed with the shipped config gives the K, header and log shown there."""
+    from tests.conftest import ROOT
+    os.mkdir(os.path.join(workdir, "demo-out"))
+    result = run_cli("-c", os.path.join(ROOT, "samples", "connections.conf"),
+                     "-r", os.path.join(ROOT, "samples", "connections.pcap"), "start", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "59 packets, 57 counted, 0 unmatched, 0 truncated, 2 non-IP, 0 invalid, 1 hosts" \
+        in result.stderr
+    assert "events logged 11, dropped 0" in result.stderr
+    st = dumpfile.read_stats(os.path.join(workdir, "demo-out", "nc.sniffer.stats"))
+    assert st.records["10.213.77.2"]["K"] == k(tcp=6, udp=4, icmp=1, out=11, active=6,
+                                               closed=3, refused=2)
+    assert st.header_value("connections") == "6 active, 11 started, 0 evicted"
+    with open(os.path.join(workdir, "demo-out", "connections.jsonl")) as fh:
+        states = sorted((e["proto"], e["state"]) for e in map(json.loads, fh))
+    assert states == sorted([("tcp", "closed")] * 3 + [("tcp", "refused")] * 2
+                            + [("tcp", "drained")] + [("udp", "drained")] * 4
+                            + [("icmp", "drained")])
