@@ -49,6 +49,36 @@ def run_cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProce
                           timeout=timeout, **kw)
 
 
+# Runs argv[2:] as its own child and writes that child's peak RSS (ru_maxrss, KiB)
+# to the descriptor argv[1].  The child is forked from this small process, so its figure is its own:
+# a process forked straight from pytest starts with pytest's whole RSS.
+PEAK_LAUNCHER = """
+import os, sys
+fd, argv = int(sys.argv[1]), sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    os.execv(argv[0], argv)
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, str(usage.ru_maxrss).encode())
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
+def run_cli_peak(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, int]:
+    """``run_cli`` through PEAK_LAUNCHER: the result and the program's own peak RSS
+    in KiB (its children's too), not the figure of a big pytest process it forked from."""
+    peak_r, peak_w = os.pipe()
+    try:
+        result = subprocess.run([sys.executable, "-c", PEAK_LAUNCHER, str(peak_w), NC_SNIFFER,
+                                 *args], capture_output=True, text=True, timeout=timeout,
+                                pass_fds=(peak_w,))
+    finally:
+        os.close(peak_w)
+    with os.fdopen(peak_r, "rb") as fh:
+        return result, int(fh.read() or 0)
+
+
 def hold_lock(take: str, path: str, seconds: float) -> subprocess.Popen:
     """Another process takes a lock with ``take`` ("module.function", called with
     ``path`` and a 5 s wait), says so, holds it ``seconds`` and releases it."""

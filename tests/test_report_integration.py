@@ -227,24 +227,9 @@ def test_installed_script_terminal_mode():
 # --------------------------------------------------------------------------- crafted files (11.12, 11.18)
 
 from tests import hostile  # noqa: E402
+from tests.conftest import PEAK_LAUNCHER  # noqa: E402
 
 CHILD_MEMORY = 512 << 20          # a crafted file of a few hundred KB must not cost more
-
-
-# Runs argv[2:] as its own child and writes that child's peak RSS (ru_maxrss, KiB)
-# to the descriptor argv[1].  The child is forked from this small process, so its figure is its own:
-# a process forked straight from pytest starts with pytest's whole RSS.
-PEAK_LAUNCHER = """
-import os, sys
-fd, argv = int(sys.argv[1]), sys.argv[2:]
-pid = os.fork()
-if pid == 0:
-    os.close(fd)
-    os.execv(argv[0], argv)
-_, status, usage = os.wait4(pid, 0)
-os.write(fd, str(usage.ru_maxrss).encode())
-sys.exit(os.waitstatus_to_exitcode(status) % 256)
-"""
 
 
 def run_cgi(args: list, env: dict) -> tuple:
