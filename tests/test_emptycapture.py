@@ -143,3 +143,19 @@ def test_a_cached_page_imports_no_renderer(tmp_path):
     loaded = set(result.stdout.split("MODULES", 1)[1].split())
     assert not loaded & {"ncsniffer.dumpfile", "ncsniffer.layout", "ncsniffer.htmlreport",
                          "numpy", "shutil"}
+
+
+@pytest.mark.integration
+def test_numpy_starts_no_thread_pool(tmp_path):
+    """OpenBLAS's threads spin beside a replay on two cores; the package keeps them
+    from starting (a variable the user set wins)."""
+    code = ("import os, ncsniffer.batch\n"
+            "print(len(os.listdir('/proc/self/task')), os.environ['OPENBLAS_NUM_THREADS'])\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env=env, check=True).stdout.split()
+    assert out == ["1", "1"]
+    env["OPENBLAS_NUM_THREADS"] = "2"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env=env, check=True).stdout.split()
+    assert out[1] == "2"
