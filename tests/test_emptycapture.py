@@ -124,7 +124,8 @@ def test_status_and_an_empty_replay_import_nothing_heavy(tmp_path):
     d = str(tmp_path)
     conf = write_config(d, bpf="host 192.0.2.10")
     cap = empty_file(str(tmp_path / "empty.pcap"))
-    assert not _top(_loaded(["-c", conf, "status"], d)) & HEAVY
+    status = _loaded(["-c", conf, "status"], d)
+    assert not _top(status) & HEAVY and "socket" not in status
     assert not _top(_loaded(["-q", "-c", conf, "-r", cap, "start"], d)) & HEAVY
     assert os.path.exists(os.path.join(d, "nc.sniffer.stats"))
     replayed = _loaded(["-q", "-c", conf, "-r", pcapgen_one(d), "start"], d)
@@ -153,7 +154,7 @@ def test_a_cached_page_imports_no_renderer(tmp_path):
     assert result.returncode == 0 and "the cached report" in result.stdout
     loaded = set(result.stdout.split("MODULES", 1)[1].split())
     assert not loaded & {"ncsniffer.dumpfile", "ncsniffer.layout", "ncsniffer.htmlreport",
-                         "numpy", "shutil"}
+                         "numpy", "shutil", "socket"}
 
 
 @pytest.mark.integration
