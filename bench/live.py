@@ -245,12 +245,14 @@ def measure(rates: list[int], seconds: float, drain: float = 2.0) -> list[str]:
                 ((" and sender" if not zero else "sender") if short or (zero and not rate) else "")
             neck = neck or "none"
             if not zero:
-                notes.append(f"- at {fmt_int(rate) if rate else 'top speed'} pps the daemon handled {fmt_int(c['packets'])} "
+                label = fmt_int(rate) if rate else "top speed"
+                notes.append(f"- at {label} pps the daemon handled {fmt_int(c['packets'])} "
                              f"packets while the sender ran {sent['seconds']:.1f} s (+{drain:g} s "
                              f"drain): about {fmt_int(c['packets'] / sent['seconds'])} packets/s; "
                              "the rest was dropped in pcap's ring (pcap dropped), not by the kernel "
                              "(veth rx dropped)")
-            rows.append([fmt_int(rate) if rate else "top speed", fmt_int(sent["pps"]), fmt_int(sent["sent"]),
+            rows.append([fmt_int(rate) if rate else "top speed", fmt_int(sent["pps"]),
+                         fmt_int(sent["sent"]),
                          fmt_int(rx1 - rx0), fmt_int(c["received"]), fmt_int(c["packets"]),
                          fmt_int(c["dropped"]), fmt_int(c["ifdropped"]), fmt_int(rxdrop1 - rxdrop0),
                          fmt_int(lost), "yes" if zero else "NO", neck])

@@ -6,7 +6,8 @@
 Measured, each in turn, N times: the interpreter alone (``python -c pass``, the
 floor), ``nc.sniffer -r EMPTY.pcap start`` (a capture with no packets),
 ``nc.sniffer status`` (no daemon running), ``nc.sniffer.cgi`` serving a cached
-page (the cache younger than ``refresh``, so no dump request).  Every command's exit code and output are checked.  Besides the time,
+page (the cache younger than ``refresh``, so no dump request).  Every command's
+exit code and output are checked.  Besides the time,
 the modules each command imported (``-X importtime`` run once) and whether numpy
 was among them.  With ``--old COMMIT`` the same commands also run from that
 commit's tree and from this checkout's, each as ``python scripts/PROGRAM`` with

@@ -7,8 +7,10 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ncsniffer import config, emptycapture, pcapgen, replay
 from tests.conftest import NC_SNIFFER, write_config
@@ -62,6 +64,29 @@ def test_the_empty_path_writes_what_the_replay_writes(tmp_path, order, magic, cf
     assert cap.encode() in fast[0] and "0 packets" in fast[1]
 
 
+WINDOWS = st.sampled_from([{}, {"match": "xyz", "payload": 54, "snaplen": 120},
+                            {"nomatch": "a\\x00b", "payload": 14, "snaplen": 200},
+                            {"match": "e", "nomatch": "f", "payload": 20, "snaplen": 70}])
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(magic=st.sampled_from(MAGICS), window=WINDOWS,
+       max_hosts=st.sampled_from([None, 0, 1, 250_000]),
+       fmt=st.sampled_from(["python", "perl", "json"]),
+       bpf=st.sampled_from(["host 192.0.2.10", "ip6 or host 192.0.2.10",
+                            "udp and host 192.0.2.10 and not port 53"]))
+def test_equal_to_the_replay_for_any_settings(tmp_path, magic, window, max_hosts, fmt, bpf):
+    """The fast path and its plain twin, the replay, over combinations of settings."""
+    cfg = dict(window, dump_format=fmt, bpf=bpf)
+    if max_hosts is not None:
+        cfg["max_hosts"] = max_hosts
+    d = tempfile.mkdtemp(dir=tmp_path)            # an example may run again
+    cap = empty_file(os.path.join(d, "empty.pcap"), *magic)
+    fast, plain = both(d, cap, **cfg)
+    assert fast == plain
+
+
 @pytest.mark.parametrize("serial", ["serial", "batch", "libpcap"])
 def test_equal_to_every_replay_mode(tmp_path, monkeypatch, serial):
     monkeypatch.setenv("NCSNIFFER_REPLAY", serial)
@@ -102,7 +127,8 @@ def _loaded(args: list, directory: str) -> set:
     """The modules a command's process imported (run as the installed program
     would be, with sys.modules printed at exit)."""
     code = ("import atexit, sys\n"
-            "atexit.register(lambda: sys.stderr.write('MODULES ' + ' '.join(sys.modules) + '\\n'))\n"
+            "atexit.register(lambda: sys.stderr.write("
+            "'MODULES ' + ' '.join(sys.modules) + '\\n'))\n"
             "sys.argv = ['nc.sniffer'] + sys.argv[1:]\n"
             "from ncsniffer.cli import main\n"
             "sys.exit(main())\n")
