@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Live capture benchmark: the daemon sniffs one end of a veth pair, tcpreplay feeds the other.
 
-    python3 bench/live.py [--rates 50000 100000 200000 400000] [--seconds 5]
+    python3 bench/live.py [--rates 50000 ... 1000000 0] [--seconds 5]
     python3 bench/live.py --connections [--stalled-subscriber] [--rates 200000]
     bench/run --live
 
@@ -11,7 +11,10 @@ joined by a veth pair: 10.213.77.1/30 (sniffer side, MAC 00:11:22:33:44:55) and
 nothing leaves them.  For every rate a fresh daemon (bpf ``host 10.213.77.1``) is
 started in the sniffer namespace, tcpreplay sends rate x seconds packets (bounded by
 --limit and --duration), and the daemon's ``stopped:`` log line gives the packets it
-saw and pcap's received/dropped counters.
+saw and pcap's received/dropped counters.  Rate 0 is tcpreplay's ``--topspeed``
+(bounded by TOPSPEED_LIMIT packets a second): the highest rate the sender reaches
+here.  Each row names the bottleneck: the sender when tcpreplay fell short of the
+target rate, the daemon when the veth received packets it did not count.
 
 ``--connections``: the daemon tracks connections (``connections: True``); results in
 live-connections-*.md.  ``--stalled-subscriber`` (with it): an ``nc.sniffer events``
@@ -43,7 +46,9 @@ ME = "10.213.77.1"
 PEER = "10.213.77.2"
 SNIFF_MAC = "00:11:22:33:44:55"
 SEND_MAC = "66:77:88:99:aa:bb"
-RATES = (50_000, 100_000, 200_000, 400_000)
+RATES = (50_000, 100_000, 200_000, 400_000, 600_000, 800_000, 1_000_000, 0)   # 0: top speed
+TOPSPEED_LIMIT = 3_000_000     # packets a second of the top-speed row's --limit (bound)
+SENDER_SHORT = 0.98            # achieved below this share of the target: the sender's limit
 ZIPF_CAPTURE = os.path.join(benchlib.WORK, "live-zipf-400k.pcap")
 COUNTERS = re.compile(r"(\w+): (\d+) packets, (\d+) counted.*?pcap received (\d+), "
                       r"dropped (\d+), interface dropped (\d+)")
@@ -101,8 +106,9 @@ class Testbed:
     def replay(self, capture: str, pps: int, limit: int, seconds: float) -> dict:
         """tcpreplay ``limit`` packets at ``pps`` from the sender side (bounded in time too)."""
         loops = 0  # 0 = loop until --limit, bounded by --duration and our timeout
+        speed = f"--pps={pps}" if pps else "--topspeed"
         cmd = ["ip", "netns", "exec", self.send_ns, "tcpreplay", "-i", self.send_if,
-               f"--pps={pps}", f"--limit={limit}", f"--loop={loops}", "--preload-pcap",
+               speed, f"--limit={limit}", f"--loop={loops}", "--preload-pcap",
                f"--duration={int(seconds) + 1}", capture]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
         if done.returncode != 0:
@@ -255,7 +261,7 @@ def one_rate(bed: Testbed, capture: str, rate: int, seconds: float, drain: float
                 raise BenchError(f"tcpreplay: {err.strip() or out.strip()}")
             sent = parse_tcpreplay(out)
         else:
-            sent = bed.replay(capture, rate, int(rate * seconds), seconds)
+            sent = bed.replay(capture, rate, int((rate or TOPSPEED_LIMIT) * seconds), seconds)
         time.sleep(drain)
         rx1, rxdrop1 = bed.rx()
         daemon.stop()
@@ -286,7 +292,7 @@ def measure(rates: list[int], seconds: float, drain: float = 2.0, connections: b
     with Testbed() as bed:
         log(f"namespaces {bed.sniff_ns} / {bed.send_ns} up")
         for rate in rates:
-            log(f"{fmt_int(rate)} pps for {seconds:g} s")
+            log(f"{fmt_int(rate) if rate else 'top speed'} pps for {seconds:g} s")
             run = one_rate(bed, capture, rate, seconds, drain, connections, stalled)
             sent, c, rx1, rx0, rxdrop1, rxdrop0 = (run[k] for k in (
                 "sent", "counters", "rx", "rx0", "rxdrop", "rxdrop0"))
@@ -295,24 +301,35 @@ def measure(rates: list[int], seconds: float, drain: float = 2.0, connections: b
             lost = sent["sent"] - c["packets"]
             zero = lost == 0 and c["dropped"] == 0 and c["ifdropped"] == 0
             cut = "-" if c["cut_off"] is None else str(c["cut_off"])
-            if zero and (best is None or rate > best):
-                best = rate
+            achieved = sent["pps"] if rate == 0 else rate
+            if zero and (best is None or achieved > best):
+                best = int(achieved)
+            short = rate and sent["pps"] < SENDER_SHORT * rate
+            neck = ("daemon" if not zero else "") + \
+                ((" and sender" if not zero else "sender") if short or (zero and not rate) else "")
+            neck = neck or "none"
             if not zero:
-                notes.append(f"- at {fmt_int(rate)} pps the daemon handled {fmt_int(c['packets'])} "
+                label = fmt_int(rate) if rate else "top speed"
+                notes.append(f"- at {label} pps the daemon handled {fmt_int(c['packets'])} "
                              f"packets while the sender ran {sent['seconds']:.1f} s (+{drain:g} s "
                              f"drain): about {fmt_int(c['packets'] / sent['seconds'])} packets/s; "
                              "the rest was dropped in pcap's ring (pcap dropped), not by the kernel "
                              "(veth rx dropped)")
-            rows.append([fmt_int(rate), fmt_int(sent["pps"]), fmt_int(sent["sent"]),
+            rows.append([fmt_int(rate) if rate else "top speed", fmt_int(sent["pps"]),
+                         fmt_int(sent["sent"]),
                          fmt_int(rx1 - rx0), fmt_int(c["received"]), fmt_int(c["packets"]),
                          fmt_int(c["dropped"]), fmt_int(c["ifdropped"]), fmt_int(rxdrop1 - rxdrop0),
-                         fmt_int(lost), cut, "yes" if zero else "NO"])
+                         fmt_int(lost), cut, "yes" if zero else "NO", neck])
     lines += benchlib.table(["target pps", "achieved pps", "sent", "veth rx", "pcap received",
                              "daemon packets", "pcap dropped", "if dropped", "veth rx dropped",
-                             "lost (sent − daemon)", "subscribers cut off", "zero loss"], rows)
+                             "lost (sent − daemon)", "subscribers cut off", "zero loss",
+                             "bottleneck"], rows)
     lines += ["", f"**Highest rate with zero loss: {fmt_int(best) + ' packets/s' if best else 'none'}**"
               " (achieved pps is tcpreplay's own measure; sent = its successful packets)",
-              ""] + notes + ["", f"- load average at end: {benchlib.load_text()}"]
+              "", "Bottleneck: *sender* where tcpreplay's achieved rate fell short of the "
+              f"target ({SENDER_SHORT:.0%}) or ran at top speed with nothing lost (the daemon "
+              "kept up with all it was sent), *daemon* where it counted fewer packets than "
+              "were sent (both where both hold), *none* otherwise.", ""] + notes + ["", f"- load average at end: {benchlib.load_text()}"]
     return lines
 
 

@@ -6,7 +6,9 @@
 Tools: tcpdump (libpcap read floor), darkstat -r (default host table, and with
 every host kept), pmacctd print plugin reading the file, nc.sniffer -r with
 default settings, with a match string and with connections: True.  Each tool's own packet count is
-checked against tcpdump's where the tool reports one.
+checked against tcpdump's where the tool reports one.  Then the short capture
+(300,000 packets, 20,000 peers; ``--no-short`` skips it): tcpdump, darkstat
+keeping every host, nc.sniffer in both modes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from benchlib import FILTER, NC, Run, fmt_int, log  # noqa: E402
 
 CAPTURE = os.path.join(benchlib.WORK, "bench.pcap")
 CONNECTIONS = "nc.sniffer -r (connections)"
+# The short capture (issue 16): where start-up weighs; darkstat keeps every host.
+SHORT = os.path.join(benchlib.WORK, "short-300k.pcap")
+SHORT_ARGS = ("--packets", "300000", "--peers", "20000")
+SHORT_TOOLS = ("tcpdump -r -w /dev/null", "darkstat -r, all hosts kept",
+               "nc.sniffer -r (default)", "nc.sniffer -r (one process)")
 # pmacctd sleeps this long before reading a savefile ("allowing plugins to complete
 # their startup"); 0 would mean its built-in 2 s.  Subtracted from its wall time.
 PMACCT_DELAY = 1
@@ -126,7 +133,7 @@ def tools(capture: str, scratch: str) -> list[Tool]:
     ]
 
 
-def measure(capture: str, runs: int) -> list[str]:
+def measure(capture: str, runs: int, short: bool = True) -> list[str]:
     """Run every tool ``runs`` times; the report's Markdown lines."""
     expected = benchlib.pcap_count(capture, FILTER)
     size_mb = os.path.getsize(capture) / 1e6
@@ -139,22 +146,58 @@ def measure(capture: str, runs: int) -> list[str]:
               ""]
     scratch = tempfile.mkdtemp(prefix="ncbench-replay-")
     try:
-        measured: dict[str, list[Run]] = {}
         tool_list = tools(capture, scratch)
-        for i in range(runs):
-            for tool in tool_list:
-                log(f"run {i + 1}/{runs}: {tool.name}")
-                run = benchlib.run_measured(tool.cmd)
-                run.wall -= tool.startup
-                if run.returncode != 0:
-                    raise benchlib.BenchError(f"{tool.name} exited {run.returncode}: "
-                                              f"{run.stderr.strip()[-500:]}")
-                run.extra["packets"] = tool.packets(run, scratch)
-                measured.setdefault(tool.name, []).append(run)
-        lines += report(tool_list, measured, expected)
+        lines += report(tool_list, run_tools(tool_list, runs, scratch), expected)
+        if short:
+            lines += ["", ""] + measure_short(runs, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     lines += ["", f"- load average at end: {benchlib.load_text()}"]
+    return lines
+
+
+def run_tools(tool_list: list[Tool], runs: int, scratch: str) -> dict[str, list[Run]]:
+    """Every tool ``runs`` times, in turn; each run's own packet count read."""
+    measured: dict[str, list[Run]] = {}
+    for i in range(runs):
+        for tool in tool_list:
+            log(f"run {i + 1}/{runs}: {tool.name}")
+            run = benchlib.run_measured(tool.cmd)
+            run.wall -= tool.startup
+            if run.returncode != 0:
+                raise benchlib.BenchError(f"{tool.name} exited {run.returncode}: "
+                                          f"{run.stderr.strip()[-500:]}")
+            run.extra["packets"] = tool.packets(run, scratch)
+            measured.setdefault(tool.name, []).append(run)
+    return measured
+
+
+def measure_short(runs: int, scratch: str) -> list[str]:
+    """The short capture (300,000 packets, 20,000 peers): nc.sniffer against darkstat
+    keeping every host, where start-up is a large part of the run (issue 16)."""
+    benchlib.ensure_capture(SHORT, *SHORT_ARGS)
+    expected = benchlib.pcap_count(SHORT, FILTER)
+    tool_list = [t for t in tools(SHORT, scratch) if t.name in SHORT_TOOLS]
+    measured = run_tools(tool_list, runs, scratch)
+    lines = ["## Short capture", "",
+             f"- capture: `{os.path.relpath(SHORT, benchlib.ROOT)}`, {fmt_int(expected)} packets "
+             f"matching ({os.path.getsize(SHORT) / 1e6:.0f} MB); `bench/gen_capture.py "
+             f"{' '.join(SHORT_ARGS)}`", ""]
+    rows, pps = [], {}
+    for tool in tool_list:
+        med = benchlib.median_run(measured[tool.name])
+        pps[tool.name] = expected / med.wall
+        counts = {r.extra.get("packets") for r in measured[tool.name]} - {None}
+        rows.append([tool.name, fmt_int(pps[tool.name]), f"{med.wall:.2f}",
+                     ", ".join(f"{r.wall:.2f}" for r in measured[tool.name]),
+                     f"{med.user:.2f}", f"{med.sys:.2f}",
+                     "no count" if not counts else ("OK" if counts == {expected} else "MISMATCH")])
+    lines += benchlib.table(["tool", "packets/s", "wall s (median)", "wall s (all runs)",
+                             "user s", "sys s", "packets"], rows, right={1, 2, 4, 5})
+    dark = pps["darkstat -r, all hosts kept"]
+    lines += ["", f"- nc.sniffer / darkstat (all hosts kept): default "
+              f"{pps['nc.sniffer -r (default)'] / dark:.2f}, one process "
+              f"{pps['nc.sniffer -r (one process)'] / dark:.2f} (target ≥ 1.00)"]
     return lines
 
 
@@ -201,12 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--capture", default=CAPTURE)
+    p.add_argument("--no-short", action="store_true", help="skip the short capture's table")
     args = p.parse_args(argv)
     benchlib.ensure_nc()
     benchlib.ensure_commands("tcpdump", "darkstat", "pmacctd")
     if args.capture == CAPTURE:
         benchlib.ensure_capture(CAPTURE)
-    lines = measure(args.capture, args.runs)
+    lines = measure(args.capture, args.runs, short=not args.no_short)
     benchlib.write_results("replay", lines)
     return 0
 

@@ -220,8 +220,9 @@ class Accounting:
             self._recent.clear()
             self._by_seen = True
         n = len(slots)
-        last, first = np.unique(slots[::-1], return_index=True)
-        self.records.cols["Q"][last] = self._seen + (n - 1 - first)
+        # every Q so far is below _seen: the maximum is each slot's last packet (as
+        # np.unique of the reversed slots finds it, a sort: 25x slower; issue 16)
+        np.maximum.at(self.records.cols["Q"], slots, np.arange(self._seen, self._seen + n))
         self._seen += n
 
     def _remember_order(self, addrs: Addresses, which: np.ndarray, slots: np.ndarray) -> None:

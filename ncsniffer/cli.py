@@ -11,12 +11,12 @@ import os
 import signal
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import IO
 
 from ncsniffer import __version__, config as configmod, pidfile
 from ncsniffer.errors import ConfigError, NcSnifferError, UsageError
+from ncsniffer.webconf import ArgParser, fixed_width
 
 VERBS = ("start", "stop", "restart", "status", "dump", "config", "top", "events")
 VALUE_OPTIONS = ("-c", "--config", "-r", "--read", "--name")
@@ -62,7 +62,8 @@ class Env:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p = ArgParser(add_help=False, allow_abbrev=False, error_class=UsageError,
+                  formatter_class=fixed_width)
     p.add_argument("-c", "--config")
     p.add_argument("-r", "--read")
     p.add_argument("-d", "--debug", action="store_true")
@@ -89,13 +90,8 @@ def _split_top(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = _parser()
     argv, top_args = _split_top(argv)
-
-    def error(message: str):
-        raise UsageError(message)
-    parser.error = error  # type: ignore[method-assign]
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     args.top_args = top_args
     if args.help or args.version:
         return args
@@ -146,6 +142,7 @@ def _run(argv, env, config) -> int:
     except NcSnifferError as exc:
         env.stderr.write(f"{prog}: {exc}\n")
         if debug:
+            import traceback
             traceback.print_exc(file=env.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -167,6 +164,10 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
         if verb == "config":
             env.stdout.write(configmod.describe(settings))
             return EXIT_OK
+        from ncsniffer import emptycapture       # no packets: no numpy, no pipeline
+        done = emptycapture.replay(settings, args.read, env.stderr)
+        if done is not None:
+            return done
         from ncsniffer import replay
         lookups = _offline_lookups(settings, env.stderr)
         return replay.replay(settings, args.read, env.stderr, quiet=args.quiet, lookups=lookups)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from ncsniffer.errors import ReportError
+
+if TYPE_CHECKING:
+    import socket
 
 DEFAULT_UPDTO = 15
 POLL = 0.05                      # seconds between ctime checks while waiting
@@ -99,6 +101,7 @@ def parse_update(spec) -> tuple:
 
     Raises ``ReportError`` with the original's ``chk_wconf`` messages.
     """
+    import socket              # here: a cached page sends no request (issue 16)
     if isinstance(spec, tuple) and len(spec) == 2:
         return str(spec[0]), int(spec[1])
     text = str(spec)
@@ -122,6 +125,7 @@ def parse_update(spec) -> tuple:
 
 def _send_dump(addr: tuple) -> socket.socket:
     """A connected UDP socket that has sent ``dump``; connected so that a refusal shows."""
+    import socket
     family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:

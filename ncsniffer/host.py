@@ -5,9 +5,10 @@ The one module that imports psutil; everything here is a thin, testable edge.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
+
+# socket and ipaddress are imported where used: `status`, `stop` and the CGI load
+# this module for its process functions alone (issue 16: every start pays imports)
 
 _NUMERIC = re.compile(r"^[\d.]+$")
 
@@ -25,6 +26,8 @@ def resolve_all(name: str) -> list[str]:
     Dotted numbers follow inet_aton (as the Perl original did), so ``1.2.3.4.5``
     fails at once instead of waiting for a DNS answer.
     """
+    import ipaddress
+    import socket
     name = str(name).strip()
     if not name:
         return []
@@ -50,11 +53,14 @@ def resolve_all(name: str) -> list[str]:
 
 def pack_address(text: str) -> bytes:
     """The address in network byte order: 4 bytes for IPv4, 16 for IPv6."""
+    import ipaddress
     return ipaddress.ip_address(text).packed
 
 
 def interface_addresses() -> dict[str, list[tuple[str, str]]]:
     """Map each interface (alias suffix ``:N`` removed) to its (address, netmask) pairs."""
+    import socket
+
     import psutil      # here, not at the top: a replay never needs it (13 ms of start-up)
     result: dict[str, list[tuple[str, str]]] = {}
     for name, addrs in psutil.net_if_addrs().items():
@@ -73,6 +79,7 @@ def find_interface(address: str, table: dict[str, list[tuple[str, str]]] | None 
     first interface whose subnet contains it, in promiscuous mode, because that
     traffic is not addressed to us.
     """
+    import ipaddress
     table = interface_addresses() if table is None else table
     target = ipaddress.ip_address(address)
     within = []

@@ -24,7 +24,6 @@ LABEL_SPACE = 110          # below the bars, for the slanted labels
 LABEL_CHARS = 20           # a longer label is cut (the table shows it whole)
 LEFT_SPACE = 90           # left of the first bar, for its slanted label
 TOP_SPACE = 34          # above the tallest bar: the title, the bar's value
-FORMATS = ("text", "html", "fragment", "json")
 JSON_VERSION = 1
 
 STYLE = """\

@@ -18,7 +18,7 @@ import time
 import traceback
 from typing import IO, Iterator
 
-from ncsniffer import batch, bpfvm, capture, events, pcapfile
+from ncsniffer import batch, bpfvm, capture, pcapfile
 from ncsniffer.clock import PacketClock
 from ncsniffer.config import Settings
 from ncsniffer.errors import CaptureError, NcSnifferError
@@ -67,8 +67,7 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
         if settings.clickhouse is not None:
             from ncsniffer import export    # only then: a plain replay imports nothing more
             exporting = export.start(settings, sniffer.acct, clock, replay=True)
-        sink = events.from_settings(settings, feed=False,    # the events file, or None
-                                    export=exporting and exporting.ended)
+        sink = _events_file(settings, exporting)   # the events file (and export), or None
         sniffer.events = sink              # the tracker's events reach the file (and export)
     except NcSnifferError:
         close()
@@ -98,7 +97,9 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
 
     sniffer.dump(clock.now)
     # final dump, then drain: the open connections to the events file as ``drained``
-    events.drain(sink, events.still_open(sniffer))
+    if sink is not None:
+        from ncsniffer import events
+        events.drain(sink, events.still_open(sniffer))
     log.write(f"nc.sniffer: {path}: {sniffer.counters_text()}\n")
     if exporting is not None:     # the last second's packets are in: the interval ends after it
         log.write(f"nc.sniffer: {exporting.finish(clock.now + 1, EXPORT_WAIT)}\n")
@@ -111,6 +112,17 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
                   if counters.seen else f"nc.sniffer: {error}\n")
         return 2
     return 0
+
+
+def _events_file(settings: Settings, exporting=None):
+    """The writer of the events file and of the export's connection rows
+    (``events.Events``), or None: events.py, its logging and threads, is imported
+    only then (a plain replay's start-up; issue 16)."""
+    ended = exporting.ended if exporting is not None else None
+    if not settings.events and ended is None:
+        return None
+    from ncsniffer import events
+    return events.from_settings(settings, feed=False, export=ended)
 
 
 def _pipeline() -> bool:

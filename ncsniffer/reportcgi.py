@@ -11,11 +11,9 @@ from typing import IO, Mapping, Optional
 
 from ncsniffer.dumprequest import rqst_dump
 from ncsniffer.errors import NcSnifferError, ReportError
-from ncsniffer.htmlreport import FORMATS
-from ncsniffer.layout import report
 from ncsniffer.webconf import (CONF_ENV, PROG, SYSTEM_CONF, ArgParser, chk_wconf, find_wconf,
-                               load_wconf)
-from ncsniffer.webreport import format_report, one_line, web_report
+                               fixed_width, load_wconf)
+from ncsniffer.webreport import FORMATS, format_report, one_line, web_report
 
 USAGE = f"""\
 usage: {PROG} [-c CONF] [--format FORMAT] [TYPE]
@@ -59,7 +57,7 @@ CGI_TYPES = {"text": "text/plain", "html": "text/html", "fragment": "text/html",
 
 def parse_args(argv: list) -> argparse.Namespace:
     """The command line; a mistake raises ReportError (one line on the page)."""
-    p = ArgParser(prog=PROG, add_help=False, allow_abbrev=False)
+    p = ArgParser(prog=PROG, add_help=False, allow_abbrev=False, formatter_class=fixed_width)
     p.add_argument("-h", "--help", action="store_true")
     p.add_argument("-c", "--config")
     p.add_argument("--stats")
@@ -102,6 +100,7 @@ def terminal_report(args: argparse.Namespace, out: IO[str]) -> None:
     if problem:
         raise ReportError(problem)
     if args.format == "text":
+        from ncsniffer.layout import report
         report(out, conf["stats"], report_type(args.type))
     else:
         out.write(format_report(conf["stats"], report_type(args.type), args.format))

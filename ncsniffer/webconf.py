@@ -109,6 +109,13 @@ def find_wconf(program: str, environ: Mapping[str, str]) -> str:
     return found
 
 
+def fixed_width(prog: str) -> argparse.HelpFormatter:
+    """A formatter that does not ask the terminal's width: argparse would import
+    shutil (and the compression modules it imports) for it at every start, for a
+    help text these parsers never print (they have their own)."""
+    return argparse.HelpFormatter(prog, width=80)
+
+
 class ArgParser(argparse.ArgumentParser):
     """argparse that raises ``error_class`` instead of exiting: a page shows one line."""
 

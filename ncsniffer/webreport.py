@@ -15,10 +15,12 @@ from typing import IO, Optional
 from ncsniffer import safetext
 from ncsniffer.dumprequest import chkcache, rqst_dump
 from ncsniffer.errors import NcSnifferError, ReportError
-from ncsniffer.htmlreport import RENDERERS
-from ncsniffer.layout import read_stf, report_text
 from ncsniffer.lock import DEFAULT_UMASK, get_lock
 from ncsniffer.webconf import chk_wconf
+
+# text: layout.report_text; the others: htmlreport.RENDERERS (imported only to render:
+# a cached page, the usual hit, reads a file and needs neither, nor dumpfile; issue 16)
+FORMATS = ("text", "html", "fragment", "json")
 
 
 def read_cache(path: str) -> str:
@@ -31,7 +33,9 @@ def read_cache(path: str) -> str:
 
 
 def format_report(stats_file: str, by_domain: bool, fmt: str = "text") -> str:
-    """The report of a stats file in a format of ``htmlreport.FORMATS``."""
+    """The report of a stats file in a format of ``FORMATS``."""
+    from ncsniffer.htmlreport import RENDERERS
+    from ncsniffer.layout import read_stf, report_text
     if fmt == "text":
         return report_text(stats_file, by_domain)
     stats = read_stf(stats_file)

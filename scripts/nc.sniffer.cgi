@@ -1,4 +1,4 @@
 #!/usr/bin/env python3
 import sys
-from ncsniffer.report import cgi_main
+from ncsniffer.reportcgi import cgi_main
 sys.exit(cgi_main())
