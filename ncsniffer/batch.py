@@ -340,6 +340,7 @@ class Prepared:
     good: np.ndarray              # which passed packets are counted
     lengths: np.ndarray           # ... their wire lengths
     flows: np.ndarray | None = None   # ... their FLOW records (with connections; else None)
+    tracked: np.ndarray | None = None   # ... or the tracker's events of them (two-process replay)
 
 
 def process(batch: Batch, prog, rules: Rules, counters: Counters, acct: Accounting,

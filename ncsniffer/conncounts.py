@@ -31,7 +31,10 @@ for _state, _name in END_COUNTER.items():
 def count(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct peers of ``events`` (``PEER_DTYPE``, sorted) and their ``K`` deltas,
     an int64 array of one row per peer, columns in ``K_FIELDS`` order."""
-    unique, which = _peers(events)
+    return _count(events, *_peers(events))
+
+
+def _count(events: np.ndarray, unique: np.ndarray, which: np.ndarray):
     width = len(K_FIELDS)
     new = events["kind"] == ct.NEW
     rows = which[new] * width
@@ -54,6 +57,76 @@ def open_tally(still_open: np.ndarray) -> dict[tuple, np.ndarray]:
     active): the tally a replay starts with when its first record is about to go."""
     peers, deltas = count(still_open)
     return dict(zip(peers.tolist(), deltas))
+
+
+def open_deltas(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct peers of ``events`` (sorted) and the change each makes to its peer's
+    open tally (``open_tally``'s K rows): a ``new`` adds its begun counts (tcp udp icmp,
+    in out, active), an ``end`` takes them off.  Summed over every batch so far, the
+    tally of ``Tracker.still_open()``: what a replay's reading process sends, so that
+    the counting process has the tally without the tracker (``OpenTally``)."""
+    return _open_deltas(events, *_peers(events))
+
+
+def count_and_open(events: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``count`` and ``open_deltas`` at once (the peers found once): peers, K deltas,
+    open-tally deltas."""
+    unique, which = _peers(events)
+    return (*_count(events, unique, which), _open_deltas(events, unique, which)[1])
+
+
+def _open_deltas(events: np.ndarray, unique: np.ndarray, which: np.ndarray):
+    width = len(K_FIELDS)
+    rows = which * width
+    up = np.concatenate((rows + _PROTO_COLUMN[events["proto"]],
+                         rows + np.where(events["dir"] == ct.DIR_IN, _COLUMN["in"], _COLUMN["out"]),
+                         rows + _COLUMN["active"]))
+    new = np.tile(events["kind"] == ct.NEW, 3)
+    size = len(unique) * width
+    flat = np.bincount(up[new], minlength=size) - np.bincount(up[~new], minlength=size)
+    return unique, flat.reshape(len(unique), width)
+
+
+class OpenTally:
+    """``open_tally`` kept from the batches' ``open_deltas``, where the tracker is not
+    (a replay's counting process): the deltas pile up and are summed when the tally
+    is asked for, and now and then on the way (memory stays near the open peers')."""
+
+    def __init__(self, slack: int = 100_000) -> None:
+        self.slack = slack       # rows piled beyond twice the last sum's before summing
+        self._peers: list[np.ndarray] = []
+        self._deltas: list[np.ndarray] = []
+        self._rows = 0
+        self._kept = 0           # rows after the last sum
+
+    def add(self, peers: np.ndarray, deltas: np.ndarray) -> None:
+        if not len(peers):
+            return
+        self._peers.append(peers)
+        self._deltas.append(deltas)
+        self._rows += len(peers)
+        if self._rows > 2 * self._kept + self.slack:
+            self._sum()
+
+    def tally(self) -> dict[tuple, np.ndarray]:
+        """Per peer with connections open, their begun counts (``open_tally``'s dict)."""
+        self._sum()
+        if not self._peers:
+            return {}
+        return dict(zip(self._peers[0].tolist(), self._deltas[0]))
+
+    def _sum(self) -> None:
+        """The piled deltas summed per peer; peers left with none open dropped."""
+        if len(self._peers) < 2 and self._rows == self._kept:
+            return
+        peers, deltas = np.concatenate(self._peers), np.concatenate(self._deltas)
+        unique, which = _peers(peers)
+        total = np.empty((len(unique), deltas.shape[1]), deltas.dtype)
+        for col in range(deltas.shape[1]):
+            total[:, col] = np.bincount(which, deltas[:, col], len(unique))
+        keep = total.any(axis=1)
+        self._peers, self._deltas = [unique[keep]], [total[keep]]
+        self._rows = self._kept = int(keep.sum())
 
 
 def remember_open(tally: dict[tuple, np.ndarray], events: np.ndarray) -> None:

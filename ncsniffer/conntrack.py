@@ -24,6 +24,7 @@ then the SYN+ACK and FIN rules apply.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from typing import Mapping, Optional
 
@@ -135,9 +136,32 @@ def packets(rows) -> np.ndarray:
 
 def as_packets(batch: np.ndarray) -> np.ndarray:
     """``batch`` as contiguous ``PACKET_DTYPE`` rows, its fields taken by name (numpy
-    would cast one structured dtype to another by position)."""
-    if batch.dtype == PACKET_DTYPE and batch.flags.c_contiguous:
-        return batch
+    would cast one structured dtype to another by position).  Rows laid out as
+    ``PACKET_DTYPE`` already (``decode.FLOW``) are viewed, not copied; ``copied`` is
+    the plain twin."""
+    if batch.flags.c_contiguous and same_layout(batch.dtype):
+        return batch if batch.dtype == PACKET_DTYPE else batch.view(PACKET_DTYPE)
+    return copied(batch)
+
+
+@functools.lru_cache(maxsize=8)
+def same_layout(dtype: np.dtype) -> bool:
+    """Whether rows of ``dtype`` are ``PACKET_DTYPE``'s bytes: each of its fields at
+    the same offset with the same size and kind (bool for u1; ``length`` for the wire
+    length), nothing else in the row."""
+    if dtype.names is None or dtype.itemsize != PACKET_DTYPE.itemsize:
+        return False
+    have = dtype.fields
+    for name, (want, offset) in PACKET_DTYPE.fields.items():
+        got = have.get("length" if name == "wirelen" and name not in have else name)
+        if got is None or got[1] != offset or got[0].itemsize != want.itemsize \
+                or got[0].kind not in (want.kind, "b" if want.kind == "u" else want.kind):
+            return False
+    return len(dtype.names) == len(PACKET_DTYPE.names)
+
+
+def copied(batch: np.ndarray) -> np.ndarray:
+    """A new ``PACKET_DTYPE`` array of ``batch``'s rows, field by field (by name)."""
     out = np.empty(len(batch), PACKET_DTYPE)
     have = batch.dtype.names
     for name in PACKET_DTYPE.names:

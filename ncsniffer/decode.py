@@ -150,12 +150,17 @@ def decoder_for(linktype: int) -> Callable[[bytes], Decoded] | None:
 # of this layout per packet, ``ncsniffer.batch.flows`` the vector rule of
 # ``flow_fields`` below.  Addresses as ``ncsniffer.table`` keeps them: two
 # 64-bit words, an IPv4 address in the low one (``v6`` tells which).
-FLOW = np.dtype([
-    ("sec", np.int64), ("usec", np.int32), ("proto", np.uint8), ("v6", np.bool_),
-    ("from_me", np.bool_), ("me_hi", np.uint64), ("me_lo", np.uint64),
-    ("peer_hi", np.uint64), ("peer_lo", np.uint64), ("me_port", np.uint16),
-    ("peer_port", np.uint16), ("flags", np.uint8), ("length", np.int64),
-], align=True)                      # aligned fields: faster to fill and to read
+# The fields in ``flow_fields``'s order, laid out in bytes as the connection tracker's
+# packet row (``conntrack.PACKET_DTYPE``, the C struct): the tracker takes a batch's
+# records as they are, without a copy.  Every field is at an offset of its own size.
+FLOW = np.dtype({
+    "names": ["sec", "usec", "proto", "v6", "from_me", "me_hi", "me_lo", "peer_hi",
+              "peer_lo", "me_port", "peer_port", "flags", "length"],
+    "formats": [np.int64, np.uint32, np.uint8, np.bool_, np.bool_, np.uint64, np.uint64,
+                np.uint64, np.uint64, np.uint16, np.uint16, np.uint8, np.uint32],
+    "offsets": [0, 40, 52, 54, 53, 8, 16, 24, 32, 48, 50, 55, 44],
+    "itemsize": 56,
+})
 NOT_TRACKED = 0                     # ``proto`` of what has no connection key
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 TRACKED = {4: (TCP, UDP, ICMP), 6: (TCP, UDP, ICMPV6)}

@@ -555,7 +555,11 @@ def from_settings(settings, feed: bool = True, export=None) -> Events | None:
 
 
 def still_open(sniffer) -> np.ndarray | None:
-    """The tracker's open connections at the end (None until the tracker is wired)."""
+    """The tracker's open connections at the end (None until the tracker is wired);
+    ``Sniffer.drain_connections`` knows where the tracker ran (a replay's reading process)."""
+    drain = getattr(sniffer, "drain_connections", None)
+    if drain is not None:
+        return drain()
     tracker = getattr(sniffer, "tracker", None)
     return tracker.drain() if tracker is not None else None
 

@@ -77,11 +77,16 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
         clock.every_second(lambda now, elapsed: lookups.tick(now))
     progress = Progress(None if quiet else log)
     counters = sniffer.counters
-    prepared = (_two_processes if prog is not None and _pipeline() else _one_process)(
-        batches, prog, sniffer.rules)
+    if prog is not None and _pipeline():
+        prepared = _two_processes(batches, prog, sniffer.rules,
+                                  sniffer if sniffer.tracks_ahead() else None)
+    else:
+        prepared = _one_process(batches, prog, sniffer.rules)
     try:
         for ready in prepared:
             batch.apply(ready, counters, sniffer.acct, clock, sniffer.flows)
+            if ready.tracked is not None:
+                sniffer.take_tracked(ready.tracked)
             gc.freeze()      # records never form cycles: keep the collector off them
             if lookups is not None:
                 lookups.poll(clock.now)
@@ -136,11 +141,18 @@ def _one_process(batches, prog, rules: batch.Rules) -> Iterator[batch.Prepared]:
         yield batch.prepare(got, prog, rules)
 
 
-def _two_processes(batches, prog, rules: batch.Rules) -> Iterator[batch.Prepared]:
+def _two_processes(batches, prog, rules: batch.Rules,
+                   tracking: Sniffer | None = None) -> Iterator[batch.Prepared]:
     """Prepared batches from a forked child: it reads, filters, decodes and finds
     the targets of batch n + 1 while this process accounts batch n (the
     accounting stays in one process, in file order).  A reading error ends the
-    stream as it would in one process; a child that dies is an error too."""
+    stream as it would in one process; a child that dies is an error too.
+    ``tracking``: the child runs this sniffer's connection tracker too (its copy,
+    on packet time only), and sends the events with each batch and the drained
+    connections at the end (``Sniffer.track_ahead``): the two processes' CPU
+    evens out."""
+    if tracking is not None:
+        tracking.expect_tracked()
     rfd, wfd = os.pipe()
     try:
         fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
@@ -149,7 +161,7 @@ def _two_processes(batches, prog, rules: batch.Rules) -> Iterator[batch.Prepared
     pid = os.fork()
     if pid == 0:                                    # the child: never returns
         os.close(rfd)
-        _prepare_into(wfd, batches, prog, rules)
+        _prepare_into(wfd, batches, prog, rules, tracking)
     os.close(wfd)
     try:
         with os.fdopen(rfd, "rb", PIPE_BUFFER) as inp:
@@ -162,6 +174,8 @@ def _two_processes(batches, prog, rules: batch.Rules) -> Iterator[batch.Prepared
                     yield item
                     continue
                 kind, text = item
+                if kind == "end" and tracking is not None:
+                    tracking.set_drained(text)
                 if kind == "capture":
                     raise CaptureError(text)
                 if kind == "crash":
@@ -175,17 +189,22 @@ def _two_processes(batches, prog, rules: batch.Rules) -> Iterator[batch.Prepared
         os.waitpid(pid, 0)
 
 
-def _prepare_into(wfd: int, batches, prog, rules: batch.Rules) -> None:
-    """The child's work: prepared batches, then ("end", ""), ("capture", message)
-    or ("crash", traceback) into the pipe; then exit without Python's clean-up
-    (the parent's buffers and atexit handlers are not ours)."""
+def _prepare_into(wfd: int, batches, prog, rules: batch.Rules,
+                  tracking: Sniffer | None = None) -> None:
+    """The child's work: prepared batches, then ("end", "") (with ``tracking``:
+    ("end", the drained connections)), ("capture", message) or ("crash",
+    traceback) into the pipe; then exit without Python's clean-up (the parent's
+    buffers and atexit handlers are not ours)."""
     code = 0
     try:
         with os.fdopen(wfd, "wb", PIPE_BUFFER) as out:
             try:
                 for got in batches:
-                    pickle.dump(batch.prepare(got, prog, rules), out, protocol=5)
-                pickle.dump(("end", ""), out)
+                    ready = batch.prepare(got, prog, rules)
+                    if tracking is not None:
+                        tracking.track_ahead(ready)
+                    pickle.dump(ready, out, protocol=5)
+                pickle.dump(("end", "" if tracking is None else tracking.drain_ahead()), out)
             except CaptureError as exc:
                 pickle.dump(("capture", str(exc)), out)
             except Exception:

@@ -65,6 +65,10 @@ class Sniffer:
             if not self.carry_open:
                 self.acct.before_deletions = self._carry_from_now
         self.flows = flows
+        # A two-process replay tracks in its reading process (``track_ahead``): here,
+        # the open tally from its deltas, and its drained connections at the end.
+        self._ahead: conncounts.OpenTally | None = None
+        self._drained: np.ndarray | None = None
         if isinstance(clock, PacketClock):
             clock.at_start(self.reset)                # replay: start at the first packet
         clock.every_second(self.acct.purge)
@@ -78,11 +82,53 @@ class Sniffer:
     def _tick(self, now: int, elapsed: int) -> None:
         self.feed(self.tracker.advance(now))
 
+    def tracks_ahead(self) -> bool:
+        """Whether a replay's reading process can run this tracker (``track_ahead``)."""
+        return self.tracker is not None and self.offline and self.flows == self._track
+
+    def track_ahead(self, p: batch.Prepared) -> batch.Prepared:
+        """The reading process's part of a two-process replay (its forked copy of the
+        tracker): the batch's FLOW records become its events, which the counting process
+        takes (``take_tracked``) where ``batch.apply`` would have fed the records (only
+        a batch with packets passed)."""
+        if p.flows is not None and p.seen:
+            p.tracked = self.tracker.process(p.flows)
+        p.flows = None
+        return p
+
+    def drain_ahead(self) -> np.ndarray:
+        """The reading process's end: the connections still open, drained."""
+        return self.tracker.drain()
+
+    def expect_tracked(self) -> None:
+        """The counting process's part: the events come from the reading process."""
+        self._ahead = conncounts.OpenTally()
+
+    def take_tracked(self, events: np.ndarray) -> None:
+        """A batch's events from the reading process (after ``batch.apply`` of the batch):
+        until a record first goes, their open-tally deltas kept; the K counters."""
+        if self.carry_open or not len(events):
+            self.feed(events)
+            return
+        peers, deltas, opened = conncounts.count_and_open(events)
+        self._ahead.add(peers, opened)
+        self._feed_counted(events, peers, deltas)
+
+    def set_drained(self, drained: np.ndarray) -> None:
+        self._drained = drained
+
+    def drain_connections(self) -> np.ndarray | None:
+        """The end of a replay: the open connections drained (None without tracking)."""
+        if self._drained is not None:
+            return self._drained
+        return self.tracker.drain() if self.tracker is not None else None
+
     def feed(self, events: np.ndarray) -> None:
         """The tracker's events: K counters of their peers' records, then the events sink."""
-        if not len(events):
-            return
-        peers, deltas = conncounts.count(events)
+        if len(events):
+            self._feed_counted(events, *conncounts.count(events))
+
+    def _feed_counted(self, events: np.ndarray, peers: np.ndarray, deltas: np.ndarray) -> None:
         slots = self.acct.records.peer_slots(peers)
         if self._open:
             self._count_open_as_begun(peers, slots, deltas)
@@ -96,7 +142,8 @@ class Sniffer:
         """A replay's records are about to go (evicted or purged): from now on keep the
         open connections per peer, starting with those the tracker holds.  Until now no
         record went, so every record counts its peer's connections exactly."""
-        self._open = conncounts.open_tally(self.tracker.still_open())
+        self._open = (self._ahead.tally() if self._ahead is not None
+                      else conncounts.open_tally(self.tracker.still_open()))
         self.carry_open = True
 
     def _count_open_as_begun(self, peers: np.ndarray, slots: np.ndarray,

@@ -85,24 +85,33 @@ def test_peers_of_both_families_counted_as_one_by_one(rows):
 @pytest.mark.parametrize("reference", [False, True])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=packet_rows, cuts=st.lists(st.integers(0, 80), max_size=6),
-       ticks=st.lists(st.sampled_from([0, 1, 5, 30]), max_size=6), max_conn=st.integers(1, 6))
+       ticks=st.lists(st.sampled_from([0, 1, 5, 30]), max_size=6), max_conn=st.integers(1, 6),
+       slack=st.sampled_from((0, 3, 100_000)))
 def test_open_tally_of_the_tracker_equals_the_batch_by_batch_twin(reference, spec, cuts, ticks,
-                                                                  max_conn):
+                                                                  max_conn, slack):
     if not reference and not ct.HAVE_CORE:
         pytest.fail("the extension is not built")
     batch = stream(spec)
     tracker = ct.Tracker(ct.Timeouts(tcp_establish=2, tcp=4, udp=3, icmp=1, tcp_linger=2),
                          max_conn, reference=reference)
     tally: dict = {}
+    piled = conncounts.OpenTally(slack)           # a two-process replay's counting process
     last = 0
     for i, cut in enumerate(sorted(min(c, len(batch)) for c in cuts) + [len(batch)]):
-        conncounts.remember_open(tally, tracker.process(batch[last:cut]))
-        if i < len(ticks) and ticks[i] and cut:
-            conncounts.remember_open(tally, tracker.advance(int(batch["sec"][cut - 1]) + ticks[i]))
+        for events in [tracker.process(batch[last:cut])] + (
+                [tracker.advance(int(batch["sec"][cut - 1]) + ticks[i])]
+                if i < len(ticks) and ticks[i] and cut else []):
+            conncounts.remember_open(tally, events)
+            peers, deltas, opened = conncounts.count_and_open(events)
+            plain = conncounts.count(events)
+            assert peers.tolist() == plain[0].tolist() and deltas.tolist() == plain[1].tolist()
+            assert opened.tolist() == conncounts.open_deltas(events)[1].tolist()
+            piled.add(peers, opened)
         last = cut
         fast = conncounts.open_tally(tracker.still_open())
         assert {k: v.tolist() for k, v in fast.items()} == \
-            {k: v.tolist() for k, v in tally.items()}
+            {k: v.tolist() for k, v in tally.items()} == \
+            {k: v.tolist() for k, v in piled.tally().items()}
         active = conncounts.K_FIELDS.index("active")
         assert sum(int(v[active]) for v in fast.values()) == tracker.live
 

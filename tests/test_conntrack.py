@@ -481,3 +481,38 @@ def test_a_million_connections_take_at_most_200_bytes_each_and_a_flood_no_more()
     assert per_conn <= 200
     assert more <= 20                                # the events buffer of a batch, no table
     assert (live, evicted) == (n, n)
+
+
+# ------------------------------------------- FLOW records taken without a copy (the fast path)
+
+_flow_row = st.tuples(
+    st.integers(0, 2**40), st.integers(0, 999_999), st.sampled_from([0, ct.TCP, ct.UDP, ct.ICMP]),
+    st.booleans(), st.booleans(), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.integers(0, 65535),
+    st.integers(0, 65535), st.integers(0, 255), st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_flow_row, max_size=20), st.integers(1, 3))
+def test_flow_records_are_viewed_as_packets_equal_to_the_field_by_field_copy(rows, step):
+    """decode.FLOW is PACKET_DTYPE's layout: the tracker views a batch's records (no copy),
+    which must read as the plain copy by field names does; a strided slice is copied."""
+    from ncsniffer import decode
+    flows = np.array(rows, decode.FLOW)
+    assert ct.same_layout(decode.FLOW)
+    viewed = ct.as_packets(flows)
+    assert viewed.dtype == ct.PACKET_DTYPE and (not rows or np.shares_memory(viewed, flows))
+    assert viewed.tolist() == ct.copied(flows).tolist()
+    strided = flows[::step]
+    assert ct.as_packets(strided).tolist() == ct.copied(strided).tolist()
+
+
+def test_a_layout_that_differs_is_copied():
+    """A row of the same size but another field order is not the core's: it is copied."""
+    from ncsniffer import decode
+    old = np.dtype([(n, decode.FLOW.fields[n][0]) for n in decode.FLOW.names], align=True)
+    assert not ct.same_layout(old)
+    rows = np.zeros(3, old)
+    rows["peer_lo"], rows["length"] = [1, 2, 3], [60, 70, 80]
+    got = ct.as_packets(rows)
+    assert got["peer_lo"].tolist() == [1, 2, 3] and got["wirelen"].tolist() == [60, 70, 80]

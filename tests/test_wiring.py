@@ -191,10 +191,20 @@ def test_live_daemon_counts_expires_on_idle_seconds_and_drains(workdir):
 
 # ------------------------------------------- a record deleted while its peer has connections open
 
-def replay_parts(workdir, parts, **cfg):
+@pytest.fixture(params=[False, True], ids=["one-process", "tracked-ahead"])
+def ahead(request):
+    """Each test of records deleted with connections open runs both ways: the tracker in
+    the counting process, and in a second Sniffer as a two-process replay's reading
+    process runs it (its events and open-tally deltas sent with each batch)."""
+    return request.param
+
+
+def replay_parts(workdir, parts, ahead=False, **cfg):
     """One Sniffer fed each part (a list of (ts, ip packet)) as batches of its own, as
-    a long replay or a live capture would; the stats file after the last."""
-    from ncsniffer import config, replay as replay_module
+    a long replay or a live capture would; the stats file after the last.  ``ahead``:
+    the tracking done in a second Sniffer (``Sniffer.track_ahead``), as the reading
+    process of a two-process replay does."""
+    from ncsniffer import batch, config, replay as replay_module
     from ncsniffer.clock import PacketClock
     from ncsniffer.sniffer import Sniffer
     settings = config.validate({"bpf": f"host {ME}", "sniffer": workdir, "resolve": False,
@@ -208,9 +218,21 @@ def replay_parts(workdir, parts, **cfg):
         batches, linktype, prog, close = replay_module._open(cap, settings)
         if sn is None:
             sn = Sniffer(settings, linktype, PacketClock(), device=cap)
+            reader = Sniffer(settings, linktype, PacketClock(), device=cap)
+            if ahead:
+                assert sn.tracks_ahead()
+                sn.expect_tracked()
         for got in batches:
-            sn.process(got, prog)
+            if not ahead:
+                sn.process(got, prog)
+                continue
+            p = reader.track_ahead(batch.prepare(got, prog, sn.rules))
+            batch.apply(p, sn.counters, sn.acct, sn.clock, sn.flows)
+            if p.tracked is not None:
+                sn.take_tracked(p.tracked)
         close()
+    if ahead:
+        sn.set_drained(reader.drain_ahead())
     sn.settings.stats_file = os.path.join(workdir, "parts.stats")
     sn.dump(sn.clock.now)
     return sn, dumpfile.read_stats(sn.settings.stats_file)
@@ -231,48 +253,48 @@ def udp_out(t, peer=UDP_PEER, sport=40003):
     return (t, pcapgen.ip_packet(ME, peer, "udp", b"q", sport=sport, dport=53))
 
 
-def test_a_record_evicted_with_an_open_connection_counts_it_when_made_anew(workdir):
+def test_a_record_evicted_with_an_open_connection_counts_it_when_made_anew(workdir, ahead):
     """max_hosts 1: FULL's record goes (evicted by UDP_PEER's) while its connection is
     open, and comes back with the FINs; the new record counts the connection as begun
     (10.3), so its end is counted too, not dropped."""
     sn, st = replay_parts(workdir, [handshake(T0, FULL), [udp_out(T0 + 1)], close(T0 + 2, FULL)],
-                          max_hosts=1)
+                          ahead, max_hosts=1)
     assert sn.acct.evicted == 2 and sn.carry_open      # from the first eviction on
     assert list(st.records) == [FULL]
     assert st.records[FULL]["K"] == k(tcp=1, out=1, closed=1)
     assert st.header_value("connections") == "0 active, 1 started, 0 evicted"
 
 
-def test_a_replay_that_evicts_no_record_keeps_no_open_counts(workdir):
+def test_a_replay_that_evicts_no_record_keeps_no_open_counts(workdir, ahead):
     """The per-peer open counts cost time: a replay keeps them only once records go."""
-    sn, st = replay_parts(workdir, [handshake(T0, FULL), [udp_out(T0 + 1)]], max_hosts=2)
+    sn, st = replay_parts(workdir, [handshake(T0, FULL), [udp_out(T0 + 1)]], ahead, max_hosts=2)
     assert not sn.carry_open and not sn._open and sn.acct.evicted == 0
     assert st.records[FULL]["K"] == k(tcp=1, out=1, active=1)
 
 
-def test_a_record_purged_with_an_open_connection_counts_it_when_made_anew(workdir):
+def test_a_record_purged_with_an_open_connection_counts_it_when_made_anew(workdir, ahead):
     """A TCP timeout over a day: FULL's record is purged (a day idle) while its
     connection is open; the FINs make a new record, which counts that connection."""
     ticks = [[udp_out(T0 + s)] for s in range(1000, 90_000, 1000)]   # the purge runs
-    sn, st = replay_parts(workdir, [handshake(T0, FULL), *ticks, close(T0 + 90_001, FULL)],
+    sn, st = replay_parts(workdir, [handshake(T0, FULL), *ticks, close(T0 + 90_001, FULL)], ahead,
                           timeouts={"tcp": 200_000, "udp": 5000})
     assert sn.acct.purged == 1                          # FULL's (UDP_PEER's E is recent)
     assert st.records[FULL]["K"] == k(tcp=1, out=1, closed=1)
 
 
-def test_a_day_without_packets_then_the_peer_again(workdir):
+def test_a_day_without_packets_then_the_peer_again(workdir, ahead):
     """A capture with a gap of over a day: its first packet after the gap purges FULL's
     record while the tracker (no packet, no expiry yet) still holds FULL's connection;
     FULL's SYN in that batch makes the record anew, the old connection times out at
     that packet: the new record counts both, the old one as begun there."""
     parts = [handshake(T0, FULL),
              [udp_out(T0 + 90_000), (T0 + 90_000.5, tcp(ME, FULL, 40002, 80, F.TH_SYN))]]
-    sn, st = replay_parts(workdir, parts)
+    sn, st = replay_parts(workdir, parts, ahead)
     assert sn.acct.purged == 1
     assert st.records[FULL]["K"] == k(tcp=2, out=2, active=1, timedout=1)
 
 
-def test_a_record_made_anew_counts_only_the_connections_still_open(workdir):
+def test_a_record_made_anew_counts_only_the_connections_still_open(workdir, ahead):
     """Two connections open when FULL's record is evicted; one ends while FULL has no
     record (its end counted nowhere), the other is counted as begun by the new record,
     beside one begun there."""
@@ -281,7 +303,7 @@ def test_a_record_made_anew_counts_only_the_connections_still_open(workdir):
              close(T0 + 2, FULL, 40001)[:1] + [udp_out(T0 + 2)],      # FULL anew, then gone
              close(T0 + 2, FULL, 40001)[1:] + [udp_out(T0 + 3)],      # 40001 ends: no record
              handshake(T0 + 4, FULL, 40003) + close(T0 + 5, FULL, 40002)]
-    sn, st = replay_parts(workdir, parts, max_hosts=1)
+    sn, st = replay_parts(workdir, parts, ahead, max_hosts=1)
     assert list(st.records) == [FULL]
     assert st.records[FULL]["K"] == k(tcp=2, out=2, active=1, closed=1)
 
@@ -306,3 +328,51 @@ def test_the_readme_example_replay_of_samples_connections_pcap(workdir):
     assert states == sorted([("tcp", "closed")] * 3 + [("tcp", "refused")] * 2
                             + [("tcp", "drained")] + [("udp", "drained")] * 4
                             + [("icmp", "drained")])
+
+
+def test_the_replay_modes_agree_when_records_go_with_connections_open_batches_later(workdir):
+    """Three batches (over 65,536 packets each but the last); the first record goes in
+    the second, while connections begun in the first are open: the two-process replay,
+    whose tracker runs in the reading process, seeds its open tally from the deltas sent
+    with the batches, and writes the same stats file and events as one process."""
+    import random
+    from functools import lru_cache
+    rng = random.Random(13)
+    flags = (F.TH_SYN, F.TH_SYN | F.TH_ACK, F.TH_ACK, F.TH_FIN | F.TH_ACK, F.TH_RST)
+
+    @lru_cache(maxsize=None)
+    def packet(peer, port, kind, out):
+        if kind == len(flags):
+            return pcapgen.ip_packet(ME, peer, "udp", b"q", sport=port, dport=53)
+        a, b = (ME, peer) if out else (peer, ME)
+        return pcapgen.frame(decode.DLT_EN10MB, tcp(a, b, port if out else 80,
+                                                     80 if out else port, flags[kind]))
+
+    records = []
+    for i in range(140_000):
+        few = i < 70_000 or rng.random() < 0.5    # five peers, then a hundred more too
+        peer = f"198.51.100.{rng.randrange(5)}" if few else f"198.51.101.{rng.randrange(100)}"
+        kind = rng.randrange(len(flags) + 1)
+        data = packet(peer, 40000 + rng.randrange(4), kind, rng.random() < 0.6)
+        if kind == len(flags):
+            data = pcapgen.frame(decode.DLT_EN10MB, data)
+        records.append((T0 + i * 0.002, data, len(data)))
+    cap = os.path.join(workdir, "many.pcap")
+    pcapgen.write_pcap(cap, decode.DLT_EN10MB, records)
+    events = os.path.join(workdir, "events.jsonl")
+    conf = write_config(workdir, bpf=f"host {ME}", connections=True, events=events,
+                        max_hosts=10, timeouts={"udp": 30, "tcp_establish": 20})
+    outputs = []
+    for mode in (None, "serial"):
+        env = {k: v for k, v in os.environ.items() if k != "NCSNIFFER_REPLAY"}
+        if mode:
+            env["NCSNIFFER_REPLAY"] = mode
+        result = run_cli("-c", conf, "-r", cap, "start", env=env)
+        assert result.returncode == 0, result.stderr
+        with open(os.path.join(workdir, "nc.sniffer.stats"), "rb") as fh, \
+                open(events, "rb") as ev:
+            outputs.append((fh.read(), ev.read()))
+        os.unlink(events)
+    assert b"evicted" in outputs[0][0] and outputs[0][1].count(b"\n") > 1000
+    assert outputs[0][0].count(b"\n\"198.51.100.") >= 3     # the five peers, records anew
+    assert outputs[0] == outputs[1]
