@@ -90,9 +90,11 @@ class Sniffer:
         """The reading process's part of a two-process replay (its forked copy of the
         tracker): the batch's FLOW records become its events, which the counting process
         takes (``take_tracked``) where ``batch.apply`` would have fed the records (only
-        a batch with packets passed)."""
+        a batch with packets passed).  Forked after ``events`` is set: the same sink."""
         if p.flows is not None and p.seen:
-            p.tracked = self.tracker.process(p.flows)
+            events = self.tracker.process(p.flows)
+            # with no events file (or export) to write, K needs only a few fields
+            p.tracked = events if self.events is not None else conncounts.counted(events)
         p.flows = None
         return p
 
