@@ -104,8 +104,8 @@ def test_open_tally_of_the_tracker_equals_the_batch_by_batch_twin(reference, spe
             conncounts.remember_open(tally, events)
             peers, deltas, opened = conncounts.count_and_open(events)
             plain = conncounts.count(events)
-            cut = conncounts.count_and_open(conncounts.counted(events))   # no events file
-            assert [a.tolist() for a in cut] == [peers.tolist(), deltas.tolist(), opened.tolist()]
+            short = conncounts.count_and_open(conncounts.counted(events))   # no events file
+            assert [a.tolist() for a in short] == [peers.tolist(), deltas.tolist(), opened.tolist()]
             assert peers.tolist() == plain[0].tolist() and deltas.tolist() == plain[1].tolist()
             assert opened.tolist() == conncounts.open_deltas(events)[1].tolist()
             piled.add(peers, opened)
