@@ -6,7 +6,7 @@
 Like bench/conntrack_bench.py this imports the package: the bench capture is replayed
 in one process (``NCSNIFFER_REPLAY=serial``) twice, with default settings and with
 ``connections: True``, the pipeline's steps wrapped to sum their CPU time
-(time.process_time).  In the two-process replay the steps up to ``batch.prepare``
+(time.process_time).  In the two-process replay ``batch.prepare`` and the tracker
 run in the reading process and the rest in the counting one.  Writes
 bench/results/conntrack-profile-*.md.
 """
@@ -33,9 +33,9 @@ CAPTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work", "benc
 STEPS = [(batch, "prepare", "batch.prepare: filter, decode, targets (all)", "reading"),
          (batch, "flows", "batch.flows: the FLOW fields (in prepare)", "reading"),
          (batch, "account", "batch.account: the accounting (all)", "counting"),
-         (conntrack.Tracker, "process", "Tracker.process: the C core", "counting"),
+         (conntrack.Tracker, "process", "Tracker.process: the C core", "reading"),
          (conntrack, "as_packets", "conntrack.as_packets: FLOW to PACKET_DTYPE (in process)",
-          "counting"),
+          "reading"),
          (conncounts, "count", "conncounts.count: K deltas per peer", "counting"),
          (records.Table, "peer_slots", "Table.peer_slots: the peers' records", "counting"),
          (records.Table, "add_connections", "Table.add_connections: K into the records",
