@@ -18,6 +18,9 @@ END_COUNTER = {ct.CLOSED: "closed", ct.RESET: "reset", ct.REFUSED: "refused",
                ct.UNANSWERED: "unanswered", ct.TIMEDOUT: "timedout", ct.EVICTED: "evicted"}
 
 PEER_DTYPE = np.dtype([("v6", "u1"), ("peer_hi", "<u8"), ("peer_lo", "<u8")])
+assert len(K_FIELDS) == ct.K_WIDTH
+assert not ct.HAVE_CORE or ct._conntrack.PEER_KEY_SIZE == PEER_DTYPE.itemsize, \
+    "PEER_DTYPE != struct peer_key"
 
 _COLUMN = {name: i for i, name in enumerate(K_FIELDS)}
 _PROTO_COLUMN = np.zeros(256, np.int64)
