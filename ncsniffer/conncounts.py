@@ -83,6 +83,30 @@ def remember_open(tally: dict[tuple, np.ndarray], events: np.ndarray) -> None:
                 tally.pop(key, None)
 
 
+def open_before(events: np.ndarray, deltas: np.ndarray, rows: np.ndarray,
+                open_after: np.ndarray) -> np.ndarray:
+    """The K rows of ``open_tally`` before the batch ``events`` for its peers ``rows``
+    (indices into ``count(events)``, whose deltas are ``deltas``) from those after it
+    (``Tracker.open_counts``): after, less what its new events began, plus what its
+    ended ones had begun."""
+    width = len(K_FIELDS)
+    if len(events) and not (events["kind"] == ct.NEW).all():
+        every = events.copy()
+        every["kind"] = ct.NEW                  # every event counted as begun
+        ended = count(every)[1][rows] - _begun(deltas[rows])
+    else:
+        ended = np.zeros((len(rows), width), np.int64)
+    return open_after - _begun(deltas[rows]) + ended
+
+
+def _begun(deltas: np.ndarray) -> np.ndarray:
+    """What the new events behind ``count``'s deltas began, alone (tcp udp icmp in out active)."""
+    begun = np.zeros_like(deltas)
+    begun[:, :_COLUMN["active"]] = deltas[:, :_COLUMN["active"]]
+    begun[:, _COLUMN["active"]] = deltas[:, [_COLUMN["tcp"], _COLUMN["udp"], _COLUMN["icmp"]]].sum(1)
+    return begun
+
+
 def _peers(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct peers, sorted, and the peer of each event.  IPv4 peers (v6 and
     high word 0, the common case) by one np.unique of the low word; the others by a

@@ -226,3 +226,61 @@ def test_a_record_made_after_its_peers_connections_began_counts_the_open_ones(op
             assert begun == k["in"] + k["out"] == k["active"] + ended
             if begun:
                 assert k["active"] == len(open_[key.index(k_of)])
+
+
+# ------------------------------------------- the sniffer's open counts: from the tracker, and its twin
+
+_step = st.one_of(
+    st.tuples(st.just("packets"),
+              st.lists(st.tuples(st.integers(0, PEERS - 1), st.sampled_from((ct.TCP, ct.UDP)),
+                                 st.integers(1, 3), st.booleans(),
+                                 st.sampled_from((ct.SYN, ct.SYN | ct.ACK, ct.ACK, ct.FIN | ct.ACK,
+                                                  ct.RST))), min_size=1, max_size=8)),
+    st.tuples(st.just("tick"), st.integers(1, 4)),
+    st.tuples(st.just("reset"),))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_step, max_size=25), st.sampled_from((1, 2, 3)), st.integers(1, 4))
+def test_the_open_counts_asked_of_the_tracker_equal_the_tally_kept_batch_by_batch(
+        steps, max_hosts, max_connections):
+    """Two live sniffers, the same packets: one asks its tracker for a new record's open
+    connections (after the batch, taken back to before it), the other keeps the plain
+    tally; records evicted (max_hosts), reset, connections timed out, evicted and ended
+    in the batch that makes a record anew: their K stay equal, and keep the sums of 10.3."""
+    from tests.test_conntrack import pkt
+    from ncsniffer import config, decode
+    from ncsniffer.clock import WallClock
+    from ncsniffer.sniffer import Sniffer
+    s = config.validate({"bpf": "host 192.0.2.1", "sniffer": "/tmp", "resolve": False,
+                         "connections": True, "max_hosts": max_hosts,
+                         "max_connections": max_connections,
+                         "timeouts": {"tcp_establish": 1, "tcp": 3, "udp": 2, "tcp_linger": 1}},
+                        "nc.sniffer", offline=True)
+    fast, twin = (Sniffer(s, decode.DLT_EN10MB, WallClock(lambda: 1000.0, lambda: 0.0),
+                          device="x") for _ in range(2))
+    key = [bytes([10, 0, 0, p + 1]) for p in range(PEERS)]
+    now = 1000
+    for sn in (fast, twin):
+        sn.reset(now)
+    for step in steps:
+        now += 1
+        for sn in (fast, twin):
+            if step[0] == "packets":
+                for p, *_ in step[1]:
+                    sn.acct.count(key[p], 60, now)
+                rows = [pkt(now, from_me, flags, proto, 0x0A000001 + p, 40000 + port, 80)
+                        for p, proto, port, from_me, flags in step[1]]
+                events = sn.tracker.process(np.array(rows, ct.PACKET_DTYPE))
+            elif step[0] == "tick":
+                events = sn.tracker.advance(now + step[1])
+            else:
+                sn.reset(now)
+                continue
+            sn.feed(events, sn.tracker if sn is fast else None)
+        k_fast, k_twin = (sn.acct.records.conn_dicts(sn.acct.records.occupied())
+                          for sn in (fast, twin))
+        assert k_fast == k_twin
+        for k in k_fast:
+            ended = sum(k[f] for f in conncounts.END_COUNTER.values())
+            assert k["tcp"] + k["udp"] + k["icmp"] == k["in"] + k["out"] == k["active"] + ended
