@@ -360,14 +360,30 @@ static uint32_t peer_slot(const Core *c, uint64_t hi, uint64_t lo, uint8_t v6)
     }
 }
 
+/* Pages of the tally's own (mmap): growing moves no byte (mremap), and what it gives
+ * back goes back to the system at once, so it costs what it holds whatever the heap
+ * did before (a freed heap block the size of a table stays resident). */
+static void *pages_resize(void *old, size_t old_len, size_t len)
+{
+    void *p = old ? mremap(old, old_len, len, MREMAP_MAYMOVE)
+                  : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void pages_free(void *p, size_t len)
+{
+    if (p)
+        munmap(p, len);
+}
+
 static int pslots_alloc(Core *c, uint32_t n)
 {
-    uint32_t *slots = malloc((size_t)n * sizeof *slots);
+    uint32_t *slots = pages_resize(NULL, 0, (size_t)n * sizeof *slots);
     if (!slots)
         return -1;
     for (uint32_t k = 0; k < n; k++)
         slots[k] = NIL;
-    free(c->pslots);
+    pages_free(c->pslots, (size_t)c->pslot_size * sizeof *slots);
     c->pslots = slots;
     c->pslot_size = n;
     for (uint32_t r = 0; r < c->npeers; r++)
@@ -384,7 +400,8 @@ static int peer_room(Core *c)
             cap = MAX_ENTRIES;
         if (cap <= c->npeers)
             return -1;
-        peer_t *peers = realloc(c->peers, cap * sizeof *peers);
+        peer_t *peers = pages_resize(c->peers, (size_t)c->peers_cap * sizeof *peers,
+                                     cap * sizeof *peers);
         if (!peers)
             return -1;
         c->peers = peers;
@@ -978,8 +995,8 @@ static void Core_dealloc(Core *c)
     free(c->slots);
     free(c->wheel);
     free(c->events);
-    free(c->peers);
-    free(c->pslots);
+    pages_free(c->peers, (size_t)c->peers_cap * sizeof *c->peers);
+    pages_free(c->pslots, (size_t)c->pslot_size * sizeof *c->pslots);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
