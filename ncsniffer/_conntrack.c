@@ -98,6 +98,7 @@ typedef struct {
     uint32_t hash;                /* of the key; the next free entry while pooled */
     uint32_t lru_prev, lru_next;
     uint32_t wh_prev, wh_next;
+    uint32_t peer;                /* its peer's record in the open tally, while live */
     uint16_t me_port, peer_port;
     uint8_t proto, v6, bits, state;
 } entry_t;
@@ -118,6 +119,7 @@ typedef struct __attribute__((packed)) {
 } peer_key_t;
 
 enum { N_TCP, N_UDP, N_ICMP, N_IN };
+#define FREE_PEER 0xff            /* the v6 of a free record: it matches no peer */
 #define K_WIDTH 12                /* conncounts.K_FIELDS: tcp udp icmp in out active ... */
 
 /* A hash table slot: the entry (NIL: empty) and its key's hash, compared first. */
@@ -145,7 +147,7 @@ typedef struct {
     int started;
     /* the open tally: peer records, their index (NIL: empty) */
     peer_t *peers;
-    uint32_t npeers, peers_cap;
+    uint32_t npeers, peers_used, peers_cap, peer_free;   /* freed records chained by n[0] */
     uint32_t *pslots;
     uint32_t pslot_size;          /* a power of two, at most half full */
     /* events of the call under way */
@@ -345,18 +347,19 @@ static inline uint32_t peer_hash(uint64_t hi, uint64_t lo, uint8_t v6)
     return (uint32_t)h ^ (uint32_t)(h >> 32);
 }
 
-/* The index slot of peer (hi, lo, v6): the one naming its record, else the empty
- * slot where it would go. */
-static uint32_t peer_slot(const Core *c, uint64_t hi, uint64_t lo, uint8_t v6)
+/* The record of peer (hi, lo, v6), NIL if it has none; *where: its index slot, or
+ * the empty one a new record of it would take. */
+static uint32_t peer_find(const Core *c, uint64_t hi, uint64_t lo, uint8_t v6, uint32_t *where)
 {
     uint32_t mask = c->pslot_size - 1;
     for (uint32_t k = peer_hash(hi, lo, v6) & mask;; k = (k + 1) & mask) {
         uint32_t r = c->pslots[k];
+        *where = k;
         if (r == NIL)
-            return k;
+            return NIL;
         const peer_t *q = &c->peers[r];
         if (q->lo == lo && q->hi == hi && q->v6 == v6)
-            return k;
+            return r;
     }
 }
 
@@ -367,7 +370,12 @@ static void *pages_resize(void *old, size_t old_len, size_t len)
 {
     void *p = old ? mremap(old, old_len, len, MREMAP_MAYMOVE)
                   : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
+    if (p == MAP_FAILED)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, len, MADV_HUGEPAGE);   /* the whole mapping: one piece, that mremap can move */
+#endif
+    return p;
 }
 
 static void pages_free(void *p, size_t len)
@@ -376,6 +384,7 @@ static void pages_free(void *p, size_t len)
         munmap(p, len);
 }
 
+/* A new index of n slots for the records the old one names. */
 static int pslots_alloc(Core *c, uint32_t n)
 {
     uint32_t *slots = pages_resize(NULL, 0, (size_t)n * sizeof *slots);
@@ -386,86 +395,98 @@ static int pslots_alloc(Core *c, uint32_t n)
     pages_free(c->pslots, (size_t)c->pslot_size * sizeof *slots);
     c->pslots = slots;
     c->pslot_size = n;
-    for (uint32_t r = 0; r < c->npeers; r++)
-        c->pslots[peer_slot(c, c->peers[r].hi, c->peers[r].lo, c->peers[r].v6)] = r;
+    for (uint32_t r = 0; r < c->peers_used; r++) {      /* the records in order, not the slots */
+        const peer_t *q = &c->peers[r];
+        if (r + AHEAD < c->peers_used) {
+            const peer_t *ahead = &c->peers[r + AHEAD];
+            __builtin_prefetch(&slots[peer_hash(ahead->hi, ahead->lo, ahead->v6) & (n - 1)], 1);
+        }
+        uint32_t where;
+        if (q->v6 != FREE_PEER && peer_find(c, q->hi, q->lo, q->v6, &where) == NIL)
+            slots[where] = r;
+    }
     return 0;
 }
 
-/* Room for one more peer: the records grown by doubling, the index kept half empty. */
-static int peer_room(Core *c)
+/* A free record: a freed one, else the next of the array (grown by doubling). */
+static uint32_t peer_record(Core *c)
 {
-    if (c->npeers == c->peers_cap) {
+    if (c->peer_free != NIL) {
+        uint32_t r = c->peer_free;
+        c->peer_free = c->peers[r].n[0];
+        return r;
+    }
+    if (c->peers_used == c->peers_cap) {
         uint64_t cap = c->peers_cap ? (uint64_t)c->peers_cap * 2 : 1024;
         if (cap > MAX_ENTRIES)
             cap = MAX_ENTRIES;
-        if (cap <= c->npeers)
-            return -1;
+        if (cap <= c->peers_used)
+            return NIL;
         peer_t *peers = pages_resize(c->peers, (size_t)c->peers_cap * sizeof *peers,
                                      cap * sizeof *peers);
         if (!peers)
-            return -1;
+            return NIL;
         c->peers = peers;
         c->peers_cap = (uint32_t)cap;
     }
-    if (2 * ((uint64_t)c->npeers + 1) > c->pslot_size
-        && (c->pslot_size >= (1u << 31) || pslots_alloc(c, c->pslot_size * 2) < 0))
-        return -1;
-    return 0;
+    return c->peers_used++;
 }
 
-/* Empty index slot `hole`: the slots after it move back so that no probe stops short. */
-static void pslot_remove(Core *c, uint32_t hole)
+/* Entry e becomes live: its peer's record (made if it has none) counts it begun. */
+static int tally_new(Core *c, entry_t *e)
 {
-    uint32_t mask = c->pslot_size - 1;
-    for (uint32_t k = (hole + 1) & mask; c->pslots[k] != NIL; k = (k + 1) & mask) {
-        const peer_t *q = &c->peers[c->pslots[k]];
-        uint32_t home = peer_hash(q->hi, q->lo, q->v6) & mask;
-        if (((k - home) & mask) >= ((k - hole) & mask)) {
-            c->pslots[hole] = c->pslots[k];
-            hole = k;
-        }
-    }
-    c->pslots[hole] = NIL;
-}
-
-/* Peer record r goes: the last record takes its place. */
-static void peer_remove(Core *c, uint32_t k, uint32_t r)
-{
-    pslot_remove(c, k);
-    uint32_t last = --c->npeers;
-    if (r != last) {
-        const peer_t *q = &c->peers[last];
-        c->pslots[peer_slot(c, q->hi, q->lo, q->v6)] = r;
-        c->peers[r] = *q;
-    }
-}
-
-/* Entry e becomes live (step +1) or ends (step -1): its peer's begun counts. */
-static int tally(Core *c, const entry_t *e, int step)
-{
-    uint32_t k = peer_slot(c, e->a.peer_hi, e->a.peer_lo, e->v6), r = c->pslots[k];
+    uint32_t where, r = peer_find(c, e->a.peer_hi, e->a.peer_lo, e->v6, &where);
     if (r == NIL) {
-        if (step < 0)                 /* cannot be: every live entry was counted */
-            return 0;
-        if (peer_room(c) < 0)
+        if (2 * ((uint64_t)c->npeers + 1) > c->pslot_size) {     /* at most half full */
+            if (c->pslot_size >= (1u << 31) || pslots_alloc(c, c->pslot_size * 2) < 0)
+                return -1;
+            peer_find(c, e->a.peer_hi, e->a.peer_lo, e->v6, &where);
+        }
+        if ((r = peer_record(c)) == NIL)
             return -1;
-        k = peer_slot(c, e->a.peer_hi, e->a.peer_lo, e->v6);   /* the index may have grown */
-        r = c->npeers++;
-        c->pslots[k] = r;
+        c->pslots[where] = r;
+        c->npeers++;
         peer_t *q = &c->peers[r];
         memset(q, 0, sizeof *q);
         q->hi = e->a.peer_hi;
         q->lo = e->a.peer_lo;
         q->v6 = e->v6;
     }
+    e->peer = r;
     peer_t *q = &c->peers[r];
-    int proto = e->proto == P_TCP ? N_TCP : e->proto == P_UDP ? N_UDP : N_ICMP;
-    q->n[proto] += (uint32_t)step;
+    q->n[e->proto == P_TCP ? N_TCP : e->proto == P_UDP ? N_UDP : N_ICMP]++;
     if (!(e->bits & B_INIT_ME))
-        q->n[N_IN] += (uint32_t)step;
-    if (!(q->n[N_TCP] | q->n[N_UDP] | q->n[N_ICMP]))
-        peer_remove(c, k, r);
+        q->n[N_IN]++;
     return 0;
+}
+
+/* Entry e ends: its peer's record counts it no more, and goes with its last one. */
+static void tally_end(Core *c, const entry_t *e)
+{
+    uint32_t r = e->peer;
+    peer_t *q = &c->peers[r];
+    q->n[e->proto == P_TCP ? N_TCP : e->proto == P_UDP ? N_UDP : N_ICMP]--;
+    if (!(e->bits & B_INIT_ME))
+        q->n[N_IN]--;
+    if (q->n[N_TCP] | q->n[N_UDP] | q->n[N_ICMP])
+        return;
+    uint32_t mask = c->pslot_size - 1, hole = peer_hash(q->hi, q->lo, q->v6) & mask;
+    while (c->pslots[hole] != r)
+        hole = (hole + 1) & mask;
+    /* the slots after it move back so that no probe stops short (as hash_remove) */
+    for (uint32_t k = (hole + 1) & mask; c->pslots[k] != NIL; k = (k + 1) & mask) {
+        const peer_t *p = &c->peers[c->pslots[k]];
+        uint32_t home = peer_hash(p->hi, p->lo, p->v6) & mask;
+        if (((k - home) & mask) >= ((k - hole) & mask)) {
+            c->pslots[hole] = c->pslots[k];
+            hole = k;
+        }
+    }
+    c->pslots[hole] = NIL;
+    c->npeers--;
+    q->n[0] = c->peer_free;           /* the free records' chain */
+    q->v6 = FREE_PEER;
+    c->peer_free = r;
 }
 
 /* ------------------------------------------------------------------ events */
@@ -499,11 +520,13 @@ static int emit_row(Core *c, uint8_t kind, uint8_t state, const entry_t *e)
 }
 
 /* An event of the table: a new connection is live, an ended one no longer (the tally). */
-static int emit(Core *c, uint8_t kind, uint8_t state, const entry_t *e)
+static int emit(Core *c, uint8_t kind, uint8_t state, entry_t *e)
 {
     if (emit_row(c, kind, state, e) < 0)
         return -1;
-    if (tally(c, e, kind == K_NEW ? 1 : -1) < 0) {
+    if (kind != K_NEW)
+        tally_end(c, e);
+    else if (tally_new(c, e) < 0) {
         c->failed = 1;
         return -1;
     }
@@ -562,6 +585,7 @@ static uint32_t open_entry(Core *c, const packet_t *p, uint32_t hash, uint16_t m
         if (c->lru.head != NIL) {     /* a flood evicts again: fetch the next victim's slot */
             const entry_t *next = &c->pool[c->lru.head];
             __builtin_prefetch(&c->slots[next->hash & mask_of(c)], 1);
+            __builtin_prefetch(&c->peers[next->peer], 1);
             if (next->lru_next != NIL)
                 __builtin_prefetch(&c->pool[next->lru_next], 1);
         }
@@ -762,11 +786,14 @@ static int one_packet(Core *c, const packet_t *p, uint32_t hash)
  * is in the cache.  Prefetches are hints only: a table changed meanwhile costs
  * a miss, never a wrong answer.
  */
-static inline void prefetch_entry(const Core *c, uint32_t hash)
+static inline void prefetch_entry(const Core *c, uint32_t hash, const packet_t *p)
 {
     const slot_t *s = &c->slots[hash & mask_of(c)];
     if (s->entry != NIL)
         __builtin_prefetch(&c->pool[s->entry]);
+    else                          /* likely a new connection: its peer's index slot */
+        __builtin_prefetch(&c->pslots[peer_hash(p->a.peer_hi, p->a.peer_lo, p->v6)
+                                      & (c->pslot_size - 1)]);
 }
 
 static int run_batch(Core *c, const packet_t *p, size_t n)
@@ -780,7 +807,7 @@ static int run_batch(Core *c, const packet_t *p, size_t n)
     for (size_t k = 0; k < n; k++) {
         uint32_t hash = ring[k & (AHEAD - 1)];
         if (k + AHEAD / 2 < n)
-            prefetch_entry(c, ring[(k + AHEAD / 2) & (AHEAD - 1)]);
+            prefetch_entry(c, ring[(k + AHEAD / 2) & (AHEAD - 1)], &p[k + AHEAD / 2]);
         if (k + AHEAD < n) {
             uint32_t next = packet_hash(&p[k + AHEAD]);
             ring[(k + AHEAD) & (AHEAD - 1)] = next;
@@ -880,7 +907,8 @@ static PyObject *Core_drain(Core *c, PyObject *unused)
     c->used = 0;
     c->free_head = NIL;
     c->live = c->lingering = 0;
-    c->npeers = 0;
+    c->npeers = c->peers_used = 0;
+    c->peer_free = NIL;
     for (uint32_t k = 0; k < c->pslot_size; k++)
         c->pslots[k] = NIL;
     return take_events(c);
@@ -915,7 +943,7 @@ static PyObject *Core_open_counts(Core *c, PyObject *arg)
     memset(row, 0, n * K_WIDTH * sizeof(int64_t));
     for (size_t i = 0; i < n; i++, row += K_WIDTH) {
         peer_key_t key = keys[i];
-        uint32_t r = c->pslots[peer_slot(c, key.hi, key.lo, key.v6)];
+        uint32_t where, r = peer_find(c, key.hi, key.lo, key.v6, &where);
         if (r == NIL)
             continue;
         uint32_t m[4];
@@ -986,6 +1014,7 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds)
     c->lru.head = c->lru.tail = NIL;
     c->linger.head = c->linger.tail = NIL;
     c->free_head = NIL;
+    c->peer_free = NIL;
     return 0;
 }
 
