@@ -103,7 +103,8 @@ def _begun(deltas: np.ndarray) -> np.ndarray:
     """What the new events behind ``count``'s deltas began, alone (tcp udp icmp in out active)."""
     begun = np.zeros_like(deltas)
     begun[:, :_COLUMN["active"]] = deltas[:, :_COLUMN["active"]]
-    begun[:, _COLUMN["active"]] = deltas[:, [_COLUMN["tcp"], _COLUMN["udp"], _COLUMN["icmp"]]].sum(1)
+    protocols = [_COLUMN["tcp"], _COLUMN["udp"], _COLUMN["icmp"]]
+    begun[:, _COLUMN["active"]] = deltas[:, protocols].sum(1)
     return begun
 
 

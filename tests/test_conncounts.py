@@ -228,7 +228,7 @@ def test_a_record_made_after_its_peers_connections_began_counts_the_open_ones(op
                 assert k["active"] == len(open_[key.index(k_of)])
 
 
-# ------------------------------------------- the sniffer's open counts: from the tracker, and its twin
+# ------------------------------------- the sniffer's open counts: from the tracker, and its twin
 
 _step = st.one_of(
     st.tuples(st.just("packets"),
