@@ -4,15 +4,18 @@
     .venv/bin/python bench/conntrack_bench.py [--packets 1000000] [--batch 65536]
 
 Unlike the other benchmarks this one imports the package: it measures the core
-alone, not the command.  It writes bench/results/conntrack.md:
+alone, not the command.  It writes bench/results/conntrack-TIMESTAMP.md and
+conntrack-latest.md:
 
 1. packets/s of ``Tracker.process`` (time in the calls only, batches of
    ``--batch`` rows) on synthetic streams of ``--packets`` packets: many short
    TCP connections, long TCP flows, UDP flows, a SYN flood from distinct
    sources, and the four interleaved; the plain Python model on a slice too.
-2. events/s of ``conncounts.count`` (K per peer) on the events of each batch, and of
-   the open tally kept batch by batch (the plain twin; the live path's before) against
-   the one asked of the tracker at a reset (``open_tally(Tracker.open())``).
+2. events/s of ``conncounts.count`` (K per peer) on the events of each batch, of the
+   open tally kept batch by batch (the plain twin; the live path's before), of the open
+   counts asked of the tracker for every peer of the batch (``Tracker.open_counts`` and
+   ``conncounts.open_before``: the live path's now, as if every record were made anew),
+   against the one asked of the tracker at a reset (``open_tally(Tracker.still_open())``).
 3. bytes per connection: the growth of the RSS of a fresh process tracking
    1,000,000 connections (a SYN flood of 1,000,000 sources, max_connections
    1,000,000), then after a further 1,000,000 (bounded: evictions counted).
@@ -29,7 +32,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import RESULTS, fmt_int, log, machine_lines, table  # noqa: E402
+from benchlib import fmt_int, log, machine_lines, table, write_results  # noqa: E402
 
 from ncsniffer import conncounts, conntrack as ct  # noqa: E402
 
@@ -119,23 +122,29 @@ def rate(stream: np.ndarray, batch: int, prefill: np.ndarray | None = None,
     return len(stream) / spent, events, tracker.evictions
 
 
-def aggregation(stream: np.ndarray, batch: int) -> tuple[float, float, int, float, int]:
-    """events/s of conncounts.count over the events of each batch of the stream and of
-    the open tally's plain twin (conncounts.remember_open, the live path's until the
-    tally was asked of the tracker at a reset), the events; then the seconds of that
-    reset-time tally (open_tally of Tracker.open) and the connections it found open."""
-    tracker, spent, twin, events, tally = ct.Tracker(), 0.0, 0.0, 0, {}
+def aggregation(stream: np.ndarray, batch: int) -> tuple[float, float, float, int, float, int]:
+    """events/s of conncounts.count over the events of each batch of the stream, of the
+    open tally's plain twin (conncounts.remember_open, the live path's before) and of
+    the open counts asked of the tracker for every peer of the batch (the live path's
+    now, at its worst), the events; then the seconds of the reset-time tally
+    (open_tally of Tracker.still_open) and the connections it found open."""
+    tracker, spent, twin, asked, events, tally = ct.Tracker(), 0.0, 0.0, 0.0, 0, {}
     for i in range(0, len(stream), batch):
         out = tracker.process(stream[i:i + batch])
         t0 = time.perf_counter()
-        conncounts.count(out)
+        peers, deltas = conncounts.count(out)
         t1 = time.perf_counter()
         conncounts.remember_open(tally, out)
-        spent, twin = spent + t1 - t0, twin + time.perf_counter() - t1
+        t2 = time.perf_counter()
+        every = np.arange(len(peers))
+        conncounts.open_before(out, deltas, every, tracker.open_counts(peers))
+        spent, twin = spent + t1 - t0, twin + t2 - t1
+        asked += time.perf_counter() - t2
         events += len(out)
     t0 = time.perf_counter()
-    conncounts.open_tally(tracker.open())
-    return events / spent, events / twin, events, time.perf_counter() - t0, tracker.live
+    conncounts.open_tally(tracker.still_open())
+    return (events / spent, events / twin, events / asked, events, time.perf_counter() - t0,
+            tracker.live)
 
 
 def rss_kib() -> int:
@@ -167,7 +176,9 @@ def memory(n: int, batch: int) -> list[str]:
     per = (after - before) * 1024 / n
     return [f"- {fmt_int(n)} connections (SYN flood, max_connections {fmt_int(n)}): RSS "
             f"+{fmt_int((after - before) / 1024)} MiB, **{per:.0f} bytes per connection** "
-            f"(entry {ct._conntrack.ENTRY_SIZE} bytes + hash bucket + pool slack)",
+            f"(entry {ct._conntrack.ENTRY_SIZE} bytes + hash bucket + pool slack + open tally: "
+            f"{ct._conntrack.PEER_SIZE} bytes and an index slot per peer, here one per "
+            "connection)",
             f"- a further {fmt_int(n)} flooded sources: RSS {fmt_int((again - after) / 1024):>} "
             f"MiB more (the core's buffer for the events of one batch: an eviction and a new "
             f"connection per packet), {fmt_int(live)} live, {fmt_int(evictions)} evicted"]
@@ -209,9 +220,9 @@ def main() -> None:
     log("K aggregation")
     k_rows = []
     for name, stream in (("the four interleaved", mix(n, rng)), ("SYN flood", syn_flood(n))):
-        eps, twin_eps, events, reset_s, still = aggregation(stream, args.batch)
+        eps, twin_eps, asked_eps, events, reset_s, still = aggregation(stream, args.batch)
         k_rows.append([name, fmt_int(events), fmt_int(eps), fmt_int(twin_eps),
-                       f"{reset_s * 1e3:.0f} ms ({fmt_int(still)})"])
+                       fmt_int(asked_eps), f"{reset_s * 1e3:.0f} ms ({fmt_int(still)})"])
     log("memory")
     lines = ["# Connection tracking core: micro-benchmark", ""] + machine + [
         f"- batches of {fmt_int(args.batch)} packets; time spent in Tracker.process only "
@@ -223,14 +234,11 @@ def main() -> None:
               "open tally", ""]
     lines += table(["stream", "events", "count events/s",
                     "open tally per batch, plain twin, events/s",
+                    "open counts asked of the tracker, every peer, events/s",
                     "open tally at a reset (open connections)"], k_rows)
     lines += ["", "## Memory", ""] + memory(1_000_000, args.batch)
     lines += ["", f"- load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"]
-    text = "\n".join(lines) + "\n"
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "conntrack.md"), "w") as fh:
-        fh.write(text)
-    print(text, end="")
+    write_results("conntrack", lines)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,12 @@
  *     ones), the least recently active at the head; the lingering ones in a
  *     list of their own through the same links, in the order they began to
  *     linger: at most max_connections of them, the oldest linger ends first;
+ *   - open tally: per peer, the begun counts of its live connections (by
+ *     protocol, inbound), kept where a connection becomes live or ends: a
+ *     dense array of packed peer records, indexed by an open-addressing table
+ *     of 32-bit record numbers; a peer leaves when its last one ends, so it
+ *     holds at most max_connections peers (spec 10.3: what a record made anew
+ *     counts as begun, asked by open_counts);
  *   - expiry: a timer wheel, one slot per second, more slots than the longest
  *     timeout, so a slot only ever holds entries of one deadline; an entry is
  *     moved to the tail of its new slot only when its deadline changes (on
@@ -92,11 +98,29 @@ typedef struct {
     uint32_t hash;                /* of the key; the next free entry while pooled */
     uint32_t lru_prev, lru_next;
     uint32_t wh_prev, wh_next;
+    uint32_t peer;                /* its peer's record in the open tally, while live */
     uint16_t me_port, peer_port;
     uint8_t proto, v6, bits, state;
 } entry_t;
 
 typedef struct { uint32_t head, tail; } list_t;
+
+/* One peer of the open tally (33 bytes, packed: it costs memory per peer). */
+typedef struct __attribute__((packed)) {
+    uint64_t hi, lo;
+    uint32_t n[4];                /* live connections: TCP, UDP, ICMP, inbound */
+    uint8_t v6;
+} peer_t;
+
+/* A peer as conncounts.PEER_DTYPE lays it out (17 bytes). */
+typedef struct __attribute__((packed)) {
+    uint8_t v6;
+    uint64_t hi, lo;
+} peer_key_t;
+
+enum { N_TCP, N_UDP, N_ICMP, N_IN };
+#define FREE_PEER 0xff            /* the v6 of a free record: it matches no peer */
+#define K_WIDTH 12                /* conncounts.K_FIELDS: tcp udp icmp in out active ... */
 
 /* A hash table slot: the entry (NIL: empty) and its key's hash, compared first. */
 typedef struct { uint32_t entry, hash; } slot_t;
@@ -121,6 +145,11 @@ typedef struct {
     uint32_t wheel_size;          /* a power of two > longest timeout + 1 */
     int64_t now;
     int started;
+    /* the open tally: peer records, their index (NIL: empty) */
+    peer_t *peers;
+    uint32_t npeers, peers_used, peers_cap, peer_free;   /* freed records chained by n[0] */
+    uint32_t *pslots;
+    uint32_t pslot_size;          /* a power of two, at most half full */
     /* events of the call under way */
     event_t *events;
     size_t nevents, events_cap;
@@ -309,9 +338,160 @@ static inline void lru_touch(Core *c, uint32_t i)
     }
 }
 
+/* ------------------------------------------------------------------ open tally */
+
+static inline uint32_t peer_hash(uint64_t hi, uint64_t lo, uint8_t v6)
+{
+    uint64_t h = mix64(lo ^ 0x9e3779b97f4a7c15ULL);
+    h = mix64(h ^ hi ^ ((uint64_t)v6 << 63));
+    return (uint32_t)h ^ (uint32_t)(h >> 32);
+}
+
+/* The record of peer (hi, lo, v6), NIL if it has none; *where: its index slot, or
+ * the empty one a new record of it would take. */
+static uint32_t peer_find(const Core *c, uint64_t hi, uint64_t lo, uint8_t v6, uint32_t *where)
+{
+    uint32_t mask = c->pslot_size - 1;
+    for (uint32_t k = peer_hash(hi, lo, v6) & mask;; k = (k + 1) & mask) {
+        uint32_t r = c->pslots[k];
+        *where = k;
+        if (r == NIL)
+            return NIL;
+        const peer_t *q = &c->peers[r];
+        if (q->lo == lo && q->hi == hi && q->v6 == v6)
+            return r;
+    }
+}
+
+/* Pages of the tally's own (mmap): growing moves no byte (mremap), and what it gives
+ * back goes back to the system at once, so it costs what it holds whatever the heap
+ * did before (a freed heap block the size of a table stays resident). */
+static void *pages_resize(void *old, size_t old_len, size_t len)
+{
+    void *p = old ? mremap(old, old_len, len, MREMAP_MAYMOVE)
+                  : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, len, MADV_HUGEPAGE);   /* the whole mapping: one piece, that mremap can move */
+#endif
+    return p;
+}
+
+static void pages_free(void *p, size_t len)
+{
+    if (p)
+        munmap(p, len);
+}
+
+/* A new index of n slots for the records the old one names. */
+static int pslots_alloc(Core *c, uint32_t n)
+{
+    uint32_t *slots = pages_resize(NULL, 0, (size_t)n * sizeof *slots);
+    if (!slots)
+        return -1;
+    for (uint32_t k = 0; k < n; k++)
+        slots[k] = NIL;
+    pages_free(c->pslots, (size_t)c->pslot_size * sizeof *slots);
+    c->pslots = slots;
+    c->pslot_size = n;
+    for (uint32_t r = 0; r < c->peers_used; r++) {      /* the records in order, not the slots */
+        const peer_t *q = &c->peers[r];
+        if (r + AHEAD < c->peers_used) {
+            const peer_t *ahead = &c->peers[r + AHEAD];
+            __builtin_prefetch(&slots[peer_hash(ahead->hi, ahead->lo, ahead->v6) & (n - 1)], 1);
+        }
+        uint32_t where;
+        if (q->v6 != FREE_PEER && peer_find(c, q->hi, q->lo, q->v6, &where) == NIL)
+            slots[where] = r;
+    }
+    return 0;
+}
+
+/* A free record: a freed one, else the next of the array (grown by doubling). */
+static uint32_t peer_record(Core *c)
+{
+    if (c->peer_free != NIL) {
+        uint32_t r = c->peer_free;
+        c->peer_free = c->peers[r].n[0];
+        return r;
+    }
+    if (c->peers_used == c->peers_cap) {
+        uint64_t cap = c->peers_cap ? (uint64_t)c->peers_cap * 2 : 1024;
+        if (cap > MAX_ENTRIES)
+            cap = MAX_ENTRIES;
+        if (cap <= c->peers_used)
+            return NIL;
+        peer_t *peers = pages_resize(c->peers, (size_t)c->peers_cap * sizeof *peers,
+                                     cap * sizeof *peers);
+        if (!peers)
+            return NIL;
+        c->peers = peers;
+        c->peers_cap = (uint32_t)cap;
+    }
+    return c->peers_used++;
+}
+
+/* Entry e becomes live: its peer's record (made if it has none) counts it begun. */
+static int tally_new(Core *c, entry_t *e)
+{
+    uint32_t where, r = peer_find(c, e->a.peer_hi, e->a.peer_lo, e->v6, &where);
+    if (r == NIL) {
+        if (2 * ((uint64_t)c->npeers + 1) > c->pslot_size) {     /* at most half full */
+            if (c->pslot_size >= (1u << 31) || pslots_alloc(c, c->pslot_size * 2) < 0)
+                return -1;
+            peer_find(c, e->a.peer_hi, e->a.peer_lo, e->v6, &where);
+        }
+        if ((r = peer_record(c)) == NIL)
+            return -1;
+        c->pslots[where] = r;
+        c->npeers++;
+        peer_t *q = &c->peers[r];
+        memset(q, 0, sizeof *q);
+        q->hi = e->a.peer_hi;
+        q->lo = e->a.peer_lo;
+        q->v6 = e->v6;
+    }
+    e->peer = r;
+    peer_t *q = &c->peers[r];
+    q->n[e->proto == P_TCP ? N_TCP : e->proto == P_UDP ? N_UDP : N_ICMP]++;
+    if (!(e->bits & B_INIT_ME))
+        q->n[N_IN]++;
+    return 0;
+}
+
+/* Entry e ends: its peer's record counts it no more, and goes with its last one. */
+static void tally_end(Core *c, const entry_t *e)
+{
+    uint32_t r = e->peer;
+    peer_t *q = &c->peers[r];
+    q->n[e->proto == P_TCP ? N_TCP : e->proto == P_UDP ? N_UDP : N_ICMP]--;
+    if (!(e->bits & B_INIT_ME))
+        q->n[N_IN]--;
+    if (q->n[N_TCP] | q->n[N_UDP] | q->n[N_ICMP])
+        return;
+    uint32_t mask = c->pslot_size - 1, hole = peer_hash(q->hi, q->lo, q->v6) & mask;
+    while (c->pslots[hole] != r)
+        hole = (hole + 1) & mask;
+    /* the slots after it move back so that no probe stops short (as hash_remove) */
+    for (uint32_t k = (hole + 1) & mask; c->pslots[k] != NIL; k = (k + 1) & mask) {
+        const peer_t *p = &c->peers[c->pslots[k]];
+        uint32_t home = peer_hash(p->hi, p->lo, p->v6) & mask;
+        if (((k - home) & mask) >= ((k - hole) & mask)) {
+            c->pslots[hole] = c->pslots[k];
+            hole = k;
+        }
+    }
+    c->pslots[hole] = NIL;
+    c->npeers--;
+    q->n[0] = c->peer_free;           /* the free records' chain */
+    q->v6 = FREE_PEER;
+    c->peer_free = r;
+}
+
 /* ------------------------------------------------------------------ events */
 
-static int emit(Core *c, uint8_t kind, uint8_t state, const entry_t *e)
+static int emit_row(Core *c, uint8_t kind, uint8_t state, const entry_t *e)
 {
     if (c->nevents == c->events_cap) {
         size_t cap = c->events_cap ? c->events_cap * 2 : 1024;
@@ -336,6 +516,20 @@ static int emit(Core *c, uint8_t kind, uint8_t state, const entry_t *e)
     ev->proto = e->proto;
     ev->dir = (e->bits & B_INIT_ME) ? DIR_OUT : DIR_IN;
     ev->v6 = e->v6;
+    return 0;
+}
+
+/* An event of the table: a new connection is live, an ended one no longer (the tally). */
+static int emit(Core *c, uint8_t kind, uint8_t state, entry_t *e)
+{
+    if (emit_row(c, kind, state, e) < 0)
+        return -1;
+    if (kind != K_NEW)
+        tally_end(c, e);
+    else if (tally_new(c, e) < 0) {
+        c->failed = 1;
+        return -1;
+    }
     return 0;
 }
 
@@ -391,6 +585,7 @@ static uint32_t open_entry(Core *c, const packet_t *p, uint32_t hash, uint16_t m
         if (c->lru.head != NIL) {     /* a flood evicts again: fetch the next victim's slot */
             const entry_t *next = &c->pool[c->lru.head];
             __builtin_prefetch(&c->slots[next->hash & mask_of(c)], 1);
+            __builtin_prefetch(&c->peers[next->peer], 1);
             if (next->lru_next != NIL)
                 __builtin_prefetch(&c->pool[next->lru_next], 1);
         }
@@ -591,11 +786,14 @@ static int one_packet(Core *c, const packet_t *p, uint32_t hash)
  * is in the cache.  Prefetches are hints only: a table changed meanwhile costs
  * a miss, never a wrong answer.
  */
-static inline void prefetch_entry(const Core *c, uint32_t hash)
+static inline void prefetch_entry(const Core *c, uint32_t hash, const packet_t *p)
 {
     const slot_t *s = &c->slots[hash & mask_of(c)];
     if (s->entry != NIL)
         __builtin_prefetch(&c->pool[s->entry]);
+    else                          /* likely a new connection: its peer's index slot */
+        __builtin_prefetch(&c->pslots[peer_hash(p->a.peer_hi, p->a.peer_lo, p->v6)
+                                      & (c->pslot_size - 1)]);
 }
 
 static int run_batch(Core *c, const packet_t *p, size_t n)
@@ -609,7 +807,7 @@ static int run_batch(Core *c, const packet_t *p, size_t n)
     for (size_t k = 0; k < n; k++) {
         uint32_t hash = ring[k & (AHEAD - 1)];
         if (k + AHEAD / 2 < n)
-            prefetch_entry(c, ring[(k + AHEAD / 2) & (AHEAD - 1)]);
+            prefetch_entry(c, ring[(k + AHEAD / 2) & (AHEAD - 1)], &p[k + AHEAD / 2]);
         if (k + AHEAD < n) {
             uint32_t next = packet_hash(&p[k + AHEAD]);
             ring[(k + AHEAD) & (AHEAD - 1)] = next;
@@ -646,18 +844,26 @@ static int ready(const Core *c)
     return 0;
 }
 
+/* arg's buffer into view as rows of `size` bytes; -1 (an exception set) if it is not. */
+static int get_rows(const Core *c, PyObject *arg, Py_buffer *view, size_t size,
+                    const char *refusal)
+{
+    if (!ready(c) || PyObject_GetBuffer(arg, view, PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (view->len % (Py_ssize_t)size) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, refusal);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Core_process(Core *c, PyObject *arg)
 {
     Py_buffer view;
-    if (!ready(c))
+    if (get_rows(c, arg, &view, sizeof(packet_t),
+                 "packets: not rows of conntrack.PACKET_DTYPE") < 0)
         return NULL;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_C_CONTIGUOUS) < 0)
-        return NULL;
-    if (view.len % (Py_ssize_t)sizeof(packet_t)) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "packets: not rows of conntrack.PACKET_DTYPE");
-        return NULL;
-    }
     const packet_t *p = view.buf;
     size_t n = (size_t)view.len / sizeof(packet_t);
     Py_BEGIN_ALLOW_THREADS
@@ -682,7 +888,7 @@ static PyObject *Core_advance(Core *c, PyObject *arg)
 static void emit_live(Core *c, uint8_t kind, uint8_t state)
 {
     for (uint32_t i = c->lru.head; i != NIL; i = c->pool[i].lru_next)
-        if (emit(c, kind, state, &c->pool[i]) < 0)
+        if (emit_row(c, kind, state, &c->pool[i]) < 0)
             break;
 }
 
@@ -701,6 +907,10 @@ static PyObject *Core_drain(Core *c, PyObject *unused)
     c->used = 0;
     c->free_head = NIL;
     c->live = c->lingering = 0;
+    c->npeers = c->peers_used = 0;
+    c->peer_free = NIL;
+    for (uint32_t k = 0; k < c->pslot_size; k++)
+        c->pslots[k] = NIL;
     return take_events(c);
 }
 
@@ -712,6 +922,42 @@ static PyObject *Core_still_open(Core *c, PyObject *unused)
         return NULL;
     emit_live(c, K_NEW, E_ACTIVE);
     return take_events(c);
+}
+
+/* Per peer of a buffer of conncounts.PEER_DTYPE rows, the K row (int64, K_FIELDS
+ * order) of its live connections counted as begun: tcp udp icmp in out active. */
+static PyObject *Core_open_counts(Core *c, PyObject *arg)
+{
+    Py_buffer view;
+    if (get_rows(c, arg, &view, sizeof(peer_key_t),
+                 "peers: not rows of conncounts.PEER_DTYPE") < 0)
+        return NULL;
+    size_t n = (size_t)view.len / sizeof(peer_key_t);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * K_WIDTH * sizeof(int64_t)));
+    if (!out) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    const peer_key_t *keys = view.buf;
+    int64_t *row = (int64_t *)PyBytes_AS_STRING(out);
+    memset(row, 0, n * K_WIDTH * sizeof(int64_t));
+    for (size_t i = 0; i < n; i++, row += K_WIDTH) {
+        peer_key_t key = keys[i];
+        uint32_t where, r = peer_find(c, key.hi, key.lo, key.v6, &where);
+        if (r == NIL)
+            continue;
+        uint32_t m[4];
+        memcpy(m, c->peers[r].n, sizeof m);
+        int64_t all = (int64_t)m[N_TCP] + m[N_UDP] + m[N_ICMP];
+        row[0] = m[N_TCP];
+        row[1] = m[N_UDP];
+        row[2] = m[N_ICMP];
+        row[3] = m[N_IN];
+        row[4] = all - m[N_IN];
+        row[5] = all;
+    }
+    PyBuffer_Release(&view);
+    return out;
 }
 
 static PyObject *Core_live(Core *c, PyObject *unused)
@@ -759,7 +1005,7 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds)
     while ((long long)c->wheel_size <= longest + 1)
         c->wheel_size *= 2;
     c->wheel = malloc(c->wheel_size * sizeof *c->wheel);
-    if (!c->wheel || hash_alloc(c, 2048) < 0) {
+    if (!c->wheel || hash_alloc(c, 2048) < 0 || pslots_alloc(c, 2048) < 0) {
         PyErr_NoMemory();
         return -1;
     }
@@ -768,6 +1014,7 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds)
     c->lru.head = c->lru.tail = NIL;
     c->linger.head = c->linger.tail = NIL;
     c->free_head = NIL;
+    c->peer_free = NIL;
     return 0;
 }
 
@@ -777,6 +1024,8 @@ static void Core_dealloc(Core *c)
     free(c->slots);
     free(c->wheel);
     free(c->events);
+    pages_free(c->peers, (size_t)c->peers_cap * sizeof *c->peers);
+    pages_free(c->pslots, (size_t)c->pslot_size * sizeof *c->pslots);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
@@ -789,6 +1038,8 @@ static PyMethodDef Core_methods[] = {
      "drain() -> bytes: end every live connection as drained, empty the table."},
     {"still_open", (PyCFunction)Core_still_open, METH_NOARGS,
      "still_open() -> bytes: every live connection as a new event; the table unchanged."},
+    {"open_counts", (PyCFunction)Core_open_counts, METH_O,
+     "open_counts(peers) -> bytes: int64 K rows of the live connections of each peer."},
     {"live", (PyCFunction)Core_live, METH_NOARGS, "live() -> open connections."},
     {"lingering", (PyCFunction)Core_lingering, METH_NOARGS, "lingering() -> ended, lingering."},
     {"evictions", (PyCFunction)Core_evictions, METH_NOARGS, "evictions() -> evicted so far."},
@@ -826,7 +1077,9 @@ PyMODINIT_FUNC PyInit__conntrack(void)
     if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0
         || PyModule_AddIntConstant(m, "PACKET_SIZE", sizeof(packet_t)) < 0
         || PyModule_AddIntConstant(m, "EVENT_SIZE", sizeof(event_t)) < 0
-        || PyModule_AddIntConstant(m, "ENTRY_SIZE", sizeof(entry_t)) < 0) {
+        || PyModule_AddIntConstant(m, "ENTRY_SIZE", sizeof(entry_t)) < 0
+        || PyModule_AddIntConstant(m, "PEER_SIZE", sizeof(peer_t)) < 0
+        || PyModule_AddIntConstant(m, "PEER_KEY_SIZE", sizeof(peer_key_t)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -18,6 +18,9 @@ END_COUNTER = {ct.CLOSED: "closed", ct.RESET: "reset", ct.REFUSED: "refused",
                ct.UNANSWERED: "unanswered", ct.TIMEDOUT: "timedout", ct.EVICTED: "evicted"}
 
 PEER_DTYPE = np.dtype([("v6", "u1"), ("peer_hi", "<u8"), ("peer_lo", "<u8")])
+assert len(K_FIELDS) == ct.K_WIDTH
+assert not ct.HAVE_CORE or ct._conntrack.PEER_KEY_SIZE == PEER_DTYPE.itemsize, \
+    "PEER_DTYPE != struct peer_key"
 
 # What the K counters read of an event (``count``, ``count_and_open``, ``remember_open``):
 # a replay's reading process sends only these when no events file takes the events.
@@ -164,6 +167,31 @@ def remember_open(tally: dict[tuple, np.ndarray], events: np.ndarray) -> None:
                 tally[key] = total
             else:
                 tally.pop(key, None)
+
+
+def open_before(events: np.ndarray, deltas: np.ndarray, rows: np.ndarray,
+                open_after: np.ndarray) -> np.ndarray:
+    """The K rows of ``open_tally`` before the batch ``events`` for its peers ``rows``
+    (indices into ``count(events)``, whose deltas are ``deltas``) from those after it
+    (``Tracker.open_counts``): after, less what its new events began, plus what its
+    ended ones had begun."""
+    width = len(K_FIELDS)
+    if len(events) and not (events["kind"] == ct.NEW).all():
+        every = events.copy()
+        every["kind"] = ct.NEW                  # every event counted as begun
+        ended = count(every)[1][rows] - _begun(deltas[rows])
+    else:
+        ended = np.zeros((len(rows), width), np.int64)
+    return open_after - _begun(deltas[rows]) + ended
+
+
+def _begun(deltas: np.ndarray) -> np.ndarray:
+    """What the new events behind ``count``'s deltas began, alone (tcp udp icmp in out active)."""
+    begun = np.zeros_like(deltas)
+    begun[:, :_COLUMN["active"]] = deltas[:, :_COLUMN["active"]]
+    protocols = [_COLUMN["tcp"], _COLUMN["udp"], _COLUMN["icmp"]]
+    begun[:, _COLUMN["active"]] = deltas[:, protocols].sum(1)
+    return begun
 
 
 def _peers(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

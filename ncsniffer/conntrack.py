@@ -44,6 +44,7 @@ UDP_TIMEOUT = DEFAULT_TIMEOUTS["udp"]
 ICMP_TIMEOUT = DEFAULT_TIMEOUTS["icmp"]
 TCP_LINGER = DEFAULT_TIMEOUTS["tcp_linger"]
 DEFAULT_MAX_CONNECTIONS = 1_000_000
+K_WIDTH = 12                 # len(conncounts.K_FIELDS): Tracker.open_counts' rows
 
 # --------------------------------------------------------------- protocols, flags
 TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
@@ -230,6 +231,14 @@ class Tracker:
         """Every open connection as a ``new`` event (oldest activity first), the table
         unchanged: what a replay about to evict records starts its per-peer counts with."""
         return self._events(self._core.still_open())
+
+    def open_counts(self, peers: np.ndarray) -> np.ndarray:
+        """Per peer of ``peers`` (``conncounts.PEER_DTYPE``), the K row (int64, ``K_FIELDS``
+        order) of its open connections counted as begun (tcp udp icmp in out active; the
+        rest 0): what a record made anew counts (10.3), without listing the table."""
+        raw = self._core.open_counts(np.ascontiguousarray(peers))
+        return raw if isinstance(raw, np.ndarray) else \
+            np.frombuffer(raw, np.int64).reshape(len(peers), K_WIDTH)
 
     @property
     def live(self) -> int:

@@ -54,10 +54,11 @@ class Sniffer:
         # events go to the K counters and to ``events`` (the driver's Events, or None).
         self.tracker: conntrack.Tracker | None = None
         self.events = None
-        self._open: dict[tuple, np.ndarray] = {}      # per peer: begun counts of open ones
-        # What a record made while its peer has connections open needs (10.3): kept live
-        # (SIGHUP), and in a replay from its first eviction or purge (``_carry_from_now``).
+        # What a record made while its peer has connections open counts (10.3): the
+        # tracker's open counts, live (SIGHUP) and in a replay from its first eviction
+        # or purge; events fed without their tracker use a tally kept here (the twin).
         self.carry_open = not self.offline
+        self._open: dict[tuple, np.ndarray] = {}      # the twin's: per peer, open ones begun
         if settings.connections and flows is None:
             self.tracker = conntrack.Tracker(conntrack.Timeouts.from_config(settings.timeouts),
                                              settings.max_connections)
@@ -77,10 +78,10 @@ class Sniffer:
 
     # ----------------------------------------------------------- connections
     def _track(self, flows, clock=None) -> None:
-        self.feed(self.tracker.process(flows))
+        self.feed(self.tracker.process(flows), self.tracker)
 
     def _tick(self, now: int, elapsed: int) -> None:
-        self.feed(self.tracker.advance(now))
+        self.feed(self.tracker.advance(now), self.tracker)
 
     def tracks_ahead(self) -> bool:
         """Whether a replay's reading process can run this tracker (``track_ahead``)."""
@@ -125,31 +126,38 @@ class Sniffer:
             return self._drained
         return self.tracker.drain() if self.tracker is not None else None
 
-    def feed(self, events: np.ndarray) -> None:
-        """The tracker's events: K counters of their peers' records, then the events sink."""
+    def feed(self, events: np.ndarray, tracker: conntrack.Tracker | None = None) -> None:
+        """Events of ``tracker`` (just made: its open counts are those after them): K
+        counters of their peers' records, then the events sink.  Without ``tracker``
+        the open connections come from a tally kept here batch by batch (the plain
+        twin: exact when kept from the start, as live, or from ``OpenTally``, as in a
+        two-process replay)."""
         if len(events):
-            self._feed_counted(events, *conncounts.count(events))
+            self._feed_counted(events, *conncounts.count(events), tracker)
 
-    def _feed_counted(self, events: np.ndarray, peers: np.ndarray, deltas: np.ndarray) -> None:
+    def _feed_counted(self, events: np.ndarray, peers: np.ndarray, deltas: np.ndarray,
+                      tracker: conntrack.Tracker | None = None) -> None:
         slots = self.acct.records.peer_slots(peers)
-        if self._open:
-            self._count_open_as_begun(peers, slots, deltas)
         if self.carry_open:
-            self._remember_open(events)
+            self._count_open_as_begun(events, peers, slots, deltas, tracker)
+            if tracker is None:
+                conncounts.remember_open(self._open, events)
         self.acct.records.add_connections(slots, deltas)
         if self.events is not None:
             self.events.push(events)
 
     def _carry_from_now(self) -> None:
-        """A replay's records are about to go (evicted or purged): from now on keep the
-        open connections per peer, starting with those the tracker holds.  Until now no
-        record went, so every record counts its peer's connections exactly."""
-        self._open = (self._ahead.tally() if self._ahead is not None
-                      else conncounts.open_tally(self.tracker.still_open()))
+        """A replay's records are about to go (evicted or purged): from now on a record
+        made anew counts its peer's open connections: the tracker's open counts, or, with
+        the tracker in the reading process (``take_tracked``), the tally kept from its
+        deltas, kept up from now batch by batch (the twin).  Until now no record went,
+        so every record counted its peer's connections from their beginning."""
+        if self._ahead is not None:
+            self._open = self._ahead.tally()
         self.carry_open = True
 
-    def _count_open_as_begun(self, peers: np.ndarray, slots: np.ndarray,
-                             deltas: np.ndarray) -> None:
+    def _count_open_as_begun(self, events: np.ndarray, peers: np.ndarray, slots: np.ndarray,
+                             deltas: np.ndarray, tracker: conntrack.Tracker | None) -> None:
         """A record made after its peer's open connections began (after a SIGHUP, or anew
         after a purge or an eviction) counts them as begun with its first events, so that
         their ends count too and the sums of 10.3 hold.  Such a record counts no
@@ -157,16 +165,14 @@ class Sniffer:
         fresh = np.flatnonzero(self.acct.records.conn_unbegun(slots))
         if not fresh.size:
             return
-        keys = peers[fresh].tolist()
-        for i, key in zip(fresh.tolist(), keys):
+        if tracker is not None:
+            after = tracker.open_counts(peers[fresh])
+            deltas[fresh] += conncounts.open_before(events, deltas, fresh, after)
+            return
+        for i, key in zip(fresh.tolist(), peers[fresh].tolist()):
             begun = self._open.get(tuple(key))
             if begun is not None:
                 deltas[i] += begun
-
-    def _remember_open(self, events: np.ndarray) -> None:
-        """Keep, per peer, the begun counts of its open connections (a K row):
-        what a record made anew takes (``_count_open_as_begun``)."""
-        conncounts.remember_open(self._open, events)
 
     def reset(self, now: int) -> None:
         """Start a new data set (start-up, SIGHUP).  With connection tracking, the

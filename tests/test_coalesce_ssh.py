@@ -1,10 +1,10 @@
 """Coalescing for real: three network namespaces, a real sshd in each, real ssh and rsync.
 
-Each namespace ("host") gets a veth pair with a private /30 (10.213.x.y, only
-inside the namespaces made here), an sshd with a generated host key that lets
-in our generated client key, and a stats file: alpha's in our Python format
-(its "daemon" is a UDP stand-in that rewrites the file on 'dump'), beta's in
-the Perl daemon's exact layout, gamma's in JSON.  The coalescer CGI runs as a
+Each namespace ("host", made by tests/sshlab.py) gets a veth pair with a private
+/30 (10.213.x.y, only inside the namespaces made here), an sshd with a generated
+host key that lets in our generated client key, and a stats file: alpha's in our
+Python format (its "daemon" is a UDP stand-in that rewrites the file on 'dump'),
+beta's in the Perl daemon's exact layout, gamma's in JSON.  The coalescer CGI runs as a
 real process and its report is compared with the expected file exactly.
 Everything is torn down in ``finally`` blocks, even when a test fails.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import time
 import pytest
 
 from ncsniffer import dumpfile
-from tests.conftest import stop_process
+from tests.sshlab import TAG, Lab, remote_dump, ssh_lab
 
 pytestmark = pytest.mark.integration
 
@@ -30,11 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data", "coalesce")
 PYTHON = sys.executable
 CGI = os.path.join(ROOT, "scripts", "nc.sniffer.coalesce.cgi")
-DUMP = os.path.join(ROOT, "scripts", "nc.sniffer.dump")
-SSHD = "/usr/sbin/sshd"
 HOSTS = ("alpha", "beta", "gamma")
-TAG = os.getpid() % 100000
-NET = 4 * (os.getpid() % 60)          # third octet base: parallel runs rarely collide
 
 RESPONDER = r"""
 import os, socket, sys, time
@@ -58,167 +53,36 @@ while time.monotonic() < deadline:
 """
 
 
-def need(condition: bool, why: str) -> None:
-    if not condition:
-        pytest.skip(why)
-
-
-def run(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                          check=check)
-
-
-def wait_port(address: str, port: int, seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((address, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {address}:{port} after {seconds} s")
-
-
-class Lab:
-    """The namespaces, their sshd processes and files; ``close`` undoes everything."""
-
-    def __init__(self, base: str):
-        self.base = base
-        self.namespaces: list[str] = []
-        self.links: list[str] = []
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.addr: dict[str, str] = {}
-        self.made_run_sshd = False
-
-    # ---- set-up
-    def keys(self) -> None:
-        self.client_key = os.path.join(self.base, "client_key")
-        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.client_key)
-        self.host_key = os.path.join(self.base, "host_key")
-        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.host_key)
-        shutil.copy(self.client_key + ".pub", os.path.join(self.base, "authorized_keys"))
-        if not os.path.isdir("/run/sshd"):
-            os.makedirs("/run/sshd", mode=0o755)
-            self.made_run_sshd = True
-
-    def host(self, index: int, name: str) -> None:
-        ns, outside, inside = f"ncco{TAG}-{index}", f"ncc{TAG}h{index}", f"ncc{TAG}n{index}"
-        net = f"10.213.{NET + index}"
-        run("ip", "netns", "add", ns)
-        self.namespaces.append(ns)
-        run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
-        self.links.append(outside)
-        run("ip", "link", "set", inside, "netns", ns)
-        run("ip", "addr", "add", f"{net}.1/30", "dev", outside)
-        run("ip", "link", "set", outside, "up")
-        run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{net}.2/30", "dev", inside)
-        run("ip", "netns", "exec", ns, "ip", "link", "set", inside, "up")
-        run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        self.addr[name] = f"{net}.2"
-        home = os.path.join(self.base, name)
-        os.makedirs(home)
-        with open(os.path.join(home, "sshd_config"), "w") as fh:
-            fh.write(f"Port 22\nListenAddress {net}.2\nHostKey {self.host_key}\n"
-                     f"PidFile {home}/sshd.pid\n"
-                     f"AuthorizedKeysFile {self.base}/authorized_keys\n"
-                     "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-                     "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-                     "UseDNS no\nLogLevel ERROR\n")
-        self.start_sshd(name)
-
-    def start_sshd(self, name: str) -> None:
-        index = HOSTS.index(name) + 1 if name in HOSTS else None
-        ns = f"ncco{TAG}-{index}"
-        home = os.path.join(self.base, name)
-        log = open(os.path.join(home, "sshd.log"), "a")
-        self.procs[name] = subprocess.Popen(
-            ["ip", "netns", "exec", ns, SSHD, "-D", "-e", "-f", f"{home}/sshd_config"],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        log.close()
-        wait_port(self.addr[name], 22)
-
-    def stop_sshd(self, name: str) -> None:
-        stop_process(self.procs.pop(name))
-
-    def responder(self, port: int, stats: str, log: str) -> None:
-        ns = f"ncco{TAG}-1"
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, PYTHON, "-c", RESPONDER, str(port), stats,
-             os.path.join(DATA, "alpha.stats"), log], stdout=subprocess.PIPE, text=True)
-        self.procs["responder"] = proc
-        assert proc.stdout.readline().strip() == "ready"
-
-    def ssh_config(self) -> str:
-        path = os.path.join(self.base, "ssh_config")
-        with open(path, "w") as fh:
-            for name, addr in self.addr.items():
-                fh.write(f"Host {name}\n  HostName {addr}\n")
-            fh.write(f"Host *\n  User root\n  IdentityFile {self.client_key}\n"
-                     "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
-                     "  UserKnownHostsFile /dev/null\n  GlobalKnownHostsFile /dev/null\n"
-                     "  LogLevel ERROR\n")
-        return path
-
-    # ---- tear-down
-    def close(self) -> None:
-        for name in list(self.procs):
-            proc = self.procs.pop(name)
-            try:
-                proc.kill()
-                proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-            finally:
-                if proc.stdout:
-                    proc.stdout.close()
-        for ns in self.namespaces:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
-        for link in self.links:        # normally gone with its namespace peer
-            subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=30)
-        if self.made_run_sshd:
-            try:
-                os.rmdir("/run/sshd")
-            except OSError:
-                pass
+def responder(lab: Lab, port: int, stats: str, log: str) -> None:
+    """alpha's "daemon": rewrites its stats file on a dump request, logging each one."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", lab.netns["alpha"], PYTHON, "-c", RESPONDER, str(port), stats,
+         os.path.join(DATA, "alpha.stats"), log], stdout=subprocess.PIPE, text=True)
+    lab.procs["responder"] = proc
+    assert proc.stdout.readline().strip() == "ready"
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    need(os.geteuid() == 0, "needs root (network namespaces, sshd)")
-    for tool in (SSHD, shutil.which("ssh"), shutil.which("rsync"), shutil.which("ip"),
-                 shutil.which("ssh-keygen")):
-        need(bool(tool) and os.path.exists(tool), "needs openssh-server, openssh-client, "
-             "rsync and iproute2 (tools/ensure-test-system installs them)")
-    base = str(tmp_path_factory.mktemp("coalesce-lab"))
-    os.chmod(base, 0o755)
-    lab = Lab(base)
-    try:
-        lab.keys()
-        for index, name in enumerate(HOSTS, 1):
-            lab.host(index, name)
+    with ssh_lab(str(tmp_path_factory.mktemp("coalesce-lab")), HOSTS) as lab:
+        for name in HOSTS:
             shutil.copy(os.path.join(DATA, f"{name}.stats"),
-                        os.path.join(base, name, "nc.sniffer.stats"))
+                        os.path.join(lab.home(name), "nc.sniffer.stats"))
         lab.port = 20000 + TAG % 20000
-        lab.dump_log = os.path.join(base, "alpha", "dumps.log")
+        lab.dump_log = os.path.join(lab.home("alpha"), "dumps.log")
         open(lab.dump_log, "w").close()
-        lab.responder(lab.port, os.path.join(base, "alpha", "nc.sniffer.stats"), lab.dump_log)
-        lab.ssh = lab.ssh_config()
+        responder(lab, lab.port, os.path.join(lab.home("alpha"), "nc.sniffer.stats"),
+                  lab.dump_log)
         yield lab
-    finally:
-        lab.close()
-
-
-def remote_dump(lab: Lab, name: str, age: int) -> list[str]:
-    """The remote command: nc.sniffer.dump from this checkout, run by the venv's python."""
-    stats = os.path.join(lab.base, name, "nc.sniffer.stats")
-    return [PYTHON, DUMP, "--stats", stats, "--update", f"127.0.0.1:{lab.port}",
-            "--age", str(age), "--updto", "10"]
 
 
 def coalesce_conf(lab: Lab, cache_dir: str, **extra) -> str:
     os.makedirs(cache_dir, exist_ok=True)
-    src = {name: {"exec": remote_dump(lab, name, 0 if name == "alpha" else 300),
-                  "fetch": os.path.join(lab.base, name, "nc.sniffer.stats")} for name in HOSTS}
+    src = {}
+    for name in HOSTS:
+        stats = os.path.join(lab.home(name), "nc.sniffer.stats")
+        src[name] = {"exec": remote_dump(stats, f"127.0.0.1:{lab.port}",
+                                         0 if name == "alpha" else 300), "fetch": stats}
     conf = {"cache": os.path.join(cache_dir, "sniffer.cache"), "src": src,
             "ssh": ["ssh", "-F", lab.ssh], "timeout": 20, "refresh": 300}
     conf.update(extra)

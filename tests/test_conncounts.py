@@ -118,6 +118,72 @@ def test_open_tally_of_the_tracker_equals_the_batch_by_batch_twin(reference, spe
         assert sum(int(v[active]) for v in fast.values()) == tracker.live
 
 
+def asked_peers(batch: np.ndarray) -> np.ndarray:
+    """Every peer of the stream, once, and one it never had (PEER_DTYPE rows)."""
+    peers = np.zeros(len(batch) + 1, conncounts.PEER_DTYPE)
+    for f in conncounts.PEER_DTYPE.names:
+        peers[f][:-1] = batch[f]
+    peers[-1]["v6"], peers[-1]["peer_lo"] = 1, 0xDEAD
+    return np.unique(peers)
+
+
+# The tally the core keeps as connections open and end, asked for given peers.
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=packet_rows, cuts=st.lists(st.integers(0, 80), max_size=6),
+       ticks=st.lists(st.sampled_from([0, 1, 5, 30]), max_size=6), max_conn=st.integers(1, 6),
+       drain_at=st.one_of(st.none(), st.integers(0, 6)))
+def test_open_counts_of_core_and_reference_equal_the_tally_of_the_open_ones(spec, cuts, ticks,
+                                                                           max_conn, drain_at):
+    """Timeouts, lingering, eviction (a small max_connections) and a drain: after each
+    step both trackers' open_counts are the begun counts of still_open, peer by peer."""
+    if not ct.HAVE_CORE:
+        pytest.fail("the extension is not built")
+    batch = stream(spec)
+    peers = asked_peers(batch)
+    timeouts = ct.Timeouts(tcp_establish=2, tcp=4, udp=3, icmp=1, tcp_linger=2)
+    core, ref = (ct.Tracker(timeouts, max_conn, reference=r) for r in (False, True))
+    last = 0
+    for i, cut in enumerate(sorted(min(c, len(batch)) for c in cuts) + [len(batch)]):
+        for t in (core, ref):
+            t.process(batch[last:cut])
+            if i < len(ticks) and ticks[i] and cut:
+                t.advance(int(batch["sec"][cut - 1]) + ticks[i])
+            if i == drain_at:
+                t.drain()
+        last = cut
+        tally = conncounts.open_tally(core.still_open())
+        want = [tally.get(p, np.zeros(len(conncounts.K_FIELDS), np.int64)).tolist()
+                for p in peers.tolist()]
+        assert core.open_counts(peers).tolist() == ref.open_counts(peers).tolist() == want
+        with_one = core.open_counts(np.concatenate([peers, peers[:1]]))
+        assert with_one[-1].tolist() == want[0]
+
+
+def test_open_counts_over_thousands_of_peers_of_both_families_with_evictions():
+    """More peers than the index starts with (it grows, records move when peers go),
+    IPv6 peers whose words equal IPv4 ones (v6 tells them apart), SYNs evicting, then
+    expiry of a part: the core's counts are those of still_open for every peer."""
+    if not ct.HAVE_CORE:
+        pytest.fail("the extension is not built")
+    n = 6000
+    syns = np.zeros(n, ct.PACKET_DTYPE)
+    syns["sec"] = 1000 + np.arange(n) // 2000              # three seconds of SYNs
+    syns["proto"], syns["flags"], syns["me_port"], syns["peer_port"] = ct.TCP, ct.SYN, 80, 4000
+    syns["peer_lo"], syns["v6"] = 1 + np.arange(n) % 3001, np.arange(n) % 2   # all distinct
+    syns["from_me"] = np.arange(n) % 3 == 0
+    tracker = ct.Tracker(ct.Timeouts(tcp_establish=5), max_connections=4000)
+    peers = asked_peers(syns)
+    for step in (lambda: tracker.process(syns), lambda: tracker.advance(1007)):
+        step()
+        tally = conncounts.open_tally(tracker.still_open())
+        want = [tally.get(p, np.zeros(len(conncounts.K_FIELDS), np.int64)).tolist()
+                for p in peers.tolist()]
+        assert tracker.open_counts(peers).tolist() == want
+        assert tracker.open_counts(peers)[:, conncounts.K_FIELDS.index("active")].sum() \
+            == tracker.live > 0
+    assert tracker.evictions == n - 4000 and tracker.live == 2000
+
+
 # ------------------------------------------- records that go while their peer has connections open
 
 PEERS = 3
@@ -171,3 +237,61 @@ def test_a_record_made_after_its_peers_connections_began_counts_the_open_ones(op
             assert begun == k["in"] + k["out"] == k["active"] + ended
             if begun:
                 assert k["active"] == len(open_[key.index(k_of)])
+
+
+# ------------------------------------- the sniffer's open counts: from the tracker, and its twin
+
+_step = st.one_of(
+    st.tuples(st.just("packets"),
+              st.lists(st.tuples(st.integers(0, PEERS - 1), st.sampled_from((ct.TCP, ct.UDP)),
+                                 st.integers(1, 3), st.booleans(),
+                                 st.sampled_from((ct.SYN, ct.SYN | ct.ACK, ct.ACK, ct.FIN | ct.ACK,
+                                                  ct.RST))), min_size=1, max_size=8)),
+    st.tuples(st.just("tick"), st.integers(1, 4)),
+    st.tuples(st.just("reset"),))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_step, max_size=25), st.sampled_from((1, 2, 3)), st.integers(1, 4))
+def test_the_open_counts_asked_of_the_tracker_equal_the_tally_kept_batch_by_batch(
+        steps, max_hosts, max_connections):
+    """Two live sniffers, the same packets: one asks its tracker for a new record's open
+    connections (after the batch, taken back to before it), the other keeps the plain
+    tally; records evicted (max_hosts), reset, connections timed out, evicted and ended
+    in the batch that makes a record anew: their K stay equal, and keep the sums of 10.3."""
+    from tests.test_conntrack import pkt
+    from ncsniffer import config, decode
+    from ncsniffer.clock import WallClock
+    from ncsniffer.sniffer import Sniffer
+    s = config.validate({"bpf": "host 192.0.2.1", "sniffer": "/tmp", "resolve": False,
+                         "connections": True, "max_hosts": max_hosts,
+                         "max_connections": max_connections,
+                         "timeouts": {"tcp_establish": 1, "tcp": 3, "udp": 2, "tcp_linger": 1}},
+                        "nc.sniffer", offline=True)
+    fast, twin = (Sniffer(s, decode.DLT_EN10MB, WallClock(lambda: 1000.0, lambda: 0.0),
+                          device="x") for _ in range(2))
+    key = [bytes([10, 0, 0, p + 1]) for p in range(PEERS)]
+    now = 1000
+    for sn in (fast, twin):
+        sn.reset(now)
+    for step in steps:
+        now += 1
+        for sn in (fast, twin):
+            if step[0] == "packets":
+                for p, *_ in step[1]:
+                    sn.acct.count(key[p], 60, now)
+                rows = [pkt(now, from_me, flags, proto, 0x0A000001 + p, 40000 + port, 80)
+                        for p, proto, port, from_me, flags in step[1]]
+                events = sn.tracker.process(np.array(rows, ct.PACKET_DTYPE))
+            elif step[0] == "tick":
+                events = sn.tracker.advance(now + step[1])
+            else:
+                sn.reset(now)
+                continue
+            sn.feed(events, sn.tracker if sn is fast else None)
+        k_fast, k_twin = (sn.acct.records.conn_dicts(sn.acct.records.occupied())
+                          for sn in (fast, twin))
+        assert k_fast == k_twin
+        for k in k_fast:
+            ended = sum(k[f] for f in conncounts.END_COUNTER.values())
+            assert k["tcp"] + k["udp"] + k["icmp"] == k["in"] + k["out"] == k["active"] + ended

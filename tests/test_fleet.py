@@ -2,12 +2,12 @@
 ``source: 'clickhouse'`` keys, the composite from rows (pure), a store that is
 down, and a fleet — two clickhouse-server shards behind a Distributed table,
 three sniffers — whose report equals, number for number, the one the ssh +
-rsync coalescing builds from the same three stats files."""
+rsync coalescing builds from the same three stats files, fetched over real ssh
+and rsync from three sshd hosts in network namespaces."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +19,7 @@ from ncsniffer.coalesceconf import DEFAULT_WINDOW, Store, rem_wchk
 from ncsniffer.errors import CoalesceError
 from tests.conftest import ROOT, run_cli, write_config
 from tests.daemonutil import free_port
+from tests.sshlab import remote_dump, ssh_lab
 
 CGI = os.path.join(ROOT, "scripts", "nc.sniffer.coalesce.cgi")
 URL = "clickhouse://127.0.0.1:9000/ncs"
@@ -170,13 +171,24 @@ def shown(records: dict) -> dict:
     return {ip: (r["R"], r["W"], r["E"], r["N"]) for ip, r in records.items()}
 
 
+NO_DAEMON = "127.0.0.1:9"      # the replays are over: no daemon listens, none is asked
+
+
+def ssh_conf(path, lab, cache, stats: dict) -> str:
+    """The ssh road: each host runs nc.sniffer.dump over ssh (its file is fresh, so no
+    daemon is asked) and rsync fetches its stats file."""
+    src = {name: {"exec": remote_dump(file, NO_DAEMON, 3600), "fetch": file}
+           for name, file in stats.items()}
+    return report_conf(path, cache, src=src, ssh=["ssh", "-F", lab.ssh], timeout=20)
+
+
 @integration
 @pytest.mark.slow
 def test_fleet_report_from_two_shards_equals_the_ssh_composite(tmp_path):
     """Three sniffers (replays of overlapping captures) export to two shards; the report
-    through the Distributed table equals the ssh + rsync coalescer's report of the
-    same three stats files (put where its rsync leaves them: the coalescer then reads
-    and merges them as after a fetch), number for number, in both groupings."""
+    through the Distributed table equals, number for number and in both groupings, the
+    report the coalescer builds from the same three stats files over real ssh + rsync:
+    each sniffer's host is a network namespace with its own sshd (tests/sshlab.py)."""
     from tests.chserver import Server
     from tests.test_clickhouse import ME, T0
     for d in ("a", "b", "ssh", "ch", "ch3"):
@@ -185,30 +197,40 @@ def test_fleet_report_from_two_shards_equals_the_ssh_composite(tmp_path):
     a.write_config("fleet", (a.port, b.port))
     try:
         a.start(), b.start()
-        for i, name in enumerate(SNIFFERS):
-            work = tmp_path / name
-            work.mkdir()
-            cap = str(work / "in.pcap")
-            traffic(cap, seed=i + 1, peers=12 + 6 * i)     # peers in common and not
-            server = b if name == "s3" else a
-            conf = write_config(str(work), bpf=f"host {ME}", clickhouse={
-                "url": server.url, "sniffer": name, "interval": 30})
-            result = run_cli("-c", conf, "-r", cap, "start")
-            assert result.returncode == 0 and ", 0 rows lost" in result.stderr, result.stderr
-            shutil.copy(work / "nc.sniffer.stats", tmp_path / "ssh" / f"{name}.stats")
+        with ssh_lab(str(tmp_path / "hosts"), SNIFFERS, prefix="ncfl", octet=214) as lab:
+            stats = {}
+            for i, name in enumerate(SNIFFERS):
+                work = lab.home(name)                   # the sniffer runs "on" its host
+                cap = os.path.join(work, "in.pcap")
+                traffic(cap, seed=i + 1, peers=12 + 6 * i)     # peers in common and not
+                server = b if name == "s3" else a
+                conf = write_config(work, bpf=f"host {ME}", clickhouse={
+                    "url": server.url, "sniffer": name, "interval": 30})
+                result = run_cli("-c", conf, "-r", cap, "start")
+                assert result.returncode == 0 and ", 0 rows lost" in result.stderr, \
+                    result.stderr
+                stats[name] = os.path.join(work, "nc.sniffer.stats")
+            by_ssh = ssh_conf(tmp_path / "ssh.conf", lab, tmp_path / "ssh" / "cache", stats)
+            reports = {grouping: cgi(by_ssh, grouping) for grouping in ("1", "0")}
+            for name, file in stats.items():                # rsync copied each file as is
+                with open(file, "rb") as there, open(tmp_path / "ssh" / f"{name}.stats",
+                                                     "rb") as here:
+                    assert here.read() == there.read()
+        for ssh in reports.values():
+            assert ssh.returncode == 0 and ssh.stderr == "", ssh
+            assert "FAILED" not in ssh.stdout
+            assert all(f"# host:\t{name}\n" in ssh.stdout for name in SNIFFERS)
         assert a.query("SELECT DISTINCT sniffer FROM ncs.ncsniffer_traffic ORDER BY sniffer") \
             == [("s1",), ("s2",)]
         a.query("CREATE DATABASE fleet")
         a.query(DISTRIBUTED)
         url = f"clickhouse://127.0.0.1:{a.port}/fleet"
         window = {"from": T0 - 60, "to": T0 + 7200}
-        by_ssh = report_conf(tmp_path / "ssh.conf", tmp_path / "ssh" / "cache",
-                             src={name: {} for name in SNIFFERS})
         by_ch = report_conf(tmp_path / "ch.conf", tmp_path / "ch" / "cache",
                             source="clickhouse", url=url, **window)
-        for grouping in ("1", "0"):
-            ssh, ch = cgi(by_ssh, grouping), cgi(by_ch, grouping)
-            assert ssh.returncode == ch.returncode == 0, (ssh.stdout, ch.stdout)
+        for grouping, ssh in reports.items():
+            ch = cgi(by_ch, grouping)
+            assert ch.returncode == 0, ch.stdout
             assert body_of(ch.stdout) == body_of(ssh.stdout)
             assert "users\t\t= 24\n" in ch.stdout            # 12, 18 and 24 peers overlap
         assert "# ncsniffer composite of 3 sniffers from clickhouse://" in ch.stdout
