@@ -13,7 +13,7 @@ import os
 import re
 from typing import Mapping, Optional
 
-from ncsniffer import config
+from ncsniffer import configfile
 from ncsniffer.dumprequest import DEFAULT_UPDTO, dir_of, parse_update, readable_dir
 from ncsniffer.errors import ReportError
 from ncsniffer.lock import DEFAULT_UMASK
@@ -96,7 +96,7 @@ def locate(env_name: str, program: str, system: str, environ: Mapping[str, str])
 def load_wconf(path: str) -> dict:
     """Read a web configuration (a dict literal, or an old Perl ``nc.sniffer.cgi``
     whose ``my $NAME = {...};`` hash is read without running Perl)."""
-    return config.load_file(path, ReportError, "")
+    return configfile.load_file(path, ReportError, "")
 
 
 def find_wconf(program: str, environ: Mapping[str, str]) -> str:
