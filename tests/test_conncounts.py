@@ -82,6 +82,7 @@ def test_peers_of_both_families_counted_as_one_by_one(rows):
 
 
 # The open tally asked of the tracker at a reset against its plain twin kept batch by batch.
+@pytest.mark.slow
 @pytest.mark.parametrize("reference", [False, True])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=packet_rows, cuts=st.lists(st.integers(0, 80), max_size=6),
@@ -128,6 +129,7 @@ def asked_peers(batch: np.ndarray) -> np.ndarray:
 
 
 # The tally the core keeps as connections open and end, asked for given peers.
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=packet_rows, cuts=st.lists(st.integers(0, 80), max_size=6),
        ticks=st.lists(st.sampled_from([0, 1, 5, 30]), max_size=6), max_conn=st.integers(1, 6),
@@ -196,6 +198,7 @@ _op = st.one_of(
     st.tuples(st.just("reset"),))
 
 
+@pytest.mark.slow
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_op, max_size=30), st.sampled_from((1, 2)))
 def test_a_record_made_after_its_peers_connections_began_counts_the_open_ones(ops, max_hosts):
@@ -251,6 +254,7 @@ _step = st.one_of(
     st.tuples(st.just("reset"),))
 
 
+@pytest.mark.slow
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_step, max_size=25), st.sampled_from((1, 2, 3)), st.integers(1, 4))
 def test_the_open_counts_asked_of_the_tracker_equal_the_tally_kept_batch_by_batch(

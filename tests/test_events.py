@@ -145,6 +145,7 @@ ROW = st.tuples(TIMES, TIMES, U64, U64, U64, U64,
                 st.integers(0, 1), st.integers(0, 1))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(ROW, max_size=40))
 def test_fast_lines_are_byte_identical_to_the_plain_twin(rows):
