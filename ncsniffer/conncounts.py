@@ -169,29 +169,11 @@ def remember_open(tally: dict[tuple, np.ndarray], events: np.ndarray) -> None:
                 tally.pop(key, None)
 
 
-def open_before(events: np.ndarray, deltas: np.ndarray, rows: np.ndarray,
-                open_after: np.ndarray) -> np.ndarray:
+def open_before(events: np.ndarray, rows: np.ndarray, open_after: np.ndarray) -> np.ndarray:
     """The K rows of ``open_tally`` before the batch ``events`` for its peers ``rows``
-    (indices into ``count(events)``, whose deltas are ``deltas``) from those after it
-    (``Tracker.open_counts``): after, less what its new events began, plus what its
-    ended ones had begun."""
-    width = len(K_FIELDS)
-    if len(events) and not (events["kind"] == ct.NEW).all():
-        every = events.copy()
-        every["kind"] = ct.NEW                  # every event counted as begun
-        ended = count(every)[1][rows] - _begun(deltas[rows])
-    else:
-        ended = np.zeros((len(rows), width), np.int64)
-    return open_after - _begun(deltas[rows]) + ended
-
-
-def _begun(deltas: np.ndarray) -> np.ndarray:
-    """What the new events behind ``count``'s deltas began, alone (tcp udp icmp in out active)."""
-    begun = np.zeros_like(deltas)
-    begun[:, :_COLUMN["active"]] = deltas[:, :_COLUMN["active"]]
-    protocols = [_COLUMN["tcp"], _COLUMN["udp"], _COLUMN["icmp"]]
-    begun[:, _COLUMN["active"]] = deltas[:, protocols].sum(1)
-    return begun
+    (indices into ``count(events)``'s peers) from those after it
+    (``Tracker.open_counts``): after, less the change the batch made (``open_deltas``)."""
+    return open_after - open_deltas(events)[1][rows]
 
 
 def _peers(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -167,7 +167,7 @@ class Sniffer:
             return
         if tracker is not None:
             after = tracker.open_counts(peers[fresh])
-            deltas[fresh] += conncounts.open_before(events, deltas, fresh, after)
+            deltas[fresh] += conncounts.open_before(events, fresh, after)
             return
         for i, key in zip(fresh.tolist(), peers[fresh].tolist()):
             begun = self._open.get(tuple(key))
