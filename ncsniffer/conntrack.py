@@ -163,11 +163,19 @@ def same_layout(dtype: np.dtype) -> bool:
 
 def copied(batch: np.ndarray) -> np.ndarray:
     """A new ``PACKET_DTYPE`` array of ``batch``'s rows, field by field (by name)."""
-    out = np.empty(len(batch), PACKET_DTYPE)
-    have = batch.dtype.names
-    for name in PACKET_DTYPE.names:
-        # decode.FLOW calls the wire length ``length``
-        out[name] = batch["length" if name == "wirelen" and name not in have else name]
+    # decode.FLOW calls the wire length ``length``
+    return by_name(batch, PACKET_DTYPE,
+                   None if "wirelen" in batch.dtype.names else {"wirelen": "length"})
+
+
+def by_name(rows: np.ndarray, dtype: np.dtype, renamed: Mapping[str, str] | None = None
+            ) -> np.ndarray:
+    """A new ``dtype`` array (padding zeroed) of ``rows``' fields copied by name: numpy
+    casts one structured dtype to another by position.  ``renamed``: a field of
+    ``dtype`` -> its name in ``rows``, where the two differ."""
+    out = np.zeros(len(rows), dtype)
+    for name in dtype.names:
+        out[name] = rows[(renamed or {}).get(name, name)]
     return out
 
 

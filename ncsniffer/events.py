@@ -161,10 +161,7 @@ def _rows(events: np.ndarray) -> np.ndarray:
     dropping its padding: the fields are copied back by name)."""
     if events.dtype == conntrack.EVENT_DTYPE:
         return np.ascontiguousarray(events)
-    out = np.zeros(len(events), conntrack.EVENT_DTYPE)
-    for name in conntrack.EVENT_DTYPE.names:
-        out[name] = events[name]
-    return out
+    return conntrack.by_name(events, conntrack.EVENT_DTYPE)
 
 
 def as_drained(events: np.ndarray) -> np.ndarray:
@@ -555,13 +552,9 @@ def from_settings(settings, feed: bool = True, export=None) -> Events | None:
 
 
 def still_open(sniffer) -> np.ndarray | None:
-    """The tracker's open connections at the end (None until the tracker is wired);
+    """The open connections at the end, drained (None without tracking):
     ``Sniffer.drain_connections`` knows where the tracker ran (a replay's reading process)."""
-    drain = getattr(sniffer, "drain_connections", None)
-    if drain is not None:
-        return drain()
-    tracker = getattr(sniffer, "tracker", None)
-    return tracker.drain() if tracker is not None else None
+    return sniffer.drain_connections()
 
 
 def drain(events: Events | None, still_open: np.ndarray | None = None) -> None:
