@@ -202,10 +202,8 @@ class Cut:
 
     def batches(self) -> list[Batch]:
         """The rows in batches of at most BATCH_ROWS, each with its id."""
-        rows = self.rows()
-        name = f"{self.sniffer}/{self.instance}/{self.start}"
-        return [Batch(TRAFFIC, f"{name}/{self.number}.{seq}/{self.run}", rows[at:at + BATCH_ROWS])
-                for seq, at in enumerate(range(0, len(rows), BATCH_ROWS))]
+        return in_batches(TRAFFIC, f"{self.sniffer}/{self.instance}/{self.start}/{self.number}",
+                          self.run, self.rows())
 
 
 class Ended:
@@ -254,9 +252,15 @@ class EndedCut:
     def batches(self) -> list[Batch]:
         """The rows (those of the events log's lines) in batches, each with its id."""
         rows = connection_rows(np.concatenate(self.items), self.sniffer, self.instance)
-        name = f"{self.sniffer}/{self.instance}/{self.start}/c{self.number}"
-        return [Batch(CONNECTIONS, f"{name}.{seq}/{self.run}", rows[at:at + BATCH_ROWS])
-                for seq, at in enumerate(range(0, len(rows), BATCH_ROWS))]
+        head = f"{self.sniffer}/{self.instance}/{self.start}/c{self.number}"
+        return in_batches(CONNECTIONS, head, self.run, rows)
+
+
+def in_batches(table: str, head: str, run: str, rows: list) -> list[Batch]:
+    """``rows`` of ``table`` in batches of at most BATCH_ROWS, with the ids
+    ``HEAD.SEQ/RUN``: the same rows give the same ids, sent once or again."""
+    return [Batch(table, f"{head}.{seq}/{run}", rows[at:at + BATCH_ROWS])
+            for seq, at in enumerate(range(0, len(rows), BATCH_ROWS))]
 
 
 def connection_rows(ended: np.ndarray, sniffer: str, instance: str) -> list[tuple]:
