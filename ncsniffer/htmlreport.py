@@ -63,6 +63,12 @@ def top_peers(records: dict, count: int = TOP_BARS) -> list:
     return [(peer_label(records, ip), records[ip]["W"] / 3600) for ip in ips]
 
 
+def top_groups(groups: list, count: int = TOP_BARS) -> list:
+    """The ``count`` groups with the biggest exact bandwidth, biggest first.  The
+    table's order ties rates of equal whole bytes/second; bars must not."""
+    return sorted(groups, key=lambda g: (-g.W, ip_order(g.A[0])))[:count]
+
+
 def bar_chart(title: str, bars: list) -> str:
     """An SVG bar chart of (label, bytes/sec): one ``rect`` per bar, height by value."""
     width = LEFT_SPACE + max(1, len(bars)) * (BAR_WIDTH + BAR_GAP)
@@ -128,7 +134,7 @@ def render_fragment(header: list, records: dict, by_domain: bool) -> str:
             f"<pre>{head}</pre>\n"
             + bar_chart("top peers by bandwidth (bytes/sec)", top_peers(records))
             + bar_chart(f"top {kind} groups by bandwidth (bytes/sec)",
-                        [(group_label(g), g.W / 3600) for g in groups[:TOP_BARS]])
+                        [(group_label(g), g.W / 3600) for g in top_groups(groups)])
             + _table(records, groups, by_domain)
             + f"<p>rate = {rate / 60:.0f} connections per minute, bandwidth = "
             f"{bw / 3600:.0f} bytes per second, users = {len(records)}</p>\n</div>\n")

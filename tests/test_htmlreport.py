@@ -73,3 +73,14 @@ def test_domain_labels_and_json_match_text_report_order():
     assert any(g["group"] == "example.com" for g in doc["groups"])
     cidr = json.loads(htmlreport.render_json(stats.header, stats.records, False))
     assert all(g["group"].endswith(("/24", "/64")) for g in cidr["groups"])
+
+
+def test_group_bars_tallest_first_though_the_table_ties_whole_rates():
+    """The table orders groups by whole bytes/second (the original's order), so 2.9 and
+    2.1 tie there; a chart's bars still go tallest first, by the exact rate."""
+    records = {"10.0.1.1": rec(W=3600 * 2.1), "10.0.2.1": rec(W=3600 * 2.9),
+               "10.0.3.1": rec(W=3600 * 5)}
+    page = htmlreport.render_fragment([], records, False)
+    groups = [float(v) for _, v in rects(page)[3:]]
+    assert groups == sorted(groups, reverse=True) == [5.0, 2.9, 2.1]
+    assert page.index("10.0.1.0/24</td>") < page.index("10.0.2.0/24</td>")   # table: tie by IP
