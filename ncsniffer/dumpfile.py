@@ -28,6 +28,11 @@ from typing import IO, Iterable, Iterator
 from ncsniffer import __version__, perlval, safefile, safetext
 from ncsniffer.errors import DumpFileError
 
+try:                    # the compiled record lines (_dumptext.c); the twin is below
+    from ncsniffer import _dumptext
+except ImportError:     # pragma: no cover - a checkout whose extension is not built
+    _dumptext = None
+
 FIELDS = ("B", "C", "E", "N", "R", "S", "T", "W")
 # K (spec 10.3, with ``connections: True``): per-record connection counters, sorted
 K_KEYS = ("active", "closed", "evicted", "icmp", "in", "out", "refused", "reset", "tcp",
@@ -117,18 +122,41 @@ def connections_line(active: int, started: int, evicted: int) -> str:
 OCTETS = [str(i) for i in range(256)]
 
 
-def rows_from_records(records) -> Iterable[Row]:
-    """Accounting records (a ``table.Table``) as rows in numeric address
-    order, IPv4 first (lazily: a dump of a million records never holds a
-    second copy of them)."""
-    for packed, *fields in records.columns():
-        if len(packed) == 16 * len(fields[0]):
-            texts = map(partial(socket.inet_ntop, socket.AF_INET6),
-                        [packed[i:i + 16] for i in range(0, len(packed), 16)])
-        else:
-            octets = zip(*[map(OCTETS.__getitem__, packed[i::4]) for i in range(4)])
-            texts = map(".".join, octets)         # 2.5x faster than inet_ntop, same text
-        yield from zip(texts, *fields)
+class RecordRows:
+    """Accounting records (a ``table.Table``) as rows in numeric address order,
+    IPv4 first, made lazily: a dump of a million records never holds a second
+    copy of them.  The Python and JSON formatters take its column ``chunks``
+    whole (``_dumptext``); any other reader iterates the rows."""
+
+    def __init__(self, records):
+        self.records = records
+
+    def chunks(self) -> Iterator[tuple]:
+        return self.records.columns(arrays=True)
+
+    def __iter__(self) -> Iterator[Row]:
+        for chunk in self.records.columns():
+            yield from chunk_rows(chunk)
+
+
+def rows_from_records(records) -> RecordRows:
+    """Accounting records as rows (see ``RecordRows``)."""
+    return RecordRows(records)
+
+
+def chunk_rows(chunk: tuple) -> Iterator[Row]:
+    """The rows of one ``Table.columns`` chunk: (packed addresses, B, C, ...), its
+    numbers as lists or (``arrays``) as arrays."""
+    packed, *fields = chunk
+    fields = [f if type(f) is list else list(map(tuple, f.tolist())) if f.ndim > 1
+              else f.tolist() for f in fields]
+    if len(packed) == 16 * len(fields[0]):
+        texts = map(partial(socket.inet_ntop, socket.AF_INET6),
+                    [packed[i:i + 16] for i in range(0, len(packed), 16)])
+    else:
+        octets = zip(*[map(OCTETS.__getitem__, packed[i::4]) for i in range(4)])
+        texts = map(".".join, octets)         # 2.5x faster than inet_ntop, same text
+    return zip(texts, *fields)
 
 
 def rows_from_dicts(records: dict[str, dict]) -> list[Row]:
@@ -168,16 +196,35 @@ def _chunks(rows: Iterable[Row]) -> Iterator[list[Row]]:
 
 def _python_body(rows: Iterable[Row]) -> Iterable[str]:
     yield "{\n"
-    dumps = json.dumps
-    for chunk in _chunks(rows):
-        if len(chunk[0]) > len(FIELDS) + 1:
-            yield "".join([PYTHON_LINE_K % (ip, b, c, e, K_JSON % _k_values(k),
-                                            dumps(list(n)) if n else "[]", r, s, t, w)
-                           for ip, b, c, e, n, r, s, t, w, k in chunk])
-            continue
-        yield "".join([PYTHON_LINE % (ip, b, c, e, dumps(list(n)) if n else "[]", r, s, t, w)
-                       for ip, b, c, e, n, r, s, t, w in chunk])
+    for piece in _compiled(rows, "python_lines"):
+        yield piece if type(piece) is str else _python_lines(piece)
     yield "}\n"
+
+
+def _python_lines(chunk: list[Row]) -> str:
+    """The plain twin of ``_dumptext.python_lines``: each record's line."""
+    dumps = json.dumps
+    if len(chunk[0]) > len(FIELDS) + 1:
+        return "".join([PYTHON_LINE_K % (ip, b, c, e, K_JSON % _k_values(k),
+                                         dumps(list(n)) if n else "[]", r, s, t, w)
+                        for ip, b, c, e, n, r, s, t, w, k in chunk])
+    return "".join([PYTHON_LINE % (ip, b, c, e, dumps(list(n)) if n else "[]", r, s, t, w)
+                    for ip, b, c, e, n, r, s, t, w in chunk])
+
+
+def _compiled(rows: Iterable[Row], function: str) -> Iterator[str | list[Row]]:
+    """Pieces of a records section: text from ``_dumptext.<function>`` for each
+    column chunk of a ``RecordRows``, else lists of rows for the plain formatter
+    (other rows, no compiled module, or a number past 64 bits in the chunk)."""
+    compiled = getattr(_dumptext, function, None)
+    if compiled is None or not isinstance(rows, RecordRows):
+        yield from _chunks(rows)
+        return
+    for chunk in rows.chunks():
+        try:
+            yield compiled(chunk, json.dumps)
+        except OverflowError:
+            yield from _chunks(chunk_rows(chunk))
 
 
 def _perl_quote(name: str) -> str:
@@ -230,19 +277,25 @@ def _json_document(h: Header, rows: Iterable[Row]) -> Iterable[str]:
     if h.extra:
         head["extra"] = list(h.extra)
     yield json.dumps(head)[:-1] + ', "records": {\n'
-    line = '"%s": {"B": %d, "C": %d, "E": %d, "N": %s, "R": %d, "S": %d, "T": %d, "W": %d}'
-    line_k = PYTHON_LINE_K[:-2]
     sep = ""
-    for chunk in _chunks(rows):
-        if len(chunk[0]) > len(FIELDS) + 1:
-            yield sep + ",\n".join([line_k % (ip, b, c, e, K_JSON % _k_values(k),
-                                               json.dumps(n), r, s, t, w)
-                                    for ip, b, c, e, n, r, s, t, w, k in chunk])
-        else:
-            yield sep + ",\n".join([line % (ip, b, c, e, json.dumps(n), r, s, t, w)
-                                    for ip, b, c, e, n, r, s, t, w in chunk])
+    for piece in _compiled(rows, "json_lines"):
+        yield sep + (piece if type(piece) is str else _json_lines(piece))
         sep = ",\n"
     yield "\n}}\n"
+
+
+JSON_LINE = '"%s": {"B": %d, "C": %d, "E": %d, "N": %s, "R": %d, "S": %d, "T": %d, "W": %d}'
+JSON_LINE_K = PYTHON_LINE_K[:-2]
+
+
+def _json_lines(chunk: list[Row]) -> str:
+    """The plain twin of ``_dumptext.json_lines``: the records joined by ',\n'."""
+    if len(chunk[0]) > len(FIELDS) + 1:
+        return ",\n".join([JSON_LINE_K % (ip, b, c, e, K_JSON % _k_values(k),
+                                           json.dumps(n), r, s, t, w)
+                            for ip, b, c, e, n, r, s, t, w, k in chunk])
+    return ",\n".join([JSON_LINE % (ip, b, c, e, json.dumps(n), r, s, t, w)
+                        for ip, b, c, e, n, r, s, t, w in chunk])
 
 
 def render(h: Header, rows: Iterable[Row], fmt: str = "python") -> Iterable[str]:

@@ -357,12 +357,16 @@ class Table(MutableMapping):
                 grown[len(col):] = None
             self.cols[f] = grown
 
-    def columns(self, chunk: int = 65536) -> Iterator[tuple]:
+    def columns(self, chunk: int = 65536, arrays: bool = False) -> Iterator[tuple]:
         """Records in numeric address order, IPv4 first, in chunks of one family:
-        (addresses, B, C, E, N, R, S, T, W): the addresses packed end to end (4 or
-        16 bytes each), the fields as lists, R and W rounded to whole numbers as
-        the stats files show them."""
+        (addresses, B, C, E, N, R, S, T, W[, K]): the addresses packed end to end (4
+        or 16 bytes each), the fields as lists, R and W rounded to whole numbers as
+        the stats files show them.  ``arrays``: the numbers as int64 arrays and K as
+        one (records, 12) array instead (R or W past 2**62 stay an exact list), for
+        the compiled formatter: no Python int per value."""
         c = self.cols
+        ints = (lambda v: v.astype(np.int64, copy=False)) if arrays else np.ndarray.tolist
+        rounded = whole_array if arrays else whole
         slots = self.occupied()
         slots = slots[np.lexsort((c["L"][slots], c["H"][slots], c["K"][slots]))]
         six = int(np.searchsorted(c["K"][slots], 16))
@@ -374,10 +378,14 @@ class Table(MutableMapping):
                 else:
                     packed = c["L"][sl].astype(">u4").tobytes()
                 names = [n or () for n in c["N"][sl].tolist()]
-                row = (packed, c["B"][sl].tolist(), c["C"][sl].tolist(), c["E"][sl].tolist(),
-                       names, whole(c["R"][sl]), c["S"][sl].tolist(), c["T"][sl].tolist(),
-                       whole(c["W"][sl]))
-                yield row + (self.conn_values(sl),) if self.connections else row
+                row = (packed, ints(c["B"][sl]), ints(c["C"][sl]), ints(c["E"][sl]),
+                       names, rounded(c["R"][sl]), ints(c["S"][sl]), ints(c["T"][sl]),
+                       rounded(c["W"][sl]))
+                if not self.connections:
+                    yield row
+                else:
+                    k = self.conn_array(sl)
+                    yield row + ((k if arrays else list(map(tuple, k.tolist()))),)
 
     # --------------------------------------------------------------- connections (10.3)
     def add_connections(self, slots: np.ndarray, deltas: np.ndarray) -> None:
@@ -417,14 +425,14 @@ class Table(MutableMapping):
         return [dict(zip(CONN_STORED, row), active=a)
                 for row, a in zip(k.tolist(), active.tolist())]
 
-    def conn_values(self, slots: np.ndarray) -> list[tuple[int, ...]]:
-        """``conn_dicts`` as tuples in ``K_SORTED`` order: what the dump formats, without a
-        dict per record (a 1,000,000-record dump would build a million)."""
+    def conn_array(self, slots: np.ndarray) -> np.ndarray:
+        """``conn_dicts`` as (records, 12) int64 in ``K_SORTED`` order: what the dump
+        formats, without a dict per record (a 1,000,000-record dump would build a million)."""
         k = self.cols["conn"]["k"][slots].astype(np.int64)
         out = np.empty((len(k), len(K_SORTED)), np.int64)
         out[:, _SORTED_STORED] = k
         out[:, K_SORTED.index("active")] = k[:, _BEGUN].sum(1) - k[:, _ENDED].sum(1)
-        return list(map(tuple, out.tolist()))
+        return out
 
     def conn_unbegun(self, slots: np.ndarray) -> np.ndarray:
         """Whether each slot is a record that counts no connection yet (-1: False)."""
@@ -467,6 +475,12 @@ def _numbers(keys: list[bytes]) -> np.ndarray:
 
 def whole(values: np.ndarray) -> list[int]:
     """Floats as ``"%.0f"`` prints them (nearest, ties to even), as ints."""
+    rounded = whole_array(values)
+    return rounded if type(rounded) is list else rounded.tolist()
+
+
+def whole_array(values: np.ndarray) -> np.ndarray | list[int]:
+    """``whole`` as an int64 array, or as the exact ints when one is past 2**62."""
     if values.size and float(np.abs(values).max()) >= 2.0 ** 62:
         return [int("%.0f" % v) for v in values.tolist()]
-    return np.rint(values).astype(np.int64).tolist()
+    return np.rint(values).astype(np.int64)

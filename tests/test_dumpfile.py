@@ -598,3 +598,74 @@ def test_duplicate_ip_among_k_records_is_caught_whatever_the_names(tmp_path):
     dumpfile.write_file(path, header(), rows, "python")
     with pytest.raises(DumpFileError, match="10.1.2.3 appears twice"):
         dumpfile.read_stats(path)
+
+
+# --------------------------------------------------------------------------- compiled lines
+NUMBER = st.integers(0, 2 ** 63 - 1)
+NAME = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+@st.composite
+def column_chunks(draw):
+    """A ``Table.columns`` chunk: packed addresses of one family and the fields, as
+    lists or as arrays."""
+    n = draw(st.integers(1, 12))
+    width = draw(st.sampled_from([4, 16]))
+    packed = draw(st.binary(min_size=n * width, max_size=n * width))
+    cols = [draw(st.lists(NUMBER, min_size=n, max_size=n)) for _ in range(3)]
+    names = draw(st.lists(st.one_of(st.just(()), st.lists(NAME, max_size=3).map(tuple)),
+                          min_size=n, max_size=n))
+    rest = [draw(st.lists(NUMBER, min_size=n, max_size=n)) for _ in range(4)]
+    k = [draw(st.lists(st.tuples(*[NUMBER] * len(dumpfile.K_KEYS)), min_size=n,
+                       max_size=n))] if draw(st.booleans()) else []
+    if draw(st.booleans()):          # Table.columns(arrays=True): int64 arrays
+        cols, rest, k = ([np.array(c, np.int64) for c in part] for part in (cols, rest, k))
+    return (packed, *cols, names, *rest, *k)
+
+
+@settings(max_examples=300, deadline=None)
+@given(column_chunks())
+def test_compiled_lines_equal_the_plain_twin(chunk):
+    """_dumptext writes every record line byte for byte as dumpfile's % formats do."""
+    rows = list(dumpfile.chunk_rows(chunk))
+    assert dumpfile._dumptext.python_lines(chunk, json.dumps) == dumpfile._python_lines(rows)
+    assert dumpfile._dumptext.json_lines(chunk, json.dumps) == dumpfile._json_lines(rows)
+
+
+def test_compiled_lines_refuse_numbers_past_64_bits_and_the_dump_falls_back(monkeypatch):
+    """R and W are whole floats: one past 2**63 raises, and that chunk is the twin's."""
+    acct = accounting.Accounting(1000)
+    for i in range(5):
+        acct.count(bytes([10, 0, 0, i]), 60, 1000)
+    acct.records.cols["W"][acct.records.occupied()[2]] = 1e30
+    chunk = next(dumpfile.rows_from_records(acct.records).chunks())
+    with pytest.raises(OverflowError):
+        dumpfile._dumptext.python_lines(chunk, json.dumps)
+    rendered = {}
+    for fmt in ("python", "json"):
+        rendered[fmt] = "".join(dumpfile.render(header(), dumpfile.rows_from_records(acct.records), fmt))
+        assert "1000000000000000019884624838656" in rendered[fmt]
+    monkeypatch.setattr(dumpfile, "_dumptext", None)
+    for fmt in ("python", "json"):
+        assert "".join(dumpfile.render(header(), dumpfile.rows_from_records(acct.records),
+                                       fmt)) == rendered[fmt]
+
+
+@pytest.mark.parametrize("connections", [False, True])
+def test_dump_of_records_is_the_plain_twins(monkeypatch, connections):
+    """A table of IPv4 and IPv6 records, names and K: the compiled and the plain
+    dump are the same bytes in every format (Perl has no compiled path)."""
+    acct = accounting.Accounting(1000, connections=connections)
+    for i in range(300):
+        acct.count(bytes([10, 0, i % 7, i % 251]), 60 + i, 1000 + i)
+        acct.count(bytes(15) + bytes([i % 200]), 70, 1000 + i)
+    acct.records.set_names(bytes([10, 0, 1, 1]), ['a"b\\c.example', "ünï.example"], 0)
+    if connections:
+        acct.records.cols["conn"]["k"][acct.records.occupied()[:50]] = 3
+    fast = {fmt: "".join(dumpfile.render(header(), dumpfile.rows_from_records(acct.records),
+                                         fmt)) for fmt in ("python", "json", "perl")}
+    assert ('"K": ' in fast["python"]) is connections and "\\u00fcn" in fast["python"]
+    monkeypatch.setattr(dumpfile, "_dumptext", None)
+    for fmt, text in fast.items():
+        assert "".join(dumpfile.render(header(), dumpfile.rows_from_records(acct.records),
+                                       fmt)) == text

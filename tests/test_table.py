@@ -187,9 +187,10 @@ def test_sum_by_slot_equals_its_plain_twin(rows, distinct):
     assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
 
 
-def test_conn_values_are_conn_dicts_in_the_files_order():
+def test_conn_array_is_conn_dicts_in_the_files_order():
     from ncsniffer import dumpfile
     table = two_peers_with_connections().records
     slots = table.occupied()
     assert table_mod.K_SORTED == dumpfile.K_KEYS
-    assert table.conn_values(slots) == [dumpfile._K_VALUES(d) for d in table.conn_dicts(slots)]
+    assert list(map(tuple, table.conn_array(slots).tolist())) == \
+        [dumpfile._K_VALUES(d) for d in table.conn_dicts(slots)]
