@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import IO
 
-from ncsniffer import __version__, config as configmod, pidfile
+# config (the settings' validation, dataclasses), pidfile and signal are imported by
+# the verbs that use them: `status` validates nothing, an empty replay reads no pid
+# file (issue 16: every start pays its imports)
+from ncsniffer import __version__, configfile
 from ncsniffer.errors import ConfigError, NcSnifferError, UsageError
 from ncsniffer.webconf import ArgParser, fixed_width
 
@@ -52,13 +53,16 @@ options:
 """
 
 
-@dataclass
 class Env:
     """What the CLI touches of the outside world, so tests can drive it in-process."""
 
-    stdout: IO[str] = field(default_factory=lambda: sys.stdout)
-    stderr: IO[str] = field(default_factory=lambda: sys.stderr)
-    program: str = field(default_factory=lambda: sys.argv[0] if sys.argv else "nc.sniffer")
+    def __init__(self, stdout: IO[str] | None = None, stderr: IO[str] | None = None,
+                 program: str | None = None):
+        self.stdout = sys.stdout if stdout is None else stdout
+        self.stderr = sys.stderr if stderr is None else stderr
+        if program is None:
+            program = sys.argv[0] if sys.argv else "nc.sniffer"
+        self.program = program
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,7 +135,7 @@ def _run(argv, env, config) -> int:
         if args.version:
             env.stdout.write(f"ncsniffer {__version__}\n")
             return EXIT_OK
-        name = args.name or configmod.instance_name(env.program)
+        name = args.name or configfile.instance_name(env.program)
         return dispatch(args, name, config, env)
     except UsageError as exc:
         env.stderr.write(f"{exc}\n\n" + USAGE.format(prog=prog))
@@ -155,11 +159,12 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
         config = {}                    # top's help needs no configuration
     if config is None:
         path = args.config or f"/etc/nc.sniffer/{name}.conf"
-        config = configmod.load_file(path)
+        config = configfile.load_file(path)
     if verb == "top":
         from ncsniffer import top
         return top.run(args.top_args, config, name, env.stdout)
     if args.read:
+        from ncsniffer import config as configmod
         settings = configmod.validate(config, name, offline=True, to_stderr=args.debug)
         if verb == "config":
             env.stdout.write(configmod.describe(settings))
@@ -172,7 +177,8 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
         lookups = _offline_lookups(settings, env.stderr)
         return replay.replay(settings, args.read, env.stderr, quiet=args.quiet, lookups=lookups)
 
-    piddir = configmod.check_piddir(config)
+    from ncsniffer import pidfile
+    piddir = configfile.check_piddir(config)
     pid_path = os.path.join(piddir, name + ".pid")
     if verb == "status":
         pid = pidfile.running_pid(pid_path, name)
@@ -186,6 +192,7 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
         if not pid:
             env.stderr.write(f"{name} not running\n")
             return EXIT_OK
+        import signal
         os.kill(pid, signal.SIGUSR1)
         return EXIT_OK
     if verb == "events":
@@ -194,6 +201,7 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
         if not stop(pid_path, name):
             env.stderr.write(f"{name}: not running\n")
         return EXIT_OK
+    from ncsniffer import config as configmod
     settings = configmod.validate(config, name, to_stderr=args.debug)
     if verb == "config":
         env.stdout.write(configmod.describe(settings))
@@ -209,7 +217,7 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
 
 def follow_events(piddir: str, name: str, pid_path: str, env: Env) -> int:
     """``events``: the daemon's feed to stdout until it ends or Ctrl-C."""
-    from ncsniffer import events
+    from ncsniffer import events, pidfile
     out = getattr(env.stdout, "buffer", None)
 
     def write(data: bytes) -> None:
@@ -239,6 +247,9 @@ def stop(pid_path: str, name: str, wait: float = STOP_WAIT) -> bool:
 
     Returns False if it was not running.
     """
+    import signal
+
+    from ncsniffer import pidfile
     pid = pidfile.running_pid(pid_path, name)
     if not pid:
         return False

@@ -127,3 +127,26 @@ def test_top_options_belong_to_top():
     assert (args.config, args.name, args.verbs, args.top_args) == ("top", "x", ["top"],
                                                                     ["--once", "-c", "y"])
     assert cli.parse_args(["start", "-d"]).top_args == []
+
+
+# Issue 16: what each short command leaves out of its process (the import graph,
+# not a timing): the settings' validation and the dataclasses (with inspect), a
+# Perl config's parser are not status's; the pid file, the signal module and the
+# user and group databases (no user or group set) are not an empty replay's.
+NOT_STATUS = {"ncsniffer.config", "ncsniffer.perlval", "dataclasses", "inspect", "signal"}
+NOT_EMPTY_REPLAY = {"ncsniffer.pidfile", "signal", "grp", "pwd"}
+
+
+@pytest.mark.integration
+def test_status_and_an_empty_replay_leave_out_what_they_do_not_use(tmp_path):
+    from ncsniffer import pcapgen
+    from tests.conftest import imported_modules
+    d = str(tmp_path)
+    conf = write_config(d, bpf="host 192.0.2.10")
+    cap = str(tmp_path / "empty.pcap")
+    pcapgen.write_pcap(cap, 1, [])
+    status = imported_modules(["-c", conf, "status"], d)
+    assert "ncsniffer.pidfile" in status and not status & NOT_STATUS
+    replayed = imported_modules(["-q", "-c", conf, "-r", cap, "start"], d)
+    assert "ncsniffer.dumpfile" in replayed and not replayed & NOT_EMPTY_REPLAY
+    assert os.path.exists(os.path.join(d, "nc.sniffer.stats"))
