@@ -6,21 +6,37 @@ Exit codes: 0 ok, 1 usage or configuration error, 2 runtime failure,
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from typing import IO
+from types import SimpleNamespace
+from typing import IO, TYPE_CHECKING
 
 # config (the settings' validation, dataclasses), pidfile and signal are imported by
-# the verbs that use them: `status` validates nothing, an empty replay reads no pid
-# file (issue 16: every start pays its imports)
+# the verbs that use them, argparse by an unusual command line: `status` validates
+# nothing, an empty replay reads no pid file (issue 16: every start pays its imports)
 from ncsniffer import __version__, configfile
 from ncsniffer.errors import ConfigError, NcSnifferError, UsageError
-from ncsniffer.webconf import ArgParser, fixed_width
+
+if TYPE_CHECKING:
+    import argparse
 
 VERBS = ("start", "stop", "restart", "status", "dump", "config", "top", "events")
-VALUE_OPTIONS = ("-c", "--config", "-r", "--read", "--name")
+# (the option's words, what it sets, whether a value follows): argparse's parser and
+# the quick one (_quick_args) are both made from this
+OPTIONS = (
+    (("-c", "--config"), "config", True),
+    (("-r", "--read"), "read", True),
+    (("-d", "--debug"), "debug", False),
+    (("-f", "--foreground"), "foreground", False),
+    (("-q", "--quiet"), "quiet", False),
+    (("--name",), "name", True),
+    (("-h", "--help"), "help", False),
+    (("--version",), "version", False),
+    (("--traceback",), "traceback", False),        # not in the usage text
+)
+VALUE_OPTIONS = tuple(word for words, _, value in OPTIONS if value for word in words)
+_OPTION_WORDS = {word: (dest, value) for words, dest, value in OPTIONS for word in words}
 STOP_WAIT = 15.0
 EXIT_OK, EXIT_USAGE, EXIT_RUNTIME, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -66,21 +82,46 @@ class Env:
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from ncsniffer.webconf import ArgParser, fixed_width
     p = ArgParser(add_help=False, allow_abbrev=False, error_class=UsageError,
                   formatter_class=fixed_width)
-    p.add_argument("-c", "--config")
-    p.add_argument("-r", "--read")
-    p.add_argument("-d", "--debug", action="store_true")
-    p.add_argument("-f", "--foreground", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("--name")
-    p.add_argument("-h", "--help", action="store_true")
-    p.add_argument("--version", action="store_true")
-    p.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
+    for words, dest, value in OPTIONS:
+        kwargs = {"dest": dest} if value else {"dest": dest, "action": "store_true"}
+        if dest == "traceback":
+            kwargs["help"] = argparse.SUPPRESS
+        p.add_argument(*words, **kwargs)
     p.add_argument("verbs", nargs="*")
     return p
 
 
+def _quick_args(argv: list[str]) -> SimpleNamespace | None:
+    """What ``_parser`` makes of the usual command line, without argparse: its import
+    and parser were the costliest part of ``status``'s and an empty replay's start
+    (bench/results/startup-*.md).  Known options, each value its own word and no
+    option-like value, the verbs together; None for anything else (argparse reads
+    it, and words its errors)."""
+    found: dict = {dest: None if value else False for _, dest, value in OPTIONS}
+    verbs: list[str] = []
+    after_verbs = False             # an option after the verbs: argparse takes no more
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _OPTION_WORDS:
+            dest, value = _OPTION_WORDS[word]
+            if value:
+                i += 1
+                if i == len(argv) or argv[i][:1] in ("", "-"):
+                    return None
+            found[dest] = argv[i] if value else True
+            after_verbs = bool(verbs)
+        elif word[:1] in ("", "-") or after_verbs:
+            return None
+        else:
+            verbs.append(word)
+        i += 1
+    return SimpleNamespace(**found, verbs=verbs)
 
 
 def _split_top(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -93,9 +134,12 @@ def _split_top(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str], quick: bool = True) -> argparse.Namespace | SimpleNamespace:
+    """The command line's options and verb (``quick``: the usual ones without argparse)."""
     argv, top_args = _split_top(argv)
-    args = _parser().parse_args(argv)
+    args = _quick_args(argv) if quick else None
+    if args is None:
+        args = _parser().parse_args(argv)
     args.top_args = top_args
     if args.help or args.version:
         return args
