@@ -70,6 +70,7 @@ def absolute(path: str | None) -> str | None:
 
 
 def check_piddir(config: dict) -> str:
+    """The configured pid directory, made absolute; it must exist and be writable."""
     piddir = config.get("piddir")
     if not piddir or not isinstance(piddir, str):
         raise ConfigError("pid directory not specified or not writable")

@@ -135,12 +135,14 @@ def test_top_options_belong_to_top():
 # not a timing): argparse (with gettext's locale) and webconf (home of the
 # ArgParser) are neither's, the usual command line being read without them; the
 # settings' validation and the dataclasses (with inspect), a Perl
-# config's parser are not status's; the pid file, the signal module and the user
-# and group databases (no user or group set) are not an empty replay's.
+# config's parser are not status's; the pid file, the signal module, the user
+# and group databases (no user or group set), ipaddress (a numeric bpf host) and
+# the Perl parser (a stats file written, not read) are not an empty replay's.
 NOT_SHORT = {"argparse", "locale", "ncsniffer.webconf"}
 NOT_STATUS = NOT_SHORT | {"ncsniffer.config", "ncsniffer.perlval", "dataclasses", "inspect",
                           "signal"}
-NOT_EMPTY_REPLAY = NOT_SHORT | {"ncsniffer.pidfile", "signal", "grp", "pwd"}
+NOT_EMPTY_REPLAY = NOT_SHORT | {"ncsniffer.pidfile", "signal", "grp", "pwd", "ipaddress",
+                                "ncsniffer.perlval"}
 
 
 @pytest.mark.integration
