@@ -8,8 +8,9 @@ floor), ``nc.sniffer -r EMPTY.pcap start`` (a capture with no packets),
 ``nc.sniffer status`` (no daemon running), ``nc.sniffer.cgi`` serving a cached
 page (the cache younger than ``refresh``, so no dump request).  Every command's
 exit code and output are checked.  Besides the time,
-the modules each command imported (``-X importtime`` run once) and whether numpy
-was among them.  With ``--old COMMIT`` the same commands also run from that
+the modules each command imported (``-X importtime`` run once), whether numpy
+was among them, and the costliest imports the program itself made (where the
+start-up goes).  With ``--old COMMIT`` the same commands also run from that
 commit's tree and from this checkout's, each as ``python scripts/PROGRAM`` with
 PYTHONPATH set to the tree (unpacked as ``bench/old_new.py`` does): the code's
 own before and after, in one run.  Writes bench/results/startup-*.md.
@@ -31,6 +32,8 @@ import old_new  # noqa: E402
 from benchlib import NC, PYTHON, fmt_int, log  # noqa: E402
 
 CGI = os.path.join(os.path.dirname(NC), "nc.sniffer.cgi")
+HEAVIEST = 6          # imports listed per command
+IMPORT_RUNS = 5       # -X importtime runs per command: each module's least time
 TARGETS = {"nc.sniffer -r EMPTY.pcap start": 0.10, "nc.sniffer status": 0.08,
            "nc.sniffer.cgi (cached page)": 0.08}
 
@@ -74,8 +77,8 @@ def tree_commands(paths: dict[str, str], tree: str, label: str) -> list:
                      [PYTHON, os.path.join(scripts, "nc.sniffer.cgi")], f" ({label})")]
 
 
-def imported(cmd: list[str]) -> tuple[int, bool]:
-    """How many modules ``cmd`` imports, and whether numpy is one (-X importtime)."""
+def importtime(cmd: list[str]) -> list[tuple[int, int, str]]:
+    """``cmd``'s imports in ``-X importtime`` order: (depth, cumulative µs, module)."""
     env = {}
     if cmd[0] == "env":
         env, cmd = dict([cmd[1].split("=", 1)]), cmd[2:]
@@ -84,10 +87,43 @@ def imported(cmd: list[str]) -> tuple[int, bool]:
     err = subprocess.run([cmd[0], "-X", "importtime"] + cmd[1:], capture_output=True,
                          text=True, stdin=subprocess.DEVNULL,
                          env=dict(os.environ, **env)).stderr
-    names = [line.rsplit("|", 1)[1].strip() for line in err.splitlines()
-             if line.startswith("import time:") and "|" in line]
-    return len(names) - 1, "numpy" in names       # minus the header line
+    found = []
+    for line in err.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.split("|", 2)
+        if cumulative.strip().isdigit():                    # not the header line
+            found.append(((len(name) - len(name.lstrip())) // 2, int(cumulative),
+                          name.strip()))
+    return found
 
+
+def least_times(cmd: list[str], runs: int = IMPORT_RUNS) -> list[tuple[int, int, str]]:
+    """``importtime`` of ``cmd``, each module's time the least of ``runs`` (the
+    machine is shared: one run's clock catches the neighbours)."""
+    first, *more = [importtime(cmd) for _ in range(runs)]
+    least = {name: us for _, us, name in first}
+    for imports in more:
+        for _, us, name in imports:
+            least[name] = min(least.get(name, us), us)
+    return [(depth, least[name], name) for depth, _, name in first]
+
+
+def heaviest(imports: list[tuple[int, int, str]], interpreter: set[str],
+             most: int = HEAVIEST) -> list[str]:
+    """The costliest modules imported by the program itself (the script or one of
+    ours, not by another library nor by the interpreter's start, ``interpreter``),
+    each with everything it brought: where a short command's time goes."""
+    parents: list[str] = []
+    own = []
+    for depth, cumulative, name in reversed(imports):   # a parent, then its imports
+        del parents[depth:]
+        parent = parents[-1] if parents else ""
+        parents.append(name)
+        if (not name.startswith("ncsniffer") and name not in interpreter
+                and (not parent or parent.startswith("ncsniffer"))):
+            own.append((cumulative, name))
+    return [f"{name} {us / 1000:.1f}" for us, name in sorted(own, reverse=True)[:most]]
 
 def measure(runs: int, old: str | None = None) -> list[str]:
     lines = ["# Start-up: wall time of the short commands", ""]
@@ -116,9 +152,13 @@ def measure(runs: int, old: str | None = None) -> list[str]:
                 walls.setdefault(name, []).append(run.wall)
                 cpus.setdefault(name, []).append(run.user + run.sys)
             log(f"run {i + 1}/{runs} done")
-        rows = []
+        rows, costs = [], []
+        interpreter = {m for _, _, m in importtime(cmds[0][1])}      # the floor's
         for name, cmd, _, _ in cmds:
-            count, numpy = imported(cmd)
+            imports = least_times(cmd)
+            count, numpy = len(imports), any(m == "numpy" for _, _, m in imports)
+            if cmd != cmds[0][1]:
+                costs.append([name, ", ".join(heaviest(imports, interpreter))])
             ws = sorted(walls[name])
             target = TARGETS.get(name)
             rows.append([name, f"{benchlib.median(ws):.3f}", f"{ws[0]:.3f}", f"{ws[-1]:.3f}",
@@ -130,7 +170,13 @@ def measure(runs: int, old: str | None = None) -> list[str]:
                                 right={1, 2, 3, 4, 6})
         lines += ["", "CPU is user + sys of the process (`wait4`): on a loaded machine the "
                   "wall time's median mostly measures the queue for a core, the minimum and "
-                  "the CPU time the command itself."]
+                  "the CPU time the command itself.", "",
+                  f"Where the start-up goes: the {HEAVIEST} costliest imports of each command "
+                  "made by the script or an ncsniffer module, with what they import in turn "
+                  "(a module several import counts where it came first, e.g. `re` under `argparse` "
+                  f"or `typing`); ms, `-X importtime`, the least of {IMPORT_RUNS} "
+                  "runs (its clock slows the imports somewhat)", ""]
+        lines += benchlib.table(["command", "heaviest imports (ms)"], costs, right=set())
     finally:
         subprocess.run(["rm", "-rf", scratch], check=False)
     lines += ["", f"- load average at end: {benchlib.load_text()}"]

@@ -6,20 +6,37 @@ Exit codes: 0 ok, 1 usage or configuration error, 2 runtime failure,
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import IO
+from types import SimpleNamespace
+from typing import IO, TYPE_CHECKING
 
-from ncsniffer import __version__, config as configmod, pidfile
+# config (the settings' validation, dataclasses), pidfile and signal are imported by
+# the verbs that use them, argparse by an unusual command line: `status` validates
+# nothing, an empty replay reads no pid file (issue 16: every start pays its imports)
+from ncsniffer import __version__, configfile
 from ncsniffer.errors import ConfigError, NcSnifferError, UsageError
-from ncsniffer.webconf import ArgParser, fixed_width
+
+if TYPE_CHECKING:
+    import argparse
 
 VERBS = ("start", "stop", "restart", "status", "dump", "config", "top", "events")
-VALUE_OPTIONS = ("-c", "--config", "-r", "--read", "--name")
+# (the option's words, what it sets, whether a value follows): argparse's parser and
+# the quick one (_quick_args) are both made from this
+OPTIONS = (
+    (("-c", "--config"), "config", True),
+    (("-r", "--read"), "read", True),
+    (("-d", "--debug"), "debug", False),
+    (("-f", "--foreground"), "foreground", False),
+    (("-q", "--quiet"), "quiet", False),
+    (("--name",), "name", True),
+    (("-h", "--help"), "help", False),
+    (("--version",), "version", False),
+    (("--traceback",), "traceback", False),        # not in the usage text
+)
+VALUE_OPTIONS = tuple(word for words, _, value in OPTIONS if value for word in words)
+_OPTION_WORDS = {word: (dest, value) for words, dest, value in OPTIONS for word in words}
 STOP_WAIT = 15.0
 EXIT_OK, EXIT_USAGE, EXIT_RUNTIME, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -52,31 +69,59 @@ options:
 """
 
 
-@dataclass
 class Env:
     """What the CLI touches of the outside world, so tests can drive it in-process."""
 
-    stdout: IO[str] = field(default_factory=lambda: sys.stdout)
-    stderr: IO[str] = field(default_factory=lambda: sys.stderr)
-    program: str = field(default_factory=lambda: sys.argv[0] if sys.argv else "nc.sniffer")
+    def __init__(self, stdout: IO[str] | None = None, stderr: IO[str] | None = None,
+                 program: str | None = None):
+        self.stdout = sys.stdout if stdout is None else stdout
+        self.stderr = sys.stderr if stderr is None else stderr
+        if program is None:
+            program = sys.argv[0] if sys.argv else "nc.sniffer"
+        self.program = program
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from ncsniffer.webconf import ArgParser, fixed_width
     p = ArgParser(add_help=False, allow_abbrev=False, error_class=UsageError,
                   formatter_class=fixed_width)
-    p.add_argument("-c", "--config")
-    p.add_argument("-r", "--read")
-    p.add_argument("-d", "--debug", action="store_true")
-    p.add_argument("-f", "--foreground", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("--name")
-    p.add_argument("-h", "--help", action="store_true")
-    p.add_argument("--version", action="store_true")
-    p.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
+    for words, dest, value in OPTIONS:
+        kwargs = {"dest": dest} if value else {"dest": dest, "action": "store_true"}
+        if dest == "traceback":
+            kwargs["help"] = argparse.SUPPRESS
+        p.add_argument(*words, **kwargs)
     p.add_argument("verbs", nargs="*")
     return p
 
 
+def _quick_args(argv: list[str]) -> SimpleNamespace | None:
+    """What ``_parser`` makes of the usual command line, without argparse: its import
+    and parser were the costliest part of ``status``'s and an empty replay's start
+    (bench/results/startup-*.md).  Known options, each value its own word and no
+    option-like value, the verbs together; None for anything else (argparse reads
+    it, and words its errors)."""
+    found: dict = {dest: None if value else False for _, dest, value in OPTIONS}
+    verbs: list[str] = []
+    after_verbs = False             # an option after the verbs: argparse takes no more
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _OPTION_WORDS:
+            dest, value = _OPTION_WORDS[word]
+            if value:
+                i += 1
+                if i == len(argv) or argv[i][:1] in ("", "-"):
+                    return None
+            found[dest] = argv[i] if value else True
+            after_verbs = bool(verbs)
+        elif word[:1] in ("", "-") or after_verbs:
+            return None
+        else:
+            verbs.append(word)
+        i += 1
+    return SimpleNamespace(**found, verbs=verbs)
 
 
 def _split_top(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -89,9 +134,12 @@ def _split_top(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str], quick: bool = True) -> argparse.Namespace | SimpleNamespace:
+    """The command line's options and verb (``quick``: the usual ones without argparse)."""
     argv, top_args = _split_top(argv)
-    args = _parser().parse_args(argv)
+    args = _quick_args(argv) if quick else None
+    if args is None:
+        args = _parser().parse_args(argv)
     args.top_args = top_args
     if args.help or args.version:
         return args
@@ -131,7 +179,7 @@ def _run(argv, env, config) -> int:
         if args.version:
             env.stdout.write(f"ncsniffer {__version__}\n")
             return EXIT_OK
-        name = args.name or configmod.instance_name(env.program)
+        name = args.name or configfile.instance_name(env.program)
         return dispatch(args, name, config, env)
     except UsageError as exc:
         env.stderr.write(f"{exc}\n\n" + USAGE.format(prog=prog))
@@ -155,11 +203,12 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
         config = {}                    # top's help needs no configuration
     if config is None:
         path = args.config or f"/etc/nc.sniffer/{name}.conf"
-        config = configmod.load_file(path)
+        config = configfile.load_file(path)
     if verb == "top":
         from ncsniffer import top
         return top.run(args.top_args, config, name, env.stdout)
     if args.read:
+        from ncsniffer import config as configmod
         settings = configmod.validate(config, name, offline=True, to_stderr=args.debug)
         if verb == "config":
             env.stdout.write(configmod.describe(settings))
@@ -172,7 +221,8 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
         lookups = _offline_lookups(settings, env.stderr)
         return replay.replay(settings, args.read, env.stderr, quiet=args.quiet, lookups=lookups)
 
-    piddir = configmod.check_piddir(config)
+    from ncsniffer import pidfile
+    piddir = configfile.check_piddir(config)
     pid_path = os.path.join(piddir, name + ".pid")
     if verb == "status":
         pid = pidfile.running_pid(pid_path, name)
@@ -186,6 +236,7 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
         if not pid:
             env.stderr.write(f"{name} not running\n")
             return EXIT_OK
+        import signal
         os.kill(pid, signal.SIGUSR1)
         return EXIT_OK
     if verb == "events":
@@ -194,6 +245,7 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
         if not stop(pid_path, name):
             env.stderr.write(f"{name}: not running\n")
         return EXIT_OK
+    from ncsniffer import config as configmod
     settings = configmod.validate(config, name, to_stderr=args.debug)
     if verb == "config":
         env.stdout.write(configmod.describe(settings))
@@ -209,7 +261,7 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
 
 def follow_events(piddir: str, name: str, pid_path: str, env: Env) -> int:
     """``events``: the daemon's feed to stdout until it ends or Ctrl-C."""
-    from ncsniffer import events
+    from ncsniffer import events, pidfile
     out = getattr(env.stdout, "buffer", None)
 
     def write(data: bytes) -> None:
@@ -239,6 +291,9 @@ def stop(pid_path: str, name: str, wait: float = STOP_WAIT) -> bool:
 
     Returns False if it was not running.
     """
+    import signal
+
+    from ncsniffer import pidfile
     pid = pidfile.running_pid(pid_path, name)
     if not pid:
         return False

@@ -6,14 +6,14 @@ an operator migrating from Net::Connection::Sniffer sees the errors they know.
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import re
 from dataclasses import dataclass, field
 
 from ncsniffer import host
-from ncsniffer.configfile import load_file  # noqa: F401 (config.load_file, its callers)
+from ncsniffer.configfile import absolute
+# load_file, check_piddir, instance_name: config.X for its callers, as before
+from ncsniffer.configfile import check_piddir, instance_name, load_file  # noqa: F401
 from ncsniffer.errors import ConfigError
 from ncsniffer.timeouts import DEFAULT_TIMEOUTS, MAX_TIMEOUT   # SPEC 10.1; the tracker's too
 
@@ -170,31 +170,6 @@ def _string(config: dict, key: str, message: str) -> str | None:
     return value
 
 
-def instance_name(program: str) -> str:
-    """``/usr/sbin/nc.sniffer1.pl`` -> ``nc.sniffer1``."""
-    base = os.path.basename(program)
-    for suffix in (".pl", ".py"):
-        if base.endswith(suffix):
-            return base[: -len(suffix)]
-    return base
-
-
-def absolute(path: str | None) -> str | None:
-    """A configured path against the directory the command started in: the
-    daemon changes to '/' when it detaches, so this is done before."""
-    return os.path.abspath(path) if path and isinstance(path, str) else path
-
-
-def check_piddir(config: dict) -> str:
-    piddir = config.get("piddir")
-    if not piddir or not isinstance(piddir, str):
-        raise ConfigError("pid directory not specified or not writable")
-    piddir = absolute(piddir)
-    if not os.path.isdir(piddir) or not os.access(piddir, os.W_OK):
-        raise ConfigError("pid directory not specified or not writable")
-    return piddir
-
-
 # --------------------------------------------------------------------------- validation
 
 def validate(config: dict, name: str, offline: bool = False, to_stderr: bool = False) -> Settings:
@@ -311,6 +286,8 @@ def _account(config: dict, key: str) -> str | None:
     name = _string(config, key, f"invalid {key} '{config.get(key)}'")
     if name is None:
         return None
+    import grp    # here: only a config with user or group looks them up
+    import pwd
     try:
         (pwd.getpwnam if key == "user" else grp.getgrnam)(name)
     except (KeyError, ValueError):       # ValueError: a NUL in the name

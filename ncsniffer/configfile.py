@@ -1,16 +1,18 @@
 """Reading a configuration file without running it (SPEC 1): a Python dict literal,
-``CONFIG = {...}``, or an old Perl script's hash.
+``CONFIG = {...}``, or an old Perl script's hash; the instance name that names the
+file and the pid directory it names.
 
-A module of its own so the web tools read their configuration without importing
-the daemon's settings and their validation (a cached CGI page's start-up, issue 16).
+A module of its own so the web tools read their configuration, and ``status``,
+``stop`` and ``dump`` find the pid file, without importing the daemon's settings
+and their validation (the start-up of a cached CGI page and of ``status``, issue 16).
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import re
 
-from ncsniffer import perlval
 from ncsniffer.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -39,6 +41,7 @@ def load_file(path: str, error: type = ConfigError, prefix: str = "config: ") ->
         text = data.decode("latin-1")
     perl = [m for m in _PERL_HASH.finditer(text)]
     if perl and not text.lstrip().startswith("{"):
+        from ncsniffer import perlval    # here: a Python config (the usual) needs no Perl
         m = next((m for m in perl if m.group(1) == "config"), perl[0])
         try:
             config = perlval.extract_config_hash(text[:m.start(1)] + "config" + text[m.end(1):])
@@ -49,6 +52,32 @@ def load_file(path: str, error: type = ConfigError, prefix: str = "config: ") ->
     if not isinstance(config, dict):
         raise error(prefix + f"'{path}' must hold a dict {{...}} of settings")
     return config
+
+
+def instance_name(program: str) -> str:
+    """``/usr/sbin/nc.sniffer1.pl`` -> ``nc.sniffer1``."""
+    base = os.path.basename(program)
+    for suffix in (".pl", ".py"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def absolute(path: str | None) -> str | None:
+    """A configured path against the directory the command started in: the
+    daemon changes to '/' when it detaches, so this is done before."""
+    return os.path.abspath(path) if path and isinstance(path, str) else path
+
+
+def check_piddir(config: dict) -> str:
+    """The configured pid directory, made absolute; it must exist and be writable."""
+    piddir = config.get("piddir")
+    if not piddir or not isinstance(piddir, str):
+        raise ConfigError("pid directory not specified or not writable")
+    piddir = absolute(piddir)
+    if not os.path.isdir(piddir) or not os.access(piddir, os.W_OK):
+        raise ConfigError("pid directory not specified or not writable")
+    return piddir
 
 
 def _literal(text: str, path: str, error: type, prefix: str) -> object:

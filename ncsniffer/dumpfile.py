@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import gc
-import ipaddress
 import json
 import math
 import os
@@ -25,7 +24,10 @@ from itertools import islice
 from operator import itemgetter
 from typing import IO, Iterable, Iterator
 
-from ncsniffer import __version__, perlval, safefile, safetext
+from ncsniffer import __version__, safefile, safetext
+
+# ipaddress and perlval are imported by the readers that use them: an empty
+# replay's start writes a stats file and reads none (issue 16)
 from ncsniffer.errors import DumpFileError
 
 try:                    # the compiled record lines (_dumptext.c); the twin is below
@@ -161,6 +163,8 @@ def chunk_rows(chunk: tuple) -> Iterator[Row]:
 
 def rows_from_dicts(records: dict[str, dict]) -> list[Row]:
     """Rows from records as read from a file (ip text -> field dict), sorted numerically."""
+    import ipaddress
+
     def order(ip: str):
         a = ipaddress.ip_address(ip)
         return a.version, a.packed
@@ -765,6 +769,7 @@ def _read_perl_general(path: str, fh, start: int) -> dict[str, dict]:
     if len(rest) > MAX_LITERAL_BYTES:
         raise _bad(path, "records are not in the original layout and too large to parse")
     text = "{\n" + rest.decode("utf-8", errors="replace")
+    from ncsniffer import perlval
     try:
         data = perlval.parse_dump(text, unique=True)
     except perlval.PerlSyntaxError as exc:

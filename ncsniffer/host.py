@@ -26,7 +26,6 @@ def resolve_all(name: str) -> list[str]:
     Dotted numbers follow inet_aton (as the Perl original did), so ``1.2.3.4.5``
     fails at once instead of waiting for a DNS answer.
     """
-    import ipaddress
     import socket
     name = str(name).strip()
     if not name:
@@ -37,6 +36,7 @@ def resolve_all(name: str) -> list[str]:
         except OSError:
             return []
     if ":" in name:
+        import ipaddress
         try:
             return [str(ipaddress.ip_address(name.split("%")[0]))]
         except ValueError:
@@ -52,9 +52,10 @@ def resolve_all(name: str) -> list[str]:
 
 
 def pack_address(text: str) -> bytes:
-    """The address in network byte order: 4 bytes for IPv4, 16 for IPv6."""
-    import ipaddress
-    return ipaddress.ip_address(text).packed
+    """The address (as ``resolve_all`` gives it) in network byte order: 4 bytes for
+    IPv4, 16 for IPv6 (inet_pton: every replay's start would import ipaddress)."""
+    import socket
+    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
 
 
 def interface_addresses() -> dict[str, list[tuple[str, str]]]:

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ncsniffer import host, safefile
-from ncsniffer.config import instance_name
+from ncsniffer.configfile import instance_name   # not config: `status` validates nothing
 from ncsniffer.errors import PidFileError
 
 MAX_PID_FILE = 256
 INTERPRETER = re.compile(r"(?:python|perl)[\d.]*")
 
 
-@dataclass(frozen=True)
-class PidRecord:
+class PidRecord(NamedTuple):    # not a dataclass: `status` would import inspect for it
     """What a pid file says: the pid and, when the daemon wrote it, who that was."""
 
     pid: int

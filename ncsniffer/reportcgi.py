@@ -6,7 +6,6 @@ import argparse
 import html
 import os
 import sys
-import urllib.parse
 from typing import IO, Mapping, Optional
 
 from ncsniffer.dumprequest import rqst_dump
@@ -78,6 +77,7 @@ def is_cgi(environ: Mapping, program: str) -> bool:
 
 def cgi_argv(query: str) -> list:
     """The command line a query string ``type=1&format=html`` stands for."""
+    import urllib.parse     # here: an SSI page's exec has none (urllib imports ipaddress)
     params = urllib.parse.parse_qs(query, keep_blank_values=True)
     argv = [f"--format={v}" for v in params.get("format", [])[:1]]
     return argv + params.get("type", [])[:1]

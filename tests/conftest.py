@@ -44,6 +44,21 @@ def write_config(directory: str, name: str = "nc.sniffer.conf", **settings) -> s
     return path
 
 
+def imported_modules(args: list, directory: str) -> set:
+    """The modules a command's process imported (run as the installed program
+    would be, with sys.modules printed at exit)."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: sys.stderr.write("
+            "'MODULES ' + ' '.join(sys.modules) + '\\n'))\n"
+            "sys.argv = ['nc.sniffer'] + sys.argv[1:]\n"
+            "from ncsniffer.cli import main\n"
+            "sys.exit(main())\n")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                            text=True, timeout=60, cwd=directory)
+    line = [x for x in result.stderr.splitlines() if x.startswith("MODULES ")][-1]
+    return set(line.split()[1:])
+
+
 def run_cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([NC_SNIFFER, *args], capture_output=True, text=True,
                           timeout=timeout, **kw)

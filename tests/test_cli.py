@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, strategies as st
 
 from ncsniffer import cli, pidfile
+from ncsniffer.errors import UsageError
 from tests.conftest import write_config
 
 
@@ -127,3 +129,58 @@ def test_top_options_belong_to_top():
     assert (args.config, args.name, args.verbs, args.top_args) == ("top", "x", ["top"],
                                                                     ["--once", "-c", "y"])
     assert cli.parse_args(["start", "-d"]).top_args == []
+
+
+# Issue 16: what each short command leaves out of its process (the import graph,
+# not a timing): argparse (with gettext's locale) and webconf (home of the
+# ArgParser) are neither's, the usual command line being read without them; the
+# settings' validation and the dataclasses (with inspect), a Perl
+# config's parser are not status's; the pid file, the signal module, the user
+# and group databases (no user or group set), ipaddress (a numeric bpf host) and
+# the Perl parser (a stats file written, not read) are not an empty replay's.
+NOT_SHORT = {"argparse", "locale", "ncsniffer.webconf"}
+NOT_STATUS = NOT_SHORT | {"ncsniffer.config", "ncsniffer.perlval", "dataclasses", "inspect",
+                          "signal"}
+NOT_EMPTY_REPLAY = NOT_SHORT | {"ncsniffer.pidfile", "signal", "grp", "pwd", "ipaddress",
+                                "ncsniffer.perlval"}
+
+
+@pytest.mark.integration
+def test_status_and_an_empty_replay_leave_out_what_they_do_not_use(tmp_path):
+    from ncsniffer import pcapgen
+    from tests.conftest import imported_modules
+    d = str(tmp_path)
+    conf = write_config(d, bpf="host 192.0.2.10")
+    cap = str(tmp_path / "empty.pcap")
+    pcapgen.write_pcap(cap, 1, [])
+    status = imported_modules(["-c", conf, "status"], d)
+    assert "ncsniffer.pidfile" in status and not status & NOT_STATUS
+    replayed = imported_modules(["-q", "-c", conf, "-r", cap, "start"], d)
+    assert "ncsniffer.dumpfile" in replayed and not replayed & NOT_EMPTY_REPLAY
+    assert os.path.exists(os.path.join(d, "nc.sniffer.stats"))
+
+
+# Words of command lines: every option, verbs, and what argparse alone reads
+# (joined options, --opt=value, option-like values, unknown options, "--", "")
+WORDS = [w for words, _, _ in cli.OPTIONS for w in words] + [
+    "start", "status", "stop", "top", "bogus", "x.conf", "a b", "-dq", "-cfile",
+    "--config=x", "--conf", "--nam", "-x", "-", "--", "", "-1", "x=y", "@file", "-c=x"]
+
+
+@given(st.lists(st.sampled_from(WORDS), max_size=8))
+def test_quick_args_read_what_argparse_reads_or_leave_it_to_argparse(argv):
+    quick = cli._quick_args(argv)
+    try:
+        plain = vars(cli._parser().parse_args(argv))
+    except UsageError:
+        plain = None
+    assert quick is None or vars(quick) == plain
+
+
+@pytest.mark.parametrize("argv", [
+    ["-q", "-c", "nc.conf", "-r", "empty.pcap", "start"], ["-c", "nc.conf", "status"],
+    ["start", "-d", "--name", "nc.sniffer2"], ["--foreground", "-f", "restart"], ["-h"]])
+def test_the_usual_command_lines_need_no_argparse(argv):
+    quick = cli._quick_args(argv)
+    assert quick is not None and vars(quick) == vars(cli._parser().parse_args(argv))
+    assert vars(cli.parse_args(argv)) == vars(cli.parse_args(argv, quick=False))

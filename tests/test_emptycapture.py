@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ncsniffer import config, emptycapture, pcapgen, replay
-from tests.conftest import NC_SNIFFER, write_config
+from tests.conftest import NC_SNIFFER, imported_modules, write_config
 
 MAGICS = [("<", 0xA1B2C3D4), (">", 0xA1B2C3D4), ("<", 0xA1B23C4D), (">", 0xA1B23C4D)]
 VARIANTS = [
@@ -123,21 +123,6 @@ def test_a_bad_filter_still_fails_on_an_empty_file(tmp_path):
     assert result.returncode != 0 and "nonsense" in result.stderr
 
 
-def _loaded(args: list, directory: str) -> set:
-    """The modules a command's process imported (run as the installed program
-    would be, with sys.modules printed at exit)."""
-    code = ("import atexit, sys\n"
-            "atexit.register(lambda: sys.stderr.write("
-            "'MODULES ' + ' '.join(sys.modules) + '\\n'))\n"
-            "sys.argv = ['nc.sniffer'] + sys.argv[1:]\n"
-            "from ncsniffer.cli import main\n"
-            "sys.exit(main())\n")
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
-                            text=True, timeout=60, cwd=directory)
-    line = [x for x in result.stderr.splitlines() if x.startswith("MODULES ")][-1]
-    return set(line.split()[1:])
-
-
 def _top(modules: set) -> set:
     return {m.split(".")[0] for m in modules}
 
@@ -150,11 +135,11 @@ def test_status_and_an_empty_replay_import_nothing_heavy(tmp_path):
     d = str(tmp_path)
     conf = write_config(d, bpf="host 192.0.2.10")
     cap = empty_file(str(tmp_path / "empty.pcap"))
-    status = _loaded(["-c", conf, "status"], d)
+    status = imported_modules(["-c", conf, "status"], d)
     assert not _top(status) & HEAVY and "socket" not in status
-    assert not _top(_loaded(["-q", "-c", conf, "-r", cap, "start"], d)) & HEAVY
+    assert not _top(imported_modules(["-q", "-c", conf, "-r", cap, "start"], d)) & HEAVY
     assert os.path.exists(os.path.join(d, "nc.sniffer.stats"))
-    replayed = _loaded(["-q", "-c", conf, "-r", pcapgen_one(d), "start"], d)
+    replayed = imported_modules(["-q", "-c", conf, "-r", pcapgen_one(d), "start"], d)
     assert "numpy" in _top(replayed)              # a packet: the replay itself ...
     assert not {"ncsniffer.events", "logging", "threading"} & replayed   # ... no events file
 
@@ -180,7 +165,7 @@ def test_a_cached_page_imports_no_renderer(tmp_path):
     assert result.returncode == 0 and "the cached report" in result.stdout
     loaded = set(result.stdout.split("MODULES", 1)[1].split())
     assert not loaded & {"ncsniffer.dumpfile", "ncsniffer.layout", "ncsniffer.htmlreport",
-                         "numpy", "shutil", "socket"}
+                         "numpy", "shutil", "socket", "urllib.parse", "ipaddress"}
 
 
 @pytest.mark.integration
