@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ncsniffer import bpfvm, decode, linktypes
+from ncsniffer import bpfvm, decode, fastread, linktypes
 from ncsniffer.accounting import Accounting
 from ncsniffer.clock import Clock
 from ncsniffer.table import Addresses
@@ -380,7 +380,46 @@ def _filter_decode(batch: Batch, heads: Heads, prog, linktype: int, idx: np.ndar
 
 def prepare(batch: Batch, prog, rules: Rules) -> Prepared:
     """Filter, decode, match and find the targets; touches no state (it reads the
-    rules only).  ``prog``: as ``filter_decode`` takes it."""
+    rules only).  ``prog``: as ``filter_decode`` takes it.  In C where it can
+    (``prepare_fast``), else by numpy (``prepare_numpy``, its plain twin)."""
+    fast = prepare_fast(batch, prog, rules) if fastread.enabled() else None
+    return fast if fast is not None else prepare_numpy(batch, prog, rules)
+
+
+def link_description(linktype: int) -> tuple:
+    """How ``fastread.prepare`` decodes a link type: (by type field, header length,
+    type field offset, VLAN types)."""
+    if linktype in LINK_HEADER:
+        return (True, *LINK_HEADER[linktype], tuple(VLAN.tolist()))
+    return (False, BY_VERSION[linktype], 0, ())
+
+
+def prepare_fast(batch: Batch, prog, rules: Rules) -> Prepared | None:
+    """``prepare_numpy``'s result by the C pass, or None where it does not apply:
+    match / nomatch (their windows stay numpy's), a batch of several links, a
+    program or "me" the C pass does not take."""
+    if rules.payload is not None:
+        return None
+    linktype = rules.linktype
+    if isinstance(prog, Mapping):
+        if batch.link is not None:
+            return None
+        linktype = batch.links[0][0]
+        prog = prog[batch.links[0]]
+    filled = fastread.prepare(batch.u8, batch.offs, batch.caplen, batch.wirelen, batch.sec,
+                              batch.usec, fastread.program(prog), link_description(linktype),
+                              rules.me, rules.flows)
+    if filled is None:
+        return None
+    undecoded = {decode.TRUNCATED: filled.truncated, decode.NOT_IP: filled.not_ip,
+                 decode.INVALID: filled.invalid}
+    return Prepared(len(filled.sec), undecoded, 0,
+                    Targets(filled.is6, filled.v4, filled.hi, filled.lo),
+                    filled.sec, filled.good, filled.lengths, filled.flows)
+
+
+def prepare_numpy(batch: Batch, prog, rules: Rules) -> Prepared:
+    """``prepare`` by numpy steps over the whole batch."""
     width = HEAD if rules.payload is None else max(HEAD, min(rules.snaplen, MATCH_HEAD))
     if rules.flows:
         width = max(width, FLOW_HEAD)

@@ -27,6 +27,7 @@ from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
+from ncsniffer import fastread
 from ncsniffer.gather import Gather
 
 MAX_RECORD = 262144          # libpcap refuses larger records as bogus
@@ -314,6 +315,11 @@ def _lane_major(ends: np.ndarray, at: np.ndarray, hdr: np.ndarray):
     return at.ravel()[flat], hdr.view(np.complex128).ravel()[flat].view(hdr.dtype), tail
 
 
+def _bogus(length: int) -> Truncated:
+    """A record longer than libpcap accepts, first in its batch."""
+    return Truncated(f"bogus record length {length}")
+
+
 def _trailer_differs(pos: int, blen: int, trailer: int) -> str:
     return f"block at byte {pos}: total length {blen} in its header, {trailer} in its trailer"
 
@@ -334,6 +340,7 @@ class Reader:
             raise Unsupported(f"cannot map the file: {exc}") from exc
         self.g = Gather(self.mm)
         self.u8 = self.g.u8
+        self.fast = fastread.enabled()     # classic pcap records walked in C
         head = self.mm[:PCAP_FILE_HEADER.itemsize]
         magic = head[:PCAP_FILE_HEADER["magic"].itemsize]
         if magic in PCAP_MAGICS:
@@ -502,13 +509,27 @@ class Reader:
                 pass
 
     def _walk_pcap(self, pos: int, limit: int, stop: int):
-        """(batch or None, next position) of the records from ``pos`` on."""
+        """(batch or None, next position) of the records from ``pos`` on: by the C
+        walk (``fast``), or by numpy lanes and the plain walk, its twin."""
         stop = min(stop, len(self.mm) - RECORD + 1)    # a record header must fit
+        if self.fast:
+            return self._fast_walk(pos, limit, stop)
         walked = self.chain.walk(pos, stop)
         if walked is None:
             starts, nxt = self._plain_walk(pos, stop, limit)
             walked = starts, self.g.block(starts, RECORD), nxt
         return self._pcap_batch(*walked, limit)
+
+    def _fast_walk(self, pos: int, limit: int, stop: int):
+        """``_walk_pcap`` by ``fastread.walk``: the same records, the same stop."""
+        w = fastread.walk(self.mm, pos, stop, limit, self.endian != NATIVE, self.snaplen,
+                          self.per_sec)
+        if w.bogus >= 0:
+            raise _bogus(w.bogus)
+        if not len(w.offs):
+            return None, w.next
+        return Batch(self.mm, self.u8, w.offs, w.caplen, w.wirelen, w.sec, self.links,
+                     usec=w.usec), w.next
 
     def _plain_walk(self, pos: int, stop: int, limit: int) -> tuple[np.ndarray, int]:
         """The plain walk: one unpack per record; lengths are checked afterwards, in bulk."""
@@ -534,7 +555,7 @@ class Reader:
             j = int(bad[0])
             if j == 0:
                 if incl[0] > MAX_RECORD:
-                    raise Truncated(f"bogus record length {int(incl[0])}")
+                    raise _bogus(int(incl[0]))
                 return None, int(at[0])
             at, f, incl, nxt = at[:j], f[:j], incl[:j], int(at[j])
         sec, wirelen = f[:, SEC].astype(np.int64), f[:, ORIG].astype(np.int64)

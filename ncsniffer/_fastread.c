@@ -1,0 +1,677 @@
+/*
+ * _fastread: the replay's read path in one pass per batch (issue 16).
+ *
+ * Two functions, each the C twin of a numpy step that stays as the plain
+ * model (the property tests in tests/test_fastread.py hold them equal):
+ *
+ *   walk     the classic pcap record chain of a batch (pcapfile.Reader's
+ *            lockstep lanes and plain walk: the same records, the same stop
+ *            at a bogus or cut one);
+ *   prepare  per packet of a batch: the filter (a classic BPF interpreter
+ *            with bpfvm.py's semantics), the decoding (batch.decode_batch),
+ *            the target address (batch.targets) and, with connections, the
+ *            FLOW record (batch.flows), into the arrays batch.Prepared holds.
+ *
+ * Nothing here allocates Python objects per packet: the caller hands in the
+ * output arrays (numpy arrays through the buffer protocol), sized for every
+ * packet of the batch, and slices them by the counts returned.  Every read
+ * of capture bytes is checked against the captured length, and every packet
+ * against the buffer's end, so a hostile file cannot make it read astray.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ bytes */
+
+static inline uint32_t be16(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
+
+static inline uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline uint64_t be64(const uint8_t *p)
+{
+    return (uint64_t)be32(p) << 32 | be32(p + 4);
+}
+
+static inline uint32_t u32_in(const uint8_t *p, int swapped)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return swapped ? __builtin_bswap32(v) : v;
+}
+
+/* ------------------------------------------------------------------- walk */
+
+#define RECORD 16                 /* pcapfile.RECORD: a classic record header */
+#define INCL_AT 8
+#define ORIG_AT 12
+#define FRAC_AT 4
+#define MAX_RECORD 262144         /* pcapfile.MAX_RECORD */
+#define LINE 64                   /* a cache line */
+#define AHEAD_BYTES 4096          /* the walk prefetches this far ahead of a record */
+
+/* Prefetch the lines [from, to) of buf: a record chain is a chain of dependent
+ * loads, each a memory latency, unless the lines ahead are already on their way. */
+static inline void prefetch_span(const uint8_t *buf, Py_ssize_t size, Py_ssize_t from,
+                                 Py_ssize_t to)
+{
+    if (to > size)
+        to = size;
+    for (Py_ssize_t at = from & ~(Py_ssize_t)(LINE - 1); at < to; at += LINE)
+        __builtin_prefetch(buf + at);
+}
+
+typedef struct {
+    int64_t *offs, *caplen, *wirelen, *sec, *usec;
+} Records;
+
+/* Walk records from pos while they start before stop (stop + RECORD <= size):
+ * the count walked, *next the first record not taken, *bogus the length of a
+ * bogus first record (else -1). */
+static Py_ssize_t walk_records(const uint8_t *buf, Py_ssize_t size, Py_ssize_t pos,
+                               Py_ssize_t stop, Py_ssize_t limit, int swapped,
+                               int64_t snaplen, int64_t per_sec, Records *out,
+                               Py_ssize_t *next, int64_t *bogus)
+{
+    Py_ssize_t n = 0, fetched = pos;
+    *bogus = -1;
+    while (pos < stop && n < limit) {
+        const uint8_t *h = buf + pos;
+        if (fetched < pos + AHEAD_BYTES) {
+            prefetch_span(buf, size, fetched, pos + 2 * AHEAD_BYTES);
+            fetched = pos + 2 * AHEAD_BYTES;
+        }
+        int64_t incl = u32_in(h + INCL_AT, swapped);
+        if (incl > MAX_RECORD || pos + RECORD + incl > size) {
+            if (n == 0 && incl > MAX_RECORD)
+                *bogus = incl;
+            break;
+        }
+        out->offs[n] = pos + RECORD;
+        out->caplen[n] = incl < snaplen ? incl : snaplen;
+        out->wirelen[n] = u32_in(h + ORIG_AT, swapped);
+        out->sec[n] = u32_in(h, swapped);
+        out->usec[n] = (int64_t)u32_in(h + FRAC_AT, swapped) / per_sec;
+        n++;
+        pos += RECORD + incl;
+    }
+    *next = pos;
+    return n;
+}
+
+/* Buffers held for the length of one call; released together. */
+#define MAX_VIEWS 16
+typedef struct {
+    Py_buffer views[MAX_VIEWS];
+    int held;
+} Views;
+
+static void release(Views *v)
+{
+    for (int i = 0; i < v->held; i++)
+        PyBuffer_Release(&v->views[i]);
+    v->held = 0;
+}
+
+/* The buffer of obj (writable if asked), at least need items of itemsize bytes. */
+static void *view(Views *v, PyObject *obj, int writable, Py_ssize_t itemsize, Py_ssize_t need)
+{
+    Py_buffer *b = &v->views[v->held];
+    if (PyObject_GetBuffer(obj, b, writable ? PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS
+                                            : PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    v->held++;
+    if (b->len < itemsize * need) {
+        PyErr_SetString(PyExc_ValueError, "output array too short");
+        return NULL;
+    }
+    return b->buf;
+}
+
+static PyObject *py_walk(PyObject *self, PyObject *args)
+{
+    PyObject *data, *o_offs, *o_cap, *o_wire, *o_sec, *o_usec;
+    Py_ssize_t pos, stop, limit;
+    int swapped;
+    long long snaplen, per_sec;
+    if (!PyArg_ParseTuple(args, "OnnnpLLOOOOO", &data, &pos, &stop, &limit, &swapped, &snaplen,
+                          &per_sec, &o_offs, &o_cap, &o_wire, &o_sec, &o_usec))
+        return NULL;
+    Views v = {.held = 0};
+    Records out;
+    const uint8_t *buf = view(&v, data, 0, 1, 0);
+    Py_ssize_t size = buf ? v.views[0].len : 0;
+    if (buf && (out.offs = view(&v, o_offs, 1, 8, limit)) && (out.caplen = view(&v, o_cap, 1, 8, limit))
+        && (out.wirelen = view(&v, o_wire, 1, 8, limit)) && (out.sec = view(&v, o_sec, 1, 8, limit))
+        && (out.usec = view(&v, o_usec, 1, 8, limit))) {
+        if (per_sec < 1 || pos < 0) {
+            PyErr_SetString(PyExc_ValueError, "bad walk arguments");
+        } else {
+            if (stop > size - RECORD + 1)
+                stop = size - RECORD + 1;
+            Py_ssize_t next;
+            int64_t bogus;
+            Py_ssize_t n = walk_records(buf, size, pos, stop, limit, swapped, snaplen, per_sec,
+                                        &out, &next, &bogus);
+            release(&v);
+            return Py_BuildValue("nnL", n, next, (long long)bogus);
+        }
+    }
+    release(&v);
+    return NULL;
+}
+
+/* -------------------------------------------------------------------- BPF */
+
+typedef struct {
+    uint16_t code;
+    uint8_t jt, jf;
+    uint32_t k;
+} Insn;
+
+enum { LD, LDX, ST, STX, ALU, JMP, RET, MISC };
+enum { M_IMM = 0x00, M_ABS = 0x20, M_IND = 0x40, M_MEM = 0x60, M_LEN = 0x80, M_MSH = 0xA0 };
+#define MEMWORDS 16
+
+static int load_size(uint16_t code)
+{
+    switch (code & 0x18) {
+    case 0x00: return 4;
+    case 0x08: return 2;
+    case 0x10: return 1;
+    }
+    return 0;
+}
+
+/* Whether every instruction is one run_filter executes (bpfvm.check's set, and
+ * scratch memory indices within MEMWORDS). */
+static int filter_ok(const Insn *prog, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint16_t code = prog[i].code, cls = code & 7, mode = code & 0xE0, op = code & 0xF0;
+        if (cls == LD || cls == LDX) {
+            int known = mode == M_IMM || mode == M_ABS || mode == M_IND || mode == M_MEM ||
+                        mode == M_LEN || (cls == LDX && mode == M_MSH && (code & 0x18) == 0x10);
+            if (!known || ((mode == M_ABS || mode == M_IND) &&
+                           (!load_size(code) || prog[i].k >= 0x80000000u)))
+                return 0;
+            if (mode == M_MEM && prog[i].k >= MEMWORDS)
+                return 0;
+        } else if (cls == ST || cls == STX) {
+            if (prog[i].k >= MEMWORDS)
+                return 0;
+        } else if (cls == ALU) {
+            if (op > 0xA0)
+                return 0;
+        } else if (cls == JMP) {
+            if (op > 0x40)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* A packet load (ABS, IND, MSH): 0 if it reaches past the captured bytes. */
+static int load_packet(uint16_t code, uint64_t at, const uint8_t *pkt, uint64_t cap,
+                       uint32_t *val)
+{
+    int mode = code & 0xE0, size = mode == M_MSH ? 1 : load_size(code);
+    if (at + size > cap)
+        return 0;
+    const uint8_t *p = pkt + at;
+    *val = size == 4 ? be32(p) : size == 2 ? be16(p) : p[0];
+    if (mode == M_MSH)
+        *val = (*val & 0xF) << 2;
+    return 1;
+}
+
+/* An ALU step on A; 0 for a division by zero (the packet is rejected). */
+static int alu(uint16_t code, uint32_t *a, uint32_t rhs)
+{
+    switch (code & 0xF0) {
+    case 0x00: *a += rhs; break;
+    case 0x10: *a -= rhs; break;
+    case 0x20: *a *= rhs; break;
+    case 0x30: if (!rhs) return 0; *a /= rhs; break;
+    case 0x40: *a |= rhs; break;
+    case 0x50: *a &= rhs; break;
+    case 0x60: *a = rhs < 32 ? *a << rhs : 0; break;
+    case 0x70: *a = rhs < 32 ? *a >> rhs : 0; break;
+    case 0x80: *a = -*a; break;
+    case 0x90: if (!rhs) return 0; *a %= rhs; break;
+    case 0xA0: *a ^= rhs; break;
+    }
+    return 1;
+}
+
+static int jump_taken(uint16_t code, uint32_t a, uint32_t rhs)
+{
+    switch (code & 0xF0) {
+    case 0x10: return a == rhs;
+    case 0x20: return a > rhs;
+    case 0x30: return a >= rhs;
+    default: return (a & rhs) != 0;
+    }
+}
+
+/* Whether the program accepts the packet (checked by filter_ok first); falling
+ * off the end or jumping past it rejects, as in bpfvm. */
+static int run_filter(const Insn *prog, Py_ssize_t n, const uint8_t *pkt, uint64_t cap,
+                      uint64_t wirelen)
+{
+    uint32_t a = 0, x = 0, mem[MEMWORDS] = {0};
+    Py_ssize_t pc = 0;
+    while (pc < n) {
+        const Insn *in = &prog[pc];
+        uint16_t code = in->code;
+        uint32_t val = 0;
+        pc++;
+        switch (code & 7) {
+        case LD:
+        case LDX:
+            switch (code & 0xE0) {
+            case M_IMM: val = in->k; break;
+            case M_LEN: val = (uint32_t)wirelen; break;
+            case M_MEM: val = mem[in->k]; break;
+            case M_IND:
+                if (!load_packet(code, (uint64_t)x + in->k, pkt, cap, &val))
+                    return 0;
+                break;
+            default:
+                if (!load_packet(code, in->k, pkt, cap, &val))
+                    return 0;
+            }
+            if ((code & 7) == LD)
+                a = val;
+            else
+                x = val;
+            break;
+        case ST: mem[in->k] = a; break;
+        case STX: mem[in->k] = x; break;
+        case ALU:
+            if (!alu(code, &a, code & 0x08 ? x : in->k))
+                return 0;
+            break;
+        case JMP:
+            if (code & 0xF0)
+                pc += jump_taken(code, a, code & 0x08 ? x : in->k) ? in->jt : in->jf;
+            else
+                pc += in->k;
+            break;
+        case RET:
+            return (code & 0x18) == 0x10 ? a != 0 : in->k != 0;
+        default:
+            if ((code & 0xF8) == 0x00)
+                x = a;
+            else
+                a = x;
+        }
+    }
+    return 0;
+}
+
+/* ----------------------------------------------------------------- decode */
+
+enum { OK, TRUNCATED, NOT_IP, INVALID };      /* batch.OK ... batch.INVALID */
+#define ETH_IPV4 0x0800
+#define ETH_IPV6 0x86DD
+#define TAG 4
+#define TAG_TYPE 2
+#define MAX_TAGS 4096                         /* batch.decode_batch's VLAN steps */
+#define IPV4_HEADER 20
+#define IPV6_HEADER 40
+
+typedef struct {
+    int by_type;                  /* the link header has an Ethernet type field */
+    int64_t length;               /* the link header's length */
+    int64_t type_at;              /* where its type field is (by_type) */
+    uint32_t vlan[8];             /* VLAN tag types */
+    int nvlan;
+} Link;
+
+static int is_vlan(const Link *link, uint32_t type)
+{
+    for (int i = 0; i < link->nvlan; i++)
+        if (link->vlan[i] == type)
+            return 1;
+    return 0;
+}
+
+/* The IP header of an Ethernet type at off: its reason (OK: *is6 says which). */
+static int ip_header(const uint8_t *pkt, uint64_t cap, uint64_t off, uint32_t type, int *is6)
+{
+    if (type == ETH_IPV4) {
+        if (cap < off + IPV4_HEADER)
+            return TRUNCATED;
+        *is6 = 0;
+        return pkt[off] >> 4 != 4 || (pkt[off] & 15) < 5 ? INVALID : OK;
+    }
+    if (type == ETH_IPV6) {
+        if (cap < off + IPV6_HEADER)
+            return TRUNCATED;
+        *is6 = 1;
+        return pkt[off] >> 4 != 6 ? INVALID : OK;
+    }
+    return NOT_IP;
+}
+
+/* Why the packet does not decode, or OK with its IP header at *l3. */
+static int decode(const Link *link, const uint8_t *pkt, uint64_t cap, uint64_t *l3, int *is6)
+{
+    uint64_t off = link->length;
+    *l3 = off;
+    if (!link->by_type) {
+        if (cap <= off)
+            return TRUNCATED;
+        int version = pkt[off] >> 4;
+        if (version != 4 && version != 6)
+            return INVALID;
+        return ip_header(pkt, cap, off, version == 4 ? ETH_IPV4 : ETH_IPV6, is6);
+    }
+    if (cap < off)
+        return TRUNCATED;
+    uint32_t type = be16(pkt + link->type_at);
+    for (int tags = 0; tags < MAX_TAGS && is_vlan(link, type); tags++) {
+        if (cap < off + TAG)
+            return TRUNCATED;
+        type = be16(pkt + off + TAG_TYPE);
+        off += TAG;
+    }
+    *l3 = off;
+    return ip_header(pkt, cap, off, type, is6);
+}
+
+/* ------------------------------------------------------------------ flows */
+
+/* decode.FLOW, byte for byte (fastread.py checks the offsets against it). */
+typedef struct {
+    int64_t sec;
+    uint64_t me_hi, me_lo, peer_hi, peer_lo;
+    uint32_t usec, length;
+    uint16_t me_port, peer_port;
+    uint8_t proto, from_me, v6, flags;
+} Flow;
+
+enum { NOT_TRACKED = 0, P_ICMP = 1, P_TCP = 6, P_UDP = 17, P_ICMP6 = 58 };
+enum { HOP_BY_HOP = 0, ROUTING = 43, FRAGMENT = 44, AH = 51, DEST_OPTIONS = 60 };
+#define EXTENSION_MIN 8
+#define MAX_EXTENSIONS 8
+#define TCP_FLAGS_AT 13
+#define TCP_KEY_BYTES 14
+#define PORT_BYTES 4
+
+static int is_extension(int p)
+{
+    return p == HOP_BY_HOP || p == ROUTING || p == FRAGMENT || p == AH || p == DEST_OPTIONS;
+}
+
+static uint64_t extension_length(int kind, int length_byte)
+{
+    if (kind == FRAGMENT)
+        return EXTENSION_MIN;
+    if (kind == AH)
+        return (uint64_t)(length_byte + 2) * 4;
+    return (uint64_t)(length_byte + 1) * 8;
+}
+
+static int key_bytes(int proto)
+{
+    return proto == P_TCP ? TCP_KEY_BYTES : proto == P_UDP ? PORT_BYTES : 0;
+}
+
+/* (protocol, *l4) behind the IP header at l3, by batch.transport's rules. */
+static int transport(const uint8_t *pkt, uint64_t cap, uint64_t l3, int is6, uint64_t *l4)
+{
+    int proto;
+    if (!is6) {
+        *l4 = l3 + (uint64_t)(pkt[l3] & 15) * 4;
+        if (cap < *l4 || (be16(pkt + l3 + 6) & 0x1FFF))
+            return NOT_TRACKED;
+        proto = pkt[l3 + 9];
+    } else {
+        proto = pkt[l3 + 6];
+        *l4 = l3 + IPV6_HEADER;
+        for (int i = 0; i < MAX_EXTENSIONS && is_extension(proto); i++) {
+            uint64_t at = *l4;
+            if (cap < at + EXTENSION_MIN || (proto == FRAGMENT && be16(pkt + at + 2) >> 3))
+                return NOT_TRACKED;
+            *l4 = at + extension_length(proto, pkt[at + 1]);
+            proto = pkt[at];
+        }
+    }
+    int tracked = proto == P_TCP || proto == P_UDP || proto == (is6 ? P_ICMP6 : P_ICMP);
+    if (!tracked || cap < *l4 + key_bytes(proto))
+        return NOT_TRACKED;
+    return proto;
+}
+
+typedef struct {
+    uint64_t hi, lo;
+} Address;
+
+typedef struct {
+    Address me;
+    int me6;                      /* "me" is an IPv6 address */
+    int me_len;                   /* 4, 16, or another length: never a packet's */
+} Me;
+
+static void flow_record(const uint8_t *pkt, uint64_t cap, uint64_t l3, int is6,
+                        Address src, Address dst, const Me *me, Flow *f)
+{
+    uint64_t l4 = 0;
+    int proto = transport(pkt, cap, l3, is6, &l4);
+    uint32_t sport = 0, dport = 0;
+    int mine = src.lo == me->me.lo && src.hi == me->me.hi && is6 == me->me6;
+    f->flags = 0;
+    if (proto == P_TCP || proto == P_UDP) {
+        sport = be16(pkt + l4);
+        dport = be16(pkt + l4 + 2);
+    }
+    if (proto == P_TCP)
+        f->flags = pkt[l4 + TCP_FLAGS_AT];
+    f->proto = proto;
+    f->v6 = is6;
+    f->from_me = mine;
+    Address m = mine ? src : dst, p = mine ? dst : src;
+    f->me_hi = m.hi;
+    f->me_lo = m.lo;
+    f->peer_hi = p.hi;
+    f->peer_lo = p.lo;
+    f->me_port = mine ? sport : dport;
+    f->peer_port = mine ? dport : sport;
+}
+
+/* ---------------------------------------------------------------- prepare */
+
+#define PACKETS_AHEAD 8           /* prepare prefetches the packet this far ahead */
+
+typedef struct {
+    const int64_t *offs, *caplen, *wirelen, *sec, *usec;   /* usec may be NULL */
+} Packets;
+
+typedef struct {
+    int64_t *sec, *good, *lengths;
+    uint8_t *is6;
+    uint32_t *v4;
+    uint64_t *hi, *lo;
+    Flow *flows;                  /* NULL: no FLOW records */
+    Py_ssize_t seen, counted, n4, n6, undecoded[4];
+} Prepared;
+
+static void count_packet(const uint8_t *pkt, uint64_t cap, uint64_t l3, int is6, const Me *me,
+                         Prepared *out, Flow *flow)
+{
+    Address src, dst;
+    if (is6) {
+        src = (Address){be64(pkt + l3 + 8), be64(pkt + l3 + 16)};
+        dst = (Address){be64(pkt + l3 + 24), be64(pkt + l3 + 32)};
+        int mine = me->me_len == 16 && src.hi == me->me.hi && src.lo == me->me.lo;
+        out->hi[out->n6] = mine ? dst.hi : src.hi;
+        out->lo[out->n6++] = mine ? dst.lo : src.lo;
+    } else {
+        src = (Address){0, be32(pkt + l3 + 12)};
+        dst = (Address){0, be32(pkt + l3 + 16)};
+        int mine = me->me_len == 4 && src.lo == me->me.lo;
+        out->v4[out->n4++] = (uint32_t)(mine ? dst.lo : src.lo);
+    }
+    out->is6[out->counted] = (uint8_t)is6;
+    if (flow)
+        flow_record(pkt, cap, l3, is6, src, dst, me, flow);
+}
+
+/* Every packet through the filter, the decoder, and into the outputs; -1 (and
+ * an exception) for a packet outside the buffer. */
+static int prepare_batch(const uint8_t *buf, Py_ssize_t size, const Packets *in, Py_ssize_t n,
+                         const Insn *prog, Py_ssize_t nprog, int filtered, const Link *link,
+                         const Me *me, Prepared *out)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t off = in->offs[i], cap = in->caplen[i];
+        if (i + PACKETS_AHEAD < n && in->offs[i + PACKETS_AHEAD] >= 0 &&
+            in->offs[i + PACKETS_AHEAD] < size)
+            __builtin_prefetch(buf + in->offs[i + PACKETS_AHEAD]);
+        if (off < 0 || cap < 0 || off > size || cap > size - off) {
+            PyErr_Format(PyExc_ValueError, "packet %zd lies outside the buffer", i);
+            return -1;
+        }
+        const uint8_t *pkt = buf + off;
+        if (filtered && !run_filter(prog, nprog, pkt, (uint64_t)cap, (uint64_t)in->wirelen[i]))
+            continue;
+        Py_ssize_t row = out->seen++;
+        out->sec[row] = in->sec[i];
+        uint64_t l3;
+        int is6 = 0, reason = decode(link, pkt, (uint64_t)cap, &l3, &is6);
+        if (reason != OK) {
+            out->undecoded[reason]++;
+            continue;
+        }
+        Flow *flow = out->flows ? &out->flows[out->counted] : NULL;
+        count_packet(pkt, (uint64_t)cap, l3, is6, me, out, flow);
+        if (flow) {
+            flow->sec = in->sec[i];
+            flow->usec = in->usec ? (uint32_t)in->usec[i] : 0;
+            flow->length = (uint32_t)in->wirelen[i];
+        }
+        out->good[out->counted] = row;
+        out->lengths[out->counted++] = in->wirelen[i];
+    }
+    return 0;
+}
+
+/* The link description from (by_type, length, type_at, vlan types). */
+static int parse_link(PyObject *o, Link *link)
+{
+    PyObject *tags;
+    long long length, type_at;
+    if (!PyArg_ParseTuple(o, "pLLO", &link->by_type, &length, &type_at, &tags))
+        return 0;
+    PyObject *seq = PySequence_Fast(tags, "vlan types: a sequence");
+    if (!seq)
+        return 0;
+    Py_ssize_t nv = PySequence_Fast_GET_SIZE(seq);
+    int ok = nv <= 8 && length >= 0 && (!link->by_type || (type_at >= 0 && type_at + 2 <= length));
+    for (Py_ssize_t i = 0; ok && i < nv; i++)
+        link->vlan[i] = (uint32_t)PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(seq, i));
+    Py_DECREF(seq);
+    if (!ok || PyErr_Occurred()) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "bad link description");
+        return 0;
+    }
+    link->nvlan = (int)nv;
+    link->length = length;
+    link->type_at = type_at;
+    return 1;
+}
+
+static PyObject *py_prepare(PyObject *self, PyObject *args)
+{
+    PyObject *data, *o_offs, *o_cap, *o_wire, *o_sec, *o_usec, *o_prog, *o_link;
+    PyObject *o_osec, *o_good, *o_len, *o_is6, *o_v4, *o_hi, *o_lo, *o_flows;
+    const char *me_bytes;            /* only its length is read: hi and lo are its words */
+    Py_ssize_t me_len;
+    unsigned long long me_hi, me_lo;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOy#KKOOOOOOOO", &data, &o_offs, &o_cap, &o_wire, &o_sec,
+                          &o_usec, &o_prog, &o_link, &me_bytes, &me_len, &me_hi, &me_lo, &o_osec,
+                          &o_good, &o_len, &o_is6, &o_v4, &o_hi, &o_lo, &o_flows))
+        return NULL;
+    Link link;
+    Me me = {.me = {me_hi, me_lo}, .me6 = me_len == 16, .me_len = (int)me_len};
+    const Insn *prog = NULL;
+    Py_ssize_t nprog = 0, n = 0;
+    if (!parse_link(o_link, &link))
+        return NULL;
+    if (o_prog != Py_None) {             /* the program: packed struct bpf_insn */
+        char *code;
+        if (PyBytes_AsStringAndSize(o_prog, &code, &nprog) < 0)
+            return NULL;
+        prog = (const Insn *)code;
+        nprog /= (Py_ssize_t)sizeof(Insn);
+        if (!filter_ok(prog, nprog))
+            Py_RETURN_NONE;               /* the numpy path runs it */
+    }
+    Views v = {.held = 0};
+    Packets in = {0};
+    Prepared out = {0};
+    PyObject *result = NULL;
+    const uint8_t *buf = view(&v, data, 0, 1, 0);
+    if (!buf || !(in.offs = view(&v, o_offs, 0, 8, 0)))
+        goto done;
+    n = v.views[1].len / 8;
+    if (!(in.caplen = view(&v, o_cap, 0, 8, n)) || !(in.wirelen = view(&v, o_wire, 0, 8, n)) ||
+        !(in.sec = view(&v, o_sec, 0, 8, n)) ||
+        (o_usec != Py_None && !(in.usec = view(&v, o_usec, 0, 8, n))) ||
+        !(out.sec = view(&v, o_osec, 1, 8, n)) || !(out.good = view(&v, o_good, 1, 8, n)) ||
+        !(out.lengths = view(&v, o_len, 1, 8, n)) || !(out.is6 = view(&v, o_is6, 1, 1, n)) ||
+        !(out.v4 = view(&v, o_v4, 1, 4, n)) || !(out.hi = view(&v, o_hi, 1, 8, n)) ||
+        !(out.lo = view(&v, o_lo, 1, 8, n)) ||
+        (o_flows != Py_None && !(out.flows = view(&v, o_flows, 1, sizeof(Flow), n))))
+        goto done;
+    if (prepare_batch(buf, v.views[0].len, &in, n, prog, nprog, o_prog != Py_None, &link, &me,
+                      &out) == 0)
+        result = Py_BuildValue("nnnnnnn", out.seen, out.counted, out.n4, out.n6,
+                               out.undecoded[TRUNCATED], out.undecoded[NOT_IP],
+                               out.undecoded[INVALID]);
+done:
+    release(&v);
+    return result;
+}
+
+static PyObject *py_flow_layout(PyObject *self, PyObject *unused)
+{
+    return Py_BuildValue("n(nnnnnnnnnnnnn)", (Py_ssize_t)sizeof(Flow),
+                         offsetof(Flow, sec), offsetof(Flow, usec), offsetof(Flow, proto),
+                         offsetof(Flow, v6), offsetof(Flow, from_me), offsetof(Flow, me_hi),
+                         offsetof(Flow, me_lo), offsetof(Flow, peer_hi), offsetof(Flow, peer_lo),
+                         offsetof(Flow, me_port), offsetof(Flow, peer_port), offsetof(Flow, flags),
+                         offsetof(Flow, length));
+}
+
+static PyMethodDef methods[] = {
+    {"walk", py_walk, METH_VARARGS,
+     "walk(buf, pos, stop, limit, swapped, snaplen, per_sec, offs, caplen, wirelen, sec, usec)"
+     " -> (records, next, bogus length or -1): the classic pcap records from pos."},
+    {"prepare", py_prepare, METH_VARARGS,
+     "prepare(buf, offs, caplen, wirelen, sec, usec, prog, link, me, me_hi, me_lo, out_sec, "
+     "good, lengths, is6, v4, hi, lo, flows) -> (seen, counted, v4, v6, truncated, non-ip, "
+     "invalid), or None for a program only the numpy interpreter runs."},
+    {"flow_layout", py_flow_layout, METH_NOARGS,
+     "(size, offsets in decode.FLOW's field order) of the C FLOW record."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fastread",
+    "The replay's read path in C: the pcap record walk and batch.prepare's one pass.", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastread(void)
+{
+    return PyModule_Create(&module);
+}
