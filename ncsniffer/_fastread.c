@@ -12,6 +12,10 @@
  *            the target address (batch.targets) and, with connections, the
  *            FLOW record (batch.flows), into the arrays batch.Prepared holds.
  *
+ * And the accounting's per-IP rule (SPEC 4.2, accounting.count_one) over a
+ * batch's packets in order, on the record columns in place: the twin of
+ * accounting._count_columns's sorted groups.
+ *
  * Nothing here allocates Python objects per packet: the caller hands in the
  * output arrays (numpy arrays through the buffer protocol), sized for every
  * packet of the batch, and slices them by the counts returned.  Every read
@@ -642,6 +646,101 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------ the per-IP rule */
+
+typedef struct {
+    int64_t *b, *c, *e, *s;
+    double *r, *w;
+    Py_ssize_t size;              /* records the columns hold */
+} Columns;
+
+typedef struct {
+    int64_t interval, first_packets, hour;   /* accounting's IP_INTERVAL, FIRST_PACKETS, ONEHOUR */
+} Rule;
+
+/* SPEC 4.2 for one packet of the record in slot (accounting.count_one). */
+static void count_one(const Columns *col, const Rule *rule, Py_ssize_t slot, int64_t now,
+                      int64_t length)
+{
+    int64_t b = col->b[slot], c = col->c[slot], e = col->e[slot], s = col->s[slot];
+    if (e + rule->interval > now || (e == s && c < rule->first_packets)) {
+        col->b[slot] = b + length;
+        col->c[slot] = c + 1;
+        return;
+    }
+    double m = 3600.0 / (double)(s == e ? now - s : rule->hour + now - e);
+    col->r[slot] = (col->r[slot] + (double)c) * m;
+    col->w[slot] = (col->w[slot] + (double)b) * m;
+    col->b[slot] = length;
+    col->c[slot] = 1;
+    col->e[slot] = now;
+}
+
+static PyObject *py_count_records(PyObject *self, PyObject *args)
+{
+    PyObject *o_slots, *o_secs, *o_len, *o_b, *o_c, *o_e, *o_s, *o_r, *o_w;
+    Rule rule;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOLLL", &o_slots, &o_secs, &o_len, &o_b, &o_c, &o_e,
+                          &o_s, &o_r, &o_w, &rule.interval, &rule.first_packets, &rule.hour))
+        return NULL;
+    Views v = {.held = 0};
+    Columns col;
+    const int64_t *slots, *secs, *lengths;
+    PyObject *result = NULL;
+    if (!(slots = view(&v, o_slots, 0, 8, 0)))
+        goto done;
+    Py_ssize_t n = v.views[0].len / 8;
+    if (!(secs = view(&v, o_secs, 0, 8, n)) || !(lengths = view(&v, o_len, 0, 8, n)) ||
+        !(col.b = view(&v, o_b, 1, 8, 0)))
+        goto done;
+    col.size = v.views[3].len / 8;
+    if (!(col.c = view(&v, o_c, 1, 8, col.size)) || !(col.e = view(&v, o_e, 1, 8, col.size)) ||
+        !(col.s = view(&v, o_s, 1, 8, col.size)) || !(col.r = view(&v, o_r, 1, 8, col.size)) ||
+        !(col.w = view(&v, o_w, 1, 8, col.size)))
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (slots[i] < 0 || slots[i] >= col.size) {
+            PyErr_Format(PyExc_IndexError, "slot %lld of packet %zd: no such record",
+                         (long long)slots[i], i);
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        count_one(&col, &rule, slots[i], secs[i], lengths[i]);
+    result = Py_NewRef(Py_None);
+done:
+    release(&v);
+    return result;
+}
+
+static PyObject *py_first_packets(PyObject *self, PyObject *args)
+{
+    PyObject *o_which, *o_first;
+    Views v = {.held = 0};
+    PyObject *result = NULL;
+    const int64_t *which;
+    int64_t *first;
+    if (!PyArg_ParseTuple(args, "OO", &o_which, &o_first))
+        return NULL;
+    if (!(which = view(&v, o_which, 0, 8, 0)) || !(first = view(&v, o_first, 1, 8, 0)))
+        goto done;
+    Py_ssize_t n = v.views[0].len / 8, keys = v.views[1].len / 8;
+    for (Py_ssize_t k = 0; k < keys; k++)
+        first[k] = -1;
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        if (which[i] < 0 || which[i] >= keys) {
+            PyErr_Format(PyExc_IndexError, "address %lld of packet %zd: no such address",
+                         (long long)which[i], i);
+            goto done;
+        }
+        first[which[i]] = i;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    release(&v);
+    return result;
+}
+
 static PyObject *py_flow_layout(PyObject *self, PyObject *unused)
 {
     return Py_BuildValue("n(nnnnnnnnnnnnn)", (Py_ssize_t)sizeof(Flow),
@@ -660,6 +759,11 @@ static PyMethodDef methods[] = {
      "prepare(buf, offs, caplen, wirelen, sec, usec, prog, link, me, me_hi, me_lo, out_sec, "
      "good, lengths, is6, v4, hi, lo, flows) -> (seen, counted, v4, v6, truncated, non-ip, "
      "invalid), or None for a program only the numpy interpreter runs."},
+    {"count_records", py_count_records, METH_VARARGS,
+     "count_records(slots, secs, lengths, B, C, E, S, R, W, interval, first_packets, hour):"
+     " SPEC 4.2 for each packet in order, on the record columns in place."},
+    {"first_packets", py_first_packets, METH_VARARGS,
+     "first_packets(which, first): per address, its first packet's index (-1: none)."},
     {"flow_layout", py_flow_layout, METH_NOARGS,
      "(size, offsets in decode.FLOW's field order) of the C FLOW record."},
     {NULL, NULL, 0, NULL},

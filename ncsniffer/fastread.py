@@ -1,5 +1,5 @@
 """The replay's read path in C (``ncsniffer._fastread``): whether it runs, and the
-arrays it fills.
+arrays it fills; and the accounting's per-IP rule in C.
 
 The C module walks a classic pcap file's records and, per batch, filters,
 decodes and finds the targets (and the FLOW records) in one pass, where the
@@ -115,3 +115,22 @@ def prepare(buf, offs: np.ndarray, caplen: np.ndarray, wirelen: np.ndarray, sec:
     sizes = (seen, counted, counted, counted, n4, n6, n6)
     return Filled(*(a[:k] for a, k in zip(out, sizes)),
                   None if records is None else records[:counted], *undecoded)
+
+
+def first_packets(which: np.ndarray, keys: int) -> np.ndarray:
+    """Per address 0..keys-1, the index of its first packet in ``which`` (-1: none)."""
+    first = np.empty(keys, np.int64)
+    _fastread.first_packets(np.ascontiguousarray(which, np.int64), first)
+    return first
+
+
+RULE_COLUMNS = ("B", "C", "E", "S", "R", "W")
+
+
+def count_records(slots: np.ndarray, secs: np.ndarray, lengths: np.ndarray, cols: dict,
+                  interval: int, first_packets: int, hour: int) -> None:
+    """The per-IP rule for each packet in order (``accounting.count_one``), on the
+    record columns ``cols`` in place."""
+    packets = [np.ascontiguousarray(a, np.int64) for a in (slots, secs, lengths)]
+    _fastread.count_records(*packets, *(cols[name] for name in RULE_COLUMNS), interval,
+                            first_packets, hour)
