@@ -741,6 +741,67 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------- distinct */
+
+#define RADIX_BITS 16
+#define RADIX (1 << RADIX_BITS)
+
+/* One stable counting-sort pass of order[] by 16 bits of values (shift). */
+static void radix_pass(const uint32_t *values, const int64_t *order, int64_t *out, Py_ssize_t n,
+                       int shift, int64_t *count)
+{
+    memset(count, 0, RADIX * sizeof *count);
+    for (Py_ssize_t i = 0; i < n; i++)
+        count[(values[order ? order[i] : i] >> shift) & (RADIX - 1)]++;
+    int64_t at = 0;
+    for (Py_ssize_t d = 0; d < RADIX; d++) {
+        int64_t c = count[d];
+        count[d] = at;
+        at += c;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t j = order ? order[i] : i;
+        out[count[(values[j] >> shift) & (RADIX - 1)]++] = j;
+    }
+}
+
+static PyObject *py_unique32(PyObject *self, PyObject *args)
+{
+    PyObject *o_values, *o_unique, *o_inverse;
+    Views v = {.held = 0};
+    PyObject *result = NULL;
+    const uint32_t *values;
+    uint32_t *unique;
+    int64_t *inverse, *order = NULL, *count = NULL;
+    if (!PyArg_ParseTuple(args, "OOO", &o_values, &o_unique, &o_inverse))
+        return NULL;
+    if (!(values = view(&v, o_values, 0, 4, 0)))
+        goto done;
+    Py_ssize_t n = v.views[0].len / 4, k = 0;
+    if (!(unique = view(&v, o_unique, 1, 4, n)) || !(inverse = view(&v, o_inverse, 1, 8, n)))
+        goto done;
+    order = PyMem_Malloc(2 * (n ? n : 1) * sizeof *order);
+    count = PyMem_Malloc(RADIX * sizeof *count);
+    if (!order || !count) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    radix_pass(values, NULL, order + n, n, 0, count);          /* low half first */
+    radix_pass(values, order + n, order, n, RADIX_BITS, count);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t x = values[order[i]];
+        if (i == 0 || x != unique[k - 1])
+            unique[k++] = x;
+        inverse[order[i]] = k - 1;
+    }
+    result = PyLong_FromSsize_t(k);
+done:
+    PyMem_Free(order);
+    PyMem_Free(count);
+    release(&v);
+    return result;
+}
+
 static PyObject *py_flow_layout(PyObject *self, PyObject *unused)
 {
     return Py_BuildValue("n(nnnnnnnnnnnnn)", (Py_ssize_t)sizeof(Flow),
@@ -764,6 +825,9 @@ static PyMethodDef methods[] = {
      " SPEC 4.2 for each packet in order, on the record columns in place."},
     {"first_packets", py_first_packets, METH_VARARGS,
      "first_packets(which, first): per address, its first packet's index (-1: none)."},
+    {"unique32", py_unique32, METH_VARARGS,
+     "unique32(values, unique, inverse) -> count: np.unique(values, return_inverse=True)"
+     " of uint32 values into the two arrays."},
     {"flow_layout", py_flow_layout, METH_NOARGS,
      "(size, offsets in decode.FLOW's field order) of the C FLOW record."},
     {NULL, NULL, 0, NULL},

@@ -134,3 +134,11 @@ def count_records(slots: np.ndarray, secs: np.ndarray, lengths: np.ndarray, cols
     packets = [np.ascontiguousarray(a, np.int64) for a in (slots, secs, lengths)]
     _fastread.count_records(*packets, *(cols[name] for name in RULE_COLUMNS), interval,
                             first_packets, hour)
+
+
+def unique32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` of uint32 values (two radix passes)."""
+    values = np.ascontiguousarray(values, np.uint32)
+    unique = np.empty(len(values), np.uint32)
+    inverse = np.empty(len(values), np.int64)
+    return unique[:_fastread.unique32(values, unique, inverse)], inverse

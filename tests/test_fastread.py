@@ -255,3 +255,14 @@ def test_stats_file_byte_identical_to_the_numpy_path(tmp_path, path, connections
         outputs.append((done.returncode, done.stderr,
                         stats.read_bytes() if stats.exists() else None))
     assert outputs[0] == outputs[1]
+
+
+@given(st.lists(st.one_of(st.integers(0, 2 ** 32 - 1), st.sampled_from([0, 1, 65535, 65536,
+                                                                         2 ** 32 - 1])),
+                max_size=300))
+def test_unique32_equals_numpy(values):
+    a = np.array(values, np.uint32)
+    fast, plain = fastread.unique32(a), batch.unique32_numpy(a)
+    for x, y in zip(fast, plain):
+        assert x.dtype == y.dtype and x.tolist() == y.tolist()
+    assert plain[0].tolist() == sorted(set(values))
