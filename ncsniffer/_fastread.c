@@ -220,100 +220,170 @@ static int filter_ok(const Insn *prog, Py_ssize_t n)
     return 1;
 }
 
-/* A packet load (ABS, IND, MSH): 0 if it reaches past the captured bytes. */
-static int load_packet(uint16_t code, uint64_t at, const uint8_t *pkt, uint64_t cap,
-                       uint32_t *val)
+/* The program translated once per batch for a dense switch: one operation per
+ * instruction (its class, mode, size and operation in one number), absolute
+ * jump targets (past the end: the packet is rejected, as in bpfvm). */
+enum {
+    OP_LD_IMM, OP_LD_LEN, OP_LD_MEM, OP_LD_W, OP_LD_H, OP_LD_B, OP_LDI_W, OP_LDI_H, OP_LDI_B,
+    OP_LDX_IMM, OP_LDX_LEN, OP_LDX_MEM, OP_LDX_PKT, OP_LDX_IND, OP_LDX_MSH, OP_ST, OP_STX,
+    OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_OR, OP_AND, OP_LSH, OP_RSH, OP_NEG, OP_MOD, OP_XOR,
+    OP_JA, OP_JEQ, OP_JGT, OP_JGE, OP_JSET, OP_RET_K, OP_RET_A, OP_TAX, OP_TXA,
+};
+
+typedef struct {
+    uint8_t op;
+    uint8_t x;                    /* ALU, jumps: the operand is X, not k */
+    uint8_t size;                 /* OP_LDX_PKT, OP_LDX_IND: bytes loaded */
+    uint32_t k;
+    Py_ssize_t jt, jf;            /* jumps: where to (absolute) */
+} Op;
+
+typedef struct {
+    Op *ops;
+    Py_ssize_t n;
+    int uses_mem;
+} Filter;
+
+static const uint8_t LD_OPS[3][3] = {      /* [ABS, IND][word, half, byte] */
+    {OP_LD_W, OP_LD_H, OP_LD_B}, {OP_LDI_W, OP_LDI_H, OP_LDI_B}};
+
+static int size_index(int size) { return size == 4 ? 0 : size == 2 ? 1 : 2; }
+
+static uint8_t load_op(uint16_t code)
 {
-    int mode = code & 0xE0, size = mode == M_MSH ? 1 : load_size(code);
+    int mode = code & 0xE0, size = load_size(code);
+    if ((code & 7) == LD) {
+        switch (mode) {
+        case M_IMM: return OP_LD_IMM;
+        case M_LEN: return OP_LD_LEN;
+        case M_MEM: return OP_LD_MEM;
+        default: return LD_OPS[mode == M_IND][size_index(size)];
+        }
+    }
+    switch (mode) {
+    case M_IMM: return OP_LDX_IMM;
+    case M_LEN: return OP_LDX_LEN;
+    case M_MEM: return OP_LDX_MEM;
+    case M_MSH: return OP_LDX_MSH;
+    default: return mode == M_IND ? OP_LDX_IND : OP_LDX_PKT;
+    }
+}
+
+static Py_ssize_t target(Py_ssize_t i, uint64_t offset, Py_ssize_t n)
+{
+    uint64_t to = (uint64_t)i + 1 + offset;
+    return to > (uint64_t)n ? n : (Py_ssize_t)to;
+}
+
+/* One instruction (checked by filter_ok) as an Op. */
+static Op translate(const Insn *in, Py_ssize_t i, Py_ssize_t n)
+{
+    static const uint8_t alu_ops[] = {OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_OR, OP_AND, OP_LSH,
+                                      OP_RSH, OP_NEG, OP_MOD, OP_XOR};
+    static const uint8_t jump_ops[] = {OP_JA, OP_JEQ, OP_JGT, OP_JGE, OP_JSET};
+    uint16_t code = in->code;
+    Op o = {.k = in->k, .x = (code & 0x08) != 0, .size = (uint8_t)load_size(code)};
+    switch (code & 7) {
+    case LD:
+    case LDX: o.op = load_op(code); break;
+    case ST: o.op = OP_ST; break;
+    case STX: o.op = OP_STX; break;
+    case ALU: o.op = alu_ops[(code & 0xF0) >> 4]; break;
+    case JMP:
+        o.op = jump_ops[(code & 0xF0) >> 4];
+        o.jt = target(i, o.op == OP_JA ? in->k : in->jt, n);
+        o.jf = target(i, in->jf, n);
+        break;
+    case RET:
+        o.op = (code & 0x18) == 0x10 ? OP_RET_A : OP_RET_K;
+        break;
+    default: o.op = (code & 0xF8) == 0x00 ? OP_TAX : OP_TXA;
+    }
+    return o;
+}
+
+/* The program as a Filter (ops allocated: free_filter), or 0 (and no exception)
+ * for one that only the numpy interpreter runs, or 0 with MemoryError. */
+static int make_filter(const Insn *prog, Py_ssize_t n, Filter *f)
+{
+    f->n = n;
+    f->uses_mem = 0;
+    f->ops = NULL;
+    if (!filter_ok(prog, n))
+        return 0;
+    f->ops = PyMem_Malloc((n ? n : 1) * sizeof *f->ops);
+    if (!f->ops) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        f->ops[i] = translate(&prog[i], i, n);
+        uint8_t op = f->ops[i].op;
+        f->uses_mem |= op == OP_ST || op == OP_STX || op == OP_LD_MEM || op == OP_LDX_MEM;
+    }
+    return 1;
+}
+
+/* A load of size bytes at at: 0 if it reaches past the captured bytes. */
+static inline int fetch(const uint8_t *pkt, uint64_t cap, uint64_t at, int size, uint32_t *val)
+{
     if (at + size > cap)
         return 0;
-    const uint8_t *p = pkt + at;
-    *val = size == 4 ? be32(p) : size == 2 ? be16(p) : p[0];
-    if (mode == M_MSH)
-        *val = (*val & 0xF) << 2;
+    *val = size == 4 ? be32(pkt + at) : size == 2 ? be16(pkt + at) : pkt[at];
     return 1;
 }
 
-/* An ALU step on A; 0 for a division by zero (the packet is rejected). */
-static int alu(uint16_t code, uint32_t *a, uint32_t rhs)
-{
-    switch (code & 0xF0) {
-    case 0x00: *a += rhs; break;
-    case 0x10: *a -= rhs; break;
-    case 0x20: *a *= rhs; break;
-    case 0x30: if (!rhs) return 0; *a /= rhs; break;
-    case 0x40: *a |= rhs; break;
-    case 0x50: *a &= rhs; break;
-    case 0x60: *a = rhs < 32 ? *a << rhs : 0; break;
-    case 0x70: *a = rhs < 32 ? *a >> rhs : 0; break;
-    case 0x80: *a = -*a; break;
-    case 0x90: if (!rhs) return 0; *a %= rhs; break;
-    case 0xA0: *a ^= rhs; break;
-    }
-    return 1;
-}
+#define LOAD(at, size, reg) do { if (!fetch(pkt, cap, (at), (size), &(reg))) return 0; } while (0)
+#define RHS (o->x ? x : o->k)
 
-static int jump_taken(uint16_t code, uint32_t a, uint32_t rhs)
+/* Whether the filter accepts the packet, by bpfvm's semantics: a load past the
+ * captured bytes or a division by zero rejects, so does falling off the end. */
+static int run_filter(const Filter *f, const uint8_t *pkt, uint64_t cap, uint64_t wirelen)
 {
-    switch (code & 0xF0) {
-    case 0x10: return a == rhs;
-    case 0x20: return a > rhs;
-    case 0x30: return a >= rhs;
-    default: return (a & rhs) != 0;
-    }
-}
-
-/* Whether the program accepts the packet (checked by filter_ok first); falling
- * off the end or jumping past it rejects, as in bpfvm. */
-static int run_filter(const Insn *prog, Py_ssize_t n, const uint8_t *pkt, uint64_t cap,
-                      uint64_t wirelen)
-{
-    uint32_t a = 0, x = 0, mem[MEMWORDS] = {0};
+    uint32_t a = 0, x = 0, mem[MEMWORDS], r;
+    if (f->uses_mem)
+        memset(mem, 0, sizeof mem);
     Py_ssize_t pc = 0;
-    while (pc < n) {
-        const Insn *in = &prog[pc];
-        uint16_t code = in->code;
-        uint32_t val = 0;
-        pc++;
-        switch (code & 7) {
-        case LD:
-        case LDX:
-            switch (code & 0xE0) {
-            case M_IMM: val = in->k; break;
-            case M_LEN: val = (uint32_t)wirelen; break;
-            case M_MEM: val = mem[in->k]; break;
-            case M_IND:
-                if (!load_packet(code, (uint64_t)x + in->k, pkt, cap, &val))
-                    return 0;
-                break;
-            default:
-                if (!load_packet(code, in->k, pkt, cap, &val))
-                    return 0;
-            }
-            if ((code & 7) == LD)
-                a = val;
-            else
-                x = val;
-            break;
-        case ST: mem[in->k] = a; break;
-        case STX: mem[in->k] = x; break;
-        case ALU:
-            if (!alu(code, &a, code & 0x08 ? x : in->k))
-                return 0;
-            break;
-        case JMP:
-            if (code & 0xF0)
-                pc += jump_taken(code, a, code & 0x08 ? x : in->k) ? in->jt : in->jf;
-            else
-                pc += in->k;
-            break;
-        case RET:
-            return (code & 0x18) == 0x10 ? a != 0 : in->k != 0;
-        default:
-            if ((code & 0xF8) == 0x00)
-                x = a;
-            else
-                a = x;
+    while (pc < f->n) {
+        const Op *o = &f->ops[pc++];
+        switch (o->op) {
+        case OP_LD_IMM: a = o->k; break;
+        case OP_LD_LEN: a = (uint32_t)wirelen; break;
+        case OP_LD_MEM: a = mem[o->k]; break;
+        case OP_LD_W: LOAD(o->k, 4, a); break;
+        case OP_LD_H: LOAD(o->k, 2, a); break;
+        case OP_LD_B: LOAD(o->k, 1, a); break;
+        case OP_LDI_W: LOAD((uint64_t)x + o->k, 4, a); break;
+        case OP_LDI_H: LOAD((uint64_t)x + o->k, 2, a); break;
+        case OP_LDI_B: LOAD((uint64_t)x + o->k, 1, a); break;
+        case OP_LDX_IMM: x = o->k; break;
+        case OP_LDX_LEN: x = (uint32_t)wirelen; break;
+        case OP_LDX_MEM: x = mem[o->k]; break;
+        case OP_LDX_PKT: LOAD(o->k, o->size, x); break;
+        case OP_LDX_IND: LOAD((uint64_t)x + o->k, o->size, r); x = r; break;
+        case OP_LDX_MSH: LOAD(o->k, 1, r); x = (r & 0xF) << 2; break;
+        case OP_ST: mem[o->k] = a; break;
+        case OP_STX: mem[o->k] = x; break;
+        case OP_ADD: a += RHS; break;
+        case OP_SUB: a -= RHS; break;
+        case OP_MUL: a *= RHS; break;
+        case OP_DIV: if (!RHS) return 0; a /= RHS; break;
+        case OP_MOD: if (!RHS) return 0; a %= RHS; break;
+        case OP_OR: a |= RHS; break;
+        case OP_AND: a &= RHS; break;
+        case OP_XOR: a ^= RHS; break;
+        case OP_LSH: r = RHS; a = r < 32 ? a << r : 0; break;
+        case OP_RSH: r = RHS; a = r < 32 ? a >> r : 0; break;
+        case OP_NEG: a = -a; break;
+        case OP_JA: pc = o->jt; break;
+        case OP_JEQ: pc = a == RHS ? o->jt : o->jf; break;
+        case OP_JGT: pc = a > RHS ? o->jt : o->jf; break;
+        case OP_JGE: pc = a >= RHS ? o->jt : o->jf; break;
+        case OP_JSET: pc = (a & RHS) ? o->jt : o->jf; break;
+        case OP_RET_K: return o->k != 0;
+        case OP_RET_A: return a != 0;
+        case OP_TAX: x = a; break;
+        default: a = x;
         }
     }
     return 0;
@@ -531,8 +601,7 @@ static void count_packet(const uint8_t *pkt, uint64_t cap, uint64_t l3, int is6,
 /* Every packet through the filter, the decoder, and into the outputs; -1 (and
  * an exception) for a packet outside the buffer. */
 static int prepare_batch(const uint8_t *buf, Py_ssize_t size, const Packets *in, Py_ssize_t n,
-                         const Insn *prog, Py_ssize_t nprog, int filtered, const Link *link,
-                         const Me *me, Prepared *out)
+                         const Filter *filter, const Link *link, const Me *me, Prepared *out)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t off = in->offs[i], cap = in->caplen[i];
@@ -544,7 +613,7 @@ static int prepare_batch(const uint8_t *buf, Py_ssize_t size, const Packets *in,
             return -1;
         }
         const uint8_t *pkt = buf + off;
-        if (filtered && !run_filter(prog, nprog, pkt, (uint64_t)cap, (uint64_t)in->wirelen[i]))
+        if (filter && !run_filter(filter, pkt, (uint64_t)cap, (uint64_t)in->wirelen[i]))
             continue;
         Py_ssize_t row = out->seen++;
         out->sec[row] = in->sec[i];
@@ -606,18 +675,20 @@ static PyObject *py_prepare(PyObject *self, PyObject *args)
         return NULL;
     Link link;
     Me me = {.me = {me_hi, me_lo}, .me6 = me_len == 16, .me_len = (int)me_len};
-    const Insn *prog = NULL;
-    Py_ssize_t nprog = 0, n = 0;
+    Filter filter = {0};
+    Py_ssize_t n = 0;
     if (!parse_link(o_link, &link))
         return NULL;
     if (o_prog != Py_None) {             /* the program: packed struct bpf_insn */
         char *code;
-        if (PyBytes_AsStringAndSize(o_prog, &code, &nprog) < 0)
+        Py_ssize_t size;
+        if (PyBytes_AsStringAndSize(o_prog, &code, &size) < 0)
             return NULL;
-        prog = (const Insn *)code;
-        nprog /= (Py_ssize_t)sizeof(Insn);
-        if (!filter_ok(prog, nprog))
+        if (!make_filter((const Insn *)code, size / (Py_ssize_t)sizeof(Insn), &filter)) {
+            if (PyErr_Occurred())
+                return NULL;
             Py_RETURN_NONE;               /* the numpy path runs it */
+        }
     }
     Views v = {.held = 0};
     Packets in = {0};
@@ -636,12 +707,13 @@ static PyObject *py_prepare(PyObject *self, PyObject *args)
         !(out.lo = view(&v, o_lo, 1, 8, n)) ||
         (o_flows != Py_None && !(out.flows = view(&v, o_flows, 1, sizeof(Flow), n))))
         goto done;
-    if (prepare_batch(buf, v.views[0].len, &in, n, prog, nprog, o_prog != Py_None, &link, &me,
+    if (prepare_batch(buf, v.views[0].len, &in, n, filter.ops ? &filter : NULL, &link, &me,
                       &out) == 0)
         result = Py_BuildValue("nnnnnnn", out.seen, out.counted, out.n4, out.n6,
                                out.undecoded[TRUNCATED], out.undecoded[NOT_IP],
                                out.undecoded[INVALID]);
 done:
+    PyMem_Free(filter.ops);
     release(&v);
     return result;
 }

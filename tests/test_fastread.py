@@ -266,3 +266,35 @@ def test_unique32_equals_numpy(values):
     for x, y in zip(fast, plain):
         assert x.dtype == y.dtype and x.tolist() == y.tolist()
     assert plain[0].tolist() == sorted(set(values))
+
+
+@settings(max_examples=500, deadline=None)
+@given(programs(), st.lists(st.binary(max_size=90), min_size=1, max_size=30), st.data())
+def test_random_programs_pass_what_bpfvm_passes(prog, blobs, data):
+    """Every instruction the interpreters run, on random bytes: the same packets pass."""
+    wirelen = [len(f) + data.draw(st.integers(0, 100)) for f in blobs]
+    b = as_batch(blobs, wirelen, False)
+    b.sec = np.arange(len(blobs), dtype=np.int64)          # a packet's second names it
+    fast = batch.prepare_fast(b, prog, batch.Rules(decode.DLT_EN10MB, b"", 65535))
+    passed = batch.bpfvm.run(prog, b.u8, b.offs, b.caplen, b.wirelen)
+    assert fast.sec.tolist() == np.flatnonzero(passed).tolist()
+
+
+ALU_OPS = range(0, 0xB0, 0x10)        # add sub mul div or and lsh rsh neg mod xor
+
+
+@pytest.mark.parametrize("op", ALU_OPS)
+def test_every_alu_result_bit_for_bit(op):
+    """Each ALU operation's whole 32-bit result, read bit by bit through RET A
+    (the edges: shifts by 31 and 32, division by zero, wrap-around)."""
+    b = as_batch([bytes(4)], [4], False)
+    rules = batch.Rules(decode.DLT_EN10MB, b"", 65535)
+    for a in (1, 0x80000001, 0xFFFFFFFF):
+        for rhs in (0, 1, 31, 32, 0xFFFFFFFF):
+            for by_x in (0, 0x08):
+                head = [(batch.bpfvm.LD, 0, 0, a), (batch.bpfvm.LDX, 0, 0, rhs),
+                        (batch.bpfvm.ALU | op | by_x, 0, 0, rhs)]
+                for bit in range(32):
+                    prog = head + [(batch.bpfvm.ALU | 0x50, 0, 0, 1 << bit), (0x16, 0, 0, 0)]
+                    want = batch.bpfvm.run(prog, b.u8, b.offs, b.caplen, b.wirelen).tolist()
+                    assert [batch.prepare_fast(b, prog, rules).seen == 1] == want, (a, rhs, bit)
