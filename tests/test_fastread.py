@@ -101,6 +101,7 @@ def filters(draw, link: int):
     return compiled(link, draw(st.sampled_from(FILTERS)))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_prepare_equals_numpy_on_random_packets(data):
@@ -208,6 +209,7 @@ def pcap_files(draw):
     return blob
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(pcap_files(), st.integers(1, 9), st.sampled_from([16, 100, 1 << 20]))
 def test_walk_equals_numpy_on_hostile_files(tmp_path_factory, blob, max_packets, max_bytes):
@@ -268,6 +270,7 @@ def test_unique32_equals_numpy(values):
     assert plain[0].tolist() == sorted(set(values))
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(programs(), st.lists(st.binary(max_size=90), min_size=1, max_size=30), st.data())
 def test_random_programs_pass_what_bpfvm_passes(prog, blobs, data):
