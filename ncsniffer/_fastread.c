@@ -562,7 +562,16 @@ static void flow_record(const uint8_t *pkt, uint64_t cap, uint64_t l3, int is6,
 
 /* ---------------------------------------------------------------- prepare */
 
-#define PACKETS_AHEAD 8           /* prepare prefetches the packet this far ahead */
+#define PACKETS_AHEAD 16          /* prepare prefetches the packet this far ahead */
+#define HEADERS_READ 64           /* ... the bytes of it the headers take (two lines, mostly) */
+
+static inline void prefetch_packet(const uint8_t *buf, Py_ssize_t size, int64_t off)
+{
+    if (off >= 0 && off + HEADERS_READ <= size) {
+        __builtin_prefetch(buf + off);
+        __builtin_prefetch(buf + off + HEADERS_READ - 1);
+    }
+}
 
 typedef struct {
     const int64_t *offs, *caplen, *wirelen, *sec, *usec;   /* usec may be NULL */
@@ -605,9 +614,8 @@ static int prepare_batch(const uint8_t *buf, Py_ssize_t size, const Packets *in,
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t off = in->offs[i], cap = in->caplen[i];
-        if (i + PACKETS_AHEAD < n && in->offs[i + PACKETS_AHEAD] >= 0 &&
-            in->offs[i + PACKETS_AHEAD] < size)
-            __builtin_prefetch(buf + in->offs[i + PACKETS_AHEAD]);
+        if (i + PACKETS_AHEAD < n)
+            prefetch_packet(buf, size, in->offs[i + PACKETS_AHEAD]);
         if (off < 0 || cap < 0 || off > size || cap > size - off) {
             PyErr_Format(PyExc_ValueError, "packet %zd lies outside the buffer", i);
             return -1;

@@ -196,6 +196,7 @@ def _prepare_into(wfd: int, batches, prog, rules: batch.Rules,
     traceback) into the pipe; then exit without Python's clean-up (the parent's
     buffers and atexit handlers are not ours)."""
     code = 0
+    gc.freeze()            # the parent's objects, inherited: no collection walks them again
     try:
         with os.fdopen(wfd, "wb", PIPE_BUFFER) as out:
             try:
