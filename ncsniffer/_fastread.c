@@ -823,10 +823,10 @@ done:
 
 /* ------------------------------------------------------------- distinct */
 
-#define RADIX_BITS 16
+#define RADIX_BITS 11              /* three passes over 32 bits: small tables for small batches */
 #define RADIX (1 << RADIX_BITS)
 
-/* One stable counting-sort pass of order[] by 16 bits of values (shift). */
+/* One stable counting-sort pass of order[] (NULL: 0..n-1) by 11 bits of values. */
 static void radix_pass(const uint32_t *values, const int64_t *order, int64_t *out, Py_ssize_t n,
                        int shift, int64_t *count)
 {
@@ -866,8 +866,9 @@ static PyObject *py_unique32(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    radix_pass(values, NULL, order + n, n, 0, count);          /* low half first */
-    radix_pass(values, order + n, order, n, RADIX_BITS, count);
+    radix_pass(values, NULL, order, n, 0, count);              /* lowest bits first */
+    radix_pass(values, order, order + n, n, RADIX_BITS, count);
+    radix_pass(values, order + n, order, n, 2 * RADIX_BITS, count);
     for (Py_ssize_t i = 0; i < n; i++) {
         uint32_t x = values[order[i]];
         if (i == 0 || x != unique[k - 1])
@@ -878,6 +879,92 @@ static PyObject *py_unique32(PyObject *self, PyObject *args)
 done:
     PyMem_Free(order);
     PyMem_Free(count);
+    release(&v);
+    return result;
+}
+
+/* The distinct 128-bit keys (hi, lo) of n, sorted: a hash table numbers them in
+ * the order first seen, a sort of the few distinct ones ranks them. */
+typedef struct {
+    uint64_t hi, lo;
+    int64_t id;                   /* its number in the order first seen */
+} Key;
+
+static int key_order(const void *a, const void *b)
+{
+    const Key *x = a, *y = b;
+    if (x->hi != y->hi)
+        return x->hi < y->hi ? -1 : 1;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+static inline size_t key_hash(uint64_t hi, uint64_t lo)
+{
+    uint64_t h = (hi ^ (lo * 0x9E3779B97F4A7C15ull)) * 0xFF51AFD7ED558CCDull;
+    return (size_t)(h ^ (h >> 29));
+}
+
+/* Number each key in first-seen order into ids[]; the distinct ones into keys[]. */
+static Py_ssize_t number_keys(const uint64_t *hi, const uint64_t *lo, Py_ssize_t n,
+                              int64_t *slots, size_t mask, Key *keys, int64_t *ids)
+{
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t at = key_hash(hi[i], lo[i]) & mask;
+        while (slots[at] >= 0 && (keys[slots[at]].hi != hi[i] || keys[slots[at]].lo != lo[i]))
+            at = (at + 1) & mask;
+        if (slots[at] < 0) {
+            slots[at] = k;
+            keys[k] = (Key){hi[i], lo[i], k};
+            k++;
+        }
+        ids[i] = slots[at];
+    }
+    return k;
+}
+
+static PyObject *py_unique128(PyObject *self, PyObject *args)
+{
+    PyObject *o_hi, *o_lo, *o_uhi, *o_ulo, *o_inverse;
+    Views v = {.held = 0};
+    PyObject *result = NULL;
+    const uint64_t *hi, *lo;
+    uint64_t *uhi, *ulo;
+    int64_t *inverse, *slots = NULL, *rank = NULL;
+    Key *keys = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOO", &o_hi, &o_lo, &o_uhi, &o_ulo, &o_inverse))
+        return NULL;
+    if (!(hi = view(&v, o_hi, 0, 8, 0)))
+        goto done;
+    Py_ssize_t n = v.views[0].len / 8;
+    if (!(lo = view(&v, o_lo, 0, 8, n)) || !(uhi = view(&v, o_uhi, 1, 8, n)) ||
+        !(ulo = view(&v, o_ulo, 1, 8, n)) || !(inverse = view(&v, o_inverse, 1, 8, n)))
+        goto done;
+    size_t size = 16;
+    while (size < 2 * (size_t)n)
+        size <<= 1;
+    slots = PyMem_Malloc(size * sizeof *slots);
+    keys = PyMem_Malloc((n ? n : 1) * sizeof *keys);
+    rank = PyMem_Malloc((n ? n : 1) * sizeof *rank);
+    if (!slots || !keys || !rank) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memset(slots, 0xFF, size * sizeof *slots);               /* -1: empty */
+    Py_ssize_t k = number_keys(hi, lo, n, slots, size - 1, keys, inverse);
+    qsort(keys, (size_t)k, sizeof *keys, key_order);
+    for (Py_ssize_t j = 0; j < k; j++) {
+        rank[keys[j].id] = j;
+        uhi[j] = keys[j].hi;
+        ulo[j] = keys[j].lo;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        inverse[i] = rank[inverse[i]];
+    result = PyLong_FromSsize_t(k);
+done:
+    PyMem_Free(slots);
+    PyMem_Free(keys);
+    PyMem_Free(rank);
     release(&v);
     return result;
 }
@@ -908,6 +995,9 @@ static PyMethodDef methods[] = {
     {"unique32", py_unique32, METH_VARARGS,
      "unique32(values, unique, inverse) -> count: np.unique(values, return_inverse=True)"
      " of uint32 values into the two arrays."},
+    {"unique128", py_unique128, METH_VARARGS,
+     "unique128(hi, lo, unique_hi, unique_lo, inverse) -> count: the distinct (hi, lo)"
+     " pairs, sorted, and each pair's index among them."},
     {"flow_layout", py_flow_layout, METH_NOARGS,
      "(size, offsets in decode.FLOW's field order) of the C FLOW record."},
     {NULL, NULL, 0, NULL},

@@ -178,12 +178,23 @@ def distinct(t: Targets) -> tuple[Addresses, np.ndarray]:
     v4, which[~t.is6] = _unique32(t.v4)
     v6: list[bytes] = []
     if len(t.hi):
-        order = np.lexsort((t.lo, t.hi))
-        hi, lo = t.hi[order], t.lo[order]
-        new = np.concatenate(([True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])))
-        which[np.flatnonzero(t.is6)[order]] = np.cumsum(new) - 1 + len(v4)
-        v6 = np.stack((hi[new], lo[new]), axis=1).astype(">u8").view("V16").ravel().tolist()
+        unique = fastread.unique128 if fastread.enabled() else unique128_numpy
+        hi, lo, which[t.is6] = unique(t.hi, t.lo)
+        which[t.is6] += len(v4)
+        v6 = np.stack((hi, lo), axis=1).astype(">u8").view("V16").ravel().tolist()
     return Addresses(v4, v6), which
+
+
+def unique128_numpy(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (hi, lo) pairs, sorted, and each pair's index among them
+    (``fastread.unique128``'s plain twin)."""
+    order = np.lexsort((lo, hi))
+    hi, lo = hi[order], lo[order]
+    new = np.ones(len(order), bool)
+    new[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    inverse = np.empty(len(order), np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return hi[new], lo[new], inverse
 
 
 def _unique32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -142,3 +142,13 @@ def unique32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     unique = np.empty(len(values), np.uint32)
     inverse = np.empty(len(values), np.int64)
     return unique[:_fastread.unique32(values, unique, inverse)], inverse
+
+
+def unique128(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (hi, lo) pairs of uint64 words, sorted, and each pair's index
+    among them (a hash numbers them, a sort of the distinct ones ranks them)."""
+    hi, lo = (np.ascontiguousarray(a, np.uint64) for a in (hi, lo))
+    uhi, ulo = np.empty(len(hi), np.uint64), np.empty(len(hi), np.uint64)
+    inverse = np.empty(len(hi), np.int64)
+    k = _fastread.unique128(hi, lo, uhi, ulo, inverse)
+    return uhi[:k], ulo[:k], inverse

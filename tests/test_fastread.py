@@ -301,3 +301,18 @@ def test_every_alu_result_bit_for_bit(op):
                     prog = head + [(batch.bpfvm.ALU | 0x50, 0, 0, 1 << bit), (0x16, 0, 0, 0)]
                     want = batch.bpfvm.run(prog, b.u8, b.offs, b.caplen, b.wirelen).tolist()
                     assert [batch.prepare_fast(b, prog, rules).seen == 1] == want, (a, rhs, bit)
+
+
+WORDS = [0, 1, 2 ** 63, 2 ** 64 - 1, 0x20010DB8 << 32]
+
+
+@given(st.lists(st.tuples(st.sampled_from(WORDS), st.one_of(st.sampled_from(WORDS),
+                                                             st.integers(0, 2 ** 64 - 1))),
+                max_size=300))
+def test_unique128_equals_numpy(pairs):
+    hi = np.array([p[0] for p in pairs], np.uint64)
+    lo = np.array([p[1] for p in pairs], np.uint64)
+    fast, plain = fastread.unique128(hi, lo), batch.unique128_numpy(hi, lo)
+    for x, y in zip(fast, plain):
+        assert x.dtype == y.dtype and x.tolist() == y.tolist()
+    assert list(zip(plain[0].tolist(), plain[1].tolist())) == sorted(set(pairs))
