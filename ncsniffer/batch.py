@@ -188,10 +188,11 @@ def distinct(t: Targets) -> tuple[Addresses, np.ndarray]:
 def unique128_numpy(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The distinct (hi, lo) pairs, sorted, and each pair's index among them
     (``fastread.unique128``'s plain twin)."""
+    if not len(hi):
+        return hi, lo, np.zeros(0, np.int64)
     order = np.lexsort((lo, hi))
     hi, lo = hi[order], lo[order]
-    new = np.ones(len(order), bool)
-    new[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    new = np.concatenate(([True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])))
     inverse = np.empty(len(order), np.int64)
     inverse[order] = np.cumsum(new) - 1
     return hi[new], lo[new], inverse
