@@ -826,11 +826,31 @@ done:
 #define RADIX_BITS 11              /* three passes over 32 bits: small tables for small batches */
 #define RADIX (1 << RADIX_BITS)
 
+/* Scratch space kept from call to call (fresh blocks of a batch's size would
+ * fault their pages in every time); the GIL serialises the calls. */
+enum { S_ORDER, S_SLOTS, S_KEYS, S_RANK, S_INV4, S_INV6, SCRATCHES };
+static void *scratch_block[SCRATCHES];
+static size_t scratch_size[SCRATCHES];
+
+static void *scratch(int which, size_t bytes)
+{
+    if (bytes > scratch_size[which]) {
+        void *grown = PyMem_Realloc(scratch_block[which], bytes);
+        if (!grown) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        scratch_block[which] = grown;
+        scratch_size[which] = bytes;
+    }
+    return scratch_block[which];
+}
+
 /* One stable counting-sort pass of order[] (NULL: 0..n-1) by 11 bits of values. */
 static void radix_pass(const uint32_t *values, const int64_t *order, int64_t *out, Py_ssize_t n,
-                       int shift, int64_t *count)
+                       int shift)
 {
-    memset(count, 0, RADIX * sizeof *count);
+    int64_t count[RADIX] = {0};
     for (Py_ssize_t i = 0; i < n; i++)
         count[(values[order ? order[i] : i] >> shift) & (RADIX - 1)]++;
     int64_t at = 0;
@@ -845,46 +865,28 @@ static void radix_pass(const uint32_t *values, const int64_t *order, int64_t *ou
     }
 }
 
-static PyObject *py_unique32(PyObject *self, PyObject *args)
+/* np.unique(values, return_inverse=True): the count of distinct values, or -1. */
+static Py_ssize_t unique32(const uint32_t *values, Py_ssize_t n, uint32_t *unique,
+                           int64_t *inverse)
 {
-    PyObject *o_values, *o_unique, *o_inverse;
-    Views v = {.held = 0};
-    PyObject *result = NULL;
-    const uint32_t *values;
-    uint32_t *unique;
-    int64_t *inverse, *order = NULL, *count = NULL;
-    if (!PyArg_ParseTuple(args, "OOO", &o_values, &o_unique, &o_inverse))
-        return NULL;
-    if (!(values = view(&v, o_values, 0, 4, 0)))
-        goto done;
-    Py_ssize_t n = v.views[0].len / 4, k = 0;
-    if (!(unique = view(&v, o_unique, 1, 4, n)) || !(inverse = view(&v, o_inverse, 1, 8, n)))
-        goto done;
-    order = PyMem_Malloc(2 * (n ? n : 1) * sizeof *order);
-    count = PyMem_Malloc(RADIX * sizeof *count);
-    if (!order || !count) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    radix_pass(values, NULL, order, n, 0, count);              /* lowest bits first */
-    radix_pass(values, order, order + n, n, RADIX_BITS, count);
-    radix_pass(values, order + n, order, n, 2 * RADIX_BITS, count);
+    int64_t *order = scratch(S_ORDER, 2 * (size_t)(n ? n : 1) * sizeof *order);
+    Py_ssize_t k = 0;
+    if (!order)
+        return -1;
+    radix_pass(values, NULL, order, n, 0);                    /* lowest bits first */
+    radix_pass(values, order, order + n, n, RADIX_BITS);
+    radix_pass(values, order + n, order, n, 2 * RADIX_BITS);
     for (Py_ssize_t i = 0; i < n; i++) {
         uint32_t x = values[order[i]];
         if (i == 0 || x != unique[k - 1])
             unique[k++] = x;
         inverse[order[i]] = k - 1;
     }
-    result = PyLong_FromSsize_t(k);
-done:
-    PyMem_Free(order);
-    PyMem_Free(count);
-    release(&v);
-    return result;
+    return k;
 }
 
-/* The distinct 128-bit keys (hi, lo) of n, sorted: a hash table numbers them in
- * the order first seen, a sort of the few distinct ones ranks them. */
+/* The distinct 128-bit keys (hi, lo), sorted: a hash table numbers them in the
+ * order first seen, a sort of the few distinct ones ranks them. */
 typedef struct {
     uint64_t hi, lo;
     int64_t id;                   /* its number in the order first seen */
@@ -923,33 +925,19 @@ static Py_ssize_t number_keys(const uint64_t *hi, const uint64_t *lo, Py_ssize_t
     return k;
 }
 
-static PyObject *py_unique128(PyObject *self, PyObject *args)
+/* The distinct (hi, lo) pairs sorted into uhi/ulo, each pair's index among
+ * them into inverse: the count, or -1. */
+static Py_ssize_t unique128(const uint64_t *hi, const uint64_t *lo, Py_ssize_t n, uint64_t *uhi,
+                            uint64_t *ulo, int64_t *inverse)
 {
-    PyObject *o_hi, *o_lo, *o_uhi, *o_ulo, *o_inverse;
-    Views v = {.held = 0};
-    PyObject *result = NULL;
-    const uint64_t *hi, *lo;
-    uint64_t *uhi, *ulo;
-    int64_t *inverse, *slots = NULL, *rank = NULL;
-    Key *keys = NULL;
-    if (!PyArg_ParseTuple(args, "OOOOO", &o_hi, &o_lo, &o_uhi, &o_ulo, &o_inverse))
-        return NULL;
-    if (!(hi = view(&v, o_hi, 0, 8, 0)))
-        goto done;
-    Py_ssize_t n = v.views[0].len / 8;
-    if (!(lo = view(&v, o_lo, 0, 8, n)) || !(uhi = view(&v, o_uhi, 1, 8, n)) ||
-        !(ulo = view(&v, o_ulo, 1, 8, n)) || !(inverse = view(&v, o_inverse, 1, 8, n)))
-        goto done;
-    size_t size = 16;
+    size_t size = 16, items = (size_t)(n ? n : 1);
     while (size < 2 * (size_t)n)
         size <<= 1;
-    slots = PyMem_Malloc(size * sizeof *slots);
-    keys = PyMem_Malloc((n ? n : 1) * sizeof *keys);
-    rank = PyMem_Malloc((n ? n : 1) * sizeof *rank);
-    if (!slots || !keys || !rank) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    int64_t *slots = scratch(S_SLOTS, size * sizeof *slots);
+    Key *keys = scratch(S_KEYS, items * sizeof *keys);
+    int64_t *rank = scratch(S_RANK, items * sizeof *rank);
+    if (!slots || !keys || !rank)
+        return -1;
     memset(slots, 0xFF, size * sizeof *slots);               /* -1: empty */
     Py_ssize_t k = number_keys(hi, lo, n, slots, size - 1, keys, inverse);
     qsort(keys, (size_t)k, sizeof *keys, key_order);
@@ -960,11 +948,50 @@ static PyObject *py_unique128(PyObject *self, PyObject *args)
     }
     for (Py_ssize_t i = 0; i < n; i++)
         inverse[i] = rank[inverse[i]];
-    result = PyLong_FromSsize_t(k);
+    return k;
+}
+
+/* batch.distinct: the distinct IPv4 targets, then the IPv6 ones, and per packet
+ * the index of its own (IPv6 ones after every IPv4 one). */
+static PyObject *py_distinct(PyObject *self, PyObject *args)
+{
+    PyObject *o_is6, *o_v4, *o_hi, *o_lo, *o_which, *o_u4, *o_uhi, *o_ulo;
+    Views v = {.held = 0};
+    PyObject *result = NULL;
+    const uint8_t *is6;
+    const uint32_t *v4;
+    const uint64_t *hi, *lo;
+    int64_t *which;
+    uint32_t *u4;
+    uint64_t *uhi, *ulo;
+    if (!PyArg_ParseTuple(args, "OOOOOOOO", &o_is6, &o_v4, &o_hi, &o_lo, &o_which, &o_u4, &o_uhi,
+                          &o_ulo))
+        return NULL;
+    if (!(is6 = view(&v, o_is6, 0, 1, 0)) || !(v4 = view(&v, o_v4, 0, 4, 0)) ||
+        !(hi = view(&v, o_hi, 0, 8, 0)))
+        goto done;
+    Py_ssize_t n = v.views[0].len, n4 = v.views[1].len / 4, n6 = v.views[2].len / 8;
+    if (!(lo = view(&v, o_lo, 0, 8, n6)) || !(which = view(&v, o_which, 1, 8, n)) ||
+        !(u4 = view(&v, o_u4, 1, 4, n4)) || !(uhi = view(&v, o_uhi, 1, 8, n6)) ||
+        !(ulo = view(&v, o_ulo, 1, 8, n6)))
+        goto done;
+    Py_ssize_t six = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        six += is6[i] != 0;
+    if (six != n6 || n - six != n4) {
+        PyErr_SetString(PyExc_ValueError, "the families do not match the addresses");
+        goto done;
+    }
+    int64_t *inv4 = scratch(S_INV4, (size_t)(n4 ? n4 : 1) * 8);
+    int64_t *inv6 = scratch(S_INV6, (size_t)(n6 ? n6 : 1) * 8);
+    Py_ssize_t k4 = inv4 && inv6 ? unique32(v4, n4, u4, inv4) : -1;
+    Py_ssize_t k6 = k4 >= 0 ? unique128(hi, lo, n6, uhi, ulo, inv6) : -1;
+    if (k6 < 0)
+        goto done;
+    for (Py_ssize_t i = 0, j4 = 0, j6 = 0; i < n; i++)
+        which[i] = is6[i] ? k4 + inv6[j6++] : inv4[j4++];
+    result = Py_BuildValue("nn", k4, k6);
 done:
-    PyMem_Free(slots);
-    PyMem_Free(keys);
-    PyMem_Free(rank);
     release(&v);
     return result;
 }
@@ -992,12 +1019,9 @@ static PyMethodDef methods[] = {
      " SPEC 4.2 for each packet in order, on the record columns in place."},
     {"first_packets", py_first_packets, METH_VARARGS,
      "first_packets(which, first): per address, its first packet's index (-1: none)."},
-    {"unique32", py_unique32, METH_VARARGS,
-     "unique32(values, unique, inverse) -> count: np.unique(values, return_inverse=True)"
-     " of uint32 values into the two arrays."},
-    {"unique128", py_unique128, METH_VARARGS,
-     "unique128(hi, lo, unique_hi, unique_lo, inverse) -> count: the distinct (hi, lo)"
-     " pairs, sorted, and each pair's index among them."},
+    {"distinct", py_distinct, METH_VARARGS,
+     "distinct(is6, v4, hi, lo, which, unique_v4, unique_hi, unique_lo) -> (v4 count, v6"
+     " count): batch.distinct's sorted distinct targets and each packet's index."},
     {"flow_layout", py_flow_layout, METH_NOARGS,
      "(size, offsets in decode.FLOW's field order) of the C FLOW record."},
     {NULL, NULL, 0, NULL},

@@ -173,21 +173,25 @@ def targets(heads: Heads, rows: np.ndarray, l3: np.ndarray, is6: np.ndarray,
 
 
 def distinct(t: Targets) -> tuple[Addresses, np.ndarray]:
-    """The distinct targets and, per packet, the index of its own among them."""
-    which = np.empty(len(t.is6), np.int64)
-    v4, which[~t.is6] = _unique32(t.v4)
-    v6: list[bytes] = []
-    if len(t.hi):
-        unique = fastread.unique128 if fastread.enabled() else unique128_numpy
-        hi, lo, which[t.is6] = unique(t.hi, t.lo)
-        which[t.is6] += len(v4)
-        v6 = np.stack((hi, lo), axis=1).astype(">u8").view("V16").ravel().tolist()
+    """The distinct targets and, per packet, the index of its own among them: in C
+    where built (``fastread.distinct``), else by numpy (``distinct_numpy``)."""
+    v4, hi, lo, which = (fastread.distinct if fastread.enabled() else distinct_numpy)(
+        t.is6, t.v4, t.hi, t.lo)
+    v6 = np.stack((hi, lo), axis=1).astype(">u8").view("V16").ravel().tolist() if len(hi) else []
     return Addresses(v4, v6), which
 
 
+def distinct_numpy(is6: np.ndarray, v4: np.ndarray, hi: np.ndarray, lo: np.ndarray):
+    """``fastread.distinct``'s plain twin: numpy's radix sorts and lexsort."""
+    which = np.empty(len(is6), np.int64)
+    u4, which[~is6] = unique32_numpy(v4)
+    uhi, ulo, which[is6] = unique128_numpy(hi, lo)
+    which[is6] += len(u4)
+    return u4, uhi, ulo, which
+
+
 def unique128_numpy(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct (hi, lo) pairs, sorted, and each pair's index among them
-    (``fastread.unique128``'s plain twin)."""
+    """The distinct (hi, lo) pairs, sorted, and each pair's index among them."""
     if not len(hi):
         return hi, lo, np.zeros(0, np.int64)
     order = np.lexsort((lo, hi))
@@ -198,17 +202,9 @@ def unique128_numpy(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndar
     return hi[new], lo[new], inverse
 
 
-def _unique32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(values, return_inverse=True)`` for 32-bit values: in C where
-    built (``fastread.unique32``), else ``unique32_numpy``, its plain twin."""
-    if fastread.enabled():
-        return fastread.unique32(values)
-    return unique32_numpy(values)
-
-
 def unique32_numpy(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``_unique32`` by two stable 16-bit radix sorts (about twice as fast as
-    numpy's general sort)."""
+    """``np.unique(values, return_inverse=True)`` for 32-bit values, by two stable
+    16-bit radix sorts (about twice as fast as numpy's general sort)."""
     if not len(values):
         return values, np.zeros(0, np.int64)
     order = np.argsort(values.astype(np.uint16), kind="stable")     # low half first

@@ -136,19 +136,15 @@ def count_records(slots: np.ndarray, secs: np.ndarray, lengths: np.ndarray, cols
                             first_packets, hour)
 
 
-def unique32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(values, return_inverse=True)`` of uint32 values (two radix passes)."""
-    values = np.ascontiguousarray(values, np.uint32)
-    unique = np.empty(len(values), np.uint32)
-    inverse = np.empty(len(values), np.int64)
-    return unique[:_fastread.unique32(values, unique, inverse)], inverse
 
-
-def unique128(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct (hi, lo) pairs of uint64 words, sorted, and each pair's index
-    among them (a hash numbers them, a sort of the distinct ones ranks them)."""
+def distinct(is6: np.ndarray, v4: np.ndarray, hi: np.ndarray, lo: np.ndarray):
+    """(distinct IPv4 targets, IPv6 ones as hi and lo words, each packet's index):
+    ``batch.distinct``'s numbers, by radix sort (IPv4) and a hash (IPv6)."""
+    is6 = np.ascontiguousarray(is6, np.bool_)
+    v4 = np.ascontiguousarray(v4, np.uint32)
     hi, lo = (np.ascontiguousarray(a, np.uint64) for a in (hi, lo))
-    uhi, ulo = np.empty(len(hi), np.uint64), np.empty(len(hi), np.uint64)
-    inverse = np.empty(len(hi), np.int64)
-    k = _fastread.unique128(hi, lo, uhi, ulo, inverse)
-    return uhi[:k], ulo[:k], inverse
+    which = np.empty(len(is6), np.int64)
+    u4, uhi, ulo = np.empty(len(v4), np.uint32), np.empty(len(hi), np.uint64), \
+        np.empty(len(hi), np.uint64)
+    k4, k6 = _fastread.distinct(is6, v4, hi, lo, which, u4, uhi, ulo)
+    return u4[:k4], uhi[:k6], ulo[:k6], which

@@ -259,17 +259,6 @@ def test_stats_file_byte_identical_to_the_numpy_path(tmp_path, path, connections
     assert outputs[0] == outputs[1]
 
 
-@given(st.lists(st.one_of(st.integers(0, 2 ** 32 - 1), st.sampled_from([0, 1, 65535, 65536,
-                                                                         2 ** 32 - 1])),
-                max_size=300))
-def test_unique32_equals_numpy(values):
-    a = np.array(values, np.uint32)
-    fast, plain = fastread.unique32(a), batch.unique32_numpy(a)
-    for x, y in zip(fast, plain):
-        assert x.dtype == y.dtype and x.tolist() == y.tolist()
-    assert plain[0].tolist() == sorted(set(values))
-
-
 @pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(programs(), st.lists(st.binary(max_size=90), min_size=1, max_size=30), st.data())
@@ -304,15 +293,31 @@ def test_every_alu_result_bit_for_bit(op):
 
 
 WORDS = [0, 1, 2 ** 63, 2 ** 64 - 1, 0x20010DB8 << 32]
+V4_VALUES = [0, 1, 2047, 2048, 65535, 65536, 0x0A000001, 2 ** 32 - 1]
+ADDRESS = st.one_of(
+    st.tuples(st.just(False), st.one_of(st.sampled_from(V4_VALUES), st.integers(0, 2 ** 32 - 1))),
+    st.tuples(st.just(True), st.tuples(st.sampled_from(WORDS),
+                                       st.one_of(st.sampled_from(WORDS),
+                                                 st.integers(0, 2 ** 64 - 1)))))
 
 
-@given(st.lists(st.tuples(st.sampled_from(WORDS), st.one_of(st.sampled_from(WORDS),
-                                                             st.integers(0, 2 ** 64 - 1))),
-                max_size=300))
-def test_unique128_equals_numpy(pairs):
+@given(st.lists(ADDRESS, max_size=300))
+def test_distinct_equals_numpy(targets):
+    """batch.distinct's numbers in C (radix sort, hash) and by numpy: the same
+    sorted addresses, the same index per packet, the same dtypes."""
+    is6 = np.array([six for six, _ in targets], bool)
+    v4 = np.array([a for six, a in targets if not six], np.uint32)
+    pairs = [a for six, a in targets if six]
     hi = np.array([p[0] for p in pairs], np.uint64)
     lo = np.array([p[1] for p in pairs], np.uint64)
-    fast, plain = fastread.unique128(hi, lo), batch.unique128_numpy(hi, lo)
+    fast, plain = fastread.distinct(is6, v4, hi, lo), batch.distinct_numpy(is6, v4, hi, lo)
     for x, y in zip(fast, plain):
         assert x.dtype == y.dtype and x.tolist() == y.tolist()
-    assert list(zip(plain[0].tolist(), plain[1].tolist())) == sorted(set(pairs))
+    assert plain[0].tolist() == sorted(set(v4.tolist()))
+    assert list(zip(plain[1].tolist(), plain[2].tolist())) == sorted(set(pairs))
+
+
+def test_distinct_refuses_families_that_do_not_match():
+    with pytest.raises(ValueError):
+        fastread.distinct(np.array([True, False]), np.zeros(2, np.uint32), np.zeros(0, np.uint64),
+                          np.zeros(0, np.uint64))
