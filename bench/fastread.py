@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The replay's C read path against its numpy twin (issue 16): ``nc.sniffer -r`` of the
 bench capture with ``NCSNIFFER_FASTREAD`` unset (C) and ``=0`` (numpy), default and
-``connections: True``, two processes and one (``NCSNIFFER_REPLAY=serial``).
+``connections: True``, two processes (``NCSNIFFER_REPLAY=batch``) and one (``=serial``).
 
     .venv/bin/python bench/fastread.py [--runs 3] [--capture bench/work/bench.pcap]
 
@@ -26,7 +26,8 @@ from benchlib import (FILTER, NC, WORK, BenchError, ensure_capture, ensure_nc, f
 
 PATHS = {"C": {}, "numpy": {"NCSNIFFER_FASTREAD": "0"}}
 CONFIGS = {"default": {}, "connections": {"connections": True}}
-PROCESSES = {"two processes": {}, "one process": {"NCSNIFFER_REPLAY": "serial"}}
+PROCESSES = {"two processes": {"NCSNIFFER_REPLAY": "batch"},     # (forced: not by the load)
+             "one process": {"NCSNIFFER_REPLAY": "serial"}}
 PACKETS = 1_000_000            # bench/gen_capture.py's default capture
 
 
