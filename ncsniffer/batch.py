@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ncsniffer import bpfvm, decode, linktypes
+from ncsniffer import bpfvm, decode, fastread, linktypes
 from ncsniffer.accounting import Accounting
 from ncsniffer.clock import Clock
 from ncsniffer.table import Addresses
@@ -173,20 +173,36 @@ def targets(heads: Heads, rows: np.ndarray, l3: np.ndarray, is6: np.ndarray,
 
 
 def distinct(t: Targets) -> tuple[Addresses, np.ndarray]:
-    """The distinct targets and, per packet, the index of its own among them."""
-    which = np.empty(len(t.is6), np.int64)
-    v4, which[~t.is6] = _unique32(t.v4)
-    v6: list[bytes] = []
-    if len(t.hi):
-        order = np.lexsort((t.lo, t.hi))
-        hi, lo = t.hi[order], t.lo[order]
-        new = np.concatenate(([True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])))
-        which[np.flatnonzero(t.is6)[order]] = np.cumsum(new) - 1 + len(v4)
-        v6 = np.stack((hi[new], lo[new]), axis=1).astype(">u8").view("V16").ravel().tolist()
+    """The distinct targets and, per packet, the index of its own among them: in C
+    where built (``fastread.distinct``), else by numpy (``distinct_numpy``)."""
+    v4, hi, lo, which = (fastread.distinct if fastread.enabled() else distinct_numpy)(
+        t.is6, t.v4, t.hi, t.lo)
+    v6 = np.stack((hi, lo), axis=1).astype(">u8").view("V16").ravel().tolist() if len(hi) else []
     return Addresses(v4, v6), which
 
 
-def _unique32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def distinct_numpy(is6: np.ndarray, v4: np.ndarray, hi: np.ndarray, lo: np.ndarray):
+    """``fastread.distinct``'s plain twin: numpy's radix sorts and lexsort."""
+    which = np.empty(len(is6), np.int64)
+    u4, which[~is6] = unique32_numpy(v4)
+    uhi, ulo, which[is6] = unique128_numpy(hi, lo)
+    which[is6] += len(u4)
+    return u4, uhi, ulo, which
+
+
+def unique128_numpy(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (hi, lo) pairs, sorted, and each pair's index among them."""
+    if not len(hi):
+        return hi, lo, np.zeros(0, np.int64)
+    order = np.lexsort((lo, hi))
+    hi, lo = hi[order], lo[order]
+    new = np.concatenate(([True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])))
+    inverse = np.empty(len(order), np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return hi[new], lo[new], inverse
+
+
+def unique32_numpy(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(values, return_inverse=True)`` for 32-bit values, by two stable
     16-bit radix sorts (about twice as fast as numpy's general sort)."""
     if not len(values):
@@ -342,6 +358,40 @@ class Prepared:
     flows: np.ndarray | None = None   # ... their FLOW records (with connections; else None)
     tracked: np.ndarray | None = None   # ... or the tracker's events of them (two-process replay)
 
+    def __reduce__(self):
+        """Pickled compactly for the pipe between a replay's processes (a third of
+        the bytes, the pipe's and pickle's copies with them): the seconds as runs,
+        ``good`` left out when every passed packet counts, wire lengths in 16 bits
+        when they fit, the families as bits; unpickled exactly as they were."""
+        t = self.targets
+        every = len(self.good) == self.seen and (not self.seen or self.good[-1] == self.seen - 1)
+        narrow = len(self.lengths) and int(self.lengths.max()) <= WIRE16_MAX and \
+            int(self.lengths.min()) >= 0
+        lengths = self.lengths.astype(np.uint16) if narrow else self.lengths
+        return (_unpickled, (self.seen, self.undecoded, self.unmatched, _runs(self.sec),
+                             None if every else self.good, lengths, np.packbits(t.is6),
+                             len(t.is6), t.v4, t.hi, t.lo, self.flows, self.tracked))
+
+
+WIRE16_MAX = np.iinfo(np.uint16).max
+
+
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(value, length) of each run of equal values."""
+    starts = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1]))) \
+        if len(values) else np.zeros(0, np.int64)
+    return values[starts], np.diff(np.append(starts, len(values)))
+
+
+def _unpickled(seen, undecoded, unmatched, sec_runs, good, lengths, is6_bits, counted, v4, hi, lo,
+               flows, tracked) -> Prepared:
+    """The Prepared that ``Prepared.__reduce__`` packed."""
+    sec = np.repeat(*sec_runs).astype(np.int64, copy=False)
+    good = np.arange(seen, dtype=np.int64) if good is None else good
+    is6 = np.unpackbits(is6_bits, count=counted).view(np.bool_)
+    return Prepared(seen, undecoded, unmatched, Targets(is6, v4, hi, lo), sec, good,
+                    lengths.astype(np.int64, copy=False), flows, tracked)
+
 
 def process(batch: Batch, prog, rules: Rules, counters: Counters, acct: Accounting,
             clock: Clock, flows: FlowConsumer | None = None) -> None:
@@ -380,7 +430,46 @@ def _filter_decode(batch: Batch, heads: Heads, prog, linktype: int, idx: np.ndar
 
 def prepare(batch: Batch, prog, rules: Rules) -> Prepared:
     """Filter, decode, match and find the targets; touches no state (it reads the
-    rules only).  ``prog``: as ``filter_decode`` takes it."""
+    rules only).  ``prog``: as ``filter_decode`` takes it.  In C where it can
+    (``prepare_fast``), else by numpy (``prepare_numpy``, its plain twin)."""
+    fast = prepare_fast(batch, prog, rules) if fastread.enabled() else None
+    return fast if fast is not None else prepare_numpy(batch, prog, rules)
+
+
+def link_description(linktype: int) -> tuple:
+    """How ``fastread.prepare`` decodes a link type: (by type field, header length,
+    type field offset, VLAN types)."""
+    if linktype in LINK_HEADER:
+        return (True, *LINK_HEADER[linktype], tuple(VLAN.tolist()))
+    return (False, BY_VERSION[linktype], 0, ())
+
+
+def prepare_fast(batch: Batch, prog, rules: Rules) -> Prepared | None:
+    """``prepare_numpy``'s result by the C pass, or None where it does not apply:
+    match / nomatch (their windows stay numpy's), a batch of several links, a
+    program or "me" the C pass does not take."""
+    if rules.payload is not None:
+        return None
+    linktype = rules.linktype
+    if isinstance(prog, Mapping):
+        if batch.link is not None:
+            return None
+        linktype = batch.links[0][0]
+        prog = prog[batch.links[0]]
+    filled = fastread.prepare(batch.u8, batch.offs, batch.caplen, batch.wirelen, batch.sec,
+                              batch.usec, fastread.program(prog), link_description(linktype),
+                              rules.me, rules.flows)
+    if filled is None:
+        return None
+    undecoded = {decode.TRUNCATED: filled.truncated, decode.NOT_IP: filled.not_ip,
+                 decode.INVALID: filled.invalid}
+    return Prepared(len(filled.sec), undecoded, 0,
+                    Targets(filled.is6, filled.v4, filled.hi, filled.lo),
+                    filled.sec, filled.good, filled.lengths, filled.flows)
+
+
+def prepare_numpy(batch: Batch, prog, rules: Rules) -> Prepared:
+    """``prepare`` by numpy steps over the whole batch."""
     width = HEAD if rules.payload is None else max(HEAD, min(rules.snaplen, MATCH_HEAD))
     if rules.flows:
         width = max(width, FLOW_HEAD)

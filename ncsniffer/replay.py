@@ -29,6 +29,7 @@ PROGRESS_AFTER = 2.0   # seconds of wall time before progress lines appear
 PIPE_BUFFER = 1 << 20  # bytes buffered on each side of the pipe between the processes
 PIPE_SIZE = 1 << 20    # the pipe itself: a prepared batch is 1-2 MB
 EXPORT_WAIT = 30.0     # seconds the end of a replay waits for its export to be sent or spooled
+FREE_CPU = 1.0         # CPUs the load average must leave idle for a second process (no tracker)
 
 
 class Progress:
@@ -77,7 +78,7 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
         clock.every_second(lambda now, elapsed: lookups.tick(now))
     progress = Progress(None if quiet else log)
     counters = sniffer.counters
-    if prog is not None and _pipeline():
+    if prog is not None and _pipeline(sniffer.tracks_ahead()):
         prepared = _two_processes(batches, prog, sniffer.rules,
                                   sniffer if sniffer.tracks_ahead() else None)
     else:
@@ -130,10 +131,19 @@ def _events_file(settings: Settings, exporting=None):
     return events.from_settings(settings, feed=False, export=ended)
 
 
-def _pipeline() -> bool:
-    """Whether to prepare batches in a second process: with a second CPU, unless
-    ``NCSNIFFER_REPLAY=serial`` (the tests compare both)."""
-    return os.environ.get("NCSNIFFER_REPLAY") != "serial" and len(os.sched_getaffinity(0)) > 1
+def _pipeline(tracking: bool) -> bool:
+    """Whether to prepare batches in a second process: with a second CPU, and
+    either the connection tracker to run there (its CPU is the larger part) or a
+    CPU free to run it (the 1-minute load average leaves one: on a busy machine
+    the second process's own cost, its copy of the batches through the pipe and
+    its page faults, outweighs the overlap).  ``NCSNIFFER_REPLAY=serial``: one
+    process; ``NCSNIFFER_REPLAY=batch``: two whenever there are two CPUs (the
+    tests compare the two)."""
+    mode = os.environ.get("NCSNIFFER_REPLAY")
+    cpus = len(os.sched_getaffinity(0))
+    if mode == "serial" or cpus < 2:
+        return False
+    return mode == "batch" or tracking or cpus - os.getloadavg()[0] >= FREE_CPU
 
 
 def _one_process(batches, prog, rules: batch.Rules) -> Iterator[batch.Prepared]:
@@ -196,6 +206,7 @@ def _prepare_into(wfd: int, batches, prog, rules: batch.Rules,
     traceback) into the pipe; then exit without Python's clean-up (the parent's
     buffers and atexit handlers are not ours)."""
     code = 0
+    gc.freeze()            # the parent's objects, inherited: no collection walks them again
     try:
         with os.fdopen(wfd, "wb", PIPE_BUFFER) as out:
             try:

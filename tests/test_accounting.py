@@ -8,6 +8,7 @@ import numpy as np
 
 from hypothesis import given, settings, strategies as st
 
+from ncsniffer import fastread
 from ncsniffer.accounting import Accounting, PURGE_BATCH
 from ncsniffer.resolver import LookupQueue
 from tests import reference
@@ -411,3 +412,39 @@ def test_readme_first_ten_minutes_table():
         if t in checkpoints:
             shown[t] = round(acct.records[A].W / 3600)
     assert shown == checkpoints
+
+
+def run_both_paths(packets, cuts, monkeypatch) -> list:
+    """Every column of the records after ``feed_in_runs``, by the C rule and by
+    the numpy twin (``NCSNIFFER_FASTREAD=0``)."""
+    out = []
+    for mode in ("1", "0"):
+        monkeypatch.setenv(fastread.ENV, mode)
+        acct = Accounting(1_000_000, names=LookupQueue())
+        feed_in_runs(acct, packets, cuts)
+        cols = acct.records.cols
+        out.append(({k: r.as_dict() for k, r in acct.records.items()},
+                    {name: cols[name][:len(acct.records)].tolist() for name in cols if name != "N"},
+                    list(acct.names)))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(KEYS) - 1),
+                          st.sampled_from((0, 0, 0, 0, 1, 60, 299, 300, 301, 4000, -1,
+                                           -300)),
+                          st.integers(0, 1500)), min_size=1, max_size=300),
+       st.lists(st.integers(0, 300), max_size=6))
+def test_the_c_rule_equals_the_numpy_twin(steps, cuts):
+    """accounting._count_columns in C (packet by packet) and by numpy (IP by IP):
+    the same records in the same slots, field for field (records made in the
+    start second too: their first interval waits for five packets)."""
+    if not fastread.enabled():
+        pytest.skip("_fastread not built")
+    now, packets = 1_000_000, []
+    for which, gap, length in steps:
+        packets.append((KEYS[which], now, length))
+        now += gap
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        fast, plain = run_both_paths(packets, cuts, monkeypatch)
+    assert fast == plain

@@ -1,6 +1,7 @@
 """The batch replay path must agree with libpcap and the scalar decoders exactly."""
 
 import os
+import pickle
 import random
 import socket
 import struct
@@ -560,3 +561,31 @@ def test_flow_fields_only_with_connections():
     assert batch.prepare(b, None, batch.Rules(1, b"\x0a\0\0\x01", 38)).flows is None
     p = batch.prepare(b, None, batch.Rules(1, b"\x0a\0\0\x01", 38, flows=True))
     assert p.flows["usec"].tolist() == [0, 0, 0] and p.flows["from_me"].all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 40), st.data())
+def test_prepared_pickles_back_exactly(seen, data):
+    """The compact pickle of the replay's pipe: every field back with its dtype
+    (every passed packet counted or not, lengths past 16 bits, no packets)."""
+    sec = np.cumsum(data.draw(st.lists(st.integers(0, 2), min_size=seen, max_size=seen)),
+                    dtype=np.int64) + 1_600_000_000
+    good = np.array(sorted(data.draw(st.sets(st.integers(0, max(seen - 1, 0)), max_size=seen)))
+                    if seen and data.draw(st.booleans()) else range(seen), np.int64)
+    n = len(good)
+    lengths = np.array(data.draw(st.lists(st.sampled_from([0, 60, 65535, 65536, 2 ** 32 - 1]),
+                                          min_size=n, max_size=n)), np.int64)
+    is6 = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), bool)
+    v4 = np.arange(np.count_nonzero(~is6), dtype=np.uint32)
+    hi = lo = np.arange(np.count_nonzero(is6), dtype=np.uint64)
+    flows = np.zeros(n, decode.FLOW) if data.draw(st.booleans()) else None
+    p = batch.Prepared(seen, {decode.TRUNCATED: 1, decode.NOT_IP: 0, decode.INVALID: 2}, 3,
+                       batch.Targets(is6, v4, hi, lo), sec, good, lengths, flows)
+    q = pickle.loads(pickle.dumps(p, protocol=5))
+    assert (q.seen, q.undecoded, q.unmatched, q.tracked) == (p.seen, p.undecoded, p.unmatched, None)
+    for a, b in [(getattr(p, f), getattr(q, f)) for f in ("sec", "good", "lengths")] + \
+            [(getattr(p.targets, f), getattr(q.targets, f)) for f in ("is6", "v4", "hi", "lo")]:
+        assert a.dtype == b.dtype and a.tolist() == b.tolist()
+    assert (q.flows is None) == (flows is None)
+    if flows is not None:
+        assert q.flows.dtype == flows.dtype and q.flows.tobytes() == flows.tobytes()

@@ -15,7 +15,7 @@ import pcapy
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ncsniffer import pcapfile
+from ncsniffer import fastread, pcapfile
 
 T0 = 1_700_000_000
 SMALL = pcapfile.Lanes(spacing=1024, windows=(256, 512), minimum=2)
@@ -55,12 +55,15 @@ def reference(data: bytes):
     return out, None
 
 
-def read(path, lanes, max_packets=pcapfile.MAX_PACKETS, max_bytes=pcapfile.MAX_BYTES):
-    """(records, error, reader) through the batch reader with ``lanes``."""
+def read(path, lanes, max_packets=pcapfile.MAX_PACKETS, max_bytes=pcapfile.MAX_BYTES,
+         fast=False):
+    """(records, error, reader) through the batch reader with ``lanes`` (``fast``:
+    the C walk instead)."""
     batches, error = [], None
     with open(path, "rb") as fh:
         r = pcapfile.Reader(fh, str(path))
         r.chain.lanes = lanes
+        r.fast = fast
         try:
             for b in r.batches(max_packets, max_bytes):
                 assert len(b.offs) <= max_packets
@@ -75,7 +78,7 @@ def read(path, lanes, max_packets=pcapfile.MAX_PACKETS, max_bytes=pcapfile.MAX_B
 
 
 def check(tmp_path, data: bytes, max_bytes=8192, max_packets=pcapfile.MAX_PACKETS):
-    """Read ``data`` three ways; they must agree.  Returns the lanes' reader."""
+    """Read ``data`` four ways; they must agree.  Returns the lanes' reader."""
     path = tmp_path / "f.pcap"
     path.write_bytes(data)
     want = reference(data)
@@ -83,6 +86,8 @@ def check(tmp_path, data: bytes, max_bytes=8192, max_packets=pcapfile.MAX_PACKET
     plain = read(path, PLAIN, max_packets, max_bytes)
     assert plain[:2] == want
     assert fast[:2] == want
+    if fastread.enabled():
+        assert read(path, PLAIN, max_packets, max_bytes, fast=True)[:2] == want
     assert plain[2].chain.tried == 0
     return fast[2]
 

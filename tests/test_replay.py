@@ -563,3 +563,24 @@ def test_connections_change_no_byte_of_the_stats_file(workdir):
     assert {ip: {k: v for k, v in r.items() if k != "K"} for ip, r in on.records.items()} \
         == off.records
     assert all("K" in r for r in on.records.values())
+
+
+@pytest.mark.parametrize("mode, cpus, load, tracking, two", [
+    (None, 2, 0.3, False, True),        # a CPU idle: the second process overlaps
+    (None, 2, 1.5, False, False),       # a busy machine: one process
+    (None, 2, 1.5, True, True),         # the tracker's CPU: always worth a second process
+    (None, 1, 0.0, True, False),        # one CPU: one process
+    ("batch", 2, 1.9, False, True),     # forced (the tests of the two-process path)
+    ("serial", 2, 0.0, True, False),
+])
+def test_second_process_when_a_cpu_is_free_or_the_tracker_runs(monkeypatch, replay_path, mode,
+                                                               cpus, load, tracking, two):
+    if replay_path != "batch":
+        pytest.skip("the choice, once")
+    from ncsniffer import replay as replay_mod
+    monkeypatch.delenv("NCSNIFFER_REPLAY", raising=False)
+    if mode:
+        monkeypatch.setenv("NCSNIFFER_REPLAY", mode)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert replay_mod._pipeline(tracking) is two
