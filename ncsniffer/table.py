@@ -17,6 +17,11 @@ import numpy as np
 
 from ncsniffer.conncounts import K_FIELDS
 
+try:
+    from ncsniffer._conntrack import add_k as _add_k     # add_connections in C
+except ImportError:         # not built: the plain twin serves
+    _add_k = None
+
 INTS = ("B", "C", "E", "S", "T")
 FLOATS = ("R", "W")
 # The connection counters of 10.3 a record stores (``active`` is begun - ended, at
@@ -384,7 +389,15 @@ class Table(MutableMapping):
         """Add ``conncounts.count`` deltas (rows in ``K_FIELDS`` order, ``active``
         ignored) to the records in ``slots`` (-1: no record, skipped).  Ends beyond
         what a record began (connections of an earlier data set, before a SIGHUP or
-        before the record was purged) are dropped, so the sums of 10.3 always hold."""
+        before the record was purged) are dropped, so the sums of 10.3 always hold.
+        One pass in C over distinct slots (a tenth of the numpy steps' time);
+        ``add_connections_plain`` is its twin, and serves slots that come twice."""
+        slots, deltas = np.ascontiguousarray(slots, np.int64), np.ascontiguousarray(deltas, np.int64)
+        if _add_k is None or not _add_k(self.cols["conn"]["k"], slots, deltas):
+            self.add_connections_plain(slots, deltas)
+
+    def add_connections_plain(self, slots: np.ndarray, deltas: np.ndarray) -> None:
+        """``add_connections`` in numpy steps: the deltas summed per slot first."""
         keep = slots >= 0
         slots, deltas = slots[keep], np.asarray(deltas, np.int64)[keep]
         if not slots.size:
