@@ -45,6 +45,7 @@ MAX_LITERAL_BYTES = 16 << 20
 MAX_LINE = 1 << 20
 
 Row = tuple  # (ip_text, B, C, E, N, R, S, T, W[, K]): the numbers as ints, R and W rounded
+K_AT = len(FIELDS) + 1          # where a row holds its K
 
 
 @dataclass
@@ -160,6 +161,28 @@ PYTHON_LINE_K = ('"%s": {"B": %d, "C": %d, "E": %d, "K": %s, "N": %s, "R": %d, "
 CHUNK = 4096    # rows formatted per piece: fewer generator steps and writes
 
 
+def k_texts(chunk: list[Row], template: str) -> list[str]:
+    """The K text of each row of ``chunk`` (``template`` % its counters), made once per
+    distinct K object: records with the same counters share one tuple
+    (``Table.conn_values``), a tenth as many as records.  ``k_texts_plain`` is the twin.
+    The rows hold their K objects while this runs, so no id is reused."""
+    memo: dict[int, str] = {}
+    get = memo.get
+    out = []
+    for row in chunk:
+        k = row[K_AT]
+        text = get(id(k))
+        if text is None:
+            text = memo[id(k)] = template % _k_values(k)
+        out.append(text)
+    return out
+
+
+def k_texts_plain(chunk: list[Row], template: str) -> list[str]:
+    """``k_texts``, formatted row by row."""
+    return [template % _k_values(row[K_AT]) for row in chunk]
+
+
 def _chunks(rows: Iterable[Row]) -> Iterator[list[Row]]:
     it = iter(rows)
     while chunk := list(islice(it, CHUNK)):
@@ -170,10 +193,11 @@ def _python_body(rows: Iterable[Row]) -> Iterable[str]:
     yield "{\n"
     dumps = json.dumps
     for chunk in _chunks(rows):
-        if len(chunk[0]) > len(FIELDS) + 1:
-            yield "".join([PYTHON_LINE_K % (ip, b, c, e, K_JSON % _k_values(k),
-                                            dumps(list(n)) if n else "[]", r, s, t, w)
-                           for ip, b, c, e, n, r, s, t, w, k in chunk])
+        if len(chunk[0]) > K_AT:
+            yield "".join([PYTHON_LINE_K % (ip, b, c, e, k, dumps(list(n)) if n else "[]",
+                                            r, s, t, w)
+                           for (ip, b, c, e, n, r, s, t, w, _), k in
+                           zip(chunk, k_texts(chunk, K_JSON))])
             continue
         yield "".join([PYTHON_LINE % (ip, b, c, e, dumps(list(n)) if n else "[]", r, s, t, w)
                        for ip, b, c, e, n, r, s, t, w in chunk])
@@ -195,12 +219,12 @@ PERL_RECORD_K = PERL_RECORD.replace("\t\tN\t", "\t\tK\t=> %s,\n\t\tN\t")
 def _perl_body(rows: Iterable[Row]) -> Iterable[str]:
     yield "{\n  my $dump = {\n"
     for chunk in _chunks(rows):
-        if len(chunk[0]) > len(FIELDS) + 1:
-            yield "".join([PERL_RECORD_K % (ip, "' " if len(ip) > 13 else "'\t", b, c, e,
-                                            K_PERL % _k_values(k),
+        if len(chunk[0]) > K_AT:
+            yield "".join([PERL_RECORD_K % (ip, "' " if len(ip) > 13 else "'\t", b, c, e, k,
                                             "".join(_perl_quote(x) + "," for x in n),
                                             r, s, t, w)
-                           for ip, b, c, e, n, r, s, t, w, k in chunk])
+                           for (ip, b, c, e, n, r, s, t, w, _), k in
+                           zip(chunk, k_texts(chunk, K_PERL))])
             continue
         yield "".join([PERL_RECORD % (ip, "' " if len(ip) > 13 else "'\t", b, c, e,
                                       "".join(_perl_quote(x) + "," for x in n), r, s, t, w)
@@ -234,10 +258,10 @@ def _json_document(h: Header, rows: Iterable[Row]) -> Iterable[str]:
     line_k = PYTHON_LINE_K[:-2]
     sep = ""
     for chunk in _chunks(rows):
-        if len(chunk[0]) > len(FIELDS) + 1:
-            yield sep + ",\n".join([line_k % (ip, b, c, e, K_JSON % _k_values(k),
-                                               json.dumps(n), r, s, t, w)
-                                    for ip, b, c, e, n, r, s, t, w, k in chunk])
+        if len(chunk[0]) > K_AT:
+            yield sep + ",\n".join([line_k % (ip, b, c, e, k, json.dumps(n), r, s, t, w)
+                                    for (ip, b, c, e, n, r, s, t, w, _), k in
+                                    zip(chunk, k_texts(chunk, K_JSON))])
         else:
             yield sep + ",\n".join([line % (ip, b, c, e, json.dumps(n), r, s, t, w)
                                     for ip, b, c, e, n, r, s, t, w in chunk])

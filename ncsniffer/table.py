@@ -432,7 +432,20 @@ class Table(MutableMapping):
 
     def conn_values(self, slots: np.ndarray) -> list[tuple[int, ...]]:
         """``conn_dicts`` as tuples in ``K_SORTED`` order: what the dump formats, without a
-        dict per record (a 1,000,000-record dump would build a million)."""
+        dict per record (a 1,000,000-record dump would build a million).  Records with
+        the same counters share one tuple, made once (a dump holds a tenth as many
+        distinct K as records), which the dump formats once (``dumpfile``);
+        ``conn_values_plain`` is the twin, a tuple per record."""
+        k = np.ascontiguousarray(self.cols["conn"]["k"][slots])
+        if not len(k):
+            return []
+        rows = k.view(np.dtype((np.void, k.itemsize * k.shape[1]))).ravel()
+        _, first, which = np.unique(rows, return_index=True, return_inverse=True)
+        return list(map(self.conn_values_plain(slots[first]).__getitem__,
+                        which.reshape(-1).tolist()))
+
+    def conn_values_plain(self, slots: np.ndarray) -> list[tuple[int, ...]]:
+        """``conn_values``, a tuple per record."""
         k = self.cols["conn"]["k"][slots].astype(np.int64)
         out = np.empty((len(k), len(K_SORTED)), np.int64)
         out[:, _SORTED_STORED] = k

@@ -241,3 +241,22 @@ def test_add_k_refuses_buffers_that_are_not_k_columns_slots_and_rows():
             add_k(*bad)
     assert add_k(k, slots, deltas) and k[:2].sum() and not k[2:].any()
     assert not add_k(k, np.array([3, 3]), deltas)              # twice: left to the twin
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), min_size=len(table_mod.CONN_STORED),
+                         max_size=len(table_mod.CONN_STORED)), max_size=30),
+       st.integers(0, 2 ** 32 - 4))
+def test_conn_values_share_a_tuple_per_distinct_k_and_equal_the_plain_twin(ks, base):
+    """Few distinct K among many records: one tuple object each, the values the plain
+    twin's (a tuple per record), record for record."""
+    acct = Accounting(1000, connections=True)
+    acct.count_packets([bytes([10, 0, 0, i]) for i in range(len(ks))], np.arange(len(ks)),
+                       np.full(len(ks), 1000), np.full(len(ks), 60))
+    table = acct.records
+    slots = table.occupied()
+    table.cols["conn"]["k"][slots] = np.array(ks, np.int64).reshape(
+        len(ks), len(table_mod.CONN_STORED)) + base
+    got = table.conn_values(slots)
+    assert got == table.conn_values_plain(slots)
+    assert len({id(v) for v in got}) == len(set(got))
