@@ -112,11 +112,11 @@ typedef struct {
 
 typedef struct { uint32_t head, tail; } list_t;
 
-/* One peer of the open tally (37 bytes, packed: it costs memory per peer). */
+/* One peer of the open tally (41 bytes, packed: it costs memory per peer). */
 typedef struct __attribute__((packed)) {
     uint64_t hi, lo;
     uint32_t n[4];                /* live connections: TCP, UDP, ICMP, inbound */
-    uint32_t row;                 /* its K row + 1 in a counting call, else 0 */
+    uint32_t row, call;           /* its K row in the counting call numbered call */
     uint8_t v6;
 } peer_t;
 
@@ -135,19 +135,23 @@ enum { K_TCP, K_UDP, K_ICMP, K_IN, K_OUT, K_ACTIVE, K_CLOSED };
 #define K_COUNTED (K_WIDTH - 1)   /* all but active (begun less ended) */
 
 /* One peer's K in one call (64 bytes: one cache line): its counters (K_FIELDS but
- * active), its open tally before the call (N_TCP..N_IN), its tally record.  Counts
- * of one call: its events, under 2^32 (live < 2^31, MAX_BATCH packets). */
+ * active), its open tally before the call (N_TCP..N_IN).  Counts of one call: its
+ * events, under 2^32 (live < 2^31, MAX_BATCH packets). */
 typedef struct {
     uint32_t k[K_COUNTED];
     uint32_t before[4];
-    uint32_t record;
+    uint32_t unused;
 } krow_t;
 
-/* The K rows of the peers of one call; a peer's record names its row. */
+/* The K rows of the peers of one call and their keys; a peer's record names its row
+ * (with the call's number); the records whose last connection ended in the call. */
 typedef struct {
     krow_t *rows;
     void *block;                  /* what rows lie in, aligned to a cache line */
-    uint32_t n, cap;
+    peer_key_t *keys;
+    uint32_t n, cap, call;
+    uint32_t *emptied;
+    uint32_t nemptied, emptied_cap;
 } counted_t;
 
 /* A hash table slot: the entry (NIL: empty) and its key's hash, compared first. */
@@ -495,8 +499,13 @@ static int counted_room(counted_t *t)
         return -1;
     const uintptr_t line = sizeof(krow_t);
     void *block = malloc(cap * sizeof(krow_t) + line);
-    if (!block)
+    peer_key_t *keys = realloc(t->keys, cap * sizeof *keys);
+    if (keys)
+        t->keys = keys;
+    if (!block || !keys) {
+        free(block);
         return -1;
+    }
     krow_t *rows = (krow_t *)(((uintptr_t)block + line - 1) & ~(line - 1));
     if (t->n)
         memcpy(rows, t->rows, t->n * sizeof *rows);
@@ -515,33 +524,61 @@ static krow_t *counted_row(Core *c, uint32_t r)
 {
     counted_t *t = &c->counted;
     peer_t *q = &c->peers[r];
-    if (q->row)
-        return &t->rows[q->row - 1];
+    if (q->call == t->call)
+        return &t->rows[q->row];
     if (counted_room(t) < 0)
         return NULL;
     uint32_t i = t->n++;
-    q->row = i + 1;
+    q->row = i;
+    q->call = t->call;
+    t->keys[i] = (peer_key_t){.v6 = q->v6, .hi = q->hi, .lo = q->lo};
     krow_t *row = &t->rows[i];
     memset(row->k, 0, sizeof row->k);
     memcpy(row->before, q->n, sizeof row->before);
-    row->record = r;
     return row;
+}
+
+/* Record r had its last connection end in this call: it goes at the call's end
+ * (counted_end) unless one begins by then; -1: no memory. */
+static int counted_emptied(counted_t *t, uint32_t r)
+{
+    if (t->nemptied == t->emptied_cap) {
+        uint64_t cap = t->emptied_cap ? (uint64_t)t->emptied_cap * 2 : 1024;
+        uint32_t *emptied = cap > MAX_ENTRIES ? NULL : realloc(t->emptied, cap * sizeof *emptied);
+        if (!emptied)
+            return -1;
+        t->emptied = emptied;
+        t->emptied_cap = (uint32_t)cap;
+    }
+    t->emptied[t->nemptied++] = r;
+    return 0;
 }
 
 static void peer_release(Core *c, uint32_t r);
 
-/* The call is over: its rows' records name no row, and those left with no open
- * connection go (they stayed for the call so that a peer has one row). */
+/* A counting call begins: a number no record's row carries (all renumbered when
+ * the numbers run out). */
+static void counted_begin(Core *c)
+{
+    counted_t *t = &c->counted;
+    if (++t->call == 0) {
+        for (uint32_t r = 0; r < c->peers_used; r++)
+            c->peers[r].call = 0;
+        t->call = 1;
+    }
+}
+
+/* The call is over: the records it emptied and nothing refilled go (they stayed so
+ * that a peer has one row in a call). */
 static void counted_end(Core *c)
 {
     counted_t *t = &c->counted;
-    for (uint32_t i = 0; i < t->n; i++) {
-        peer_t *q = &c->peers[t->rows[i].record];
-        q->row = 0;
-        if (!(q->n[N_TCP] | q->n[N_UDP] | q->n[N_ICMP]))
-            peer_release(c, t->rows[i].record);
+    for (uint32_t i = 0; i < t->nemptied; i++) {
+        peer_t *q = &c->peers[t->emptied[i]];
+        if (q->v6 != FREE_PEER && !(q->n[N_TCP] | q->n[N_UDP] | q->n[N_ICMP]))
+            peer_release(c, t->emptied[i]);
     }
-    t->n = 0;
+    t->n = t->nemptied = 0;
 }
 
 /* Entry e becomes live: its peer's record (made if it has none) counts it begun, and
@@ -621,8 +658,12 @@ static int tally_end(Core *c, const entry_t *e, uint8_t state)
     q->n[e->proto == P_TCP ? N_TCP : e->proto == P_UDP ? N_UDP : N_ICMP]--;
     if (!(e->bits & B_INIT_ME))
         q->n[N_IN]--;
-    if (!(q->n[N_TCP] | q->n[N_UDP] | q->n[N_ICMP]) && !q->row)
+    if (q->n[N_TCP] | q->n[N_UDP] | q->n[N_ICMP])
+        return 0;
+    if (!c->counting)
         peer_release(c, r);
+    else if (counted_emptied(&c->counted, r) < 0)
+        return -1;
     return 0;
 }
 
@@ -1079,22 +1120,21 @@ static int by_peer(const void *a, const void *b)
     return x->lo < y->lo ? -1 : x->lo > y->lo;
 }
 
-/* The rows counted, in the order of conncounts.count's peers (by v6, hi, lo: the IPv4
- * ones, most, by a radix sort of their address); NULL: no memory.  Sorted, the
- * records' index answers them several times faster (Table.peer_slots). */
-static uint32_t *counted_order(const Core *c)
+/* Into order: the permutation that sorts the rows' peers as conncounts.count's are
+ * (by v6, hi, lo: the IPv4 ones, most, by a radix sort of their address); -1: no
+ * memory.  Asked in that order, the records' index answers several times faster
+ * (Table.peer_slots); the rows themselves stay where they are (a gather of them
+ * would miss the cache on each). */
+static int counted_order(const counted_t *t, uint32_t *order)
 {
-    const counted_t *t = &c->counted;
     size_t n = t->n, n4 = 0;
-    uint32_t *order = malloc((n + 1) * sizeof *order), *spare = malloc((n + 1) * sizeof *spare),
-             *low = malloc((n + 1) * sizeof *low);
-    peer_key_t *keys = malloc((n + 1) * sizeof *keys);
-    if (order && spare && low && keys) {
+    uint32_t *spare = malloc((n + 1) * sizeof *spare), *low = malloc((n + 1) * sizeof *low);
+    const peer_key_t *keys = t->keys;
+    int ok = spare && low;
+    if (ok) {
         size_t rest = n;
         for (uint32_t r = 0; r < n; r++) {
-            const peer_t *q = &c->peers[t->rows[r].record];
-            keys[r] = (peer_key_t){.v6 = q->v6, .hi = q->hi, .lo = q->lo};
-            low[r] = (uint32_t)q->lo;
+            low[r] = (uint32_t)keys[r].lo;
             if (plain_v4(&keys[r]))
                 order[n4++] = r;
             else
@@ -1103,60 +1143,81 @@ static uint32_t *counted_order(const Core *c)
         radix_sort32(order, spare, low, n4);
         sorting_keys = keys;             /* the GIL is held: no other sort runs */
         qsort(order + n4, n - n4, sizeof *order, by_peer);
-    } else {
-        free(order);
-        order = NULL;
     }
     free(spare);
     free(low);
-    free(keys);
-    return order;
+    return ok ? 0 : -1;
 }
 
-/* The rows' peers (PEER_DTYPE), K deltas and open counts before (int64, K_WIDTH), in
- * order: three new bytes objects, or -1 (no memory). */
-static int counted_bytes(const Core *c, const uint32_t *order, PyObject **out)
+/* The K deltas and open counts before of the rows (K_WIDTH integers of size bytes
+ * each, 4 or 8) into delta and before; -1 if a count does not fit that size. */
+static int counted_rows(const counted_t *t, size_t size, char *delta, char *before)
 {
-    const counted_t *t = &c->counted;
-    size_t n = t->n, sizes[3] = {sizeof(peer_key_t), K_WIDTH * sizeof(int64_t),
-                                 K_WIDTH * sizeof(int64_t)};
-    for (int a = 0; a < 3; a++)
-        if (!(out[a] = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * sizes[a])))) {
-            while (a--)
-                Py_DECREF(out[a]);
-            return -1;
-        }
-    peer_key_t *key = (peer_key_t *)PyBytes_AS_STRING(out[0]);
-    int64_t *delta = (int64_t *)PyBytes_AS_STRING(out[1]),
-            *before = (int64_t *)PyBytes_AS_STRING(out[2]);
-    for (size_t i = 0; i < n; i++, key++, delta += K_WIDTH, before += K_WIDTH) {
-        const krow_t *row = &t->rows[order[i]];
-        const peer_t *q = &c->peers[row->record];
-        *key = (peer_key_t){.v6 = q->v6, .hi = q->hi, .lo = q->lo};
-        int64_t ended = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        const krow_t *row = &t->rows[i];
+        int64_t d[K_WIDTH], b[K_WIDTH] = {0}, ended = 0;
         for (int j = 0; j < K_COUNTED; j++)
-            delta[k_column(j)] = row->k[j];
+            d[k_column(j)] = row->k[j];
         for (int j = K_CLOSED; j < K_WIDTH; j++)
-            ended += delta[j];
-        delta[K_ACTIVE] = delta[K_TCP] + delta[K_UDP] + delta[K_ICMP] - ended;
-        memset(before, 0, K_WIDTH * sizeof *before);
-        tally_row(row->before, before);
+            ended += d[j];
+        d[K_ACTIVE] = d[K_TCP] + d[K_UDP] + d[K_ICMP] - ended;
+        tally_row(row->before, b);
+        for (int j = 0; j < K_WIDTH; j++, delta += size, before += size) {
+            if (size == sizeof(int64_t)) {
+                memcpy(delta, &d[j], size);
+                memcpy(before, &b[j], size);
+                continue;
+            }
+            if (d[j] < INT32_MIN || d[j] > INT32_MAX || b[j] > INT32_MAX)
+                return -1;
+            int32_t narrow[2] = {(int32_t)d[j], (int32_t)b[j]};
+            memcpy(delta, &narrow[0], size);
+            memcpy(before, &narrow[1], size);
+        }
     }
     return 0;
 }
 
-/* (events, peers, K deltas, open before) of the call: the rows in peer order. */
+/* Bytes objects of n items of size bytes each, into out; -1 (no memory). */
+static int new_bytes(PyObject **out, int count, const size_t *n, const size_t *size)
+{
+    for (int a = 0; a < count; a++)
+        if (!(out[a] = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n[a] * size[a])))) {
+            while (a--)
+                Py_CLEAR(out[a]);
+            return -1;
+        }
+    return 0;
+}
+
+/* (events, peers, order, K deltas, open before) of the call: the rows in the order
+ * their peers first had an event, with the permutation that sorts them; the counts
+ * as int32 (int64 where one does not fit). */
 static PyObject *counted_result(Core *c)
 {
-    uint32_t *order = counted_order(c);
-    PyObject *rows[3];
-    if (!order || counted_bytes(c, order, rows) < 0) {
-        free(order);
-        take_events(c);                  /* the events gone with the rows */
-        return PyErr_NoMemory();
+    const counted_t *t = &c->counted;
+    size_t n = t->n;
+    PyObject *out[4] = {NULL};
+    for (size_t size = sizeof(int32_t);; size = sizeof(int64_t)) {
+        size_t counts[4] = {n, n, n * K_WIDTH, n * K_WIDTH},
+               sizes[4] = {sizeof(peer_key_t), sizeof(uint32_t), size, size};
+        if (new_bytes(out, 4, counts, sizes) < 0)
+            break;
+        if (n)
+            memcpy(PyBytes_AS_STRING(out[0]), t->keys, n * sizeof(peer_key_t));
+        if (counted_order(t, (uint32_t *)PyBytes_AS_STRING(out[1])) < 0) {
+            PyErr_NoMemory();
+            break;
+        }
+        if (counted_rows(t, size, PyBytes_AS_STRING(out[2]), PyBytes_AS_STRING(out[3])) == 0)
+            return Py_BuildValue("(NNNNN)", take_events(c), out[0], out[1], out[2], out[3]);
+        for (int a = 0; a < 4; a++)
+            Py_CLEAR(out[a]);
     }
-    free(order);
-    return Py_BuildValue("(NNNN)", take_events(c), rows[0], rows[1], rows[2]);
+    for (int a = 0; a < 4; a++)
+        Py_CLEAR(out[a]);
+    c->nevents = 0;                      /* the events gone with the rows */
+    return NULL;
 }
 
 /* One call of step (track or tick) counted per peer: (events, peers, K deltas, open
@@ -1169,6 +1230,7 @@ static PyObject *counted_call(Core *c, PyObject *args, int (*step)(Core *, PyObj
         return NULL;
     c->counting = 1;
     c->keeping = keep;
+    counted_begin(c);
     int ok = step(c, arg) == 0;
     c->counting = 0;
     c->keeping = 1;
@@ -1327,6 +1389,8 @@ static void Core_dealloc(Core *c)
     free(c->wheel);
     free(c->events);
     free(c->counted.block);
+    free(c->counted.keys);
+    free(c->counted.emptied);
     pages_free(c->peers, (size_t)c->peers_cap * sizeof *c->peers);
     pages_free(c->pslots, (size_t)c->pslot_size * sizeof *c->pslots);
     Py_TYPE(c)->tp_free((PyObject *)c);
@@ -1443,7 +1507,7 @@ static PyObject *add_k(PyObject *module, PyObject *args)
         PyBuffer_Release(&k);
         return NULL;
     }
-    if (PyObject_GetBuffer(dob, &deltas, PyBUF_C_CONTIGUOUS) < 0) {
+    if (PyObject_GetBuffer(dob, &deltas, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
         PyBuffer_Release(&k);
         PyBuffer_Release(&slots);
         return NULL;
@@ -1451,17 +1515,33 @@ static PyObject *add_k(PyObject *module, PyObject *args)
     PyObject *out = NULL;
     size_t rows = (size_t)k.len / (K_STORED * sizeof(uint32_t)),
            n = (size_t)slots.len / sizeof(int64_t);
-    if (k.len % (K_STORED * sizeof(uint32_t)) || slots.len % sizeof(int64_t)
-        || (size_t)deltas.len != n * K_WIDTH * sizeof(int64_t))
-        PyErr_SetString(PyExc_ValueError, "add_k: not K columns, int64 slots and K rows");
+    size_t width = (size_t)deltas.itemsize;
+    const char *f = deltas.format;
+    int signed_int = f && ((f[0] == 'i' && width == 4) || ((f[0] == 'l' || f[0] == 'q')
+                                                           && width == 8)) && !f[1];
+    if (k.len % (K_STORED * sizeof(uint32_t)) || slots.len % sizeof(int64_t) || !signed_int
+        || (size_t)deltas.len != n * K_WIDTH * width)
+        PyErr_SetString(PyExc_ValueError,
+                        "add_k: not K columns, int64 slots and K rows of int32 or int64");
     else {
-        const int64_t *at = slots.buf, *d = deltas.buf;
+        const int64_t *at = slots.buf;
+        const char *d = deltas.buf;
         uint32_t *cols = k.buf;
         int distinct = distinct_slots(at, n, rows);
-        if (distinct > 0)
-            for (size_t i = 0; i < n; i++)
-                if (at[i] >= 0)
-                    add_k_row(&cols[(size_t)at[i] * K_STORED], &d[i * K_WIDTH]);
+        for (size_t i = 0; distinct > 0 && i < n; i++) {
+            int64_t row[K_WIDTH];
+            for (int j = 0; j < K_WIDTH; j++) {
+                const char *v = d + (i * K_WIDTH + j) * width;
+                int32_t v32;
+                if (width == sizeof v32) {
+                    memcpy(&v32, v, sizeof v32);
+                    row[j] = v32;
+                } else
+                    memcpy(&row[j], v, sizeof row[j]);
+            }
+            if (at[i] >= 0)
+                add_k_row(&cols[(size_t)at[i] * K_STORED], row);
+        }
         if (distinct >= 0)
             out = PyBool_FromLong(distinct);
     }

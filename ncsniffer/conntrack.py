@@ -216,20 +216,26 @@ class Tracked:
 
     events: np.ndarray | None     # EVENT_DTYPE, in order; None when not asked for
     peers: np.ndarray             # PEER_DTYPE, distinct
-    deltas: np.ndarray            # int64 (len(peers), K_WIDTH): the K change, K_FIELDS order
-    before: np.ndarray            # int64 (len(peers), K_WIDTH): the open ones, before
+    order: np.ndarray | None      # the permutation that sorts peers; None: sorted already
+    deltas: np.ndarray            # int32/64 (len(peers), K_WIDTH): the K change, K_FIELDS order
+    before: np.ndarray            # int32/64 (len(peers), K_WIDTH): the open ones, before
 
     def __len__(self) -> int:
         return len(self.peers)
 
     def __getstate__(self) -> tuple:
         """The pickle of a two-process replay's pipe, a fifth of the bytes or less: the
-        counters in the narrowest integers that hold them (int64 again once read)."""
-        return self.events, self.peers, narrowest(self.deltas), narrowest(self.before)
+        counters in the narrowest integers that hold them (their own type once read)."""
+        return (self.events, self.peers, self.order, narrowest(self.deltas),
+                narrowest(self.before), self.deltas.dtype.str)
 
     def __setstate__(self, state: tuple) -> None:
-        self.events, self.peers, deltas, before = state
-        self.deltas, self.before = deltas.astype(np.int64), before.astype(np.int64)
+        self.events, self.peers, self.order, deltas, before, dtype = state
+        self.deltas, self.before = deltas.astype(dtype), before.astype(dtype)
+
+    def sorted_peers(self) -> np.ndarray:
+        """``peers`` in ``conncounts.count``'s order (by v6, peer_hi, peer_lo)."""
+        return self.peers if self.order is None else self.peers[self.order]
 
 
 def narrowest(values: np.ndarray) -> np.ndarray:
@@ -292,14 +298,16 @@ class Tracker:
         return self._counted_plain(self.advance(now), keep_events)
 
     def _tracked(self, raw: tuple, keep_events: bool) -> Tracked:
-        """The core's bytes as a ``Tracked``; its ends added to ``ended_totals``."""
-        events, peers, deltas, before = raw
+        """The core's bytes as a ``Tracked`` (its counts int32, or int64 where one does not
+        fit); its ends added to ``ended_totals``."""
+        events, peers, order, deltas, before = raw
         n = len(peers) // PEER_DTYPE.itemsize
-        deltas = np.frombuffer(deltas, np.int64).reshape(n, K_WIDTH)
+        counts = np.int32 if len(deltas) == n * K_WIDTH * 4 else np.int64
+        deltas = np.frombuffer(deltas, counts).reshape(n, K_WIDTH)
         self._ended[CLOSED:EVICTED + 1] += deltas[:, K_ENDS].sum(0)
         return Tracked(np.frombuffer(events, EVENT_DTYPE) if keep_events else None,
-                       np.frombuffer(peers, PEER_DTYPE), deltas,
-                       np.frombuffer(before, np.int64).reshape(n, K_WIDTH))
+                       np.frombuffer(peers, PEER_DTYPE), np.frombuffer(order, np.uint32),
+                       deltas, np.frombuffer(before, counts).reshape(n, K_WIDTH))
 
     def _counted_plain(self, events: np.ndarray, keep_events: bool) -> Tracked:
         """The plain twin of the core's count: the events counted by ``conncounts``,
@@ -307,7 +315,7 @@ class Tracker:
         from ncsniffer import conncounts      # it imports this module
         peers, deltas = conncounts.count(events)
         before = conncounts.open_before(events, np.arange(len(peers)), self.open_counts(peers))
-        return Tracked(events if keep_events else None, peers, deltas, before)
+        return Tracked(events if keep_events else None, peers, None, deltas, before)
 
     def drain(self) -> np.ndarray:
         """End every open connection as ``drained`` (oldest activity first) and empty the table."""

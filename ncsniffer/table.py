@@ -35,6 +35,7 @@ _ENDED = [CONN_STORED.index(f) for f in ("closed", "reset", "refused", "unanswer
 _FROM_DELTA = [K_FIELDS.index(f) for f in CONN_STORED]
 K_SORTED = tuple(sorted(K_FIELDS))         # K's order in the stats files (10.3: keys sorted)
 _SORTED_STORED = [K_SORTED.index(f) for f in CONN_STORED]
+_K_INTS = (np.dtype(np.int32), np.dtype(np.int64))   # the K deltas add_k reads as they are
 TOTALS = ("X", "P")     # bytes and packets the export has not taken yet (``ncsniffer.export``)
 
 
@@ -392,7 +393,8 @@ class Table(MutableMapping):
         before the record was purged) are dropped, so the sums of 10.3 always hold.
         One pass in C over distinct slots (a tenth of the numpy steps' time);
         ``add_connections_plain`` is its twin, and serves slots that come twice."""
-        slots, deltas = np.ascontiguousarray(slots, np.int64), np.ascontiguousarray(deltas, np.int64)
+        slots, deltas = np.ascontiguousarray(slots, np.int64), np.asarray(deltas)
+        deltas = np.ascontiguousarray(deltas, deltas.dtype if deltas.dtype in _K_INTS else np.int64)
         if _add_k is None or not _add_k(self.cols["conn"]["k"], slots, deltas):
             self.add_connections_plain(slots, deltas)
 
@@ -410,9 +412,15 @@ class Table(MutableMapping):
         add[:, _ENDED] = np.diff(np.minimum(ends, room[:, None]), axis=1, prepend=0)
         k[at] = np.minimum(now + add, CONN_MAX)        # saturate, never wrap
 
-    def peer_slots(self, peers: np.ndarray) -> np.ndarray:
+    def peer_slots(self, peers: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
         """Slot of each peer of ``conncounts.count`` (v6, peer_hi, peer_lo: the H and L
-        words of this table), -1 where there is no record."""
+        words of this table), -1 where there is no record.  ``order``: the permutation
+        that sorts them (``Tracked.order``): asked in address order, the index answers
+        three times faster."""
+        if order is not None:
+            out = np.empty(len(peers), np.int64)
+            out[order] = self.peer_slots(peers[order])
+            return out
         wide = peers["v6"] != 0
         i4, i6 = np.flatnonzero(~wide), np.flatnonzero(wide)
         words = np.stack((peers["peer_hi"][i6], peers["peer_lo"][i6]), axis=1)

@@ -203,15 +203,18 @@ _k_row = st.lists(st.one_of(st.integers(-3, 5), st.integers(-2 ** 40, 2 ** 40)),
 @given(st.lists(st.lists(st.integers(0, 6), min_size=len(table_mod.CONN_STORED),
                          max_size=len(table_mod.CONN_STORED)), min_size=1, max_size=6),
        st.lists(st.tuples(st.integers(-1, 5), _k_row), max_size=12), st.booleans(),
-       st.booleans())
-def test_add_connections_in_c_equals_its_plain_twin(start, rows, distinct, near_max):
+       st.booleans(), st.booleans())
+def test_add_connections_in_c_equals_its_plain_twin(start, rows, distinct, near_max, narrow):
     """Records with K already (near saturation or not), deltas of any sign and size for
-    some of them (-1: no record; a slot twice: the plain twin's sum): the same K."""
+    some of them (-1: no record; a slot twice: the plain twin's sum), int64 or int32 as
+    the core gives them: the same K."""
     if distinct:
         rows = list({slot: (slot, r) for slot, r in rows}.values())
     k = np.array(start, np.int64) + (table_mod.CONN_MAX - 6 if near_max else 0)
     slots = np.array([min(s, len(k) - 1) for s, _ in rows], np.int64)
     deltas = np.array([r for _, r in rows], np.int64).reshape(len(rows), ct.K_WIDTH)
+    if narrow:
+        deltas = deltas.clip(-2 ** 31, 2 ** 31 - 1).astype(np.int32)
     tables = []
     for fast in (True, False):
         acct = Accounting(1000, connections=True)
@@ -236,7 +239,8 @@ def test_add_k_refuses_buffers_that_are_not_k_columns_slots_and_rows():
     k = np.zeros((4, len(table_mod.CONN_STORED)), np.uint32)
     slots, deltas = np.array([0, 1]), np.ones((2, ct.K_WIDTH), np.int64)
     for bad in ((k[:, :5].copy(), slots, deltas), (k, slots.astype(np.int32), deltas),
-                (k, slots, deltas[:1]), (k.tobytes(), slots, deltas)):
+                (k, slots, deltas[:1]), (k.tobytes(), slots, deltas),
+                (k, slots, deltas.astype(np.uint64)), (k, slots, deltas.astype(np.int16))):
         with pytest.raises((ValueError, TypeError, BufferError)):
             add_k(*bad)
     assert add_k(k, slots, deltas) and k[:2].sum() and not k[2:].any()
