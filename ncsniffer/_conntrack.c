@@ -1529,6 +1529,8 @@ static PyObject *add_k(PyObject *module, PyObject *args)
         uint32_t *cols = k.buf;
         int distinct = distinct_slots(at, n, rows);
         for (size_t i = 0; distinct > 0 && i < n; i++) {
+            if (i + AHEAD < n && at[i + AHEAD] >= 0)     /* random records: fetch ahead */
+                __builtin_prefetch(&cols[(size_t)at[i + AHEAD] * K_STORED], 1);
             int64_t row[K_WIDTH];
             for (int j = 0; j < K_WIDTH; j++) {
                 const char *v = d + (i * K_WIDTH + j) * width;
