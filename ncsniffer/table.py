@@ -417,10 +417,13 @@ class Table(MutableMapping):
         words of this table), -1 where there is no record.  ``order``: the permutation
         that sorts them (``Tracked.order``): asked in address order, the index answers
         three times faster."""
-        if order is not None:
-            out = np.empty(len(peers), np.int64)
-            out[order] = self.peer_slots(peers[order])
-            return out
+        if order is None:
+            return self._peer_slots(peers)
+        out = np.empty(len(peers), np.int64)
+        out[order] = self._peer_slots(peers[order])
+        return out
+
+    def _peer_slots(self, peers: np.ndarray) -> np.ndarray:
         wide = peers["v6"] != 0
         i4, i6 = np.flatnonzero(~wide), np.flatnonzero(wide)
         words = np.stack((peers["peer_hi"][i6], peers["peer_lo"][i6]), axis=1)
