@@ -30,7 +30,8 @@ DARKSTAT = "darkstat -r"
 
 def commands(capture: str, scratch: str, base: str | None = None) -> dict[str, list[str]]:
     """Row name -> command: darkstat's default and the two replay modes with connections
-    (and those of the code in ``base``)."""
+    (and those of the code in ``base``: ``-P``, or the current directory's package would
+    come first)."""
     tools = {t.name: t for t in replaybench.tools(capture, scratch)}
     conn = tools[replaybench.CONNECTIONS].cmd
     conf = conn[conn.index("-c") + 1]
@@ -38,7 +39,7 @@ def commands(capture: str, scratch: str, base: str | None = None) -> dict[str, l
     out = {DARKSTAT: tools[DARKSTAT].cmd}
     for name, prefix in [("", [NC])] + ([(f" [{os.path.basename(base.rstrip('/'))}]",
                                           ["env", f"PYTHONPATH={base}", sys.executable,
-                                           "-m", "ncsniffer"])] if base else []):
+                                           "-P", "-m", "ncsniffer"])] if base else []):
         out[f"nc.sniffer -r, connections (default: two processes){name}"] = prefix + args
         out[f"nc.sniffer -r, connections (one process){name}"] = \
             ["env", "NCSNIFFER_REPLAY=serial"] + prefix + args

@@ -112,11 +112,11 @@ typedef struct {
 
 typedef struct { uint32_t head, tail; } list_t;
 
-/* One peer of the open tally (41 bytes, packed: it costs memory per peer). */
+/* One peer of the open tally (37 bytes, packed: it costs memory per peer). */
 typedef struct __attribute__((packed)) {
     uint64_t hi, lo;
     uint32_t n[4];                /* live connections: TCP, UDP, ICMP, inbound */
-    uint32_t row, call;           /* its K row in the counting call numbered call */
+    uint32_t row;                 /* its K row + 1 in a counting call, else 0 */
     uint8_t v6;
 } peer_t;
 
@@ -135,21 +135,21 @@ enum { K_TCP, K_UDP, K_ICMP, K_IN, K_OUT, K_ACTIVE, K_CLOSED };
 #define K_COUNTED (K_WIDTH - 1)   /* all but active (begun less ended) */
 
 /* One peer's K in one call (64 bytes: one cache line): its counters (K_FIELDS but
- * active), its open tally before the call (N_TCP..N_IN).  Counts of one call: its
- * events, under 2^32 (live < 2^31, MAX_BATCH packets). */
+ * active), its open tally before the call (N_TCP..N_IN), its tally record.  Counts
+ * of one call: its events, under 2^32 (live < 2^31, MAX_BATCH packets). */
 typedef struct {
     uint32_t k[K_COUNTED];
     uint32_t before[4];
-    uint32_t unused;
+    uint32_t record;
 } krow_t;
 
-/* The K rows of the peers of one call and their keys; a peer's record names its row
- * (with the call's number); the records whose last connection ended in the call. */
+/* The K rows of the peers of one call and their keys; a peer's record names its row;
+ * the records whose last connection ended in the call. */
 typedef struct {
     krow_t *rows;
     void *block;                  /* what rows lie in, aligned to a cache line */
     peer_key_t *keys;
-    uint32_t n, cap, call;
+    uint32_t n, cap;
     uint32_t *emptied;
     uint32_t nemptied, emptied_cap;
 } counted_t;
@@ -524,17 +524,17 @@ static krow_t *counted_row(Core *c, uint32_t r)
 {
     counted_t *t = &c->counted;
     peer_t *q = &c->peers[r];
-    if (q->call == t->call)
-        return &t->rows[q->row];
+    if (q->row)
+        return &t->rows[q->row - 1];
     if (counted_room(t) < 0)
         return NULL;
     uint32_t i = t->n++;
-    q->row = i;
-    q->call = t->call;
+    q->row = i + 1;
     t->keys[i] = (peer_key_t){.v6 = q->v6, .hi = q->hi, .lo = q->lo};
     krow_t *row = &t->rows[i];
     memset(row->k, 0, sizeof row->k);
     memcpy(row->before, q->n, sizeof row->before);
+    row->record = r;
     return row;
 }
 
@@ -556,23 +556,17 @@ static int counted_emptied(counted_t *t, uint32_t r)
 
 static void peer_release(Core *c, uint32_t r);
 
-/* A counting call begins: a number no record's row carries (all renumbered when
- * the numbers run out). */
-static void counted_begin(Core *c)
-{
-    counted_t *t = &c->counted;
-    if (++t->call == 0) {
-        for (uint32_t r = 0; r < c->peers_used; r++)
-            c->peers[r].call = 0;
-        t->call = 1;
-    }
-}
-
-/* The call is over: the records it emptied and nothing refilled go (they stayed so
- * that a peer has one row in a call). */
+/* The call is over: its rows' records name no row (their lines are likely still
+ * cached: each had the call's events), and the records it emptied and nothing
+ * refilled go (they stayed so that a peer has one row in a call). */
 static void counted_end(Core *c)
 {
     counted_t *t = &c->counted;
+    for (uint32_t i = 0; i < t->n; i++) {
+        if (i + AHEAD < t->n)
+            __builtin_prefetch(&c->peers[t->rows[i + AHEAD].record], 1);
+        c->peers[t->rows[i].record].row = 0;
+    }
     for (uint32_t i = 0; i < t->nemptied; i++) {
         peer_t *q = &c->peers[t->emptied[i]];
         if (q->v6 != FREE_PEER && !(q->n[N_TCP] | q->n[N_UDP] | q->n[N_ICMP]))
@@ -1230,7 +1224,6 @@ static PyObject *counted_call(Core *c, PyObject *args, int (*step)(Core *, PyObj
         return NULL;
     c->counting = 1;
     c->keeping = keep;
-    counted_begin(c);
     int ok = step(c, arg) == 0;
     c->counting = 0;
     c->keeping = 1;
