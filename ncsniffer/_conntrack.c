@@ -116,7 +116,7 @@ typedef struct { uint32_t head, tail; } list_t;
 typedef struct __attribute__((packed)) {
     uint64_t hi, lo;
     uint32_t n[4];                /* live connections: TCP, UDP, ICMP, inbound */
-    uint32_t row;                 /* its K row + 1 in a counting call, else 0 */
+    uint32_t row;                 /* its K row + 1 in a counting call, 0, or FREE_ROW */
     uint8_t v6;
 } peer_t;
 
@@ -127,7 +127,7 @@ typedef struct __attribute__((packed)) {
 } peer_key_t;
 
 enum { N_TCP, N_UDP, N_ICMP, N_IN };
-#define FREE_PEER 0xff            /* the v6 of a free record: it matches no peer */
+#define FREE_ROW UINT32_MAX       /* the row of a free record (a live one's is below) */
 #define K_WIDTH 12                /* conncounts.K_FIELDS: tcp udp icmp in out active ... */
 
 /* K_FIELDS columns: tcp udp icmp in out active, then the ends closed..evicted */
@@ -438,7 +438,7 @@ static int pslots_alloc(Core *c, uint32_t n)
             __builtin_prefetch(&slots[peer_hash(ahead->hi, ahead->lo, ahead->v6) & (n - 1)], 1);
         }
         uint32_t where;
-        if (q->v6 != FREE_PEER && peer_find(c, q->hi, q->lo, q->v6, &where) == NIL)
+        if (q->row != FREE_ROW && peer_find(c, q->hi, q->lo, q->v6, &where) == NIL)
             slots[where] = r;
     }
     return 0;
@@ -569,7 +569,7 @@ static void counted_end(Core *c)
     }
     for (uint32_t i = 0; i < t->nemptied; i++) {
         peer_t *q = &c->peers[t->emptied[i]];
-        if (q->v6 != FREE_PEER && !(q->n[N_TCP] | q->n[N_UDP] | q->n[N_ICMP]))
+        if (q->row != FREE_ROW && !(q->n[N_TCP] | q->n[N_UDP] | q->n[N_ICMP]))
             peer_release(c, t->emptied[i]);
     }
     t->n = t->nemptied = 0;
@@ -632,7 +632,7 @@ static void peer_release(Core *c, uint32_t r)
     c->pslots[hole] = NIL;
     c->npeers--;
     q->n[0] = c->peer_free;           /* the free records' chain */
-    q->v6 = FREE_PEER;
+    q->row = FREE_ROW;
     c->peer_free = r;
 }
 
