@@ -33,10 +33,15 @@ CAPTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work", "benc
 STEPS = [(batch, "prepare", "batch.prepare: filter, decode, targets (all)", "reading"),
          (batch, "flows", "batch.flows: the FLOW fields (in prepare)", "reading"),
          (batch, "account", "batch.account: the accounting (all)", "counting"),
-         (conntrack.Tracker, "process", "Tracker.process: the C core", "reading"),
+         (conntrack.Tracker, "process", "Tracker.process: the C core (events only)", "reading"),
+         (conntrack.Tracker, "process_counted",
+          "Tracker.process_counted: the C core, K per peer", "reading"),
          (conntrack, "as_packets", "conntrack.as_packets: FLOW to PACKET_DTYPE (in process)",
           "reading"),
-         (conncounts, "count", "conncounts.count: K deltas per peer", "counting"),
+         (conncounts, "count", "conncounts.count: K deltas per peer (the plain twin)",
+          "counting"),
+         (sniffer.Sniffer, "take_tracked", "Sniffer.take_tracked: K into the records (all)",
+          "counting"),
          (records.Table, "peer_slots", "Table.peer_slots: the peers' records", "counting"),
          (records.Table, "add_connections", "Table.add_connections: K into the records",
           "counting"),
@@ -88,7 +93,8 @@ def main() -> int:
     lines = ["# Replay with connections: True, CPU seconds per step (bench/conntrack_profile.py)",
              ""] + machine_lines() + [
         f"- capture: `{os.path.relpath(args.capture)}`, one process (NCSNIFFER_REPLAY=serial); "
-        "steps nest (prepare holds flows, process holds as_packets)", ""] + table(
+        "steps nest (prepare holds flows, process(_counted) holds as_packets, "
+        "take_tracked holds peer_slots and add_connections)", ""] + table(
         ["step", "process (two-process replay)", "default (s)", "connections (s)", "extra (s)"],
         rows)
     write_results("conntrack-profile", lines)

@@ -22,6 +22,12 @@
  *     of 32-bit record numbers; a peer leaves when its last one ends, so it
  *     holds at most max_connections peers (spec 10.3: what a record made anew
  *     counts as begun, asked by open_counts);
+ *   - K per peer (process_counted, advance_counted): the call's events counted
+ *     into one row per peer (spec 10.3's K deltas), with the peer's open tally
+ *     as it was before its first event of the call; the peer's tally record,
+ *     which the event touches anyway, names its row (a record whose last
+ *     connection ends stays until the call's end), so counting costs no
+ *     lookup; the event rows themselves only if asked for;
  *   - expiry: a timer wheel, one slot per second, more slots than the longest
  *     timeout, so a slot only ever holds entries of one deadline; an entry is
  *     moved to the tail of its new slot only when its deadline changes (on
@@ -43,6 +49,7 @@
 #define MAX_ENTRIES (UINT32_MAX - 1)
 #define MAX_TIMEOUT 1000000       /* seconds: timeouts.MAX_TIMEOUT; the wheel's size */
 #define AHEAD 16                  /* rows looked up in advance (a power of two) */
+#define MAX_BATCH (1u << 30)      /* packets of one counted call: its counts fit 32 bits */
 
 /* IP protocols, TCP flags */
 enum { P_ICMP = 1, P_TCP = 6, P_UDP = 17, P_ICMP6 = 58 };
@@ -105,10 +112,11 @@ typedef struct {
 
 typedef struct { uint32_t head, tail; } list_t;
 
-/* One peer of the open tally (33 bytes, packed: it costs memory per peer). */
+/* One peer of the open tally (37 bytes, packed: it costs memory per peer). */
 typedef struct __attribute__((packed)) {
     uint64_t hi, lo;
     uint32_t n[4];                /* live connections: TCP, UDP, ICMP, inbound */
+    uint32_t row;                 /* its K row + 1 in a counting call, 0, or FREE_ROW */
     uint8_t v6;
 } peer_t;
 
@@ -119,8 +127,32 @@ typedef struct __attribute__((packed)) {
 } peer_key_t;
 
 enum { N_TCP, N_UDP, N_ICMP, N_IN };
-#define FREE_PEER 0xff            /* the v6 of a free record: it matches no peer */
+#define FREE_ROW UINT32_MAX       /* the row of a free record (a live one's is below) */
 #define K_WIDTH 12                /* conncounts.K_FIELDS: tcp udp icmp in out active ... */
+
+/* K_FIELDS columns: tcp udp icmp in out active, then the ends closed..evicted */
+enum { K_TCP, K_UDP, K_ICMP, K_IN, K_OUT, K_ACTIVE, K_CLOSED };
+#define K_COUNTED (K_WIDTH - 1)   /* all but active (begun less ended) */
+
+/* One peer's K in one call (64 bytes: one cache line): its counters (K_FIELDS but
+ * active), its open tally before the call (N_TCP..N_IN), its tally record.  Counts
+ * of one call: its events, under 2^32 (live < 2^31, MAX_BATCH packets). */
+typedef struct {
+    uint32_t k[K_COUNTED];
+    uint32_t before[4];
+    uint32_t record;
+} krow_t;
+
+/* The K rows of the peers of one call and their keys; a peer's record names its row;
+ * the records whose last connection ended in the call. */
+typedef struct {
+    krow_t *rows;
+    void *block;                  /* what rows lie in, aligned to a cache line */
+    peer_key_t *keys;
+    uint32_t n, cap;
+    uint32_t *emptied;
+    uint32_t nemptied, emptied_cap;
+} counted_t;
 
 /* A hash table slot: the entry (NIL: empty) and its key's hash, compared first. */
 typedef struct { uint32_t entry, hash; } slot_t;
@@ -153,6 +185,10 @@ typedef struct {
     /* events of the call under way */
     event_t *events;
     size_t nevents, events_cap;
+    int keeping;                  /* the event rows wanted (else only counted) */
+    /* K per peer of the call under way (counting): keys, rows, their index */
+    int counting;
+    counted_t counted;
     int failed;                   /* out of memory in the batch loop */
 } Core;
 
@@ -402,7 +438,7 @@ static int pslots_alloc(Core *c, uint32_t n)
             __builtin_prefetch(&slots[peer_hash(ahead->hi, ahead->lo, ahead->v6) & (n - 1)], 1);
         }
         uint32_t where;
-        if (q->v6 != FREE_PEER && peer_find(c, q->hi, q->lo, q->v6, &where) == NIL)
+        if (q->row != FREE_ROW && peer_find(c, q->hi, q->lo, q->v6, &where) == NIL)
             slots[where] = r;
     }
     return 0;
@@ -432,7 +468,115 @@ static uint32_t peer_record(Core *c)
     return c->peers_used++;
 }
 
-/* Entry e becomes live: its peer's record (made if it has none) counts it begun. */
+/* ------------------------------------------------------------------ K per peer */
+
+/* K_FIELDS' column of each krow_t counter (active left out) */
+static inline int k_column(int j)
+{
+    return j < K_ACTIVE ? j : j + 1;
+}
+
+/* Open counts (n[N_TCP..N_IN]) as a K row counted as begun (tcp udp icmp in out
+ * active; the rest left as they are): what open_counts answers. */
+static void tally_row(const uint32_t *m, int64_t *row)
+{
+    int64_t all = (int64_t)m[N_TCP] + m[N_UDP] + m[N_ICMP];
+    row[K_TCP] = m[N_TCP];
+    row[K_UDP] = m[N_UDP];
+    row[K_ICMP] = m[N_ICMP];
+    row[K_IN] = m[N_IN];
+    row[K_OUT] = all - m[N_IN];
+    row[K_ACTIVE] = all;
+}
+
+/* Room for one more row of the call: the rows moved to a block twice the size. */
+static int counted_room(counted_t *t)
+{
+    if (t->n < t->cap)
+        return 0;
+    uint64_t cap = t->cap ? (uint64_t)t->cap * 2 : 1024;
+    if (cap > MAX_ENTRIES)
+        return -1;
+    const uintptr_t line = sizeof(krow_t);
+    void *block = malloc(cap * sizeof(krow_t) + line);
+    peer_key_t *keys = realloc(t->keys, cap * sizeof *keys);
+    if (keys)
+        t->keys = keys;
+    if (!block || !keys) {
+        free(block);
+        return -1;
+    }
+    krow_t *rows = (krow_t *)(((uintptr_t)block + line - 1) & ~(line - 1));
+    if (t->n)
+        memcpy(rows, t->rows, t->n * sizeof *rows);
+    free(t->block);
+    t->block = block;
+    t->rows = rows;
+    t->cap = (uint32_t)cap;
+    return 0;
+}
+
+/* The K row in this call of peer record r: made at the peer's first event of the
+ * call, with its open tally as it is then, before the call changed it.  The record
+ * names its row (and stays for the call: counted_end frees it if its last one
+ * went); NULL: no memory. */
+static krow_t *counted_row(Core *c, uint32_t r)
+{
+    counted_t *t = &c->counted;
+    peer_t *q = &c->peers[r];
+    if (q->row)
+        return &t->rows[q->row - 1];
+    if (counted_room(t) < 0)
+        return NULL;
+    uint32_t i = t->n++;
+    q->row = i + 1;
+    t->keys[i] = (peer_key_t){.v6 = q->v6, .hi = q->hi, .lo = q->lo};
+    krow_t *row = &t->rows[i];
+    memset(row->k, 0, sizeof row->k);
+    memcpy(row->before, q->n, sizeof row->before);
+    row->record = r;
+    return row;
+}
+
+/* Record r had its last connection end in this call: it goes at the call's end
+ * (counted_end) unless one begins by then; -1: no memory. */
+static int counted_emptied(counted_t *t, uint32_t r)
+{
+    if (t->nemptied == t->emptied_cap) {
+        uint64_t cap = t->emptied_cap ? (uint64_t)t->emptied_cap * 2 : 1024;
+        uint32_t *emptied = cap > MAX_ENTRIES ? NULL : realloc(t->emptied, cap * sizeof *emptied);
+        if (!emptied)
+            return -1;
+        t->emptied = emptied;
+        t->emptied_cap = (uint32_t)cap;
+    }
+    t->emptied[t->nemptied++] = r;
+    return 0;
+}
+
+static void peer_release(Core *c, uint32_t r);
+
+/* The call is over: its rows' records name no row (their lines are likely still
+ * cached: each had the call's events), and the records it emptied and nothing
+ * refilled go (they stayed so that a peer has one row in a call). */
+static void counted_end(Core *c)
+{
+    counted_t *t = &c->counted;
+    for (uint32_t i = 0; i < t->n; i++) {
+        if (i + AHEAD < t->n)
+            __builtin_prefetch(&c->peers[t->rows[i + AHEAD].record], 1);
+        c->peers[t->rows[i].record].row = 0;
+    }
+    for (uint32_t i = 0; i < t->nemptied; i++) {
+        peer_t *q = &c->peers[t->emptied[i]];
+        if (q->row != FREE_ROW && !(q->n[N_TCP] | q->n[N_UDP] | q->n[N_ICMP]))
+            peer_release(c, t->emptied[i]);
+    }
+    t->n = t->nemptied = 0;
+}
+
+/* Entry e becomes live: its peer's record (made if it has none) counts it begun, and
+ * so does its K row when the call counts. */
 static int tally_new(Core *c, entry_t *e)
 {
     uint32_t where, r = peer_find(c, e->a.peer_hi, e->a.peer_lo, e->v6, &where);
@@ -453,23 +597,26 @@ static int tally_new(Core *c, entry_t *e)
         q->v6 = e->v6;
     }
     e->peer = r;
+    int proto = e->proto == P_TCP ? N_TCP : e->proto == P_UDP ? N_UDP : N_ICMP,
+        in = !(e->bits & B_INIT_ME);
+    if (c->counting) {
+        krow_t *row = counted_row(c, r);
+        if (!row)
+            return -1;
+        row->k[proto]++;                  /* N_TCP N_UDP N_ICMP are K_TCP K_UDP K_ICMP */
+        row->k[in ? K_IN : K_OUT]++;
+    }
     peer_t *q = &c->peers[r];
-    q->n[e->proto == P_TCP ? N_TCP : e->proto == P_UDP ? N_UDP : N_ICMP]++;
-    if (!(e->bits & B_INIT_ME))
+    q->n[proto]++;
+    if (in)
         q->n[N_IN]++;
     return 0;
 }
 
-/* Entry e ends: its peer's record counts it no more, and goes with its last one. */
-static void tally_end(Core *c, const entry_t *e)
+/* Take record r out of the index and into the free chain. */
+static void peer_release(Core *c, uint32_t r)
 {
-    uint32_t r = e->peer;
     peer_t *q = &c->peers[r];
-    q->n[e->proto == P_TCP ? N_TCP : e->proto == P_UDP ? N_UDP : N_ICMP]--;
-    if (!(e->bits & B_INIT_ME))
-        q->n[N_IN]--;
-    if (q->n[N_TCP] | q->n[N_UDP] | q->n[N_ICMP])
-        return;
     uint32_t mask = c->pslot_size - 1, hole = peer_hash(q->hi, q->lo, q->v6) & mask;
     while (c->pslots[hole] != r)
         hole = (hole + 1) & mask;
@@ -485,8 +632,33 @@ static void tally_end(Core *c, const entry_t *e)
     c->pslots[hole] = NIL;
     c->npeers--;
     q->n[0] = c->peer_free;           /* the free records' chain */
-    q->v6 = FREE_PEER;
+    q->row = FREE_ROW;
     c->peer_free = r;
+}
+
+/* Entry e ends (how: state): its peer's record counts it no more, and goes with its
+ * last one (in a counting call at the call's end: counted_end); its K row counts the
+ * end (drained ones count nowhere). */
+static int tally_end(Core *c, const entry_t *e, uint8_t state)
+{
+    uint32_t r = e->peer;
+    if (c->counting && state >= E_CLOSED && state <= E_EVICTED) {
+        krow_t *row = counted_row(c, r);
+        if (!row)
+            return -1;
+        row->k[K_CLOSED - 1 + state - E_CLOSED]++;     /* no active column */
+    }
+    peer_t *q = &c->peers[r];
+    q->n[e->proto == P_TCP ? N_TCP : e->proto == P_UDP ? N_UDP : N_ICMP]--;
+    if (!(e->bits & B_INIT_ME))
+        q->n[N_IN]--;
+    if (q->n[N_TCP] | q->n[N_UDP] | q->n[N_ICMP])
+        return 0;
+    if (!c->counting)
+        peer_release(c, r);
+    else if (counted_emptied(&c->counted, r) < 0)
+        return -1;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ events */
@@ -522,11 +694,9 @@ static int emit_row(Core *c, uint8_t kind, uint8_t state, const entry_t *e)
 /* An event of the table: a new connection is live, an ended one no longer (the tally). */
 static int emit(Core *c, uint8_t kind, uint8_t state, entry_t *e)
 {
-    if (emit_row(c, kind, state, e) < 0)
+    if (c->keeping && emit_row(c, kind, state, e) < 0)
         return -1;
-    if (kind != K_NEW)
-        tally_end(c, e);
-    else if (tally_new(c, e) < 0) {
+    if ((kind == K_NEW ? tally_new(c, e) : tally_end(c, e, state)) < 0) {
         c->failed = 1;
         return -1;
     }
@@ -858,30 +1028,222 @@ static int get_rows(const Core *c, PyObject *arg, Py_buffer *view, size_t size,
     return 0;
 }
 
-static PyObject *Core_process(Core *c, PyObject *arg)
+/* Track a buffer of packets (the events gathered, counted as the mode says). */
+static int track(Core *c, PyObject *arg)
 {
     Py_buffer view;
     if (get_rows(c, arg, &view, sizeof(packet_t),
                  "packets: not rows of conntrack.PACKET_DTYPE") < 0)
-        return NULL;
+        return -1;
     const packet_t *p = view.buf;
     size_t n = (size_t)view.len / sizeof(packet_t);
+    if (c->counting && n > MAX_BATCH) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "packets: over 2^30 in one counted batch");
+        return -1;
+    }
     Py_BEGIN_ALLOW_THREADS
     if (run_batch(c, p, n) < 0)
         c->failed = 1;
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    return take_events(c);
+    return 0;
+}
+
+/* Move the clock to the second arg with no packet. */
+static int tick(Core *c, PyObject *arg)
+{
+    long long sec = PyLong_AsLongLong(arg);
+    if ((sec == -1 && PyErr_Occurred()) || !ready(c))
+        return -1;
+    if (advance(c, sec) < 0)
+        c->failed = 1;
+    return 0;
+}
+
+static PyObject *Core_process(Core *c, PyObject *arg)
+{
+    return track(c, arg) < 0 ? NULL : take_events(c);
 }
 
 static PyObject *Core_advance(Core *c, PyObject *arg)
 {
-    long long sec = PyLong_AsLongLong(arg);
-    if ((sec == -1 && PyErr_Occurred()) || !ready(c))
+    return tick(c, arg) < 0 ? NULL : take_events(c);
+}
+
+/* ------------------------------------------------------------------ K rows out */
+
+#define RADIX_BITS 11             /* three passes sort 32-bit keys */
+#define RADIX (1u << RADIX_BITS)
+
+static inline int plain_v4(const peer_key_t *key)
+{
+    return !key->v6 && !key->hi && key->lo <= UINT32_MAX;
+}
+
+/* order[0..n) sorted by key[order[i]] (one LSD radix pass per 11 bits): stable. */
+static void radix_sort32(uint32_t *order, uint32_t *spare, const uint32_t *key, size_t n)
+{
+    size_t count[RADIX];
+    for (int shift = 0; shift < 32; shift += RADIX_BITS) {
+        memset(count, 0, sizeof count);
+        for (size_t i = 0; i < n; i++)
+            count[(key[order[i]] >> shift) & (RADIX - 1)]++;
+        size_t at = 0;
+        for (uint32_t b = 0; b < RADIX; b++) {
+            size_t m = count[b];
+            count[b] = at;
+            at += m;
+        }
+        for (size_t i = 0; i < n; i++)
+            spare[count[(key[order[i]] >> shift) & (RADIX - 1)]++] = order[i];
+        memcpy(order, spare, n * sizeof *order);
+    }
+}
+
+static const peer_key_t *sorting_keys;    /* qsort's context: the rows being ordered */
+
+static int by_peer(const void *a, const void *b)
+{
+    const peer_key_t *x = &sorting_keys[*(const uint32_t *)a],
+                     *y = &sorting_keys[*(const uint32_t *)b];
+    if (x->v6 != y->v6)
+        return x->v6 < y->v6 ? -1 : 1;
+    if (x->hi != y->hi)
+        return x->hi < y->hi ? -1 : 1;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+/* Into order: the permutation that sorts the rows' peers as conncounts.count's are
+ * (by v6, hi, lo: the IPv4 ones, most, by a radix sort of their address); -1: no
+ * memory.  Asked in that order, the records' index answers several times faster
+ * (Table.peer_slots); the rows themselves stay where they are (a gather of them
+ * would miss the cache on each). */
+static int counted_order(const counted_t *t, uint32_t *order)
+{
+    size_t n = t->n, n4 = 0;
+    uint32_t *spare = malloc((n + 1) * sizeof *spare), *low = malloc((n + 1) * sizeof *low);
+    const peer_key_t *keys = t->keys;
+    int ok = spare && low;
+    if (ok) {
+        size_t rest = n;
+        for (uint32_t r = 0; r < n; r++) {
+            low[r] = (uint32_t)keys[r].lo;
+            if (plain_v4(&keys[r]))
+                order[n4++] = r;
+            else
+                order[--rest] = r;
+        }
+        radix_sort32(order, spare, low, n4);
+        sorting_keys = keys;             /* the GIL is held: no other sort runs */
+        qsort(order + n4, n - n4, sizeof *order, by_peer);
+    }
+    free(spare);
+    free(low);
+    return ok ? 0 : -1;
+}
+
+/* The K deltas and open counts before of the rows (K_WIDTH integers of size bytes
+ * each, 4 or 8) into delta and before; -1 if a count does not fit that size. */
+static int counted_rows(const counted_t *t, size_t size, char *delta, char *before)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        const krow_t *row = &t->rows[i];
+        int64_t d[K_WIDTH], b[K_WIDTH] = {0}, ended = 0;
+        for (int j = 0; j < K_COUNTED; j++)
+            d[k_column(j)] = row->k[j];
+        for (int j = K_CLOSED; j < K_WIDTH; j++)
+            ended += d[j];
+        d[K_ACTIVE] = d[K_TCP] + d[K_UDP] + d[K_ICMP] - ended;
+        tally_row(row->before, b);
+        for (int j = 0; j < K_WIDTH; j++, delta += size, before += size) {
+            if (size == sizeof(int64_t)) {
+                memcpy(delta, &d[j], size);
+                memcpy(before, &b[j], size);
+                continue;
+            }
+            if (d[j] < INT32_MIN || d[j] > INT32_MAX || b[j] > INT32_MAX)
+                return -1;
+            int32_t narrow[2] = {(int32_t)d[j], (int32_t)b[j]};
+            memcpy(delta, &narrow[0], size);
+            memcpy(before, &narrow[1], size);
+        }
+    }
+    return 0;
+}
+
+/* Bytes objects of n items of size bytes each, into out; -1 (no memory). */
+static int new_bytes(PyObject **out, int count, const size_t *n, const size_t *size)
+{
+    for (int a = 0; a < count; a++)
+        if (!(out[a] = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n[a] * size[a])))) {
+            while (a--)
+                Py_CLEAR(out[a]);
+            return -1;
+        }
+    return 0;
+}
+
+/* (events, peers, order, K deltas, open before) of the call: the rows in the order
+ * their peers first had an event, with the permutation that sorts them; the counts
+ * as int32 (int64 where one does not fit). */
+static PyObject *counted_result(Core *c)
+{
+    const counted_t *t = &c->counted;
+    size_t n = t->n;
+    PyObject *out[4] = {NULL};
+    for (size_t size = sizeof(int32_t);; size = sizeof(int64_t)) {
+        size_t counts[4] = {n, n, n * K_WIDTH, n * K_WIDTH},
+               sizes[4] = {sizeof(peer_key_t), sizeof(uint32_t), size, size};
+        if (new_bytes(out, 4, counts, sizes) < 0)
+            break;
+        if (n)
+            memcpy(PyBytes_AS_STRING(out[0]), t->keys, n * sizeof(peer_key_t));
+        if (counted_order(t, (uint32_t *)PyBytes_AS_STRING(out[1])) < 0) {
+            PyErr_NoMemory();
+            break;
+        }
+        if (counted_rows(t, size, PyBytes_AS_STRING(out[2]), PyBytes_AS_STRING(out[3])) == 0)
+            return Py_BuildValue("(NNNNN)", take_events(c), out[0], out[1], out[2], out[3]);
+        for (int a = 0; a < 4; a++)
+            Py_CLEAR(out[a]);
+    }
+    for (int a = 0; a < 4; a++)
+        Py_CLEAR(out[a]);
+    c->nevents = 0;                      /* the events gone with the rows */
+    return NULL;
+}
+
+/* One call of step (track or tick) counted per peer: (events, peers, K deltas, open
+ * before) as bytes; the events empty unless keep is true.  The index emptied after. */
+static PyObject *counted_call(Core *c, PyObject *args, int (*step)(Core *, PyObject *))
+{
+    PyObject *arg;
+    int keep;
+    if (!PyArg_ParseTuple(args, "Op", &arg, &keep))
         return NULL;
-    if (advance(c, sec) < 0)
-        c->failed = 1;
-    return take_events(c);
+    c->counting = 1;
+    c->keeping = keep;
+    int ok = step(c, arg) == 0;
+    c->counting = 0;
+    c->keeping = 1;
+    PyObject *out = NULL;
+    if (ok && !c->failed)
+        out = counted_result(c);
+    else if (ok)
+        take_events(c);                  /* out of memory: the error, the events gone */
+    counted_end(c);
+    return out;
+}
+
+static PyObject *Core_process_counted(Core *c, PyObject *args)
+{
+    return counted_call(c, args, track);
+}
+
+static PyObject *Core_advance_counted(Core *c, PyObject *args)
+{
+    return counted_call(c, args, tick);
 }
 
 /* An event for every live entry, least recently active first. */
@@ -948,13 +1310,7 @@ static PyObject *Core_open_counts(Core *c, PyObject *arg)
             continue;
         uint32_t m[4];
         memcpy(m, c->peers[r].n, sizeof m);
-        int64_t all = (int64_t)m[N_TCP] + m[N_UDP] + m[N_ICMP];
-        row[0] = m[N_TCP];
-        row[1] = m[N_UDP];
-        row[2] = m[N_ICMP];
-        row[3] = m[N_IN];
-        row[4] = all - m[N_IN];
-        row[5] = all;
+        tally_row(m, row);
     }
     PyBuffer_Release(&view);
     return out;
@@ -1015,6 +1371,7 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds)
     c->linger.head = c->linger.tail = NIL;
     c->free_head = NIL;
     c->peer_free = NIL;
+    c->keeping = 1;
     return 0;
 }
 
@@ -1024,6 +1381,9 @@ static void Core_dealloc(Core *c)
     free(c->slots);
     free(c->wheel);
     free(c->events);
+    free(c->counted.block);
+    free(c->counted.keys);
+    free(c->counted.emptied);
     pages_free(c->peers, (size_t)c->peers_cap * sizeof *c->peers);
     pages_free(c->pslots, (size_t)c->pslot_size * sizeof *c->pslots);
     Py_TYPE(c)->tp_free((PyObject *)c);
@@ -1034,6 +1394,13 @@ static PyMethodDef Core_methods[] = {
      "process(packets) -> bytes: track a buffer of PACKET_DTYPE rows; the events."},
     {"advance", (PyCFunction)Core_advance, METH_O,
      "advance(sec) -> bytes: move the clock with no packet; the expiries."},
+    {"process_counted", (PyCFunction)Core_process_counted, METH_VARARGS,
+     "process_counted(packets, keep_events) -> (events, peers, deltas, before): process, "
+     "with the K deltas per peer and its open counts before (int64 rows); events kept "
+     "only if asked for."},
+    {"advance_counted", (PyCFunction)Core_advance_counted, METH_VARARGS,
+     "advance_counted(sec, keep_events) -> (events, peers, deltas, before): advance, "
+     "counted as process_counted counts."},
     {"drain", (PyCFunction)Core_drain, METH_NOARGS,
      "drain() -> bytes: end every live connection as drained, empty the table."},
     {"still_open", (PyCFunction)Core_still_open, METH_NOARGS,
@@ -1059,11 +1426,139 @@ static PyTypeObject CoreType = {
     .tp_methods = Core_methods,
 };
 
+/* ------------------------------------------------------------------ records' K */
+
+/* table.Table's stored K (uint32 per record, CONN_STORED: K_FIELDS without active) */
+#define K_STORED (K_WIDTH - 1)
+#define CONN_MAX UINT32_MAX
+enum { S_BEGUN = 3, S_ENDED = 5 };   /* tcp udp icmp first; the six ends last */
+
+/* One record's K plus one row of deltas, as Table.add_connections_plain adds them:
+ * negative deltas dropped, ends beyond what it began dropped (in column order), each
+ * counter saturated at CONN_MAX, its int64 result stored as numpy stores it. */
+static void add_k_row(uint32_t *k, const int64_t *delta)
+{
+    int64_t d[K_STORED], room = 0;
+    for (int j = 0; j < K_STORED; j++) {
+        int64_t v = delta[j < K_ACTIVE ? j : j + 1];
+        d[j] = v > 0 ? v : 0;
+    }
+    for (int j = 0; j < S_BEGUN; j++)
+        room += (int64_t)k[j] + d[j];
+    for (int j = S_ENDED; j < K_STORED; j++)
+        room -= k[j];
+    int64_t sum = 0, prev = 0;
+    for (int j = S_ENDED; j < K_STORED; j++) {
+        sum += d[j];
+        int64_t upto = sum < room ? sum : room;
+        d[j] = upto - prev;
+        prev = upto;
+    }
+    for (int j = 0; j < K_STORED; j++) {
+        int64_t v = (int64_t)k[j] + d[j];
+        k[j] = (uint32_t)(v > (int64_t)CONN_MAX ? (int64_t)CONN_MAX : v);
+    }
+}
+
+/* Whether the non-negative slots are distinct and within rows (else IndexError, -1). */
+static int distinct_slots(const int64_t *slots, size_t n, size_t rows)
+{
+    unsigned char *seen = calloc(rows / 8 + 1, 1);
+    if (!seen) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int distinct = 1;
+    for (size_t i = 0; i < n; i++) {
+        int64_t s = slots[i];
+        if (s < 0)
+            continue;
+        if ((uint64_t)s >= rows) {
+            free(seen);
+            PyErr_SetString(PyExc_IndexError, "add_k: a slot beyond the records");
+            return -1;
+        }
+        if (seen[s / 8] & (1u << (s % 8)))
+            distinct = 0;
+        seen[s / 8] |= (unsigned char)(1u << (s % 8));
+    }
+    free(seen);
+    return distinct;
+}
+
+/* add_k(k, slots, deltas): Table.add_connections in one pass; False (nothing done)
+ * when a slot comes twice (the plain twin sums those first). */
+static PyObject *add_k(PyObject *module, PyObject *args)
+{
+    PyObject *ko, *so, *dob;
+    if (!PyArg_ParseTuple(args, "OOO", &ko, &so, &dob))
+        return NULL;
+    Py_buffer k, slots, deltas;
+    if (PyObject_GetBuffer(ko, &k, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(so, &slots, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&k);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(dob, &deltas, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&k);
+        PyBuffer_Release(&slots);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    size_t rows = (size_t)k.len / (K_STORED * sizeof(uint32_t)),
+           n = (size_t)slots.len / sizeof(int64_t);
+    size_t width = (size_t)deltas.itemsize;
+    const char *f = deltas.format;
+    int signed_int = f && ((f[0] == 'i' && width == 4) || ((f[0] == 'l' || f[0] == 'q')
+                                                           && width == 8)) && !f[1];
+    if (k.len % (K_STORED * sizeof(uint32_t)) || slots.len % sizeof(int64_t) || !signed_int
+        || (size_t)deltas.len != n * K_WIDTH * width)
+        PyErr_SetString(PyExc_ValueError,
+                        "add_k: not K columns, int64 slots and K rows of int32 or int64");
+    else {
+        const int64_t *at = slots.buf;
+        const char *d = deltas.buf;
+        uint32_t *cols = k.buf;
+        int distinct = distinct_slots(at, n, rows);
+        for (size_t i = 0; distinct > 0 && i < n; i++) {
+            if (i + AHEAD < n && at[i + AHEAD] >= 0)     /* random records: fetch ahead */
+                __builtin_prefetch(&cols[(size_t)at[i + AHEAD] * K_STORED], 1);
+            int64_t row[K_WIDTH];
+            for (int j = 0; j < K_WIDTH; j++) {
+                const char *v = d + (i * K_WIDTH + j) * width;
+                int32_t v32;
+                if (width == sizeof v32) {
+                    memcpy(&v32, v, sizeof v32);
+                    row[j] = v32;
+                } else
+                    memcpy(&row[j], v, sizeof row[j]);
+            }
+            if (at[i] >= 0)
+                add_k_row(&cols[(size_t)at[i] * K_STORED], row);
+        }
+        if (distinct >= 0)
+            out = PyBool_FromLong(distinct);
+    }
+    PyBuffer_Release(&k);
+    PyBuffer_Release(&slots);
+    PyBuffer_Release(&deltas);
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"add_k", add_k, METH_VARARGS,
+     "add_k(k, slots, deltas) -> bool: K deltas into the records' uint32 K columns "
+     "(table.Table.add_connections); False, nothing done, if a slot comes twice."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_conntrack",
     .m_doc = "Connection tracking core (spec 10); see conntrack.py and conntrack_ref.py.",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__conntrack(void)

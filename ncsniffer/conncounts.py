@@ -17,15 +17,9 @@ K_FIELDS = ("tcp", "udp", "icmp", "in", "out", "active",
 END_COUNTER = {ct.CLOSED: "closed", ct.RESET: "reset", ct.REFUSED: "refused",
                ct.UNANSWERED: "unanswered", ct.TIMEDOUT: "timedout", ct.EVICTED: "evicted"}
 
-PEER_DTYPE = np.dtype([("v6", "u1"), ("peer_hi", "<u8"), ("peer_lo", "<u8")])
+PEER_DTYPE = ct.PEER_DTYPE
 assert len(K_FIELDS) == ct.K_WIDTH
-assert not ct.HAVE_CORE or ct._conntrack.PEER_KEY_SIZE == PEER_DTYPE.itemsize, \
-    "PEER_DTYPE != struct peer_key"
-
-# What the K counters read of an event (``count``, ``count_and_open``, ``remember_open``):
-# a replay's reading process sends only these when no events file takes the events.
-COUNTED_DTYPE = np.dtype([("v6", "u1"), ("peer_hi", "<u8"), ("peer_lo", "<u8"),
-                          ("kind", "u1"), ("state", "u1"), ("proto", "u1"), ("dir", "u1")])
+assert K_FIELDS[ct.K_ENDS] == tuple(END_COUNTER[s] for s in range(ct.CLOSED, ct.DRAINED))
 
 _COLUMN = {name: i for i, name in enumerate(K_FIELDS)}
 _PROTO_COLUMN = np.zeros(256, np.int64)
@@ -59,11 +53,6 @@ def _count(events: np.ndarray, unique: np.ndarray, which: np.ndarray):
     return unique, flat.reshape(len(unique), width)
 
 
-def counted(events: np.ndarray) -> np.ndarray:
-    """``events`` cut to the fields K reads (``COUNTED_DTYPE``): a fifth of the bytes."""
-    return ct.by_name(events, COUNTED_DTYPE)
-
-
 def open_tally(still_open: np.ndarray) -> dict[tuple, np.ndarray]:
     """Per peer (v6, peer_hi, peer_lo), the K row of the open connections ``still_open``
     (``Tracker.still_open()``: one ``new`` event each) counted as begun (tcp udp icmp in out
@@ -76,16 +65,8 @@ def open_deltas(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct peers of ``events`` (sorted) and the change each makes to its peer's
     open tally (``open_tally``'s K rows): a ``new`` adds its begun counts (tcp udp icmp,
     in out, active), an ``end`` takes them off.  Summed over every batch so far, the
-    tally of ``Tracker.still_open()``: what a replay's reading process sends, so that
-    the counting process has the tally without the tracker (``OpenTally``)."""
+    tally of ``Tracker.still_open()``."""
     return _open_deltas(events, *_peers(events))
-
-
-def count_and_open(events: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``count`` and ``open_deltas`` at once (the peers found once): peers, K deltas,
-    open-tally deltas."""
-    unique, which = _peers(events)
-    return (*_count(events, unique, which), _open_deltas(events, unique, which)[1])
 
 
 def _open_deltas(events: np.ndarray, unique: np.ndarray, which: np.ndarray):
@@ -98,48 +79,6 @@ def _open_deltas(events: np.ndarray, unique: np.ndarray, which: np.ndarray):
     size = len(unique) * width
     flat = np.bincount(up[new], minlength=size) - np.bincount(up[~new], minlength=size)
     return unique, flat.reshape(len(unique), width)
-
-
-class OpenTally:
-    """``open_tally`` kept from the batches' ``open_deltas``, where the tracker is not
-    (a replay's counting process): the deltas pile up and are summed when the tally
-    is asked for, and now and then on the way (memory stays near the open peers')."""
-
-    def __init__(self, slack: int = 100_000) -> None:
-        self.slack = slack       # rows piled beyond twice the last sum's before summing
-        self._peers: list[np.ndarray] = []
-        self._deltas: list[np.ndarray] = []
-        self._rows = 0
-        self._kept = 0           # rows after the last sum
-
-    def add(self, peers: np.ndarray, deltas: np.ndarray) -> None:
-        if not len(peers):
-            return
-        self._peers.append(peers)
-        self._deltas.append(deltas)
-        self._rows += len(peers)
-        if self._rows > 2 * self._kept + self.slack:
-            self._sum()
-
-    def tally(self) -> dict[tuple, np.ndarray]:
-        """Per peer with connections open, their begun counts (``open_tally``'s dict)."""
-        self._sum()
-        if not self._peers:
-            return {}
-        return dict(zip(self._peers[0].tolist(), self._deltas[0]))
-
-    def _sum(self) -> None:
-        """The piled deltas summed per peer; peers left with none open dropped."""
-        if len(self._peers) < 2 and self._rows == self._kept:
-            return
-        peers, deltas = np.concatenate(self._peers), np.concatenate(self._deltas)
-        unique, which = _peers(peers)
-        total = np.empty((len(unique), deltas.shape[1]), deltas.dtype)
-        for col in range(deltas.shape[1]):
-            total[:, col] = np.bincount(which, deltas[:, col], len(unique))
-        keep = total.any(axis=1)
-        self._peers, self._deltas = [unique[keep]], [total[keep]]
-        self._rows = self._kept = int(keep.sum())
 
 
 def remember_open(tally: dict[tuple, np.ndarray], events: np.ndarray) -> None:

@@ -52,6 +52,7 @@ MAX_LITERAL_BYTES = 16 << 20
 MAX_LINE = 1 << 20
 
 Row = tuple  # (ip_text, B, C, E, N, R, S, T, W[, K]): the numbers as ints, R and W rounded
+K_AT = len(FIELDS) + 1          # where a row holds its K
 
 
 @dataclass
@@ -192,6 +193,28 @@ PYTHON_LINE_K = ('"%s": {"B": %d, "C": %d, "E": %d, "K": %s, "N": %s, "R": %d, "
 CHUNK = 4096    # rows formatted per piece: fewer generator steps and writes
 
 
+def k_texts(chunk: list[Row], template: str) -> list[str]:
+    """The K text of each row of ``chunk`` (``template`` % its counters), made once per
+    distinct K object: records with the same counters share one tuple
+    (``Table.conn_values``), a tenth as many as records.  ``k_texts_plain`` is the twin.
+    The rows hold their K objects while this runs, so no id is reused."""
+    memo: dict[int, str] = {}
+    get = memo.get
+    out = []
+    for row in chunk:
+        k = row[K_AT]
+        text = get(id(k))
+        if text is None:
+            text = memo[id(k)] = template % _k_values(k)
+        out.append(text)
+    return out
+
+
+def k_texts_plain(chunk: list[Row], template: str) -> list[str]:
+    """``k_texts``, formatted row by row."""
+    return [template % _k_values(row[K_AT]) for row in chunk]
+
+
 def _chunks(rows: Iterable[Row]) -> Iterator[list[Row]]:
     it = iter(rows)
     while chunk := list(islice(it, CHUNK)):
@@ -208,7 +231,7 @@ def _python_body(rows: Iterable[Row]) -> Iterable[str]:
 def _python_lines(chunk: list[Row]) -> str:
     """The plain twin of ``_dumptext.python_lines``: each record's line."""
     dumps = json.dumps
-    if len(chunk[0]) > len(FIELDS) + 1:
+    if len(chunk[0]) > K_AT:
         return "".join([PYTHON_LINE_K % (ip, b, c, e, K_JSON % _k_values(k),
                                          dumps(list(n)) if n else "[]", r, s, t, w)
                         for ip, b, c, e, n, r, s, t, w, k in chunk])
@@ -246,12 +269,12 @@ PERL_RECORD_K = PERL_RECORD.replace("\t\tN\t", "\t\tK\t=> %s,\n\t\tN\t")
 def _perl_body(rows: Iterable[Row]) -> Iterable[str]:
     yield "{\n  my $dump = {\n"
     for chunk in _chunks(rows):
-        if len(chunk[0]) > len(FIELDS) + 1:
-            yield "".join([PERL_RECORD_K % (ip, "' " if len(ip) > 13 else "'\t", b, c, e,
-                                            K_PERL % _k_values(k),
+        if len(chunk[0]) > K_AT:
+            yield "".join([PERL_RECORD_K % (ip, "' " if len(ip) > 13 else "'\t", b, c, e, k,
                                             "".join(_perl_quote(x) + "," for x in n),
                                             r, s, t, w)
-                           for ip, b, c, e, n, r, s, t, w, k in chunk])
+                           for (ip, b, c, e, n, r, s, t, w, _), k in
+                           zip(chunk, k_texts(chunk, K_PERL))])
             continue
         yield "".join([PERL_RECORD % (ip, "' " if len(ip) > 13 else "'\t", b, c, e,
                                       "".join(_perl_quote(x) + "," for x in n), r, s, t, w)
@@ -294,7 +317,7 @@ JSON_LINE_K = PYTHON_LINE_K[:-2]
 
 def _json_lines(chunk: list[Row]) -> str:
     """The plain twin of ``_dumptext.json_lines``: the records joined by ',\n'."""
-    if len(chunk[0]) > len(FIELDS) + 1:
+    if len(chunk[0]) > K_AT:
         return ",\n".join([JSON_LINE_K % (ip, b, c, e, K_JSON % _k_values(k),
                                            json.dumps(n), r, s, t, w)
                             for ip, b, c, e, n, r, s, t, w, k in chunk])

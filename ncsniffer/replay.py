@@ -161,8 +161,6 @@ def _two_processes(batches, prog, rules: batch.Rules,
     on packet time only), and sends the events with each batch and the drained
     connections at the end (``Sniffer.track_ahead``): the two processes' CPU
     evens out."""
-    if tracking is not None:
-        tracking.expect_tracked()
     rfd, wfd = os.pipe()
     try:
         fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)

@@ -67,8 +67,7 @@ class Sniffer:
                 self.acct.before_deletions = self._carry_from_now
         self.flows = flows
         # A two-process replay tracks in its reading process (``track_ahead``): here,
-        # the open tally from its deltas, and its drained connections at the end.
-        self._ahead: conncounts.OpenTally | None = None
+        # its drained connections at the end.
         self._drained: np.ndarray | None = None
         if isinstance(clock, PacketClock):
             clock.at_start(self.reset)                # replay: start at the first packet
@@ -78,10 +77,10 @@ class Sniffer:
 
     # ----------------------------------------------------------- connections
     def _track(self, flows, clock=None) -> None:
-        self.feed(self.tracker.process(flows), self.tracker)
+        self.take_tracked(self.tracker.process_counted(flows, self.events is not None))
 
     def _tick(self, now: int, elapsed: int) -> None:
-        self.feed(self.tracker.advance(now), self.tracker)
+        self.take_tracked(self.tracker.advance_counted(now, self.events is not None))
 
     def tracks_ahead(self) -> bool:
         """Whether a replay's reading process can run this tracker (``track_ahead``)."""
@@ -89,13 +88,12 @@ class Sniffer:
 
     def track_ahead(self, p: batch.Prepared) -> batch.Prepared:
         """The reading process's part of a two-process replay (its forked copy of the
-        tracker): the batch's FLOW records become its events, which the counting process
-        takes (``take_tracked``) where ``batch.apply`` would have fed the records (only
-        a batch with packets passed).  Forked after ``events`` is set: the same sink."""
+        tracker): the batch's FLOW records become its K per peer (``Tracked``), which
+        the counting process takes (``take_tracked``) where ``batch.apply`` would have
+        fed the records (only a batch with packets passed); the events too if an events
+        file (or export) takes them.  Forked after ``events`` is set: the same sink."""
         if p.flows is not None and p.seen:
-            events = self.tracker.process(p.flows)
-            # with no events file (or export) to write, K needs only a few fields
-            p.tracked = events if self.events is not None else conncounts.counted(events)
+            p.tracked = self.tracker.process_counted(p.flows, self.events is not None)
         p.flows = None
         return p
 
@@ -103,19 +101,23 @@ class Sniffer:
         """The reading process's end: the connections still open, drained."""
         return self.tracker.drain()
 
-    def expect_tracked(self) -> None:
-        """The counting process's part: the events come from the reading process."""
-        self._ahead = conncounts.OpenTally()
-
-    def take_tracked(self, events: np.ndarray) -> None:
-        """A batch's events from the reading process (after ``batch.apply`` of the batch):
-        until a record first goes, their open-tally deltas kept; the K counters."""
-        if self.carry_open or not len(events):
-            self.feed(events)
-            return
-        peers, deltas, opened = conncounts.count_and_open(events)
-        self._ahead.add(peers, opened)
-        self._feed_counted(events, peers, deltas)
+    def take_tracked(self, tracked: conntrack.Tracked) -> None:
+        """A batch's K per peer, from this sniffer's tracker or from a replay's reading
+        process (after ``batch.apply`` of the batch): into the peers' records, a record
+        that counts no connection yet with its peer's open ones as begun (once records
+        can go: ``carry_open``); the events to the sink."""
+        if len(tracked):
+            records = self.acct.records
+            slots = records.peer_slots(tracked.peers, tracked.order)
+            deltas = tracked.deltas
+            if self.carry_open:
+                fresh = np.flatnonzero(records.conn_unbegun(slots))
+                if fresh.size:
+                    deltas = deltas.copy()
+                    deltas[fresh] += tracked.before[fresh]
+            records.add_connections(slots, deltas)
+        if self.events is not None and tracked.events is not None and len(tracked.events):
+            self.events.push(tracked.events)
 
     def set_drained(self, drained: np.ndarray) -> None:
         self._drained = drained
@@ -127,16 +129,13 @@ class Sniffer:
         return self.tracker.drain() if self.tracker is not None else None
 
     def feed(self, events: np.ndarray, tracker: conntrack.Tracker | None = None) -> None:
-        """Events of ``tracker`` (just made: its open counts are those after them): K
-        counters of their peers' records, then the events sink.  Without ``tracker``
-        the open connections come from a tally kept here batch by batch (the plain
-        twin: exact when kept from the start, as live, or from ``OpenTally``, as in a
-        two-process replay)."""
-        if len(events):
-            self._feed_counted(events, *conncounts.count(events), tracker)
-
-    def _feed_counted(self, events: np.ndarray, peers: np.ndarray, deltas: np.ndarray,
-                      tracker: conntrack.Tracker | None = None) -> None:
+        """``take_tracked``'s plain twin, from events: events of ``tracker`` (just made:
+        its open counts are those after them) into K counters of their peers' records,
+        then the events sink.  Without ``tracker`` the open connections come from a
+        tally kept here batch by batch (exact when kept from the start, as live)."""
+        if not len(events):
+            return
+        peers, deltas = conncounts.count(events)
         slots = self.acct.records.peer_slots(peers)
         if self.carry_open:
             self._count_open_as_begun(events, peers, slots, deltas, tracker)
@@ -148,12 +147,8 @@ class Sniffer:
 
     def _carry_from_now(self) -> None:
         """A replay's records are about to go (evicted or purged): from now on a record
-        made anew counts its peer's open connections: the tracker's open counts, or, with
-        the tracker in the reading process (``take_tracked``), the tally kept from its
-        deltas, kept up from now batch by batch (the twin).  Until now no record went,
-        so every record counted its peer's connections from their beginning."""
-        if self._ahead is not None:
-            self._open = self._ahead.tally()
+        made anew counts its peer's open connections (``Tracked.before``).  Until now no
+        record went, so every record counted its peer's connections from their beginning."""
         self.carry_open = True
 
     def _count_open_as_begun(self, events: np.ndarray, peers: np.ndarray, slots: np.ndarray,

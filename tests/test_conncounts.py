@@ -86,35 +86,25 @@ def test_peers_of_both_families_counted_as_one_by_one(rows):
 @pytest.mark.parametrize("reference", [False, True])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=packet_rows, cuts=st.lists(st.integers(0, 80), max_size=6),
-       ticks=st.lists(st.sampled_from([0, 1, 5, 30]), max_size=6), max_conn=st.integers(1, 6),
-       slack=st.sampled_from((0, 3, 100_000)))
+       ticks=st.lists(st.sampled_from([0, 1, 5, 30]), max_size=6), max_conn=st.integers(1, 6))
 def test_open_tally_of_the_tracker_equals_the_batch_by_batch_twin(reference, spec, cuts, ticks,
-                                                                  max_conn, slack):
+                                                                  max_conn):
     if not reference and not ct.HAVE_CORE:
         pytest.fail("the extension is not built")
     batch = stream(spec)
     tracker = ct.Tracker(ct.Timeouts(tcp_establish=2, tcp=4, udp=3, icmp=1, tcp_linger=2),
                          max_conn, reference=reference)
     tally: dict = {}
-    piled = conncounts.OpenTally(slack)           # a two-process replay's counting process
     last = 0
     for i, cut in enumerate(sorted(min(c, len(batch)) for c in cuts) + [len(batch)]):
         for events in [tracker.process(batch[last:cut])] + (
                 [tracker.advance(int(batch["sec"][cut - 1]) + ticks[i])]
                 if i < len(ticks) and ticks[i] and cut else []):
             conncounts.remember_open(tally, events)
-            peers, deltas, opened = conncounts.count_and_open(events)
-            plain = conncounts.count(events)
-            short = conncounts.count_and_open(conncounts.counted(events))   # no events file
-            assert [a.tolist() for a in short] == [peers.tolist(), deltas.tolist(), opened.tolist()]
-            assert peers.tolist() == plain[0].tolist() and deltas.tolist() == plain[1].tolist()
-            assert opened.tolist() == conncounts.open_deltas(events)[1].tolist()
-            piled.add(peers, opened)
         last = cut
         fast = conncounts.open_tally(tracker.still_open())
         assert {k: v.tolist() for k, v in fast.items()} == \
-            {k: v.tolist() for k, v in tally.items()} == \
-            {k: v.tolist() for k, v in piled.tally().items()}
+            {k: v.tolist() for k, v in tally.items()}
         active = conncounts.K_FIELDS.index("active")
         assert sum(int(v[active]) for v in fast.values()) == tracker.live
 
@@ -259,10 +249,12 @@ _step = st.one_of(
 @given(st.lists(_step, max_size=25), st.sampled_from((1, 2, 3)), st.integers(1, 4))
 def test_the_open_counts_asked_of_the_tracker_equal_the_tally_kept_batch_by_batch(
         steps, max_hosts, max_connections):
-    """Two live sniffers, the same packets: one asks its tracker for a new record's open
-    connections (after the batch, taken back to before it), the other keeps the plain
-    tally; records evicted (max_hosts), reset, connections timed out, evicted and ended
-    in the batch that makes a record anew: their K stay equal, and keep the sums of 10.3."""
+    """Three live sniffers, the same packets: one takes its tracker's K per peer with
+    the open ones before the batch (``process_counted``), one asks its tracker for a new
+    record's open connections (after the batch, taken back to before it), the other
+    keeps the plain tally; records evicted (max_hosts), reset, connections timed out,
+    evicted and ended in the batch that makes a record anew: their K stay equal, and keep
+    the sums of 10.3."""
     from tests.test_conntrack import pkt
     from ncsniffer import config, decode
     from ncsniffer.clock import WallClock
@@ -272,30 +264,35 @@ def test_the_open_counts_asked_of_the_tracker_equal_the_tally_kept_batch_by_batc
                          "max_connections": max_connections,
                          "timeouts": {"tcp_establish": 1, "tcp": 3, "udp": 2, "tcp_linger": 1}},
                         "nc.sniffer", offline=True)
-    fast, twin = (Sniffer(s, decode.DLT_EN10MB, WallClock(lambda: 1000.0, lambda: 0.0),
-                          device="x") for _ in range(2))
+    core, fast, twin = (Sniffer(s, decode.DLT_EN10MB, WallClock(lambda: 1000.0, lambda: 0.0),
+                                device="x") for _ in range(3))
     key = [bytes([10, 0, 0, p + 1]) for p in range(PEERS)]
     now = 1000
-    for sn in (fast, twin):
+    for sn in (core, fast, twin):
         sn.reset(now)
     for step in steps:
         now += 1
-        for sn in (fast, twin):
+        for sn in (core, fast, twin):
             if step[0] == "packets":
                 for p, *_ in step[1]:
                     sn.acct.count(key[p], 60, now)
-                rows = [pkt(now, from_me, flags, proto, 0x0A000001 + p, 40000 + port, 80)
-                        for p, proto, port, from_me, flags in step[1]]
-                events = sn.tracker.process(np.array(rows, ct.PACKET_DTYPE))
+                rows = np.array([pkt(now, from_me, flags, proto, 0x0A000001 + p, 40000 + port, 80)
+                                 for p, proto, port, from_me, flags in step[1]], ct.PACKET_DTYPE)
+                track = sn.tracker.process_counted if sn is core else sn.tracker.process
+                events = track(rows)
             elif step[0] == "tick":
-                events = sn.tracker.advance(now + step[1])
+                track = sn.tracker.advance_counted if sn is core else sn.tracker.advance
+                events = track(now + step[1])
             else:
                 sn.reset(now)
                 continue
-            sn.feed(events, sn.tracker if sn is fast else None)
-        k_fast, k_twin = (sn.acct.records.conn_dicts(sn.acct.records.occupied())
-                          for sn in (fast, twin))
-        assert k_fast == k_twin
+            if sn is core:                 # K per peer counted in the core
+                sn.take_tracked(events)
+            else:
+                sn.feed(events, sn.tracker if sn is fast else None)
+        k_core, k_fast, k_twin = (sn.acct.records.conn_dicts(sn.acct.records.occupied())
+                                  for sn in (core, fast, twin))
+        assert k_core == k_fast == k_twin
         for k in k_fast:
             ended = sum(k[f] for f in conncounts.END_COUNTER.values())
             assert k["tcp"] + k["udp"] + k["icmp"] == k["in"] + k["out"] == k["active"] + ended

@@ -4,6 +4,7 @@ reference, then the core held equal to the reference on random packet streams.""
 from __future__ import annotations
 
 import functools
+import pickle
 import subprocess
 import sys
 
@@ -516,3 +517,183 @@ def test_a_layout_that_differs_is_copied():
     rows["peer_lo"], rows["length"] = [1, 2, 3], [60, 70, 80]
     got = ct.as_packets(rows)
     assert got["peer_lo"].tolist() == [1, 2, 3] and got["wirelen"].tolist() == [60, 70, 80]
+
+
+# ------------------------------------------- K per peer counted in the core (process_counted)
+
+def as_k(tracked) -> dict:
+    """A Tracked's K deltas and open-before rows by peer, as lists (order-free)."""
+    peers = [tuple(p) for p in tracked.peers.tolist()]
+    assert len(set(peers)) == len(peers)
+    return {p: (d, b) for p, d, b in zip(peers, tracked.deltas.tolist(), tracked.before.tolist())}
+
+
+def assert_same_tracked(got, want):
+    assert (got.events is None) == (want.events is None)
+    if want.events is not None:
+        assert got.events.tolist() == want.events.tolist()
+    assert (got.order is None) == (want.order is None)
+    for f in ("peers", "deltas", "before") + (("order",) if want.order is not None else ()):
+        assert getattr(got, f).dtype == getattr(want, f).dtype
+        assert getattr(got, f).tolist() == getattr(want, f).tolist()
+
+
+def counted_steps(tracker, batch, cuts, ticks, keep):
+    """The batch in pieces (an idle tick after some) through process_counted/advance_counted;
+    per step the Tracked and the open tally (``still_open``) before it."""
+    out, last = [], 0
+    for i, cut in enumerate(sorted(cuts) + [len(batch)]):
+        steps = [lambda: tracker.process_counted(batch[last:cut], keep)]
+        if i < len(ticks) and ticks[i] and cut:
+            steps.append(lambda: tracker.advance_counted(int(batch["sec"][cut - 1]) + ticks[i],
+                                                         keep))
+        for step in steps:
+            before = conncounts.open_tally(tracker.still_open())
+            out.append((step(), before))
+        last = cut
+    return out
+
+
+def test_process_counted_counts_k_per_peer_and_the_open_ones_before():
+    t = ct.Tracker()
+    t.process(ct.packets([pkt(1, ME, S, peer_port=81)]))
+    got = t.process_counted(ct.packets([pkt(1, ME, S), pkt(1, PEER, S | A), pkt(2, ME, R),
+                                        pkt(2, PEER, A, ct.UDP, peer=5)]), keep_events=False)
+    assert got.events is None
+    zero = [0] * ct.K_WIDTH
+    k = dict(zip(conncounts.K_FIELDS, range(ct.K_WIDTH)))
+    reset = list(zero)
+    reset[k["tcp"]] = reset[k["out"]] = reset[k["reset"]] = 1
+    before = list(zero)
+    before[k["tcp"]] = before[k["out"]] = before[k["active"]] = 1
+    udp = list(zero)
+    udp[k["udp"]] = udp[k["in"]] = udp[k["active"]] = 1
+    assert as_k(got) == {(0, 0, PEER_ADDR): (reset, before), (0, 0, 5): (udp, zero)}
+    assert t.ended_totals()["reset"] == 1 and t.live == 2
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None, suppress_health_check=SLOW_MACHINE)
+@given(packet_rows, SMALL_TIMEOUTS, st.integers(1, 5),
+       st.lists(st.integers(0, 80), max_size=4),
+       st.lists(st.sampled_from([0, 0, 1, 3, 5]), max_size=5), st.booleans())
+def test_k_counted_in_the_core_equals_the_plain_count_of_the_events(spec, timeouts, max_conn,
+                                                                    cuts, ticks, keep):
+    """The core's per-peer K deltas and open-before rows, its plain twin's (the core's
+    events counted by conncounts, before = open_counts less the batch's open deltas) and
+    the reference's: equal step by step, the events the same as ``process`` gives; before
+    is the open tally of still_open; the summed K keep the sums of 10.3."""
+    if not ct.HAVE_CORE:
+        pytest.fail("the extension is not built")
+    batch = stream(spec)
+    cuts = [min(c, len(batch)) for c in cuts]
+    fast, plain = ct.Tracker(timeouts, max_conn), ct.Tracker(timeouts, max_conn)
+    plain.core_counts = False
+    ref, events = model(timeouts, max_conn), ct.Tracker(timeouts, max_conn)
+    assert fast.core_counts and not ref.core_counts
+    runs = [counted_steps(t, batch, cuts, ticks, keep) for t in (fast, plain, ref)]
+    want_events = feed(events, batch, cuts, ticks)
+    total: dict = {}
+    for (got, before), *others in zip(*runs):
+        assert all(as_k(got) == as_k(o) for o, _ in others)
+        assert all(got.sorted_peers().tolist() == o.peers.tolist() for o, _ in others)
+        assert_same_tracked(pickle.loads(pickle.dumps(got, protocol=5)), got)   # the pipe's
+        assert all((o.events is None) == (not keep) for o, _ in [(got, 0), *others])
+        for peer, (d, b) in as_k(got).items():
+            assert b == before.get(peer, np.zeros(ct.K_WIDTH, np.int64)).tolist()
+            total[peer] = np.add(total.get(peer, 0), d)
+    assert fast.ended_totals() == plain.ended_totals() == ref.ended_totals()
+    if keep:
+        got = np.concatenate([g.events for g, _ in runs[0]] + [fast.drain()])
+        assert got.tolist() == want_events.tolist()
+    for k in total.values():
+        k = dict(zip(conncounts.K_FIELDS, k.tolist()))
+        ended = sum(k[f] for f in conncounts.END_COUNTER.values())
+        assert k["tcp"] + k["udp"] + k["icmp"] == k["in"] + k["out"] == k["active"] + ended
+
+
+def test_thousands_of_peers_counted_in_the_core_grow_its_index():
+    """More peers in one batch than the core's per-batch index starts with, of both
+    families (IPv6 peers whose words equal IPv4 ones): the plain count's K, its peers'
+    order (the radix sort's passes over every digit of the address)."""
+    if not ct.HAVE_CORE:
+        pytest.fail("the extension is not built")
+    batch, _ = thousands_of_keys(5)
+    batch["peer_lo"] = (np.arange(len(batch)) % 5000) * 0x10101 % 2 ** 32
+    batch["v6"] = np.arange(len(batch)) % 2
+    fast, plain = ct.Tracker(THOUSANDS_TIMEOUTS, 1500), ct.Tracker(THOUSANDS_TIMEOUTS, 1500)
+    plain.core_counts = False
+    for part in (batch[:12_000], batch[12_000:]):
+        got, want = fast.process_counted(part), plain.process_counted(part)
+        assert len(got.peers) > 4000 and as_k(got) == as_k(want)
+        assert got.sorted_peers().tolist() == want.peers.tolist()
+        assert got.events.tolist() == want.events.tolist()
+
+
+@pytest.mark.parametrize("big", [0, 100, 2 ** 15, 2 ** 31, 2 ** 62])
+def test_tracked_goes_through_a_pipe_in_fewer_bytes_and_comes_back_the_same(big):
+    """A two-process replay pickles each batch's Tracked: the counters in the narrowest
+    integers that hold them, the same int64 arrays after; counts beyond 32 bits (a long
+    advance of a huge table) and negative ones too."""
+    n = 1000
+    rng = np.random.default_rng(big)
+    peers = np.zeros(n, ct.PEER_DTYPE)
+    peers["peer_lo"] = np.arange(n)
+    deltas = rng.integers(-big, big + 1, (n, ct.K_WIDTH))
+    before = rng.integers(0, big + 1, (n, ct.K_WIDTH))
+    tracked = ct.Tracked(None, peers, None, deltas, before)
+    sent = pickle.dumps(tracked, protocol=5)
+    assert_same_tracked(pickle.loads(sent), tracked)
+    if big <= 100:
+        assert len(sent) < len(pickle.dumps((peers, deltas, before), protocol=5)) / 4
+
+
+FREE_MARK_PROBE = """
+import numpy as np
+from ncsniffer import conntrack as ct
+n = 20000
+p = np.zeros(n, ct.PACKET_DTYPE)
+p["sec"], p["proto"], p["peer_lo"], p["v6"] = 1000, ct.UDP, np.arange(n), 255
+for counted in (False, True):
+    t = ct.Tracker(ct.Timeouts(udp=1), 100000)
+    for part in (p[:10000], p[10000:]):
+        t.process_counted(part) if counted else t.process(part)
+    ended = t.advance_counted(1010).events if counted else t.advance(1010)
+    print(len(ended), t.live, len(t.still_open()))
+"""
+
+
+def test_a_v6_byte_the_core_once_used_to_mark_free_peers_is_a_peer_like_any_other():
+    """v6 is only 0 or 1 from a capture, but the core takes any byte: 255 marked a free
+    tally record, so the index lost such peers when it grew and ending their last
+    connection searched it for ever; every connection ends, once."""
+    if not ct.HAVE_CORE:
+        pytest.fail("the extension is not built")
+    out = subprocess.run([sys.executable, "-c", FREE_MARK_PROBE], capture_output=True,
+                         text=True, check=True, timeout=60).stdout.split("\n")
+    assert out[:2] == ["20000 0 0", "20000 0 0"]
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None, suppress_health_check=SLOW_MACHINE)
+@given(st.binary(max_size=40 * ct.PACKET_DTYPE.itemsize), st.integers(1, 4),
+       st.lists(st.integers(0, 40), max_size=3))
+def test_any_bytes_as_packets_count_in_the_core_as_in_the_reference(data, max_conn, cuts):
+    """Packets of any bytes (any v6 byte, protocol, flags, clock jumps; the addresses
+    folded onto a few so that keys repeat): the core's events and K per peer are the
+    reference's, and nothing hangs or crashes."""
+    rows = np.frombuffer(data[:len(data) - len(data) % ct.PACKET_DTYPE.itemsize],
+                         ct.PACKET_DTYPE).copy()
+    rows["sec"] = 1000 + np.cumsum(rows["sec"] % 3)
+    for f in ("me_hi", "me_lo", "peer_hi", "peer_lo", "me_port", "peer_port"):
+        rows[f] %= 3
+    rows["proto"] = np.array([ct.TCP, ct.UDP, ct.ICMP, ct.ICMP6, 0, 99])[rows["proto"] % 6]
+    timeouts = ct.Timeouts(tcp_establish=1, tcp=2, udp=1, icmp=1, tcp_linger=1)
+    core, ref = ct.Tracker(timeouts, max_conn), model(timeouts, max_conn)
+    last = 0
+    for cut in sorted(min(c, len(rows)) for c in cuts) + [len(rows)]:
+        got, want = core.process_counted(rows[last:cut]), ref.process_counted(rows[last:cut])
+        assert got.events.tolist() == want.events.tolist()
+        assert as_k(got) == as_k(want)
+        last = cut
+    assert core.drain().tolist() == ref.drain().tolist()

@@ -669,3 +669,20 @@ def test_dump_of_records_is_the_plain_twins(monkeypatch, connections):
     for fmt, text in fast.items():
         assert "".join(dumpfile.render(header(), dumpfile.rows_from_records(acct.records),
                                        fmt)) == text
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.booleans()), max_size=40),
+       st.lists(st.lists(st.integers(0, 2 ** 32 - 1), min_size=len(dumpfile.K_KEYS),
+                         max_size=len(dumpfile.K_KEYS)), min_size=5, max_size=5),
+       st.sampled_from([dumpfile.K_JSON, dumpfile.K_PERL]))
+def test_k_texts_formatted_once_per_shared_k_equal_the_plain_twin(picks, ks, template):
+    """Rows sharing K tuples (as ``Table.conn_values`` makes them), rows with a K of
+    their own, equal or not, and dicts as a file read gives them: the same text."""
+    shared = [tuple(k) for k in ks]
+    rows = []
+    for which, own in picks:
+        k = tuple(list(shared[which])) if own else shared[which]
+        rows.append(("10.0.0.1", 1, 1, 1, (), 0, 0, 0, 0,
+                     dict(zip(dumpfile.K_KEYS, k)) if own and which % 2 else k))
+    assert dumpfile.k_texts(rows, template) == dumpfile.k_texts_plain(rows, template)

@@ -194,3 +194,75 @@ def test_conn_array_is_conn_dicts_in_the_files_order():
     assert table_mod.K_SORTED == dumpfile.K_KEYS
     assert list(map(tuple, table.conn_array(slots).tolist())) == \
         [dumpfile._K_VALUES(d) for d in table.conn_dicts(slots)]
+    assert table.conn_values(slots) == [dumpfile._K_VALUES(d) for d in table.conn_dicts(slots)]
+
+
+_k_row = st.lists(st.one_of(st.integers(-3, 5), st.integers(-2 ** 40, 2 ** 40)),
+                  min_size=len(conncounts.K_FIELDS), max_size=len(conncounts.K_FIELDS))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 6), min_size=len(table_mod.CONN_STORED),
+                         max_size=len(table_mod.CONN_STORED)), min_size=1, max_size=6),
+       st.lists(st.tuples(st.integers(-1, 5), _k_row), max_size=12), st.booleans(),
+       st.booleans(), st.booleans())
+def test_add_connections_in_c_equals_its_plain_twin(start, rows, distinct, near_max, narrow):
+    """Records with K already (near saturation or not), deltas of any sign and size for
+    some of them (-1: no record; a slot twice: the plain twin's sum), int64 or int32 as
+    the core gives them: the same K."""
+    if distinct:
+        rows = list({slot: (slot, r) for slot, r in rows}.values())
+    k = np.array(start, np.int64) + (table_mod.CONN_MAX - 6 if near_max else 0)
+    slots = np.array([min(s, len(k) - 1) for s, _ in rows], np.int64)
+    deltas = np.array([r for _, r in rows], np.int64).reshape(len(rows), ct.K_WIDTH)
+    if narrow:
+        deltas = deltas.clip(-2 ** 31, 2 ** 31 - 1).astype(np.int32)
+    tables = []
+    for fast in (True, False):
+        acct = Accounting(1000, connections=True)
+        acct.count_packets([bytes([10, 0, 0, i]) for i in range(len(k))], np.arange(len(k)),
+                           np.full(len(k), 1000), np.full(len(k), 60))
+        acct.records.cols["conn"]["k"][:len(k)] = k
+        add = acct.records.add_connections if fast else acct.records.add_connections_plain
+        add(slots, deltas)
+        tables.append(acct.records.cols["conn"]["k"][:len(k)].tolist())
+    assert tables[0] == tables[1]
+
+
+def test_add_connections_refuses_a_slot_beyond_the_table():
+    acct = two_peers_with_connections()
+    with pytest.raises(IndexError):
+        acct.records.add_connections(np.array([10 ** 6]), np.ones((1, ct.K_WIDTH), np.int64))
+
+
+def test_add_k_refuses_buffers_that_are_not_k_columns_slots_and_rows():
+    """The C twin reads raw buffers: sizes that do not match are refused, not read."""
+    add_k = pytest.importorskip("ncsniffer._conntrack").add_k
+    k = np.zeros((4, len(table_mod.CONN_STORED)), np.uint32)
+    slots, deltas = np.array([0, 1]), np.ones((2, ct.K_WIDTH), np.int64)
+    for bad in ((k[:, :5].copy(), slots, deltas), (k, slots.astype(np.int32), deltas),
+                (k, slots, deltas[:1]), (k.tobytes(), slots, deltas),
+                (k, slots, deltas.astype(np.uint64)), (k, slots, deltas.astype(np.int16))):
+        with pytest.raises((ValueError, TypeError, BufferError)):
+            add_k(*bad)
+    assert add_k(k, slots, deltas) and k[:2].sum() and not k[2:].any()
+    assert not add_k(k, np.array([3, 3]), deltas)              # twice: left to the twin
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), min_size=len(table_mod.CONN_STORED),
+                         max_size=len(table_mod.CONN_STORED)), max_size=30),
+       st.integers(0, 2 ** 32 - 4))
+def test_conn_values_share_a_tuple_per_distinct_k_and_equal_the_plain_twin(ks, base):
+    """Few distinct K among many records: one tuple object each, the values the plain
+    twin's (a tuple per record), record for record."""
+    acct = Accounting(1000, connections=True)
+    acct.count_packets([bytes([10, 0, 0, i]) for i in range(len(ks))], np.arange(len(ks)),
+                       np.full(len(ks), 1000), np.full(len(ks), 60))
+    table = acct.records
+    slots = table.occupied()
+    table.cols["conn"]["k"][slots] = np.array(ks, np.int64).reshape(
+        len(ks), len(table_mod.CONN_STORED)) + base
+    got = table.conn_values(slots)
+    assert got == table.conn_values_plain(slots)
+    assert len({id(v) for v in got}) == len(set(got))
