@@ -137,7 +137,7 @@ def aggregation(stream: np.ndarray, batch: int) -> tuple[float, float, float, in
         conncounts.remember_open(tally, out)
         t2 = time.perf_counter()
         every = np.arange(len(peers))
-        conncounts.open_before(out, deltas, every, tracker.open_counts(peers))
+        conncounts.open_before(out, every, tracker.open_counts(peers))
         spent, twin = spent + t1 - t0, twin + t2 - t1
         asked += time.perf_counter() - t2
         events += len(out)
