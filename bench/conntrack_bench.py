@@ -159,26 +159,29 @@ def memory_child(n: int, batch: int) -> None:
     """Run in a fresh process: RSS growth for n, then 2n flooded connections."""
     tracker = ct.Tracker(max_connections=n)
     tracker.process(syn_flood(1, 1, 1))             # the first allocations
-    before = rss_kib()
+    before, scratch = rss_kib(), tracker._core.scratch_bytes()
     for first in range(0, n, batch):
         tracker.process(syn_flood(min(batch, n - first), (1 << 26) + first, 1_000_000))
-    after = rss_kib()
+    after, scratch = rss_kib(), tracker._core.scratch_bytes() - scratch
     for first in range(0, n, batch):
         tracker.process(syn_flood(min(batch, n - first), (1 << 27) + first, 1_000_001))
     again = rss_kib()
-    print(before, after, again, tracker.live, tracker.evictions)
+    print(before, after, again, tracker.live, tracker.evictions, scratch)
 
 
 def memory(n: int, batch: int) -> list[str]:
     out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--batch",
                           str(batch)], capture_output=True, text=True, check=True).stdout
-    before, after, again, live, evictions = map(int, out.split())
-    per = (after - before) * 1024 / n
+    before, after, again, live, evictions, scratch = map(int, out.split())
+    per = ((after - before) * 1024 - scratch) / n
     return [f"- {fmt_int(n)} connections (SYN flood, max_connections {fmt_int(n)}): RSS "
-            f"+{fmt_int((after - before) / 1024)} MiB, **{per:.0f} bytes per connection** "
-            f"(entry {ct._conntrack.ENTRY_SIZE} bytes + hash bucket + pool slack + open tally: "
-            f"{ct._conntrack.PEER_SIZE} bytes and an index slot per peer, here one per "
-            "connection)",
+            f"+{fmt_int((after - before) / 1024)} MiB, of which {scratch / 2 ** 20:.1f} MiB "
+            f"the per-call buffers (the events and K rows of one {fmt_int(batch)}-packet "
+            f"batch, sized by the batch, not by the table): **{per:.0f} bytes per "
+            f"connection** (entry {ct._conntrack.ENTRY_SIZE} bytes + hash bucket + pool "
+            f"slack + open tally: {ct._conntrack.PEER_SIZE} bytes and an index slot per "
+            f"peer, here one per connection); "
+            f"{(after - before) * 1024 / n:.0f} bytes with the buffers",
             f"- a further {fmt_int(n)} flooded sources: RSS {fmt_int((again - after) / 1024):>} "
             f"MiB more (the core's buffer for the events of one batch: an eviction and a new "
             f"connection per packet), {fmt_int(live)} live, {fmt_int(evictions)} evicted"]

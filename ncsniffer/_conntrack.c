@@ -150,6 +150,7 @@ typedef struct {
     void *block;                  /* what rows lie in, aligned to a cache line */
     peer_key_t *keys;
     uint32_t n, cap;
+    uint32_t peak;                /* the most rows of one call (written pages) */
     uint32_t *emptied;
     uint32_t nemptied, emptied_cap;
 } counted_t;
@@ -185,6 +186,7 @@ typedef struct {
     /* events of the call under way */
     event_t *events;
     size_t nevents, events_cap;
+    size_t events_peak;           /* the most events of one call (written pages) */
     int keeping;                  /* the event rows wanted (else only counted) */
     /* K per peer of the call under way (counting): keys, rows, their index */
     int counting;
@@ -529,6 +531,8 @@ static krow_t *counted_row(Core *c, uint32_t r)
     if (counted_room(t) < 0)
         return NULL;
     uint32_t i = t->n++;
+    if (t->n > t->peak)
+        t->peak = t->n;
     q->row = i + 1;
     t->keys[i] = (peer_key_t){.v6 = q->v6, .hi = q->hi, .lo = q->lo};
     krow_t *row = &t->rows[i];
@@ -676,6 +680,8 @@ static int emit_row(Core *c, uint8_t kind, uint8_t state, const entry_t *e)
         c->events_cap = cap;
     }
     event_t *ev = &c->events[c->nevents++];
+    if (c->nevents > c->events_peak)
+        c->events_peak = c->nevents;
     memset(ev->pad, 0, sizeof ev->pad);
     ev->start = e->start;
     ev->end = e->end;
@@ -1331,6 +1337,16 @@ static PyObject *Core_evictions(Core *c, PyObject *unused)
     return PyLong_FromUnsignedLongLong(c->evictions);
 }
 
+/* The bytes written of the buffers one call needs whatever the table holds (its
+ * events, its K rows): sized by the largest batch so far, not by the connections. */
+static PyObject *Core_scratch_bytes(Core *c, PyObject *unused)
+{
+    const counted_t *t = &c->counted;
+    size_t bytes = c->events_peak * sizeof(event_t) +
+                   (size_t)t->peak * (sizeof(krow_t) + sizeof(peer_key_t));
+    return PyLong_FromSize_t(bytes);
+}
+
 static int Core_init(Core *c, PyObject *args, PyObject *kwds)
 {
     long long establish, tcp, udp, icmp, linger;
@@ -1410,6 +1426,8 @@ static PyMethodDef Core_methods[] = {
     {"live", (PyCFunction)Core_live, METH_NOARGS, "live() -> open connections."},
     {"lingering", (PyCFunction)Core_lingering, METH_NOARGS, "lingering() -> ended, lingering."},
     {"evictions", (PyCFunction)Core_evictions, METH_NOARGS, "evictions() -> evicted so far."},
+    {"scratch_bytes", (PyCFunction)Core_scratch_bytes, METH_NOARGS,
+     "scratch_bytes() -> bytes of the per-call buffers (events, K rows)."},
     {NULL, NULL, 0, NULL},
 };
 
