@@ -204,6 +204,9 @@ def test_replay_with_a_silent_nameserver_looks_nothing_up(tmp_path):
 
 # --------------------------------------------------------------------------- flood
 
+SERVER_LAG = 2.0    # seconds the test's DNS server may fall behind on a loaded machine
+
+
 def _max_per_second(times: list[float]) -> int:
     """The most queries that arrived within any window of one second."""
     times = sorted(times)
@@ -241,7 +244,14 @@ def test_flood_of_new_sources_is_rate_limited(tmp_path, dnsserver, qps):
     assert len(looked_up) == len(names)
     assert {dns.reversename.from_address(ip).to_text() for ip in looked_up} == set(names)
     answered = [ip for ip in looked_up if records[ip]["N"]]
-    assert len(answered) >= len(names) * 0.95
+    # The replay itself takes well under a second now, so most queries go out in its
+    # final wait (at most FINISH_WAIT s, the last second only collecting): the answers
+    # the test's Python server sends late under load are cut off there, as designed.
+    # Every query that reached the server LAG s before the replay ended was answered.
+    early = {name for t, name in queries if t < began + elapsed - SERVER_LAG}
+    got = {dns.reversename.from_address(ip).to_text() for ip in answered}
+    assert early <= got, f"{len(early - got)} of {len(early)} early queries unanswered"
+    assert len(early) >= len(names) // 2
     for ip in answered:
         assert records[ip]["N"] == ["h-" + ip.replace(".", "-") + ".flood.test"]
         assert START <= records[ip]["T"] - SERVER_TTL <= START + 200
