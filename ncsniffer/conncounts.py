@@ -33,10 +33,7 @@ for _state, _name in END_COUNTER.items():
 def count(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct peers of ``events`` (``PEER_DTYPE``, sorted) and their ``K`` deltas,
     an int64 array of one row per peer, columns in ``K_FIELDS`` order."""
-    return _count(events, *_peers(events))
-
-
-def _count(events: np.ndarray, unique: np.ndarray, which: np.ndarray):
+    unique, which = _peers(events)
     width = len(K_FIELDS)
     new = events["kind"] == ct.NEW
     rows = which[new] * width
@@ -66,10 +63,7 @@ def open_deltas(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     open tally (``open_tally``'s K rows): a ``new`` adds its begun counts (tcp udp icmp,
     in out, active), an ``end`` takes them off.  Summed over every batch so far, the
     tally of ``Tracker.still_open()``."""
-    return _open_deltas(events, *_peers(events))
-
-
-def _open_deltas(events: np.ndarray, unique: np.ndarray, which: np.ndarray):
+    unique, which = _peers(events)
     width = len(K_FIELDS)
     rows = which * width
     up = np.concatenate((rows + _PROTO_COLUMN[events["proto"]],
