@@ -2,7 +2,7 @@
  * _dumptext: the Python-format and JSON record lines of a stats file, from one chunk
  * of table.Table.columns(arrays=True): (packed addresses, B, C, E, N, R, S, T, W[, K]).
  *
- * The plain twin is dumpfile.py's formatter (PYTHON_LINE / PYTHON_LINE_K with %);
+ * The plain twin is dumpfile.py's formatter (_record_lines: RECORD_LINE(_K) with %);
  * the property tests hold the two byte-identical.  The twin spends 1-2 us a record
  * on Python ints, a tuple and a %-format; here one pass writes one buffer:
  *

@@ -184,12 +184,12 @@ def printed(value) -> int:
     return value if type(value) is int else int("%.0f" % value)
 
 
-PYTHON_LINE = ('"%s": {"B": %d, "C": %d, "E": %d, "N": %s, "R": %d, "S": %d, "T": %d, '
-               '"W": %d},\n')
+# One record of the Python format (followed by ",\n") and of the JSON one (joined by it)
+RECORD_LINE = '"%s": {"B": %d, "C": %d, "E": %d, "N": %s, "R": %d, "S": %d, "T": %d, "W": %d}'
+RECORD_LINE_K = ('"%s": {"B": %d, "C": %d, "E": %d, "K": %s, "N": %s, "R": %d, "S": %d, '
+                 '"T": %d, "W": %d}')
 K_JSON = "{" + ", ".join(f'"{k}": %d' for k in K_KEYS) + "}"
 K_PERL = "{" + ", ".join(f"{k} => %d" for k in K_KEYS) + "}"
-PYTHON_LINE_K = ('"%s": {"B": %d, "C": %d, "E": %d, "K": %s, "N": %s, "R": %d, "S": %d, '
-                 '"T": %d, "W": %d},\n')
 CHUNK = 4096    # rows formatted per piece: fewer generator steps and writes
 
 
@@ -230,13 +230,26 @@ def _python_body(rows: Iterable[Row]) -> Iterable[str]:
 
 def _python_lines(chunk: list[Row]) -> str:
     """The plain twin of ``_dumptext.python_lines``: each record's line."""
+    return _record_lines(chunk, ",\n", "")
+
+
+def _json_lines(chunk: list[Row]) -> str:
+    """The plain twin of ``_dumptext.json_lines``: the records joined by ',\n'."""
+    return _record_lines(chunk, "", ",\n")
+
+
+def _record_lines(chunk: list[Row], end: str, sep: str) -> str:
+    """The records of ``chunk``, each ending in ``end``, joined by ``sep`` (as the C
+    formatter's ``format_chunk``)."""
     dumps = json.dumps
     if len(chunk[0]) > K_AT:
-        return "".join([PYTHON_LINE_K % (ip, b, c, e, K_JSON % _k_values(k),
-                                         dumps(list(n)) if n else "[]", r, s, t, w)
-                        for ip, b, c, e, n, r, s, t, w, k in chunk])
-    return "".join([PYTHON_LINE % (ip, b, c, e, dumps(list(n)) if n else "[]", r, s, t, w)
-                    for ip, b, c, e, n, r, s, t, w in chunk])
+        line = RECORD_LINE_K + end
+        return sep.join([line % (ip, b, c, e, K_JSON % _k_values(k),
+                                 dumps(list(n)) if n else "[]", r, s, t, w)
+                         for ip, b, c, e, n, r, s, t, w, k in chunk])
+    line = RECORD_LINE + end
+    return sep.join([line % (ip, b, c, e, dumps(list(n)) if n else "[]", r, s, t, w)
+                     for ip, b, c, e, n, r, s, t, w in chunk])
 
 
 def _compiled(rows: Iterable[Row], function: str) -> Iterator[str | list[Row]]:
@@ -309,20 +322,6 @@ def _json_document(h: Header, rows: Iterable[Row]) -> Iterable[str]:
         yield sep + (piece if type(piece) is str else _json_lines(piece))
         sep = ",\n"
     yield "\n}}\n"
-
-
-JSON_LINE = '"%s": {"B": %d, "C": %d, "E": %d, "N": %s, "R": %d, "S": %d, "T": %d, "W": %d}'
-JSON_LINE_K = PYTHON_LINE_K[:-2]
-
-
-def _json_lines(chunk: list[Row]) -> str:
-    """The plain twin of ``_dumptext.json_lines``: the records joined by ',\n'."""
-    if len(chunk[0]) > K_AT:
-        return ",\n".join([JSON_LINE_K % (ip, b, c, e, K_JSON % _k_values(k),
-                                           json.dumps(n), r, s, t, w)
-                            for ip, b, c, e, n, r, s, t, w, k in chunk])
-    return ",\n".join([JSON_LINE % (ip, b, c, e, json.dumps(n), r, s, t, w)
-                        for ip, b, c, e, n, r, s, t, w in chunk])
 
 
 def render(h: Header, rows: Iterable[Row], fmt: str = "python") -> Iterable[str]:
