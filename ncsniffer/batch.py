@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from ncsniffer.accounting import Accounting
 from ncsniffer.clock import Clock
 from ncsniffer.table import Addresses
 from ncsniffer.gather import HEAD, Gather, Heads
+
+if TYPE_CHECKING:
+    from ncsniffer.conntrack import Tracked
 from ncsniffer.pcapfile import Batch
 
 OK, TRUNCATED, NOT_IP, INVALID = 0, 1, 2, 3
@@ -356,7 +359,7 @@ class Prepared:
     good: np.ndarray              # which passed packets are counted
     lengths: np.ndarray           # ... their wire lengths
     flows: np.ndarray | None = None   # ... their FLOW records (with connections; else None)
-    tracked: np.ndarray | None = None   # ... or the tracker's events of them (two-process replay)
+    tracked: Tracked | None = None   # ... or the tracker's K of them (two-process replay)
 
     def __reduce__(self):
         """Pickled compactly for the pipe between a replay's processes (a third of

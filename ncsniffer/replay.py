@@ -78,9 +78,9 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
         clock.every_second(lambda now, elapsed: lookups.tick(now))
     progress = Progress(None if quiet else log)
     counters = sniffer.counters
-    if prog is not None and _pipeline(sniffer.tracks_ahead()):
-        prepared = _two_processes(batches, prog, sniffer.rules,
-                                  sniffer if sniffer.tracks_ahead() else None)
+    ahead = sniffer.tracks_ahead()
+    if prog is not None and _pipeline(ahead):
+        prepared = _two_processes(batches, prog, sniffer.rules, sniffer if ahead else None)
     else:
         prepared = _one_process(batches, prog, sniffer.rules)
     try:
