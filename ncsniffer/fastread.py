@@ -136,7 +136,6 @@ def count_records(slots: np.ndarray, secs: np.ndarray, lengths: np.ndarray, cols
                             first_packets, hour)
 
 
-
 def distinct(is6: np.ndarray, v4: np.ndarray, hi: np.ndarray, lo: np.ndarray):
     """(distinct IPv4 targets, IPv6 ones as hi and lo words, each packet's index):
     ``batch.distinct``'s numbers, by radix sort (IPv4) and a hash (IPv6)."""
