@@ -343,7 +343,23 @@ static struct PyModuleDef module = {
     .m_methods = methods,
 };
 
+/* The module, with K_KEYS as a tuple: dumpfile.py checks it is its own. */
 PyMODINIT_FUNC PyInit__dumptext(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    PyObject *keys = m ? PyTuple_New(K_COUNT) : NULL;
+    for (int j = 0; keys && j < K_COUNT; j++) {
+        PyObject *key = PyUnicode_FromString(K_KEYS[j]);
+        if (!key) {
+            Py_CLEAR(keys);
+            break;
+        }
+        PyTuple_SET_ITEM(keys, j, key);
+    }
+    if (!keys || PyModule_AddObject(m, "K_KEYS", keys) < 0) {
+        Py_XDECREF(keys);
+        Py_XDECREF(m);
+        return NULL;
+    }
+    return m;
 }

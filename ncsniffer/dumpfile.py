@@ -41,6 +41,7 @@ K_KEYS = ("active", "closed", "evicted", "icmp", "in", "out", "refused", "reset"
           "timedout", "udp", "unanswered")
 K_ZERO = dict.fromkeys(K_KEYS, 0)
 _K_VALUES = itemgetter(*K_KEYS)
+assert _dumptext is None or _dumptext.K_KEYS == K_KEYS, "_dumptext.c's K_KEYS differ"
 
 
 def _k_values(k) -> tuple[int, ...]:
