@@ -49,6 +49,9 @@ QUERY_TIMEOUT = 300       # seconds a query waits for its answer (SPEC 5)
 EXPIRE_EVERY = 15         # seconds between sweeps of timed-out queries (SPEC 5)
 EDNS_PAYLOAD = 1232       # advertised UDP size: fewer TC answers for hosts with many PTRs
 RECV_BATCH = 1000         # datagrams read per on_readable() call, at most
+# receive buffer asked per query in flight: a 512-byte answer's share with the kernel's
+# overhead (it doubles what is asked); the default buffer held fewer than 500 answers
+ANSWER_ROOM = 1024
 MAX_OUTSTANDING = 4096    # upper bound of dns_max_outstanding (ids are 16 bits)
 ID_TRIES = 64             # random ids tried before giving up on a query for this tick
 RESOLV_CONF = "/etc/resolv.conf"
@@ -400,8 +403,10 @@ def server_address(settings, resolv_conf: str = RESOLV_CONF) -> tuple[str, int]:
     return ip, port
 
 
-def _open_socket(server: tuple[str, int]) -> socket.socket:
-    """A non-blocking UDP socket connected to the server, on a kernel-chosen random port.
+def _open_socket(server: tuple[str, int], answers: int = 0) -> socket.socket:
+    """A non-blocking UDP socket connected to the server, on a kernel-chosen random port,
+    with room for ``answers`` answers waiting to be read (the kernel drops what does
+    not fit; it caps the room at net.core.rmem_max).
 
     Connecting makes the kernel drop datagrams from any other address or port.
     """
@@ -412,6 +417,8 @@ def _open_socket(server: tuple[str, int]) -> socket.socket:
         raise ResolverError(f"cannot open a DNS socket: {exc.strerror or exc}") from exc
     try:
         sock.setblocking(False)
+        if answers * ANSWER_ROOM > sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, answers * ANSWER_ROOM)
         sock.connect(server)
     except OSError as exc:
         sock.close()
@@ -436,7 +443,7 @@ class Resolver:
         self.server = server_address(settings, resolv_conf)
         self.lookups = Lookups(acct, self.server, settings.dns_max_outstanding,
                                settings.dns_max_qps, clock=clock)
-        self.sock = _open_socket(self.server)
+        self.sock = _open_socket(self.server, settings.dns_max_outstanding)
         self._buf = bytearray(65535)
 
     @property

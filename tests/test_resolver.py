@@ -536,6 +536,20 @@ def _wait_readable(r, seconds=2.0):
     assert select.select([r.fileno()], [], [], seconds)[0]
 
 
+def test_socket_holds_an_answer_to_every_query_in_flight(fake_server):
+    """The kernel drops datagrams once a socket's receive buffer is full: the default
+    (about 200 KiB) held fewer than 500 answers, so at 1000 queries/s on a loaded
+    machine answers were lost (RcvbufErrors). It must hold dns_max_outstanding of them."""
+    for outstanding in (500, 4096):
+        r = _resolver(fake_server, Accounting(NOW), dns_max_outstanding=outstanding)
+        try:
+            room = r.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            limit = int(open("/proc/sys/net/core/rmem_max").read()) * 2
+            assert room >= min(outstanding * resolver.ANSWER_ROOM, limit), (outstanding, room)
+        finally:
+            r.close()
+
+
 def test_resolver_round_trip_on_loopback(fake_server):
     acct = Accounting(NOW)
     r = _resolver(fake_server, acct)
