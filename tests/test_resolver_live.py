@@ -244,13 +244,14 @@ def test_flood_of_new_sources_is_rate_limited(tmp_path, dnsserver, qps):
     assert len(looked_up) == len(names)
     assert {dns.reversename.from_address(ip).to_text() for ip in looked_up} == set(names)
     answered = [ip for ip in looked_up if records[ip]["N"]]
-    # The replay itself takes well under a second now, so most queries go out in its
-    # final wait (at most FINISH_WAIT s, the last second only collecting): the answers
-    # the test's Python server sends late under load are cut off there, as designed.
-    # Every query that reached the server LAG s before the replay ended was answered.
+    # Every query that reached the server SERVER_LAG s before the replay ended was
+    # answered (none dropped by a full receive buffer), and nearly all of them were:
+    # only those the test's server answers after the replay's bounded final wait
+    # (FINISH_WAIT) may miss.
     early = {name for t, name in queries if t < began + elapsed - SERVER_LAG}
     got = {dns.reversename.from_address(ip).to_text() for ip in answered}
     assert early <= got, f"{len(early - got)} of {len(early)} early queries unanswered"
+    assert len(answered) >= len(names) * 0.95
     assert len(early) >= len(names) // 2
     for ip in answered:
         assert records[ip]["N"] == ["h-" + ip.replace(".", "-") + ".flood.test"]
