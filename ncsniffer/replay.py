@@ -213,6 +213,7 @@ def _prepare_into(wfd: int, batches, prog, rules: batch.Rules,
                     if tracking is not None:
                         tracking.track_ahead(ready)
                     pickle.dump(ready, out, protocol=5)
+                    out.flush()       # now: the counting process may be waiting for it
                 pickle.dump(("end", "" if tracking is None else tracking.drain_ahead()), out)
             except CaptureError as exc:
                 pickle.dump(("capture", str(exc)), out)

@@ -9,6 +9,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -279,6 +280,45 @@ def test_broken_pcapng_mid_file_is_a_clear_error(workdir):
     conf = write_config(workdir, bpf=f"host {ME}")
     result = run_cli("-c", conf, "-r", cap, "start")
     assert result.returncode == 2 and cap in result.stderr and "Traceback" not in result.stderr
+    assert plain_read(os.path.join(workdir, "nc.sniffer.stats"))[1] == expected(model)[0]
+
+
+def test_each_prepared_batch_reaches_the_counting_process_at_once(workdir, replay_path,
+                                                                 monkeypatch):
+    """The reading process sends a batch when it is ready, not when the next one has
+    filled its buffer: it prepares the second only once the first has been counted
+    (else the first batch of a replay waits for the second, tens of milliseconds)."""
+    if replay_path != "batch":
+        pytest.skip("only the two-process path has a reading process")
+    from ncsniffer import batch, config, pcapfile, replay as replay_mod
+    counted = os.path.join(workdir, "first-counted")
+    real_prepare, real_apply = batch.prepare, batch.apply
+    calls, applied = [], []
+
+    def prepare(*args):                 # in the reading process
+        calls.append(1)
+        if len(calls) == 2:
+            deadline = time.monotonic() + 10
+            while not os.path.exists(counted):
+                if time.monotonic() > deadline:
+                    raise ValueError("the first batch was not counted before the second")
+                time.sleep(0.01)
+        return real_prepare(*args)
+
+    def apply(*args, **kw):              # in the counting process
+        open(counted, "w").close()
+        applied.append(1)
+        return real_apply(*args, **kw)
+    monkeypatch.setattr(batch, "prepare", prepare)
+    monkeypatch.setattr(batch, "apply", apply)
+    monkeypatch.setattr(pcapfile, "MAX_BYTES", 4096)
+    records, model = build([(T0 + i, "198.51.100.1", ME, b"x") for i in range(200)])
+    cap = os.path.join(workdir, "in.pcap")
+    pcapgen.write_pcap(cap, decode.DLT_EN10MB, records)
+    settings = config.validate(config.load_file(write_config(workdir, bpf=f"host {ME}")),
+                               "nc.sniffer", offline=True)
+    assert replay_mod.replay(settings, cap, io.StringIO(), quiet=True) == 0
+    assert len(applied) > 2
     assert plain_read(os.path.join(workdir, "nc.sniffer.stats"))[1] == expected(model)[0]
 
 
