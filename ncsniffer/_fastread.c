@@ -21,6 +21,9 @@
  * packet of the batch, and slices them by the counts returned.  Every read
  * of capture bytes is checked against the captured length, and every packet
  * against the buffer's end, so a hostile file cannot make it read astray.
+ * walk and prepare run without the GIL (they touch no Python object once the
+ * buffers are held): a tracking replay's reading thread overlaps them with the
+ * connection tracker's core.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -160,8 +163,11 @@ static PyObject *py_walk(PyObject *self, PyObject *args)
                 stop = size - RECORD + 1;
             Py_ssize_t next;
             int64_t bogus;
-            Py_ssize_t n = walk_records(buf, size, pos, stop, limit, swapped, snaplen, per_sec,
-                                        &out, &next, &bogus);
+            Py_ssize_t n;
+            Py_BEGIN_ALLOW_THREADS
+            n = walk_records(buf, size, pos, stop, limit, swapped, snaplen, per_sec,
+                             &out, &next, &bogus);
+            Py_END_ALLOW_THREADS
             release(&v);
             return Py_BuildValue("nnL", n, next, (long long)bogus);
         }
@@ -584,6 +590,7 @@ typedef struct {
     uint64_t *hi, *lo;
     Flow *flows;                  /* NULL: no FLOW records */
     Py_ssize_t seen, counted, n4, n6, undecoded[4];
+    Py_ssize_t outside;           /* the packet outside the buffer (prepare_batch -1) */
 } Prepared;
 
 static void count_packet(const uint8_t *pkt, uint64_t cap, uint64_t l3, int is6, const Me *me,
@@ -617,7 +624,7 @@ static int prepare_batch(const uint8_t *buf, Py_ssize_t size, const Packets *in,
         if (i + PACKETS_AHEAD < n)
             prefetch_packet(buf, size, in->offs[i + PACKETS_AHEAD]);
         if (off < 0 || cap < 0 || off > size || cap > size - off) {
-            PyErr_Format(PyExc_ValueError, "packet %zd lies outside the buffer", i);
+            out->outside = i;
             return -1;
         }
         const uint8_t *pkt = buf + off;
@@ -715,8 +722,14 @@ static PyObject *py_prepare(PyObject *self, PyObject *args)
         !(out.lo = view(&v, o_lo, 1, 8, n)) ||
         (o_flows != Py_None && !(out.flows = view(&v, o_flows, 1, sizeof(Flow), n))))
         goto done;
-    if (prepare_batch(buf, v.views[0].len, &in, n, filter.ops ? &filter : NULL, &link, &me,
-                      &out) == 0)
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = prepare_batch(buf, v.views[0].len, &in, n, filter.ops ? &filter : NULL, &link, &me,
+                           &out);
+    Py_END_ALLOW_THREADS
+    if (failed)
+        PyErr_Format(PyExc_ValueError, "packet %zd lies outside the buffer", out.outside);
+    else
         result = Py_BuildValue("nnnnnnn", out.seen, out.counted, out.n4, out.n6,
                                out.undecoded[TRUNCATED], out.undecoded[NOT_IP],
                                out.undecoded[INVALID]);

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import mmap
+import os
 import struct
 import sys
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ class Batch:
     links: tuple[Link, ...] = ()         # the packets' links (none known: the caller's)
     link: np.ndarray | None = None       # per packet, its index in links (None: links[0])
     usec: np.ndarray | None = None       # microseconds within ``sec`` (None: unknown, 0)
+    at: int = 0                          # the file offset of buf[0] (0: buf is the file)
 
     def micros(self) -> np.ndarray:
         """Each packet's microseconds within its second (zeros where unknown)."""
@@ -316,6 +318,10 @@ def _lane_major(ends: np.ndarray, at: np.ndarray, hdr: np.ndarray):
     return at.ravel()[flat], hdr.view(np.complex128).ravel()[flat].view(hdr.dtype), tail
 
 
+def _left_over(length: int) -> Truncated:
+    return Truncated(f"file ends inside a record ({length} bytes left over)")
+
+
 def _bogus(length: int) -> Truncated:
     """A record longer than libpcap accepts, first in its batch."""
     return Truncated(f"bogus record length {length}")
@@ -480,15 +486,21 @@ class Reader:
         return f"sections or interfaces of different {' and '.join(differ)}" if differ else None
 
     # ------------------------------------------------------------------ batches
-    def batches(self, max_packets: int | None = None,
-                max_bytes: int | None = None) -> Iterator[Batch]:
+    def batches(self, max_packets: int | None = None, max_bytes: int | None = None,
+                reuse: bool = False) -> Iterator[Batch]:
         """Yield batches until the end of the file; raise Truncated at a broken end.
 
         A batch holds at most ``max_packets`` records (MAX_PACKETS) and ends at the
         first one starting ``max_bytes`` (MAX_BYTES) or more past its first.
+        ``reuse``: a batch may be valid only until the next one is asked for (as
+        libpcap's packets are): a classic pcap file walked in C is then read into
+        one buffer that every batch reuses (``_read_pcap``).
         """
         max_packets = max_packets or MAX_PACKETS
         max_bytes = max_bytes or MAX_BYTES
+        if reuse and self.kind == "pcap" and self.fast:
+            yield from self._read_pcap(max_packets, max_bytes)
+            return
         walk = self._walk_pcap if self.kind == "pcap" else self._walk_pcapng
         pos, end = self.start, len(self.mm)
         while pos < end:
@@ -498,8 +510,35 @@ class Reader:
                 yield batch
                 self._release(pos, nxt)
             elif nxt == pos:
-                raise Truncated(f"file ends inside a record ({end - pos} bytes left over)")
+                raise _left_over(end - pos)
             pos = nxt
+
+    def _read_pcap(self, limit: int, max_bytes: int) -> Iterator[Batch]:
+        """``batches`` of a classic pcap file read (pread) into one reused buffer: the
+        kernel copies the bytes, where the map costs a page-table entry per page
+        mapped and dropped again, and holds the GIL while it does (a replay's reading
+        thread runs beside the tracker).  The buffer holds any record that starts in
+        the first ``max_bytes``, so a record is cut only at the end of the file, as
+        in the map: the same batches, the same errors."""
+        buf = bytearray(max_bytes + RECORD + MAX_RECORD)
+        view, u8 = memoryview(buf), np.frombuffer(buf, np.uint8)
+        fd, pos, end = self.fh.fileno(), self.start, len(self.mm)
+        swapped = self.endian != NATIVE
+        while pos < end:
+            got = os.preadv(fd, [view[:min(len(buf), end - pos)]], pos)
+            if got < min(len(buf), end - pos):
+                raise Truncated(f"file shrank while read ({pos + got} of {end} bytes)")
+            data = view[:got]
+            w = fastread.walk(data, 0, min(max_bytes, got - RECORD + 1), limit, swapped,
+                              self.snaplen, self.per_sec)
+            if w.bogus >= 0:
+                raise _bogus(w.bogus)
+            if len(w.offs):
+                yield Batch(data, u8[:got], w.offs, w.caplen, w.wirelen, w.sec, self.links,
+                            usec=w.usec, at=pos)
+            elif w.next == 0:
+                raise _left_over(end - pos)
+            pos += w.next
 
     def _populate(self, start: int, length: int) -> None:
         """Map the pages of the next batch in one call (MADV_POPULATE_READ): a fault

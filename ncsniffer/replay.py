@@ -12,8 +12,10 @@ import fcntl
 import gc
 import os
 import pickle
+import queue
 import signal
 import struct
+import threading
 import time
 import traceback
 from typing import IO, Iterator
@@ -30,6 +32,7 @@ PIPE_BUFFER = 1 << 20  # bytes buffered on each side of the pipe between the pro
 PIPE_SIZE = 1 << 20    # the pipe itself: a prepared batch is 1-2 MB
 EXPORT_WAIT = 30.0     # seconds the end of a replay waits for its export to be sent or spooled
 FREE_CPU = 1.0         # CPUs the load average must leave idle for a second process (no tracker)
+READ_AHEAD = 4         # batches the tracking reading process's reader may run ahead
 
 
 class Progress:
@@ -160,7 +163,8 @@ def _two_processes(batches, prog, rules: batch.Rules,
     ``tracking``: the child runs this sniffer's connection tracker too (its copy,
     on packet time only), and sends the events with each batch and the drained
     connections at the end (``Sniffer.track_ahead``): the two processes' CPU
-    evens out."""
+    evens out; there a thread reads and prepares (``_read_ahead``) while the
+    tracker runs."""
     rfd, wfd = os.pipe()
     try:
         fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
@@ -197,6 +201,47 @@ def _two_processes(batches, prog, rules: batch.Rules,
         os.waitpid(pid, 0)
 
 
+def _read_ahead(items: Iterator, depth: int = READ_AHEAD) -> Iterator:
+    """``items`` produced by a thread of their own, at most ``depth`` ahead, in
+    order; an exception of theirs is raised here at its place in the stream.  The
+    tracking reading process reads and prepares this way while its own thread
+    tracks: the C steps of both run without the GIL, so they overlap."""
+    ready: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as exc:       # raised in the consumer, in its place
+            put((False, exc))
+
+    worker = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            more, item = ready.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 def _prepare_into(wfd: int, batches, prog, rules: batch.Rules,
                   tracking: Sniffer | None = None) -> None:
     """The child's work: prepared batches, then ("end", "") (with ``tracking``:
@@ -208,8 +253,10 @@ def _prepare_into(wfd: int, batches, prog, rules: batch.Rules,
     try:
         with os.fdopen(wfd, "wb", PIPE_BUFFER) as out:
             try:
-                for got in batches:
-                    ready = batch.prepare(got, prog, rules)
+                prepared = _one_process(batches, prog, rules)
+                if tracking is not None:         # the tracker's core beside the reading
+                    prepared = _read_ahead(prepared)
+                for ready in prepared:
                     if tracking is not None:
                         tracking.track_ahead(ready)
                     pickle.dump(ready, out, protocol=5)
@@ -306,8 +353,10 @@ def _open_libpcap(path: str, settings: Settings):
 
 
 def _read_batches(reader: pcapfile.Reader):
-    """The reader's batches; a broken file becomes the CaptureError every path reports."""
+    """The reader's batches, each valid until the next is asked for (every path here
+    prepares a batch before it reads the next); a broken file becomes the
+    CaptureError every path reports."""
     try:
-        yield from reader.batches()
+        yield from reader.batches(reuse=True)
     except (pcapfile.Truncated, pcapfile.Unsupported, struct.error) as exc:
         raise CaptureError(f"{reader.name}: {exc}") from exc

@@ -56,21 +56,25 @@ def reference(data: bytes):
 
 
 def read(path, lanes, max_packets=pcapfile.MAX_PACKETS, max_bytes=pcapfile.MAX_BYTES,
-         fast=False):
+         fast=False, reuse=False):
     """(records, error, reader) through the batch reader with ``lanes`` (``fast``:
-    the C walk instead)."""
+    the C walk instead; ``reuse``: read into one reused buffer).  Each packet's
+    bytes are checked where its batch's buffer holds them, before the next batch."""
     batches, error = [], None
+    data = path.read_bytes()
     with open(path, "rb") as fh:
         r = pcapfile.Reader(fh, str(path))
         r.chain.lanes = lanes
         r.fast = fast
         try:
-            for b in r.batches(max_packets, max_bytes):
+            for b in r.batches(max_packets, max_bytes, reuse=reuse):
                 assert len(b.offs) <= max_packets
                 assert b.offs[-1] - b.offs[0] < max_bytes
                 for a in (b.offs, b.caplen, b.wirelen, b.sec):
                     assert a.dtype == np.int64
-                batches.append(np.stack((b.offs, b.caplen, b.wirelen, b.sec), axis=1))
+                for off, cap in zip(b.offs.tolist(), b.caplen.tolist()):
+                    assert bytes(b.buf[off:off + cap]) == data[b.at + off:b.at + off + cap]
+                batches.append(np.stack((b.offs + b.at, b.caplen, b.wirelen, b.sec), axis=1))
         except pcapfile.Truncated as exc:
             error = str(exc)
     records = [tuple(x) for x in np.concatenate(batches).tolist()] if batches else []
@@ -88,6 +92,7 @@ def check(tmp_path, data: bytes, max_bytes=8192, max_packets=pcapfile.MAX_PACKET
     assert fast[:2] == want
     if fastread.enabled():
         assert read(path, PLAIN, max_packets, max_bytes, fast=True)[:2] == want
+        assert read(path, PLAIN, max_packets, max_bytes, fast=True, reuse=True)[:2] == want
     assert plain[2].chain.tried == 0
     return fast[2]
 
@@ -228,6 +233,43 @@ def test_bogus_length_in_the_middle(tmp_path):
     path.write_bytes(pcap_file(records))
     got, error, _ = read(path, SMALL, max_bytes=8192)
     assert len(got) == 150 and error == f"bogus record length {pcapfile.MAX_RECORD + 1}"
+
+
+@pytest.mark.skipif(not fastread.enabled(), reason="the reused buffer is the C walk's")
+@pytest.mark.parametrize("end", ["whole", "cut", "bogus"])
+def test_reused_buffer_reads_records_across_its_end(tmp_path, end):
+    """A file many times the reused buffer, records up to the largest libpcap takes
+    straddling its end: what the map gives, and the same last error."""
+    rnd = random.Random(11)
+    records = clean_records(rnd, 60, (0, 3000))
+    for i in range(0, 60, 7):                      # records that fill most of a buffer
+        size = rnd.choice([pcapfile.MAX_RECORD, pcapfile.MAX_RECORD - 1, 200_000])
+        records[i] = records[i][:2] + (size, size, rnd.randbytes(size))
+    if end == "bogus":
+        records[45] = records[45][:2] + (pcapfile.MAX_RECORD + 1,) + records[45][3:]
+    data = pcap_file(records)
+    if end == "cut":
+        data = data[:-5]
+    assert len(data) > 4 * (8192 + 16 + pcapfile.MAX_RECORD)
+    want = reference(data)
+    check(tmp_path, data, max_bytes=8192)
+    path = tmp_path / "f.pcap"
+    assert read(path, PLAIN, max_bytes=8192, fast=True, reuse=True)[:2] == want
+    assert read(path, PLAIN, fast=True, reuse=True)[:2] == want
+
+
+@pytest.mark.skipif(not fastread.enabled(), reason="the reused buffer is the C walk's")
+def test_a_file_cut_while_it_is_read_is_an_error_not_a_crash(tmp_path):
+    """The map would have been SIGBUS past the new end; the read says what happened."""
+    path = tmp_path / "s.pcap"
+    path.write_bytes(pcap_file(clean_records(random.Random(12), 400, (500, 1500))))
+    with open(path, "rb") as fh:
+        batches = pcapfile.Reader(fh, str(path)).batches(max_bytes=4096, reuse=True)
+        next(batches)
+        os.truncate(path, 100_000)
+        with pytest.raises(pcapfile.Truncated, match=r"file shrank while read \(100000 of \d+ bytes\)"):
+            for _ in batches:
+                pass
 
 
 def test_batch_limits(tmp_path):

@@ -322,6 +322,34 @@ def test_each_prepared_batch_reaches_the_counting_process_at_once(workdir, repla
     assert plain_read(os.path.join(workdir, "nc.sniffer.stats"))[1] == expected(model)[0]
 
 
+def test_read_ahead_keeps_the_order_and_raises_in_place(replay_path):
+    """The tracking reading process's reader thread: items in order, its error after
+    the items before it, and a consumer that stops early leaves no thread behind."""
+    if replay_path != "batch":
+        pytest.skip("pure logic, once")
+    import threading
+    from ncsniffer.errors import CaptureError
+    from ncsniffer.replay import _read_ahead
+
+    def items(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise CaptureError(f"bad at {i}")
+            yield i
+    assert list(_read_ahead(items(50), depth=3)) == list(range(50))
+    got = []
+    with pytest.raises(CaptureError, match="bad at 7"):
+        for i in _read_ahead(items(50, fail_at=7), depth=3):
+            got.append(i)
+    assert got == list(range(7))
+    before = threading.active_count()
+    ahead = _read_ahead(items(10 ** 6), depth=2)
+    assert next(ahead) == 0
+    time.sleep(0.2)                     # the producer is blocked on the full queue
+    ahead.close()
+    assert threading.active_count() == before
+
+
 @pytest.mark.parametrize("failure, message", [
     ("raise", "the reading process failed"),
     ("exit", "the reading process ended unexpectedly"),
