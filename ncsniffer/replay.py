@@ -12,10 +12,8 @@ import fcntl
 import gc
 import os
 import pickle
-import queue
 import signal
 import struct
-import threading
 import time
 import traceback
 from typing import IO, Iterator
@@ -206,6 +204,8 @@ def _read_ahead(items: Iterator, depth: int = READ_AHEAD) -> Iterator:
     order; an exception of theirs is raised here at its place in the stream.  The
     tracking reading process reads and prepares this way while its own thread
     tracks: the C steps of both run without the GIL, so they overlap."""
+    import queue                   # only then: a plain replay's start-up (issue 16)
+    import threading
     ready: queue.Queue = queue.Queue(depth)
     stop = threading.Event()
 
