@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import os
 import shutil
 import subprocess
@@ -58,10 +59,18 @@ def side_settings(vname: str, side: str) -> dict:
 
 
 def unpack(commit: str, into: str) -> str:
-    """``git archive COMMIT`` unpacked into ``into``, byte-compiled; its short hash."""
+    """``git archive COMMIT`` unpacked into ``into``, its C extensions built (if it
+    has any: without them the old code would run its numpy twins) and byte-compiled;
+    its short hash."""
     archive = subprocess.run(["git", "-C", benchlib.ROOT, "archive", commit],
                              check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    if glob.glob(os.path.join(into, "ncsniffer", "*.c")):
+        built = subprocess.run([benchlib.PYTHON, "setup.py", "-q", "build_ext", "--inplace"],
+                               cwd=into, capture_output=True, text=True)
+        if built.returncode != 0:
+            raise benchlib.BenchError(f"{commit}: its C extensions do not build:\n"
+                                      f"{built.stderr[-2000:]}")
     compile_tree(into)
     return subprocess.run(["git", "-C", benchlib.ROOT, "rev-parse", "--short", commit],
                           check=True, capture_output=True, text=True).stdout.strip()
