@@ -34,6 +34,7 @@ from ncsniffer.gather import Gather
 MAX_RECORD = 262144          # libpcap refuses larger records as bogus
 MAX_PACKETS = 65536          # records per batch, bounds memory for tiny packets
 MAX_BYTES = 16 << 20         # a batch ends at the first record this far past its start
+FIRST_BYTES = 1 << 20        # ... the first one of a ramp (``batches(ramp=True)``)
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)   # Linux 5.14; Python 3.13 names it
 SYNC_SECONDS = 10 * 86400    # a lane's first record lies this close in time to the batch's first
 PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1), b"\xa1\xb2\xc3\xd4": (">", 1),
@@ -318,6 +319,15 @@ def _lane_major(ends: np.ndarray, at: np.ndarray, hdr: np.ndarray):
     return at.ravel()[flat], hdr.view(np.complex128).ravel()[flat].view(hdr.dtype), tail
 
 
+def _spans(max_bytes: int, ramp: bool) -> Iterator[int]:
+    """The byte span of each batch: ``max_bytes``, or (``ramp``) FIRST_BYTES doubling
+    up to it."""
+    span = min(FIRST_BYTES, max_bytes) if ramp else max_bytes
+    while True:
+        yield span
+        span = min(2 * span, max_bytes)
+
+
 def _left_over(length: int) -> Truncated:
     return Truncated(f"file ends inside a record ({length} bytes left over)")
 
@@ -487,25 +497,29 @@ class Reader:
 
     # ------------------------------------------------------------------ batches
     def batches(self, max_packets: int | None = None, max_bytes: int | None = None,
-                reuse: bool = False) -> Iterator[Batch]:
+                reuse: bool = False, ramp: bool = False) -> Iterator[Batch]:
         """Yield batches until the end of the file; raise Truncated at a broken end.
 
         A batch holds at most ``max_packets`` records (MAX_PACKETS) and ends at the
         first one starting ``max_bytes`` (MAX_BYTES) or more past its first.
         ``reuse``: a batch may be valid only until the next one is asked for (as
         libpcap's packets are): a classic pcap file walked in C is then read into
-        one buffer that every batch reuses (``_read_pcap``).
+        one buffer that every batch reuses (``_read_pcap``).  ``ramp``: the first
+        batches span less (FIRST_BYTES, doubling up to ``max_bytes``), so that a
+        pipeline's next stage starts on the first one sooner.
         """
         max_packets = max_packets or MAX_PACKETS
         max_bytes = max_bytes or MAX_BYTES
+        spans = _spans(max_bytes, ramp)
         if reuse and self.kind == "pcap" and self.fast:
-            yield from self._read_pcap(max_packets, max_bytes)
+            yield from self._read_pcap(max_packets, max_bytes, spans)
             return
         walk = self._walk_pcap if self.kind == "pcap" else self._walk_pcapng
         pos, end = self.start, len(self.mm)
         while pos < end:
-            self._populate(pos, max_bytes)
-            batch, nxt = walk(pos, max_packets, pos + max_bytes)
+            span = next(spans)
+            self._populate(pos, span)
+            batch, nxt = walk(pos, max_packets, pos + span)
             if batch is not None:
                 yield batch
                 self._release(pos, nxt)
@@ -513,7 +527,7 @@ class Reader:
                 raise _left_over(end - pos)
             pos = nxt
 
-    def _read_pcap(self, limit: int, max_bytes: int) -> Iterator[Batch]:
+    def _read_pcap(self, limit: int, max_bytes: int, spans: Iterator[int]) -> Iterator[Batch]:
         """``batches`` of a classic pcap file read (pread) into one reused buffer: the
         kernel copies the bytes, where the map costs a page-table entry per page
         mapped and dropped again, and holds the GIL while it does (a replay's reading
@@ -525,11 +539,13 @@ class Reader:
         fd, pos, end = self.fh.fileno(), self.start, len(self.mm)
         swapped = self.endian != NATIVE
         while pos < end:
-            got = os.preadv(fd, [view[:min(len(buf), end - pos)]], pos)
-            if got < min(len(buf), end - pos):
+            span = next(spans)
+            want = min(span + RECORD + MAX_RECORD, end - pos)
+            got = os.preadv(fd, [view[:want]], pos)
+            if got < want:
                 raise Truncated(f"file shrank while read ({pos + got} of {end} bytes)")
             data = view[:got]
-            w = fastread.walk(data, 0, min(max_bytes, got - RECORD + 1), limit, swapped,
+            w = fastread.walk(data, 0, min(span, got - RECORD + 1), limit, swapped,
                               self.snaplen, self.per_sec)
             if w.bogus >= 0:
                 raise _bogus(w.bogus)

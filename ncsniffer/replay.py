@@ -325,7 +325,8 @@ def _open(path: str, settings: Settings):
         if to_libpcap:
             return _open_libpcap(path, settings)
         raise
-    return _read_batches(reader), reader.linktype, programs, reader.fh.close
+    return _read_batches(reader, settings.connections), reader.linktype, programs, \
+        reader.fh.close
 
 
 def _reader(path: str) -> pcapfile.Reader | None:
@@ -352,11 +353,13 @@ def _open_libpcap(path: str, settings: Settings):
     return iter(lambda: cap.read_batch(BATCH), None), cap.linktype, None, cap.close
 
 
-def _read_batches(reader: pcapfile.Reader):
+def _read_batches(reader: pcapfile.Reader, ramp: bool):
     """The reader's batches, each valid until the next is asked for (every path here
-    prepares a batch before it reads the next); a broken file becomes the
-    CaptureError every path reports."""
+    prepares a batch before it reads the next); ``ramp`` (connections: a batch is
+    tracked too before the counting process gets it): the first ones smaller, so
+    that it starts sooner.  A broken file becomes the CaptureError every path
+    reports."""
     try:
-        yield from reader.batches(reuse=True)
+        yield from reader.batches(reuse=True, ramp=ramp)
     except (pcapfile.Truncated, pcapfile.Unsupported, struct.error) as exc:
         raise CaptureError(f"{reader.name}: {exc}") from exc

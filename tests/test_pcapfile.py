@@ -56,7 +56,7 @@ def reference(data: bytes):
 
 
 def read(path, lanes, max_packets=pcapfile.MAX_PACKETS, max_bytes=pcapfile.MAX_BYTES,
-         fast=False, reuse=False):
+         fast=False, reuse=False, ramp=False):
     """(records, error, reader) through the batch reader with ``lanes`` (``fast``:
     the C walk instead; ``reuse``: read into one reused buffer).  Each packet's
     bytes are checked where its batch's buffer holds them, before the next batch."""
@@ -67,7 +67,7 @@ def read(path, lanes, max_packets=pcapfile.MAX_PACKETS, max_bytes=pcapfile.MAX_B
         r.chain.lanes = lanes
         r.fast = fast
         try:
-            for b in r.batches(max_packets, max_bytes, reuse=reuse):
+            for b in r.batches(max_packets, max_bytes, reuse=reuse, ramp=ramp):
                 assert len(b.offs) <= max_packets
                 assert b.offs[-1] - b.offs[0] < max_bytes
                 for a in (b.offs, b.caplen, b.wirelen, b.sec):
@@ -256,6 +256,32 @@ def test_reused_buffer_reads_records_across_its_end(tmp_path, end):
     path = tmp_path / "f.pcap"
     assert read(path, PLAIN, max_bytes=8192, fast=True, reuse=True)[:2] == want
     assert read(path, PLAIN, fast=True, reuse=True)[:2] == want
+
+
+@pytest.mark.parametrize("fast, reuse", [(False, False), (True, False), (True, True)])
+def test_a_ramp_starts_small_and_reads_the_same(tmp_path, monkeypatch, fast, reuse):
+    """``ramp``: batches span FIRST_BYTES, twice that... up to max_bytes; the records
+    and the last error are those of any other read."""
+    if fast and not fastread.enabled():
+        pytest.skip("no C walk")
+    monkeypatch.setattr(pcapfile, "FIRST_BYTES", 1024)
+    rnd = random.Random(13)
+    data = pcap_file(clean_records(rnd, 300, (0, 300)))[:-7]
+    path = tmp_path / "r.pcap"
+    path.write_bytes(data)
+    assert read(path, PLAIN, max_bytes=8192, fast=fast, reuse=reuse, ramp=True)[:2] == \
+        reference(data)
+    with open(path, "rb") as fh:
+        r = pcapfile.Reader(fh, str(path))
+        r.fast = fast
+        spans = []
+        for b in r.batches(max_bytes=8192, reuse=reuse, ramp=True):
+            spans.append(int(b.offs[-1] - b.offs[0]))
+            if len(spans) == 6:
+                break
+    assert [s < limit for s, limit in zip(spans, (1024, 2048, 4096, 8192, 8192, 8192))] == \
+        [True] * 6
+    assert spans[0] < 1024 <= spans[3]
 
 
 @pytest.mark.skipif(not fastread.enabled(), reason="the reused buffer is the C walk's")
