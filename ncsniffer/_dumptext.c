@@ -13,10 +13,14 @@
  *     formats that chunk with the twin;
  *   - names: a record without names is "[]"; one with names calls ``dumps`` (the
  *     twin's json.dumps) on a list of them, so escaping is json's own.
+ *
+ * The text comes back as a str, or (a third argument true) as its UTF-8 bytes,
+ * which a stats file is written in: no decoding here and encoding there.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <string.h>
 
 #define FIELDS 9                /* packed, B, C, E, N, R, S, T, W */
@@ -117,27 +121,43 @@ static int value(const col_t *c, Py_ssize_t i, Py_ssize_t j, long long *v)
     return (*v == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* "00" to "99": two digits a division. */
+static const char PAIRS[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 /* ``v`` in decimal, as %lld (snprintf costs 60-100 ns a number: most of a row). */
 static void number(out_t *o, long long v)
 {
     char digits[24], *end = digits + sizeof digits, *p = end;
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        *--p = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
+    while (u >= 100) {
+        const char *pair = PAIRS + 2 * (u % 100);
+        u /= 100;
+        *--p = pair[1];
+        *--p = pair[0];
+    }
+    if (u >= 10) {
+        *--p = PAIRS[2 * u + 1];
+        *--p = PAIRS[2 * u];
+    } else {
+        *--p = (char)('0' + u);
+    }
     if (v < 0)
         *--p = '-';
     put(o, p, (size_t)(end - p));
 }
 
-/* ``"key": value`` pairs of one row's numbers. */
-static int field(out_t *o, const char *key, const col_t *col, Py_ssize_t i)
+/* ``"key": value`` pairs of one row's numbers (``key``: a string literal). */
+#define FIELD(o, key, col, i) field((o), (key), sizeof(key) - 1, (col), (i))
+
+static int field(out_t *o, const char *key, size_t key_len, const col_t *col, Py_ssize_t i)
 {
     long long v;
     if (value(col, i, 0, &v) < 0)
         return -1;
-    put(o, key, strlen(key));
+    put(o, key, key_len);
     number(o, v);
     return 0;
 }
@@ -160,19 +180,25 @@ static int address(out_t *o, const unsigned char *a, Py_ssize_t width)
     return 0;
 }
 
+/* What precedes each K value: '{"active": ', ', "closed": ' ... (made at import). */
+static char k_lead[K_COUNT][24];
+static size_t k_lead_len[K_COUNT];
+
+static void k_leads(void)
+{
+    for (int j = 0; j < K_COUNT; j++)
+        k_lead_len[j] = (size_t)snprintf(k_lead[j], sizeof k_lead[j], "%s\"%s\": ",
+                                         j ? ", " : "{", K_KEYS[j]);
+}
+
 /* The K dict of a row: K_COUNT ints in K_KEYS order. */
 static int kdict(out_t *o, const col_t *k, Py_ssize_t i)
 {
-    PUTS(o, "{");
     for (int j = 0; j < K_COUNT; j++) {
         long long v;
         if (value(k, i, j, &v) < 0)
             return -1;
-        if (j)
-            PUTS(o, ", ");
-        PUTS(o, "\"");
-        put(o, K_KEYS[j], strlen(K_KEYS[j]));
-        PUTS(o, "\": ");
+        put(o, k_lead[j], k_lead_len[j]);
         number(o, v);
     }
     PUTS(o, "}");
@@ -222,8 +248,8 @@ static int row(out_t *o, const chunk_t *c, Py_ssize_t i, PyObject *dumps)
     if (address(o, (const unsigned char *)c->packed.buf + i * c->width, c->width) < 0)
         return -1;
     PUTS(o, "\": {");
-    if (field(o, "\"B\": ", &c->num[1], i) < 0 || field(o, ", \"C\": ", &c->num[2], i) < 0 ||
-        field(o, ", \"E\": ", &c->num[3], i) < 0)
+    if (FIELD(o, "\"B\": ", &c->num[1], i) < 0 || FIELD(o, ", \"C\": ", &c->num[2], i) < 0 ||
+        FIELD(o, ", \"E\": ", &c->num[3], i) < 0)
         return -1;
     if (c->has_k) {
         PUTS(o, ", \"K\": ");
@@ -233,8 +259,8 @@ static int row(out_t *o, const chunk_t *c, Py_ssize_t i, PyObject *dumps)
     PUTS(o, ", \"N\": ");
     if (names(o, PyList_GET_ITEM(c->names, i), dumps) < 0)
         return -1;
-    if (field(o, ", \"R\": ", &c->num[5], i) < 0 || field(o, ", \"S\": ", &c->num[6], i) < 0 ||
-        field(o, ", \"T\": ", &c->num[7], i) < 0 || field(o, ", \"W\": ", &c->num[8], i) < 0)
+    if (FIELD(o, ", \"R\": ", &c->num[5], i) < 0 || FIELD(o, ", \"S\": ", &c->num[6], i) < 0 ||
+        FIELD(o, ", \"T\": ", &c->num[7], i) < 0 || FIELD(o, ", \"W\": ", &c->num[8], i) < 0)
         return -1;
     PUTS(o, "}");
     return 0;
@@ -292,7 +318,8 @@ fail:
 static PyObject *format_chunk(PyObject *args, const char *end, const char *sep)
 {
     PyObject *arg, *dumps;
-    if (!PyArg_ParseTuple(args, "OO", &arg, &dumps))
+    int as_bytes = 0;
+    if (!PyArg_ParseTuple(args, "OO|p", &arg, &dumps, &as_bytes))
         return NULL;
     chunk_t c;
     if (chunk_open(&c, arg) < 0)
@@ -309,7 +336,8 @@ static PyObject *format_chunk(PyObject *args, const char *end, const char *sep)
             goto done;
         put(&o, end, tail);
     }
-    result = PyUnicode_DecodeUTF8(o.buf ? o.buf : "", (Py_ssize_t)o.len, NULL);
+    result = as_bytes ? PyBytes_FromStringAndSize(o.buf ? o.buf : "", (Py_ssize_t)o.len)
+                      : PyUnicode_DecodeUTF8(o.buf ? o.buf : "", (Py_ssize_t)o.len, NULL);
 done:
     chunk_close(&c);
     PyMem_Free(o.buf);
@@ -328,10 +356,12 @@ static PyObject *json_lines(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"python_lines", python_lines, METH_VARARGS,
-     "python_lines(chunk, dumps) -> str: the Python-format lines of a columns() chunk, "
+     "python_lines(chunk, dumps[, as_bytes]) -> str (or bytes): the Python-format lines "
+     "of a columns() chunk, "
      "each ending ',\\n'"},
     {"json_lines", json_lines, METH_VARARGS,
-     "json_lines(chunk, dumps) -> str: the JSON records of a columns() chunk, "
+     "json_lines(chunk, dumps[, as_bytes]) -> str (or bytes): the JSON records of a "
+     "columns() chunk, "
      "joined by ',\\n'"},
     {NULL, NULL, 0, NULL}};
 
@@ -346,6 +376,7 @@ static struct PyModuleDef module = {
 /* The module, with K_KEYS as a tuple: dumpfile.py checks it is its own. */
 PyMODINIT_FUNC PyInit__dumptext(void)
 {
+    k_leads();
     PyObject *m = PyModule_Create(&module);
     PyObject *keys = m ? PyTuple_New(K_COUNT) : NULL;
     for (int j = 0; keys && j < K_COUNT; j++) {

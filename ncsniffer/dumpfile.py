@@ -124,6 +124,8 @@ def connections_line(active: int, started: int, evicted: int) -> str:
 
 
 OCTETS = [str(i) for i in range(256)]
+DUMP_CHUNK = 8192     # records the compiled formatter takes at a time: a few MB of text
+                      # whose memory the next chunk reuses (fresh pages cost more)
 
 
 class RecordRows:
@@ -136,7 +138,7 @@ class RecordRows:
         self.records = records
 
     def chunks(self) -> Iterator[tuple]:
-        return self.records.columns(arrays=True)
+        return self.records.columns(chunk=DUMP_CHUNK, arrays=True)
 
     def __iter__(self) -> Iterator[Row]:
         for chunk in self.records.columns():
@@ -222,10 +224,10 @@ def _chunks(rows: Iterable[Row]) -> Iterator[list[Row]]:
         yield chunk
 
 
-def _python_body(rows: Iterable[Row]) -> Iterable[str]:
+def _python_body(rows: Iterable[Row], as_bytes: bool = False) -> Iterable[str | bytes]:
     yield "{\n"
-    for piece in _compiled(rows, "python_lines"):
-        yield piece if type(piece) is str else _python_lines(piece)
+    for piece in _compiled(rows, "python_lines", as_bytes):
+        yield piece if type(piece) in (str, bytes) else _python_lines(piece)
     yield "}\n"
 
 
@@ -253,17 +255,19 @@ def _record_lines(chunk: list[Row], end: str, sep: str) -> str:
                      for ip, b, c, e, n, r, s, t, w in chunk])
 
 
-def _compiled(rows: Iterable[Row], function: str) -> Iterator[str | list[Row]]:
+def _compiled(rows: Iterable[Row], function: str,
+              as_bytes: bool = False) -> Iterator[str | bytes | list[Row]]:
     """Pieces of a records section: text from ``_dumptext.<function>`` for each
-    column chunk of a ``RecordRows``, else lists of rows for the plain formatter
-    (other rows, no compiled module, or a number past 64 bits in the chunk)."""
+    column chunk of a ``RecordRows`` (its UTF-8 bytes with ``as_bytes``), else
+    lists of rows for the plain formatter (other rows, no compiled module, or a
+    number past 64 bits in the chunk)."""
     compiled = getattr(_dumptext, function, None)
     if compiled is None or not isinstance(rows, RecordRows):
         yield from _chunks(rows)
         return
     for chunk in rows.chunks():
         try:
-            yield compiled(chunk, json.dumps)
+            yield compiled(chunk, json.dumps, as_bytes)
         except OverflowError:
             yield from _chunks(chunk_rows(chunk))
 
@@ -299,7 +303,7 @@ def _perl_body(rows: Iterable[Row]) -> Iterable[str]:
 CONNECTIONS_KEYS = ("active", "started", "evicted")
 
 
-def _json_document(h: Header, rows: Iterable[Row]) -> Iterable[str]:
+def _json_document(h: Header, rows: Iterable[Row], as_bytes: bool = False) -> Iterable[str | bytes]:
     head = {
         "ncsniffer": h.version, "start": h.start, "current": h.current,
         "hits": round(h.hits), "bytes": round(h.bytes), "users": h.users,
@@ -319,24 +323,29 @@ def _json_document(h: Header, rows: Iterable[Row]) -> Iterable[str]:
         head["extra"] = list(h.extra)
     yield json.dumps(head)[:-1] + ', "records": {\n'
     sep = ""
-    for piece in _compiled(rows, "json_lines"):
-        yield sep + (piece if type(piece) is str else _json_lines(piece))
+    for piece in _compiled(rows, "json_lines", as_bytes):
+        yield sep
+        yield piece if type(piece) in (str, bytes) else _json_lines(piece)
         sep = ",\n"
     yield "\n}}\n"
 
 
-def render(h: Header, rows: Iterable[Row], fmt: str = "python") -> Iterable[str]:
-    """The stats file's text, in pieces."""
+def render(h: Header, rows: Iterable[Row], fmt: str = "python",
+           as_bytes: bool = False) -> Iterable[str]:
+    """The stats file's text, in pieces; ``as_bytes``: the compiled formatter's
+    pieces (most of the text) as UTF-8 bytes, the rest str (what a file takes
+    without decoding and encoding again)."""
     if fmt == "json":
-        yield from _json_document(h, rows)
+        yield from _json_document(h, rows, as_bytes)
         return
     yield header_text(h)
-    yield from render_body(rows, fmt)
+    yield from render_body(rows, fmt, as_bytes)
 
 
-def render_body(rows: Iterable[Row], fmt: str = "python") -> Iterable[str]:
+def render_body(rows: Iterable[Row], fmt: str = "python",
+                as_bytes: bool = False) -> Iterable[str]:
     """The records section alone, in the Python or Perl layout (for other headers)."""
-    return _perl_body(rows) if fmt == "perl" else _python_body(rows)
+    return _perl_body(rows) if fmt == "perl" else _python_body(rows, as_bytes)
 
 
 def write_stream(stream: IO[str], h: Header, rows: Iterable[Row], fmt: str = "python") -> None:
@@ -347,10 +356,10 @@ def write_stream(stream: IO[str], h: Header, rows: Iterable[Row], fmt: str = "py
 
 def write_file(path: str, h: Header, rows: Iterable[Row], fmt: str = "python") -> None:
     """Write a stats file atomically (see ``write_atomic``)."""
-    write_atomic(path, render(h, rows, fmt))
+    write_atomic(path, render(h, rows, fmt, as_bytes=True))
 
 
-def write_atomic(path: str, pieces: Iterable[str], tmp: str | None = None) -> None:
+def write_atomic(path: str, pieces: Iterable[str | bytes], tmp: str | None = None) -> None:
     """Write ``FILE.PID.tmp``, fsync, rename over ``FILE``.
 
     A reader never sees half a file; a crash or a full disk leaves the previous

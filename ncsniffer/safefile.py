@@ -19,7 +19,7 @@ from ncsniffer.errors import NcSnifferError
 
 NOFOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC   # no symlink, no FIFO wait
 NEW_FILE_MODE = 0o666                                        # the umask applies
-WRITE_CHUNK = 1 << 20
+WRITE_BUFFER = 1 << 16        # bytes a file's small pieces (the header) gather in
 
 
 class UnsafeFileError(NcSnifferError, OSError):
@@ -60,22 +60,16 @@ def create_new(path: str) -> int:
         return os.open(path, flags, NEW_FILE_MODE)
 
 
-def write_atomic(path: str, pieces: Iterable[str], tmp: str | None = None) -> None:
-    """Write ``FILE.PID.tmp``, fsync, rename over ``FILE``; on failure remove the
-    temporary file and raise OSError (the previous ``FILE`` stays as it was)."""
+def write_atomic(path: str, pieces: Iterable[str | bytes], tmp: str | None = None) -> None:
+    """Write ``FILE.PID.tmp`` (the pieces: text, in UTF-8, or bytes as they are),
+    fsync, rename over ``FILE``; on failure remove the temporary file and raise
+    OSError (the previous ``FILE`` stays as it was)."""
     tmp = tmp or tmp_name(path)
     fd = create_new(tmp)
     try:
-        with open(fd, "w", encoding="utf-8", newline="\n") as fh:
-            buf: list[str] = []
-            size = 0
+        with open(fd, "wb", WRITE_BUFFER) as fh:
             for piece in pieces:
-                buf.append(piece)
-                size += len(piece)
-                if size > WRITE_CHUNK:
-                    fh.write("".join(buf))
-                    buf, size = [], 0
-            fh.write("".join(buf))
+                fh.write(piece if type(piece) is bytes else piece.encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -630,6 +630,10 @@ def test_compiled_lines_equal_the_plain_twin(chunk):
     rows = list(dumpfile.chunk_rows(chunk))
     assert dumpfile._dumptext.python_lines(chunk, json.dumps) == dumpfile._python_lines(rows)
     assert dumpfile._dumptext.json_lines(chunk, json.dumps) == dumpfile._json_lines(rows)
+    assert dumpfile._dumptext.python_lines(chunk, json.dumps, True) == \
+        dumpfile._python_lines(rows).encode()
+    assert dumpfile._dumptext.json_lines(chunk, json.dumps, True) == \
+        dumpfile._json_lines(rows).encode()
 
 
 def test_compiled_lines_refuse_numbers_past_64_bits_and_the_dump_falls_back(monkeypatch):
@@ -652,7 +656,7 @@ def test_compiled_lines_refuse_numbers_past_64_bits_and_the_dump_falls_back(monk
 
 
 @pytest.mark.parametrize("connections", [False, True])
-def test_dump_of_records_is_the_plain_twins(monkeypatch, connections):
+def test_dump_of_records_is_the_plain_twins(monkeypatch, tmp_path, connections):
     """A table of IPv4 and IPv6 records, names and K: the compiled and the plain
     dump are the same bytes in every format (Perl has no compiled path)."""
     acct = accounting.Accounting(1000, connections=connections)
@@ -665,10 +669,17 @@ def test_dump_of_records_is_the_plain_twins(monkeypatch, connections):
     fast = {fmt: "".join(dumpfile.render(header(), dumpfile.rows_from_records(acct.records),
                                          fmt)) for fmt in ("python", "json", "perl")}
     assert ('"K": ' in fast["python"]) is connections and "\\u00fcn" in fast["python"]
+    monkeypatch.setattr(dumpfile, "DUMP_CHUNK", 97)         # many chunks, of both families
+    written = {}
+    for fmt in fast:
+        path = tmp_path / f"{fmt}.stats"
+        dumpfile.write_file(str(path), header(), dumpfile.rows_from_records(acct.records), fmt)
+        written[fmt] = path.read_bytes()
     monkeypatch.setattr(dumpfile, "_dumptext", None)
     for fmt, text in fast.items():
         assert "".join(dumpfile.render(header(), dumpfile.rows_from_records(acct.records),
                                        fmt)) == text
+        assert written[fmt] == text.encode()          # the file: bytes from the C lines
 
 
 @settings(max_examples=100, deadline=None)

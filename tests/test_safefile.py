@@ -62,3 +62,13 @@ def test_remove_stale_tmp_keeps_live_writers(tmp_path):
     assert sorted(os.path.basename(p) for p in removed) == ["n.stats.11.tmp", "n.stats.tmp"]
     assert sorted(os.listdir(tmp_path)) == ["n.stats.22.tmp", "n.stats.x.tmp",
                                             "other.stats.11.tmp"]
+
+
+def test_write_atomic_takes_text_and_bytes_pieces(tmp_path):
+    """Text is written in UTF-8, bytes as they are, in order; no temporary file stays."""
+    path = tmp_path / "f.stats"
+    path.write_text("old\n")
+    big = b"x" * (3 * safefile.WRITE_BUFFER + 5)
+    safefile.write_atomic(str(path), ["\n# h\u00e9\n", b"{\n", big, "", b"}\n"])
+    assert path.read_bytes() == "\n# h\u00e9\n".encode() + b"{\n" + big + b"}\n"
+    assert os.listdir(tmp_path) == ["f.stats"]
