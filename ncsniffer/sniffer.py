@@ -98,7 +98,11 @@ class Sniffer:
         return p
 
     def drain_ahead(self) -> np.ndarray:
-        """The reading process's end: the connections still open, drained."""
+        """The reading process's end: the connections still open, drained; none when
+        no events file (or export) takes them (nothing else reads them: K counts
+        no drain), which saves the end of the replay their events and the pipe."""
+        if self.events is None:
+            return np.zeros(0, conntrack.EVENT_DTYPE)
         return self.tracker.drain()
 
     def take_tracked(self, tracked: conntrack.Tracked) -> None:
