@@ -1123,8 +1123,8 @@ static int by_peer(const void *a, const void *b)
 /* Into order: the permutation that sorts the rows' peers as conncounts.count's are
  * (by v6, hi, lo: the IPv4 ones, most, by a radix sort of their address); -1: no
  * memory.  Asked in that order, the records' index answers several times faster
- * (Table.peer_slots); the rows themselves stay where they are (a gather of them
- * would miss the cache on each). */
+ * (Table.peer_slots); counted_result gathers the rows in it (the rows of a call
+ * are few and recent, mostly cached: cheaper here than a permutation in numpy). */
 static int counted_order(const counted_t *t, uint32_t *order)
 {
     size_t n = t->n, n4 = 0;
@@ -1149,12 +1149,14 @@ static int counted_order(const counted_t *t, uint32_t *order)
     return ok ? 0 : -1;
 }
 
-/* The K deltas and open counts before of the rows (K_WIDTH integers of size bytes
- * each, 4 or 8) into delta and before; -1 if a count does not fit that size. */
-static int counted_rows(const counted_t *t, size_t size, char *delta, char *before)
+/* The K deltas and open counts before of the rows, taken in ``order`` (K_WIDTH
+ * integers of size bytes each, 4 or 8) into delta and before; -1 if a count does not
+ * fit that size. */
+static int counted_rows(const counted_t *t, const uint32_t *order, size_t size, char *delta,
+                        char *before)
 {
     for (size_t i = 0; i < t->n; i++) {
-        const krow_t *row = &t->rows[i];
+        const krow_t *row = &t->rows[order[i]];
         int64_t d[K_WIDTH], b[K_WIDTH] = {0}, ended = 0;
         for (int j = 0; j < K_COUNTED; j++)
             d[k_column(j)] = row->k[j];
@@ -1190,32 +1192,40 @@ static int new_bytes(PyObject **out, int count, const size_t *n, const size_t *s
     return 0;
 }
 
-/* (events, peers, order, K deltas, open before) of the call: the rows in the order
- * their peers first had an event, with the permutation that sorts them; the counts
+/* (events, peers, None, K deltas, open before) of the call: the rows sorted by
+ * peer as conncounts.count's are (the records' index answers several times faster
+ * asked in that order, and no permutation is left for Python to apply); the counts
  * as int32 (int64 where one does not fit). */
 static PyObject *counted_result(Core *c)
 {
     const counted_t *t = &c->counted;
     size_t n = t->n;
-    PyObject *out[4] = {NULL};
+    PyObject *out[3] = {NULL};
+    uint32_t *order = PyMem_Malloc((n ? n : 1) * sizeof *order);
+    if (!order || counted_order(t, order) < 0) {
+        PyMem_Free(order);
+        c->nevents = 0;                  /* the events gone with the rows */
+        return PyErr_NoMemory();
+    }
     for (size_t size = sizeof(int32_t);; size = sizeof(int64_t)) {
-        size_t counts[4] = {n, n, n * K_WIDTH, n * K_WIDTH},
-               sizes[4] = {sizeof(peer_key_t), sizeof(uint32_t), size, size};
-        if (new_bytes(out, 4, counts, sizes) < 0)
+        size_t counts[3] = {n, n * K_WIDTH, n * K_WIDTH},
+               sizes[3] = {sizeof(peer_key_t), size, size};
+        if (new_bytes(out, 3, counts, sizes) < 0)
             break;
-        if (n)
-            memcpy(PyBytes_AS_STRING(out[0]), t->keys, n * sizeof(peer_key_t));
-        if (counted_order(t, (uint32_t *)PyBytes_AS_STRING(out[1])) < 0) {
-            PyErr_NoMemory();
-            break;
+        peer_key_t *keys = (peer_key_t *)PyBytes_AS_STRING(out[0]);
+        for (size_t i = 0; i < n; i++)
+            keys[i] = t->keys[order[i]];
+        if (counted_rows(t, order, size, PyBytes_AS_STRING(out[1]),
+                         PyBytes_AS_STRING(out[2])) == 0) {
+            PyMem_Free(order);
+            return Py_BuildValue("(NNONN)", take_events(c), out[0], Py_None, out[1], out[2]);
         }
-        if (counted_rows(t, size, PyBytes_AS_STRING(out[2]), PyBytes_AS_STRING(out[3])) == 0)
-            return Py_BuildValue("(NNNNN)", take_events(c), out[0], out[1], out[2], out[3]);
-        for (int a = 0; a < 4; a++)
+        for (int a = 0; a < 3; a++)
             Py_CLEAR(out[a]);
     }
-    for (int a = 0; a < 4; a++)
+    for (int a = 0; a < 3; a++)
         Py_CLEAR(out[a]);
+    PyMem_Free(order);
     c->nevents = 0;                      /* the events gone with the rows */
     return NULL;
 }
@@ -1411,11 +1421,11 @@ static PyMethodDef Core_methods[] = {
     {"advance", (PyCFunction)Core_advance, METH_O,
      "advance(sec) -> bytes: move the clock with no packet; the expiries."},
     {"process_counted", (PyCFunction)Core_process_counted, METH_VARARGS,
-     "process_counted(packets, keep_events) -> (events, peers, deltas, before): process, "
-     "with the K deltas per peer and its open counts before (int64 rows); events kept "
-     "only if asked for."},
+     "process_counted(packets, keep_events) -> (events, peers, None, deltas, before): "
+     "process, with the K deltas per peer and its open counts before (int32 or int64 "
+     "rows), the rows sorted by peer; events kept only if asked for."},
     {"advance_counted", (PyCFunction)Core_advance_counted, METH_VARARGS,
-     "advance_counted(sec, keep_events) -> (events, peers, deltas, before): advance, "
+     "advance_counted(sec, keep_events) -> (events, peers, None, deltas, before): advance, "
      "counted as process_counted counts."},
     {"drain", (PyCFunction)Core_drain, METH_NOARGS,
      "drain() -> bytes: end every live connection as drained, empty the table."},

@@ -306,7 +306,8 @@ class Tracker:
         deltas = np.frombuffer(deltas, counts).reshape(n, K_WIDTH)
         self._ended[CLOSED:EVICTED + 1] += deltas[:, K_ENDS].sum(0)
         return Tracked(np.frombuffer(events, EVENT_DTYPE) if keep_events else None,
-                       np.frombuffer(peers, PEER_DTYPE), np.frombuffer(order, np.uint32),
+                       np.frombuffer(peers, PEER_DTYPE),
+                       None if order is None else np.frombuffer(order, np.uint32),
                        deltas, np.frombuffer(before, counts).reshape(n, K_WIDTH))
 
     def _counted_plain(self, events: np.ndarray, keep_events: bool) -> Tracked:
