@@ -26,7 +26,8 @@ FILTER = "host 10.0.0.1 or host 2001:db8::1"
 
 # command -> Debian package that provides it
 PACKAGES = {"tcpdump": "tcpdump", "darkstat": "darkstat", "pmacctd": "pmacct",
-            "tcpreplay": "tcpreplay", "tcprewrite": "tcpreplay", "ip": "iproute2"}
+            "tcpreplay": "tcpreplay", "tcprewrite": "tcpreplay", "ip": "iproute2",
+            "strace": "strace"}
 
 
 class BenchError(Exception):
