@@ -20,9 +20,12 @@ system calls; nothing in the package is changed or imported) and cut at:
 Then ``counting busy`` is the untraced wall time less the counting process's
 waits for the reading one (the first batch, and its blocked reads of the pipe
 after it): the lowest wall time the two-process replay can reach while the
-counting process's own work stays what it is, however fast the reading.  Beside it, the untraced wall time of
-tcpdump -r -w /dev/null and darkstat in the same run.  Default settings and
-``connections: True``.  Results: bench/results/phases-*.md.
+counting process's own work stays what it is, however fast the reading.  Beside
+it, the untraced wall time of tcpdump -r -w /dev/null and darkstat in the same run,
+and of the interpreter alone and importing numpy (the start-up's share that is not
+ncsniffer's).  Default settings and ``connections: True``; every nc.sniffer run in
+the two-process mode (``NCSNIFFER_REPLAY=batch``, whatever the load).  Results:
+bench/results/phases-*.md.
 """
 
 from __future__ import annotations
@@ -44,17 +47,26 @@ from benchlib import FILTER, NC, log  # noqa: E402
 SYSCALLS = "execve,clone,clone3,pipe2,read,openat,rename,exit_group"
 PHASES = ("start-up", "first batch", "batches", "dump", "exit")
 CONFIGS = {"default": {}, "connections: True": {"connections": True}}
+# the start-up's share that is not ncsniffer's: the interpreter, and numpy's import
+PYTHON_ALONE = {"the interpreter alone": "pass", "importing numpy": "import numpy"}
 LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(.*)$")
 DURATION = re.compile(r"<(\d+\.\d+)>$")
+
+
+def _env() -> dict[str, str]:
+    """The measured commands' environment: bytecode kept, OpenBLAS on one thread (as
+    ncsniffer sets it), the two-process path whatever the load."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONDONTWRITEBYTECODE", "NCSNIFFER_REPLAY")}
+    env.update(NCSNIFFER_REPLAY="batch", OPENBLAS_NUM_THREADS="1")
+    return env
 
 
 def trace(conf: str, capture: str, scratch: str) -> list[tuple[int, float, float, str]]:
     """(pid, entry time, seconds inside, call text) of every traced call of one replay;
     a call strace shows in two pieces (unfinished, resumed) is joined."""
     out = os.path.join(scratch, "strace.txt")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONDONTWRITEBYTECODE", "NCSNIFFER_REPLAY")}
-    env["NCSNIFFER_REPLAY"] = "batch"         # the two-process path, whatever the load
+    env = _env()
     run = subprocess.run(["strace", "--seccomp-bpf", "-f", "-ttt", "-T", "-e",
                           f"trace={SYSCALLS}", "-o", out, NC, "-q", "-c", conf, "-r", capture,
                           "start"], env=env, capture_output=True, text=True, timeout=600)
@@ -107,7 +119,8 @@ def measure(config: str, extra: dict, capture: str, scratch: str, runs: int) -> 
     totals, busy, walls = [], [], []
     for i in range(runs):
         log(f"{config}: run {i + 1}/{runs}")
-        untraced = benchlib.run_measured([NC, "-q", "-c", conf, "-r", capture, "start"])
+        untraced = benchlib.run_measured([NC, "-q", "-c", conf, "-r", capture, "start"],
+                                         env=_env())
         walls.append(untraced.wall)
         cut, blocked = phases(trace(conf, capture, scratch))
         for name, seconds in cut.items():
@@ -141,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         ref_walls = {name: statistics.median(benchlib.run_measured(t.cmd).wall
                                              for _ in range(args.runs))
                      for name, t in refs.items()}
+        python = {what: statistics.median(benchlib.run_measured(
+                      [benchlib.PYTHON, "-c", code], env=_env()).wall for _ in range(args.runs))
+                  for what, code in PYTHON_ALONE.items()}
         results = {c: measure(c, extra, args.capture, scratch, args.runs)
                    for c, extra in CONFIGS.items()}
     header = ["phase (s)", *results]
@@ -150,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
              ["wall, untraced", *(f"{r['wall']:.3f}" for r in results.values())]]
     lines += benchlib.table(header, rows, right=set(range(1, len(header))))
     lines += ["", "Untraced, same run: " + ", ".join(f"{name} {w:.3f} s"
-                                                     for name, w in ref_walls.items()), ""]
+                                                     for name, w in ref_walls.items())
+              + "; " + ", ".join(f"{what} {w:.3f} s" for what, w in python.items()), ""]
     for config, r in results.items():
         for name, w in ref_walls.items():
             lines.append(f"- {config}: {name} / nc.sniffer wall = {w / r['wall']:.2f}; "

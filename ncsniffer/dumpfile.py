@@ -303,7 +303,8 @@ def _perl_body(rows: Iterable[Row]) -> Iterable[str]:
 CONNECTIONS_KEYS = ("active", "started", "evicted")
 
 
-def _json_document(h: Header, rows: Iterable[Row], as_bytes: bool = False) -> Iterable[str | bytes]:
+def _json_document(h: Header, rows: Iterable[Row],
+                   as_bytes: bool = False) -> Iterable[str | bytes]:
     head = {
         "ncsniffer": h.version, "start": h.start, "current": h.current,
         "hits": round(h.hits), "bytes": round(h.bytes), "users": h.users,
@@ -331,7 +332,7 @@ def _json_document(h: Header, rows: Iterable[Row], as_bytes: bool = False) -> It
 
 
 def render(h: Header, rows: Iterable[Row], fmt: str = "python",
-           as_bytes: bool = False) -> Iterable[str]:
+           as_bytes: bool = False) -> Iterable[str | bytes]:
     """The stats file's text, in pieces; ``as_bytes``: the compiled formatter's
     pieces (most of the text) as UTF-8 bytes, the rest str (what a file takes
     without decoding and encoding again)."""
@@ -343,7 +344,7 @@ def render(h: Header, rows: Iterable[Row], fmt: str = "python",
 
 
 def render_body(rows: Iterable[Row], fmt: str = "python",
-                as_bytes: bool = False) -> Iterable[str]:
+                as_bytes: bool = False) -> Iterable[str | bytes]:
     """The records section alone, in the Python or Perl layout (for other headers)."""
     return _perl_body(rows) if fmt == "perl" else _python_body(rows, as_bytes)
 

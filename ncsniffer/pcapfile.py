@@ -137,7 +137,7 @@ Link = tuple[int, bool]
 class Batch:
     """Packets in file order: data of packet i is ``buf[offs[i] : offs[i] + caplen[i]]``."""
 
-    buf: bytes | mmap.mmap
+    buf: bytes | mmap.mmap | memoryview    # a memoryview: the reused buffer (``reuse``)
     u8: np.ndarray
     offs: np.ndarray
     caplen: np.ndarray
@@ -329,6 +329,7 @@ def _spans(max_bytes: int, ramp: bool) -> Iterator[int]:
 
 
 def _left_over(length: int) -> Truncated:
+    """A last record that the file ends inside of."""
     return Truncated(f"file ends inside a record ({length} bytes left over)")
 
 

@@ -293,7 +293,8 @@ def test_a_file_cut_while_it_is_read_is_an_error_not_a_crash(tmp_path):
         batches = pcapfile.Reader(fh, str(path)).batches(max_bytes=4096, reuse=True)
         next(batches)
         os.truncate(path, 100_000)
-        with pytest.raises(pcapfile.Truncated, match=r"file shrank while read \(100000 of \d+ bytes\)"):
+        shrank = r"file shrank while read \(100000 of \d+ bytes\)"
+        with pytest.raises(pcapfile.Truncated, match=shrank):
             for _ in batches:
                 pass
 
