@@ -1192,10 +1192,9 @@ static int new_bytes(PyObject **out, int count, const size_t *n, const size_t *s
     return 0;
 }
 
-/* (events, peers, None, K deltas, open before) of the call: the rows sorted by
- * peer as conncounts.count's are (the records' index answers several times faster
- * asked in that order, and no permutation is left for Python to apply); the counts
- * as int32 (int64 where one does not fit). */
+/* (events, peers, K deltas, open before) of the call: the rows sorted by peer as
+ * conncounts.count's are (the records' index answers several times faster asked in
+ * that order); the counts as int32 (int64 where one does not fit). */
 static PyObject *counted_result(Core *c)
 {
     const counted_t *t = &c->counted;
@@ -1218,7 +1217,7 @@ static PyObject *counted_result(Core *c)
         if (counted_rows(t, order, size, PyBytes_AS_STRING(out[1]),
                          PyBytes_AS_STRING(out[2])) == 0) {
             PyMem_Free(order);
-            return Py_BuildValue("(NNONN)", take_events(c), out[0], Py_None, out[1], out[2]);
+            return Py_BuildValue("(NNNN)", take_events(c), out[0], out[1], out[2]);
         }
         for (int a = 0; a < 3; a++)
             Py_CLEAR(out[a]);
@@ -1421,11 +1420,11 @@ static PyMethodDef Core_methods[] = {
     {"advance", (PyCFunction)Core_advance, METH_O,
      "advance(sec) -> bytes: move the clock with no packet; the expiries."},
     {"process_counted", (PyCFunction)Core_process_counted, METH_VARARGS,
-     "process_counted(packets, keep_events) -> (events, peers, None, deltas, before): "
+     "process_counted(packets, keep_events) -> (events, peers, deltas, before): "
      "process, with the K deltas per peer and its open counts before (int32 or int64 "
      "rows), the rows sorted by peer; events kept only if asked for."},
     {"advance_counted", (PyCFunction)Core_advance_counted, METH_VARARGS,
-     "advance_counted(sec, keep_events) -> (events, peers, None, deltas, before): advance, "
+     "advance_counted(sec, keep_events) -> (events, peers, deltas, before): advance, "
      "counted as process_counted counts."},
     {"drain", (PyCFunction)Core_drain, METH_NOARGS,
      "drain() -> bytes: end every live connection as drained, empty the table."},

@@ -215,8 +215,7 @@ class Tracked:
     (the events file, the export)."""
 
     events: np.ndarray | None     # EVENT_DTYPE, in order; None when not asked for
-    peers: np.ndarray             # PEER_DTYPE, distinct
-    order: np.ndarray | None      # the permutation that sorts peers; None: sorted already
+    peers: np.ndarray             # PEER_DTYPE, distinct, sorted as conncounts.count's
     deltas: np.ndarray            # int32/64 (len(peers), K_WIDTH): the K change, K_FIELDS order
     before: np.ndarray            # int32/64 (len(peers), K_WIDTH): the open ones, before
 
@@ -226,16 +225,12 @@ class Tracked:
     def __getstate__(self) -> tuple:
         """The pickle of a two-process replay's pipe, a fifth of the bytes or less: the
         counters in the narrowest integers that hold them (their own type once read)."""
-        return (self.events, self.peers, self.order, narrowest(self.deltas),
-                narrowest(self.before), self.deltas.dtype.str)
+        return (self.events, self.peers, narrowest(self.deltas), narrowest(self.before),
+                self.deltas.dtype.str)
 
     def __setstate__(self, state: tuple) -> None:
-        self.events, self.peers, self.order, deltas, before, dtype = state
+        self.events, self.peers, deltas, before, dtype = state
         self.deltas, self.before = deltas.astype(dtype), before.astype(dtype)
-
-    def sorted_peers(self) -> np.ndarray:
-        """``peers`` in ``conncounts.count``'s order (by v6, peer_hi, peer_lo)."""
-        return self.peers if self.order is None else self.peers[self.order]
 
 
 def narrowest(values: np.ndarray) -> np.ndarray:
@@ -300,15 +295,13 @@ class Tracker:
     def _tracked(self, raw: tuple, keep_events: bool) -> Tracked:
         """The core's bytes as a ``Tracked`` (its counts int32, or int64 where one does not
         fit); its ends added to ``ended_totals``."""
-        events, peers, order, deltas, before = raw
+        events, peers, deltas, before = raw
         n = len(peers) // PEER_DTYPE.itemsize
         counts = np.int32 if len(deltas) == n * K_WIDTH * 4 else np.int64
         deltas = np.frombuffer(deltas, counts).reshape(n, K_WIDTH)
         self._ended[CLOSED:EVICTED + 1] += deltas[:, K_ENDS].sum(0)
         return Tracked(np.frombuffer(events, EVENT_DTYPE) if keep_events else None,
-                       np.frombuffer(peers, PEER_DTYPE),
-                       None if order is None else np.frombuffer(order, np.uint32),
-                       deltas, np.frombuffer(before, counts).reshape(n, K_WIDTH))
+                       np.frombuffer(peers, PEER_DTYPE), deltas, np.frombuffer(before, counts).reshape(n, K_WIDTH))
 
     def _counted_plain(self, events: np.ndarray, keep_events: bool) -> Tracked:
         """The plain twin of the core's count: the events counted by ``conncounts``,
@@ -316,7 +309,7 @@ class Tracker:
         from ncsniffer import conncounts      # it imports this module
         peers, deltas = conncounts.count(events)
         before = conncounts.open_before(events, np.arange(len(peers)), self.open_counts(peers))
-        return Tracked(events if keep_events else None, peers, None, deltas, before)
+        return Tracked(events if keep_events else None, peers, deltas, before)
 
     def drain(self) -> np.ndarray:
         """End every open connection as ``drained`` (oldest activity first) and empty the table."""

@@ -112,7 +112,7 @@ class Sniffer:
         can go: ``carry_open``); the events to the sink."""
         if len(tracked):
             records = self.acct.records
-            slots = records.peer_slots(tracked.peers, tracked.order)
+            slots = records.peer_slots(tracked.peers)
             deltas = tracked.deltas
             if self.carry_open:
                 fresh = np.flatnonzero(records.conn_unbegun(slots))

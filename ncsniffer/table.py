@@ -419,18 +419,10 @@ class Table(MutableMapping):
         add[:, _ENDED] = np.diff(np.minimum(ends, room[:, None]), axis=1, prepend=0)
         k[at] = np.minimum(now + add, CONN_MAX)        # saturate, never wrap
 
-    def peer_slots(self, peers: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    def peer_slots(self, peers: np.ndarray) -> np.ndarray:
         """Slot of each peer of ``conncounts.count`` (v6, peer_hi, peer_lo: the H and L
-        words of this table), -1 where there is no record.  ``order``: the permutation
-        that sorts them (``Tracked.order``): asked in address order, the index answers
-        three times faster."""
-        if order is None:
-            return self._peer_slots(peers)
-        out = np.empty(len(peers), np.int64)
-        out[order] = self._peer_slots(peers[order])
-        return out
-
-    def _peer_slots(self, peers: np.ndarray) -> np.ndarray:
+        words of this table), -1 where there is no record.  Asked in address order (as
+        ``count`` and the tracker's core give them), the index answers three times faster."""
         wide = peers["v6"] != 0
         i4, i6 = np.flatnonzero(~wide), np.flatnonzero(wide)
         words = np.stack((peers["peer_hi"][i6], peers["peer_lo"][i6]), axis=1)

@@ -532,8 +532,7 @@ def assert_same_tracked(got, want):
     assert (got.events is None) == (want.events is None)
     if want.events is not None:
         assert got.events.tolist() == want.events.tolist()
-    assert (got.order is None) == (want.order is None)
-    for f in ("peers", "deltas", "before") + (("order",) if want.order is not None else ()):
+    for f in ("peers", "deltas", "before"):
         assert getattr(got, f).dtype == getattr(want, f).dtype
         assert getattr(got, f).tolist() == getattr(want, f).tolist()
 
@@ -596,7 +595,7 @@ def test_k_counted_in_the_core_equals_the_plain_count_of_the_events(spec, timeou
     total: dict = {}
     for (got, before), *others in zip(*runs):
         assert all(as_k(got) == as_k(o) for o, _ in others)
-        assert all(got.sorted_peers().tolist() == o.peers.tolist() for o, _ in others)
+        assert all(got.peers.tolist() == o.peers.tolist() for o, _ in others)
         assert_same_tracked(pickle.loads(pickle.dumps(got, protocol=5)), got)   # the pipe's
         assert all((o.events is None) == (not keep) for o, _ in [(got, 0), *others])
         for peer, (d, b) in as_k(got).items():
@@ -626,7 +625,7 @@ def test_thousands_of_peers_counted_in_the_core_grow_its_index():
     for part in (batch[:12_000], batch[12_000:]):
         got, want = fast.process_counted(part), plain.process_counted(part)
         assert len(got.peers) > 4000 and as_k(got) == as_k(want)
-        assert got.order is None and got.peers.tolist() == want.peers.tolist()   # sorted
+        assert got.peers.tolist() == want.peers.tolist()       # sorted, as the twin's
         assert got.events.tolist() == want.events.tolist()
 
 
@@ -641,7 +640,7 @@ def test_tracked_goes_through_a_pipe_in_fewer_bytes_and_comes_back_the_same(big)
     peers["peer_lo"] = np.arange(n)
     deltas = rng.integers(-big, big + 1, (n, ct.K_WIDTH))
     before = rng.integers(0, big + 1, (n, ct.K_WIDTH))
-    tracked = ct.Tracked(None, peers, None, deltas, before)
+    tracked = ct.Tracked(None, peers, deltas, before)
     sent = pickle.dumps(tracked, protocol=5)
     assert_same_tracked(pickle.loads(sent), tracked)
     if big <= 100:
