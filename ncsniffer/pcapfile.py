@@ -538,24 +538,19 @@ class Reader:
         buf = bytearray(max_bytes + RECORD + MAX_RECORD)
         view, u8 = memoryview(buf), np.frombuffer(buf, np.uint8)
         fd, pos, end = self.fh.fileno(), self.start, len(self.mm)
-        swapped = self.endian != NATIVE
         while pos < end:
             span = next(spans)
             want = min(span + RECORD + MAX_RECORD, end - pos)
             got = os.preadv(fd, [view[:want]], pos)
             if got < want:
                 raise Truncated(f"file shrank while read ({pos + got} of {end} bytes)")
-            data = view[:got]
-            w = fastread.walk(data, 0, min(span, got - RECORD + 1), limit, swapped,
-                              self.snaplen, self.per_sec)
-            if w.bogus >= 0:
-                raise _bogus(w.bogus)
-            if len(w.offs):
-                yield Batch(data, u8[:got], w.offs, w.caplen, w.wirelen, w.sec, self.links,
-                            usec=w.usec, at=pos)
-            elif w.next == 0:
+            batch, nxt = self._fast_walk(0, limit, min(span, got - RECORD + 1),
+                                         view[:got], u8[:got], pos)
+            if batch is not None:
+                yield batch
+            elif nxt == 0:
                 raise _left_over(end - pos)
-            pos += w.next
+            pos += nxt
 
     def _populate(self, start: int, length: int) -> None:
         """Map the pages of the next batch in one call (MADV_POPULATE_READ): a fault
@@ -592,16 +587,18 @@ class Reader:
             walked = starts, self.g.block(starts, RECORD), nxt
         return self._pcap_batch(*walked, limit)
 
-    def _fast_walk(self, pos: int, limit: int, stop: int):
-        """``_walk_pcap`` by ``fastread.walk``: the same records, the same stop."""
-        w = fastread.walk(self.mm, pos, stop, limit, self.endian != NATIVE, self.snaplen,
+    def _fast_walk(self, pos: int, limit: int, stop: int, buf=None, u8=None, at: int = 0):
+        """``_walk_pcap`` by ``fastread.walk``: the same records, the same stop; in
+        the map, or in ``buf`` (``u8`` its bytes) holding the file from offset ``at``."""
+        buf, u8 = (self.mm, self.u8) if buf is None else (buf, u8)
+        w = fastread.walk(buf, pos, stop, limit, self.endian != NATIVE, self.snaplen,
                           self.per_sec)
         if w.bogus >= 0:
             raise _bogus(w.bogus)
         if not len(w.offs):
             return None, w.next
-        return Batch(self.mm, self.u8, w.offs, w.caplen, w.wirelen, w.sec, self.links,
-                     usec=w.usec), w.next
+        return Batch(buf, u8, w.offs, w.caplen, w.wirelen, w.sec, self.links, usec=w.usec,
+                     at=at), w.next
 
     def _plain_walk(self, pos: int, stop: int, limit: int) -> tuple[np.ndarray, int]:
         """The plain walk: one unpack per record; lengths are checked afterwards, in bulk."""
