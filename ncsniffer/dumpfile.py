@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from operator import itemgetter
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from ncsniffer import __version__, safefile, safetext
 
@@ -226,8 +226,7 @@ def _chunks(rows: Iterable[Row]) -> Iterator[list[Row]]:
 
 def _python_body(rows: Iterable[Row], as_bytes: bool = False) -> Iterable[str | bytes]:
     yield "{\n"
-    for piece in _compiled(rows, "python_lines", as_bytes):
-        yield piece if type(piece) in (str, bytes) else _python_lines(piece)
+    yield from _compiled(rows, "python_lines", _python_lines, as_bytes)
     yield "}\n"
 
 
@@ -255,21 +254,21 @@ def _record_lines(chunk: list[Row], end: str, sep: str) -> str:
                      for ip, b, c, e, n, r, s, t, w in chunk])
 
 
-def _compiled(rows: Iterable[Row], function: str,
-              as_bytes: bool = False) -> Iterator[str | bytes | list[Row]]:
+def _compiled(rows: Iterable[Row], function: str, plain: Callable[[list[Row]], str],
+              as_bytes: bool = False) -> Iterator[str | bytes]:
     """Pieces of a records section: text from ``_dumptext.<function>`` for each
     column chunk of a ``RecordRows`` (its UTF-8 bytes with ``as_bytes``), else
-    lists of rows for the plain formatter (other rows, no compiled module, or a
+    ``plain``'s, its twin, for chunks of rows (other rows, no compiled module, or a
     number past 64 bits in the chunk)."""
     compiled = getattr(_dumptext, function, None)
     if compiled is None or not isinstance(rows, RecordRows):
-        yield from _chunks(rows)
+        yield from map(plain, _chunks(rows))
         return
     for chunk in rows.chunks():
         try:
             yield compiled(chunk, json.dumps, as_bytes)
         except OverflowError:
-            yield from _chunks(chunk_rows(chunk))
+            yield from map(plain, _chunks(chunk_rows(chunk)))
 
 
 def _perl_quote(name: str) -> str:
@@ -324,9 +323,9 @@ def _json_document(h: Header, rows: Iterable[Row],
         head["extra"] = list(h.extra)
     yield json.dumps(head)[:-1] + ', "records": {\n'
     sep = ""
-    for piece in _compiled(rows, "json_lines", as_bytes):
+    for piece in _compiled(rows, "json_lines", _json_lines, as_bytes):
         yield sep
-        yield piece if type(piece) in (str, bytes) else _json_lines(piece)
+        yield piece
         sep = ",\n"
     yield "\n}}\n"
 
