@@ -26,10 +26,10 @@ from ncsniffer.accounting import Accounting
 from ncsniffer.clock import Clock
 from ncsniffer.table import Addresses
 from ncsniffer.gather import HEAD, Gather, Heads
+from ncsniffer.pcapfile import Batch
 
 if TYPE_CHECKING:
     from ncsniffer.conntrack import Tracked
-from ncsniffer.pcapfile import Batch
 
 OK, TRUNCATED, NOT_IP, INVALID = 0, 1, 2, 3
 REASONS = {TRUNCATED: decode.TRUNCATED, NOT_IP: decode.NOT_IP, INVALID: decode.INVALID}
