@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 OK, TRUNCATED, NOT_IP, INVALID = 0, 1, 2, 3
 REASONS = {TRUNCATED: decode.TRUNCATED, NOT_IP: decode.NOT_IP, INVALID: decode.INVALID}
 VLAN = np.array(sorted(linktypes.VLAN_TAGS))
-TAG, TAG_TYPE = linktypes.VLAN_TAG.itemsize, linktypes.VLAN_TAG.fields["type"][1]
+TAG, TAG_TYPE = linktypes.VLAN_TAG.itemsize, linktypes.VLAN_TAG.offset("type")
 # Per link value, from the table: (header length, type field offset) where an
 # Ethernet type tells the protocol, the header length where the version nibble does.
 LINK_HEADER = {value: (link.length, link.type_at) for value, link in linktypes.BY_VALUE.items()

@@ -29,7 +29,7 @@ DLT_RAW, DLT_RAW_LINKTYPE = linktypes.DLT_RAW, linktypes.DLT_RAW_LINKTYPE
 DLT_IPV4, DLT_IPV6 = linktypes.DLT_IPV4, linktypes.DLT_IPV6
 DLT_LINUX_SLL, DLT_LINUX_SLL2 = linktypes.DLT_LINUX_SLL, linktypes.DLT_LINUX_SLL2
 
-TAG, TAG_TYPE = linktypes.VLAN_TAG.itemsize, linktypes.VLAN_TAG.fields["type"][1]
+TAG, TAG_TYPE = linktypes.VLAN_TAG.itemsize, linktypes.VLAN_TAG.offset("type")
 IPV4_HEADER, IPV6_HEADER = linktypes.IPV4_HEADER, linktypes.IPV6_HEADER
 
 Decoded = tuple  # (src, dst) packed addresses, or (None, reason)

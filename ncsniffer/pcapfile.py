@@ -28,8 +28,11 @@ from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from ncsniffer import fastread
+from ncsniffer import fastread, linktypes
 from ncsniffer.gather import Gather
+from ncsniffer.linktypes import PCAP_VERSION, STRUCT_CODES
+# pcap_header, PCAP_MAGIC_US: pcapfile.X for its callers, as before
+from ncsniffer.linktypes import PCAP_MAGIC_US, pcap_header  # noqa: F401
 
 MAX_RECORD = 262144          # libpcap refuses larger records as bogus
 MAX_PACKETS = 65536          # records per batch, bounds memory for tiny packets
@@ -39,16 +42,13 @@ MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)   # Linux 5.14; Pyt
 SYNC_SECONDS = 10 * 86400    # a lane's first record lies this close in time to the batch's first
 PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1), b"\xa1\xb2\xc3\xd4": (">", 1),
                b"\x4d\x3c\xb2\xa1": ("<", 1000), b"\xa1\xb2\x3c\x4d": (">", 1000)}
-PCAP_MAGIC_US = 0xA1B2C3D4  # what a classic pcap writer of microseconds stores
-PCAP_VERSION = (2, 4)        # older ones swap the two lengths: libpcap reads those
 LINKTYPE_MASK = 0x03FFFFFF   # the link type's bits of the header's field (FCS flags above)
 US_PER_SEC = 10 ** 6         # a classic pcap's (and a pcapng's default) time units
 NATIVE = "<" if sys.byteorder == "little" else ">"
 
-# Classic pcap headers, in the file's byte order (read through ``layout``).
-PCAP_FILE_HEADER = np.dtype([("magic", "u4"), ("major", "u2"), ("minor", "u2"),
-                             ("thiszone", "i4"), ("sigfigs", "u4"), ("snaplen", "u4"),
-                             ("linktype", "u4")])
+# Classic pcap headers, in the file's byte order (read through ``layout``); the file
+# header is laid out in ``linktypes``, without numpy, for what writes one.
+PCAP_FILE_HEADER = linktypes.PCAP_FILE_HEADER.dtype()
 PCAP_RECORD = np.dtype([("ts_sec", "u4"), ("ts_frac", "u4"), ("incl_len", "u4"),
                         ("orig_len", "u4")])
 RECORD = PCAP_RECORD.itemsize
@@ -96,8 +96,6 @@ def field_at(block: np.dtype, field: str) -> int:
 EPB_AT = {name: field_at(EPB_BLOCK, name) for name in EPB_BLOCK.names}
 PB_AT = {name: field_at(PB_BLOCK, name) for name in PB_BLOCK.names}
 
-_STRUCT_CODES = {"u1": "B", "u2": "H", "u4": "I", "i4": "i", "u8": "Q", "i8": "q"}
-
 
 @functools.lru_cache(maxsize=None)
 def layout(header: np.dtype, endian: str, names: tuple[str, ...] | None = None) -> struct.Struct:
@@ -108,15 +106,9 @@ def layout(header: np.dtype, endian: str, names: tuple[str, ...] | None = None) 
     for name in header.names if names is None else names:
         field, off = header.fields[name][:2]
         codes.append(f"{off - pos}x" if off > pos else "")
-        codes.append(_STRUCT_CODES[f"{field.kind}{field.itemsize}"])
+        codes.append(STRUCT_CODES[f"{field.kind}{field.itemsize}"])
         pos = off + field.itemsize
     return struct.Struct("".join(codes))
-
-
-def pcap_header(linktype: int, snaplen: int, endian: str = "=") -> bytes:
-    """A classic pcap file header (microseconds, version 2.4) for ``linktype``."""
-    return layout(PCAP_FILE_HEADER, endian).pack(PCAP_MAGIC_US, *PCAP_VERSION, 0, 0, snaplen,
-                                                 linktype)
 
 
 class Unsupported(Exception):

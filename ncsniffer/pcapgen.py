@@ -3,8 +3,8 @@
 Frames are built with dpkt; files are written with explicit record headers so
 that a frame's wire length can differ from what is stored (as with a snaplen).
 It stays in the package, beside the link table (``linktypes.LINKS``) and the pcap
-layout (``pcapfile``) it is built from, so that a new link type is one row for
-the decoder and for the synthetic frames alike; ``samples/make_sample.py``
+layouts (``linktypes``, ``pcapfile``) it is built from, so that a new link type is
+one row for the decoder and for the synthetic frames alike; ``samples/make_sample.py``
 (``make demo``), ``bench/`` and the tests use it.  It is the one module that
 imports dpkt, and nothing on the daemon's path imports it.
 """
@@ -19,7 +19,8 @@ import dpkt
 import numpy as np
 
 from ncsniffer import linktypes
-from ncsniffer.pcapfile import PCAP_RECORD, layout, pcap_header
+from ncsniffer.linktypes import pcap_header
+from ncsniffer.pcapfile import PCAP_RECORD, layout
 
 MAC_DST, MAC_SRC = bytes.fromhex("001122334455"), bytes.fromhex("66778899aabb")
 SLL_ADDRESS = MAC_DST + bytes(2)            # a 6-byte hardware address in 8 bytes
@@ -73,7 +74,7 @@ def frame(linktype: int, packet: bytes, vlans: Iterable[int] = ()) -> bytes:
     if link is None:
         raise ValueError(f"no frame builder for link type {linktype}")
     version = 4 if packet[0] >> 4 == 4 else 6
-    head = np.zeros((), link.header)
+    head = np.zeros((), link.header.dtype())
     for name, value in HEADER_FIELDS.get(link.name, {}).items():
         head[name] = value
     if link.name in FAMILIES:
@@ -84,7 +85,7 @@ def frame(linktype: int, packet: bytes, vlans: Iterable[int] = ()) -> bytes:
     types = [QINQ_TPID if len(tags) > 1 and i == 0 else DOT1Q_TPID for i in range(len(tags))]
     types.append(linktypes.ETH_IPV4 if version == 4 else linktypes.ETH_IPV6)
     head[link.ethertype] = types[0]
-    stack = np.zeros(len(tags), linktypes.VLAN_TAG)
+    stack = np.zeros(len(tags), linktypes.VLAN_TAG.dtype())
     stack["tci"], stack["type"] = tags, types[1:]
     return head.tobytes() + stack.tobytes() + packet
 

@@ -18,11 +18,12 @@ import time
 import traceback
 from typing import IO, Iterator
 
-from ncsniffer import batch, bpfvm, capture, pcapfile
+from ncsniffer import batch, bpfvm, capture, pcapfile, pcaplib
 from ncsniffer.clock import PacketClock
 from ncsniffer.config import Settings
 from ncsniffer.errors import CaptureError, NcSnifferError
-from ncsniffer.sniffer import Sniffer, check_link_type
+from ncsniffer.pcaplib import check_link_type
+from ncsniffer.sniffer import Sniffer
 
 BATCH = 20000
 PROGRESS_AFTER = 2.0   # seconds of wall time before progress lines appear
@@ -284,7 +285,7 @@ class Programs(dict):
 
     def __missing__(self, link: pcapfile.Link) -> list:
         try:
-            prog = capture.compile_filter(link[0], self.bpf, link[1])
+            prog = pcaplib.compile_filter(link[0], self.bpf, link[1])
         except CaptureError as exc:
             raise CaptureError(f"{self.path}: {exc}") from exc
         try:

@@ -12,20 +12,12 @@ import sys
 
 import numpy as np
 
-from ncsniffer import batch, capture, conncounts, conntrack, dumpfile, linktypes
+from ncsniffer import batch, conncounts, conntrack, dumpfile
 from ncsniffer.accounting import Accounting
 from ncsniffer.clock import Clock, PacketClock
 from ncsniffer.config import Settings
 from ncsniffer.dumpfile import Header
-from ncsniffer.errors import CaptureError
-
-
-def check_link_type(linktype: int, source: str) -> None:
-    """Refuse a link type the table does not hold, naming it (before any filter
-    is compiled for it: the filter is not what is wrong)."""
-    if linktypes.lookup(linktype) is None:
-        raise CaptureError(f"{source}: link type {capture.link_type_name(linktype)} "
-                           "is not supported")
+from ncsniffer.pcaplib import check_link_type   # sniffer.check_link_type too, as before
 
 
 class Sniffer:

@@ -37,6 +37,36 @@ def test_every_value_names_one_row_and_libpcap_knows_its_name():
     assert linktypes.file_value(105) == 105 and linktypes.lookup(105) is None
 
 
+LAYOUTS = {name: value for name, value in vars(linktypes).items()
+           if isinstance(value, linktypes.Layout)}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_layouts_read_off_what_numpy_lays_out(name):
+    """Sizes and offsets come from the type codes, without numpy: numpy's own
+    layout of the same fields holds them equal (packed, in order)."""
+    layout = LAYOUTS[name]
+    dtype = np.dtype(list(layout.descr))
+    assert layout.dtype() == dtype and layout.names == (dtype.names or ())
+    assert layout.itemsize == dtype.itemsize
+    for field in layout.names:
+        assert layout.offset(field) == dtype.fields[field][1]
+        assert np.dtype(layout.code(field)) == dtype.fields[field][0]
+    with pytest.raises(KeyError):
+        layout.offset("nothing")
+
+
+def test_layouts_are_the_headers_they_were():
+    assert {name: layout.itemsize for name, layout in LAYOUTS.items()} == {
+        "VLAN_TAG": 4, "ETHERNET_HEADER": 14, "SLL_HEADER": 16, "SLL2_HEADER": 20,
+        "NULL_HEADER": 4, "LOOP_HEADER": 4, "NO_HEADER": 0, "PCAP_FILE_HEADER": 24}
+    assert linktypes.VLAN_TAG.offset("type") == 2
+    assert linktypes.PCAP_FILE_HEADER.struct("<").format == "<IHHiIII"
+    assert linktypes.ETHERNET_HEADER.struct(">").format == ">6s6sH"
+    with pytest.raises(ValueError):
+        linktypes.ETHERNET_HEADER.struct("<")      # its type field is big-endian
+
+
 def test_batch_offsets_are_the_rows_layouts():
     assert set(batch.LINK_HEADER) | set(batch.BY_VERSION) == set(linktypes.BY_VALUE)
     assert not set(batch.LINK_HEADER) & set(batch.BY_VERSION)
@@ -75,7 +105,7 @@ def test_frames_carry_the_type_field_where_the_row_says(value):
         packet = pcapgen.ip_packet(*HOSTS[version][:2])
         f = pcapgen.frame(value, packet)
         assert len(f) == link.length + len(packet) and f.endswith(packet)
-        head = np.frombuffer(f[:link.length], link.header)[0] if link.length else None
+        head = np.frombuffer(f[:link.length], link.header.dtype())[0] if link.length else None
         if link.ethertype is not None:
             etype = linktypes.ETH_IPV4 if version == 4 else linktypes.ETH_IPV6
             assert int(head[link.ethertype]) == etype
