@@ -6,12 +6,14 @@
 Each run is traced from outside by ``strace -f -ttt`` (seccomp-filtered to a few
 system calls; nothing in the package is changed or imported) and cut at:
 
-- start-up: from ``execve`` to the fork of the reading process (interpreter,
-  imports, configuration, the file opened, the filter compiled); tracing slows
-  it most (every import's reads), so the table gives the untraced wall time less
+- start-up: from ``execve`` to the counting process's first read of the pipe
+  from the reading process (interpreter, imports, configuration, the file
+  opened; the reading process is forked before it, and with the head start
+  (``ncsniffer.headstart``) at its beginning, before numpy); tracing slows it
+  most (every import's reads), so the table gives the untraced wall time less
   the other phases;
-- first batch: from the fork to the counting process's first read of the pipe
-  that returns data;
+- first batch: from there to the end of the first read that returns more than a
+  message header: the wait for the first batch;
 - batches: from there to the creation of the stats file's temporary file (every
   batch counted; the end of the capture);
 - dump: from there to its rename over the stats file (formatting, write, fsync);
@@ -51,6 +53,8 @@ CONFIGS = {"default": {}, "connections: True": {"connections": True}}
 PYTHON_ALONE = {"the interpreter alone": "pass", "importing numpy": "import numpy"}
 LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(.*)$")
 DURATION = re.compile(r"<(\d+\.\d+)>$")
+RETURNED = re.compile(r"\) = (\d+) <")
+SMALL_READ = 64      # a message header alone (the head start's READY and batch headers)
 
 
 def _env() -> dict[str, str]:
@@ -95,18 +99,19 @@ def phases(calls: list[tuple[int, float, float, str]]) -> tuple[dict[str, float]
     its first batch."""
     parent, t0 = calls[0][0], calls[0][1]
     mine = [(t, d, text) for pid, t, d, text in calls if pid == parent]
-    fork = next(t + d for t, d, text in mine if text.startswith(("clone(", "clone3(")))
-    pipe = next(text for t, d, text in mine if text.startswith("pipe2("))
+    opened, pipe = next((t, text) for t, d, text in mine if text.startswith("pipe2("))
     rfd = int(re.match(r"pipe2\(\[(\d+),", pipe).group(1))
-    reads = [(t, d, text) for t, d, text in mine if text.startswith(f"read({rfd},")]
-    got = [(t, d) for t, d, text in reads if not re.search(r"= 0 <", text)]
-    first = got[0][0] + got[0][1]
+    reads = [(t, d, int(RETURNED.search(text).group(1))) for t, d, text in mine
+             if t > opened and text.startswith(f"read({rfd},") and RETURNED.search(text)]
+    ready = reads[0][0]
+    at = next(i for i, (t, d, n) in enumerate(reads) if n > SMALL_READ)
+    first = reads[at][0] + reads[at][1]
     tmp = next(t for t, d, text in mine if text.startswith("openat(") and '.tmp"' in text)
     rename = next(t + d for t, d, text in mine if text.startswith("rename("))
     end = max(t + d for t, d, _ in mine)
-    cut = {"start-up": (t0, fork), "first batch": (fork, first), "batches": (first, tmp),
+    cut = {"start-up": (t0, ready), "first batch": (ready, first), "batches": (first, tmp),
            "dump": (tmp, rename), "exit": (rename, end)}
-    blocked = sum(d for t, d in got[1:] if t < tmp)
+    blocked = sum(d for t, d, n in reads[at + 1:] if t < tmp)
     return {name: b - a for name, (a, b) in cut.items()}, blocked
 
 

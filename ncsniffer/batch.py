@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 OK, TRUNCATED, NOT_IP, INVALID = 0, 1, 2, 3
 REASONS = {TRUNCATED: decode.TRUNCATED, NOT_IP: decode.NOT_IP, INVALID: decode.INVALID}
+C_REASONS = tuple(REASONS.values())   # the C pass's undecoded counts, in its order
 VLAN = np.array(sorted(linktypes.VLAN_TAGS))
 TAG, TAG_TYPE = linktypes.VLAN_TAG.itemsize, linktypes.VLAN_TAG.offset("type")
 # Per link value, from the table: (header length, type field offset) where an
@@ -180,8 +181,12 @@ def distinct(t: Targets) -> tuple[Addresses, np.ndarray]:
     where built (``fastread.distinct``), else by numpy (``distinct_numpy``)."""
     v4, hi, lo, which = (fastread.distinct if fastread.enabled() else distinct_numpy)(
         t.is6, t.v4, t.hi, t.lo)
-    v6 = np.stack((hi, lo), axis=1).astype(">u8").view("V16").ravel().tolist() if len(hi) else []
-    return Addresses(v4, v6), which
+    return Addresses(v4, packed_v6(hi, lo)), which
+
+
+def packed_v6(hi: np.ndarray, lo: np.ndarray) -> list[bytes]:
+    """IPv6 addresses packed, from their two 64-bit words."""
+    return np.stack((hi, lo), axis=1).astype(">u8").view("V16").ravel().tolist() if len(hi) else []
 
 
 def distinct_numpy(is6: np.ndarray, v4: np.ndarray, hi: np.ndarray, lo: np.ndarray):
@@ -354,12 +359,15 @@ class Prepared:
     seen: int                     # packets the filter passed
     undecoded: dict[str, int]     # ... not decoded, by reason
     unmatched: int                # ... dropped by match / nomatch
-    targets: Targets              # the counted packets' targets
+    targets: Targets | None       # the counted packets' targets (None: ``found`` instead)
     sec: np.ndarray               # every passed packet's second
     good: np.ndarray              # which passed packets are counted
     lengths: np.ndarray           # ... their wire lengths
     flows: np.ndarray | None = None   # ... their FLOW records (with connections; else None)
     tracked: Tracked | None = None   # ... or the tracker's K of them (two-process replay)
+    # the distinct targets and each counted packet's index among them, found already
+    # (by the reading process of ``ncsniffer.headstart``; else ``distinct(targets)``)
+    found: tuple[Addresses, np.ndarray] | None = None
 
     def __reduce__(self):
         """Pickled compactly for the pipe between a replay's processes (a third of
@@ -439,14 +447,6 @@ def prepare(batch: Batch, prog, rules: Rules) -> Prepared:
     return fast if fast is not None else prepare_numpy(batch, prog, rules)
 
 
-def link_description(linktype: int) -> tuple:
-    """How ``fastread.prepare`` decodes a link type: (by type field, header length,
-    type field offset, VLAN types)."""
-    if linktype in LINK_HEADER:
-        return (True, *LINK_HEADER[linktype], tuple(VLAN.tolist()))
-    return (False, BY_VERSION[linktype], 0, ())
-
-
 def prepare_fast(batch: Batch, prog, rules: Rules) -> Prepared | None:
     """``prepare_numpy``'s result by the C pass, or None where it does not apply:
     match / nomatch (their windows stay numpy's), a batch of several links, a
@@ -460,12 +460,11 @@ def prepare_fast(batch: Batch, prog, rules: Rules) -> Prepared | None:
         linktype = batch.links[0][0]
         prog = prog[batch.links[0]]
     filled = fastread.prepare(batch.u8, batch.offs, batch.caplen, batch.wirelen, batch.sec,
-                              batch.usec, fastread.program(prog), link_description(linktype),
+                              batch.usec, fastread.program(prog), linktypes.c_decoding(linktype),
                               rules.me, rules.flows)
     if filled is None:
         return None
-    undecoded = {decode.TRUNCATED: filled.truncated, decode.NOT_IP: filled.not_ip,
-                 decode.INVALID: filled.invalid}
+    undecoded = dict(zip(C_REASONS, (filled.truncated, filled.not_ip, filled.invalid)))
     return Prepared(len(filled.sec), undecoded, 0,
                     Targets(filled.is6, filled.v4, filled.hi, filled.lo),
                     filled.sec, filled.good, filled.lengths, filled.flows)
@@ -504,7 +503,7 @@ def apply(p: Prepared, counters: Counters, acct: Accounting, clock: Clock,
     if not p.seen:
         return
     counters.add(p)
-    account(acct, clock, *distinct(p.targets), p.sec, p.good, p.lengths)
+    account(acct, clock, *(p.found or distinct(p.targets)), p.sec, p.good, p.lengths)
     if flows is not None and p.flows is not None:
         flows(p.flows, clock)
 

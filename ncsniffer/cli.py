@@ -217,9 +217,16 @@ def dispatch(args, name: str, config: dict | None, env: Env) -> int:
         done = emptycapture.replay(settings, args.read, env.stderr)
         if done is not None:
             return done
-        from ncsniffer import replay
-        lookups = _offline_lookups(settings, env.stderr)
-        return replay.replay(settings, args.read, env.stderr, quiet=args.quiet, lookups=lookups)
+        from ncsniffer import headstart          # before numpy: it reads meanwhile
+        early = headstart.start(settings, args.read)
+        try:
+            from ncsniffer import replay
+            lookups = _offline_lookups(settings, env.stderr)
+            return replay.replay(settings, args.read, env.stderr, quiet=args.quiet,
+                                 lookups=lookups, early=early)
+        finally:
+            if early is not None:
+                early.close()
 
     from ncsniffer import pidfile
     piddir = configfile.check_piddir(config)

@@ -11,27 +11,21 @@ equal.  This module knows the C calls' argument order and nothing of batches.
 
 from __future__ import annotations
 
-import os
-import struct
 from typing import NamedTuple
 
 import numpy as np
 
-from ncsniffer import decode
+from ncsniffer import decode, pcapread
 
 try:
     from ncsniffer import _fastread
 except ImportError:           # not built: the numpy path
     _fastread = None
 
-ENV = "NCSNIFFER_FASTREAD"    # "0": the numpy path
-INSN = struct.Struct("=HBBI")  # struct bpf_insn
+ENV = pcapread.FAST_ENV       # "0": the numpy path
 MAX_ME = 16                    # longer "me" addresses: the numpy path (not two words)
-
-
-def enabled() -> bool:
-    """Whether the C path runs (built, and not switched off)."""
-    return _fastread is not None and os.environ.get(ENV) != "0"
+enabled = pcapread.fast_enabled   # whether the C path runs (built, and not switched off)
+program = pcapread.program        # a filter program as the C interpreter reads it
 
 
 def _check_flow_layout() -> None:
@@ -44,35 +38,6 @@ def _check_flow_layout() -> None:
 
 if _fastread is not None:
     _check_flow_layout()
-
-
-class Walked(NamedTuple):
-    """Classic pcap records walked: the packets' columns, where the walk stopped,
-    and the length of a bogus first record (-1: none)."""
-
-    offs: np.ndarray
-    caplen: np.ndarray
-    wirelen: np.ndarray
-    sec: np.ndarray
-    usec: np.ndarray
-    next: int
-    bogus: int
-
-
-def walk(buf, pos: int, stop: int, limit: int, swapped: bool, snaplen: int,
-         per_sec: int) -> Walked:
-    """The records starting in [pos, stop) (at most ``limit``), up to a bogus or
-    cut one; ``per_sec``: the fraction's units per microsecond (1, or 1000)."""
-    columns = [np.empty(limit, np.int64) for _ in range(5)]
-    n, nxt, bogus = _fastread.walk(buf, pos, stop, limit, swapped, snaplen, per_sec, *columns)
-    return Walked(*(c[:n] for c in columns), nxt, bogus)
-
-
-def program(prog: list[tuple[int, int, int, int]] | None) -> bytes | None:
-    """A filter program as the C interpreter reads it (None: every packet passes)."""
-    if prog is None:
-        return None
-    return b"".join(INSN.pack(*insn) for insn in prog)
 
 
 class Filled(NamedTuple):

@@ -10,8 +10,7 @@ loopback family word varies between systems, so it is not trusted).
 The scalar rules (``ncsniffer.decode``), the batch offsets (``ncsniffer.batch``),
 the filters compiled for files and the support check (``ncsniffer.pcaplib``) and
 the synthetic frames (``ncsniffer.pcapgen``) all come from ``LINKS``: a new
-link type is a new row.  The classic pcap file header, which names a file's
-link type, is laid out here too (``pcap_header``).
+link type is a new row.
 
 No numpy: a process forked before numpy is imported compiles a file's filter
 and knows its link layout from this module alone; ``Layout.dtype`` imports
@@ -197,16 +196,12 @@ def file_value(value: int) -> int:
     return value if link is None else link.file_value
 
 
-# The classic pcap file header, in the writer's byte order: where a file names its
-# LINKTYPE_ value (``ncsniffer.pcapfile`` reads it, ``pcaplib`` and ``pcapgen`` write it).
-PCAP_FILE_HEADER = Layout((("magic", "u4"), ("major", "u2"), ("minor", "u2"),
-                           ("thiszone", "i4"), ("sigfigs", "u4"), ("snaplen", "u4"),
-                           ("linktype", "u4")))
-PCAP_MAGIC_US = 0xA1B2C3D4  # what a classic pcap writer of microseconds stores
-PCAP_VERSION = (2, 4)        # older ones swap the two lengths: libpcap reads those
-
-
-def pcap_header(linktype: int, snaplen: int, endian: str = "=") -> bytes:
-    """A classic pcap file header (microseconds, version 2.4) for ``linktype``."""
-    return PCAP_FILE_HEADER.struct(endian).pack(PCAP_MAGIC_US, *PCAP_VERSION, 0, 0, snaplen,
-                                                linktype)
+def c_decoding(value: int) -> tuple | None:
+    """How the C pass (``_fastread.prepare``) decodes a link type: (by type field,
+    header length, type field offset, VLAN types); None if ncsniffer does not."""
+    link = BY_VALUE.get(value)
+    if link is None:
+        return None
+    if link.type_at is not None:
+        return (True, link.length, link.type_at, tuple(sorted(VLAN_TAGS)))
+    return (False, link.length, 0, ())

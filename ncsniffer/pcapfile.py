@@ -20,35 +20,26 @@ from __future__ import annotations
 
 import functools
 import mmap
-import os
 import struct
-import sys
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from ncsniffer import fastread, linktypes
+from ncsniffer import fastread, pcapread
 from ncsniffer.gather import Gather
-from ncsniffer.linktypes import PCAP_VERSION, STRUCT_CODES
-# pcap_header, PCAP_MAGIC_US: pcapfile.X for its callers, as before
-from ncsniffer.linktypes import PCAP_MAGIC_US, pcap_header  # noqa: F401
+from ncsniffer.linktypes import STRUCT_CODES
+from ncsniffer.pcapread import (MAX_BYTES, MAX_PACKETS, MAX_RECORD, NATIVE,  # noqa: F401
+                                PCAP_MAGIC_US, PCAP_VERSION, Truncated, Unsupported,
+                                pcap_header)
 
-MAX_RECORD = 262144          # libpcap refuses larger records as bogus
-MAX_PACKETS = 65536          # records per batch, bounds memory for tiny packets
-MAX_BYTES = 16 << 20         # a batch ends at the first record this far past its start
-FIRST_BYTES = 1 << 20        # ... the first one of a ramp (``batches(ramp=True)``)
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)   # Linux 5.14; Python 3.13 names it
 SYNC_SECONDS = 10 * 86400    # a lane's first record lies this close in time to the batch's first
-PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1), b"\xa1\xb2\xc3\xd4": (">", 1),
-               b"\x4d\x3c\xb2\xa1": ("<", 1000), b"\xa1\xb2\x3c\x4d": (">", 1000)}
-LINKTYPE_MASK = 0x03FFFFFF   # the link type's bits of the header's field (FCS flags above)
 US_PER_SEC = 10 ** 6         # a classic pcap's (and a pcapng's default) time units
-NATIVE = "<" if sys.byteorder == "little" else ">"
 
 # Classic pcap headers, in the file's byte order (read through ``layout``); the file
-# header is laid out in ``linktypes``, without numpy, for what writes one.
-PCAP_FILE_HEADER = linktypes.PCAP_FILE_HEADER.dtype()
+# header is laid out in ``pcapread``, without numpy.
+PCAP_FILE_HEADER = pcapread.PCAP_FILE_HEADER.dtype()
 PCAP_RECORD = np.dtype([("ts_sec", "u4"), ("ts_frac", "u4"), ("incl_len", "u4"),
                         ("orig_len", "u4")])
 RECORD = PCAP_RECORD.itemsize
@@ -111,12 +102,6 @@ def layout(header: np.dtype, endian: str, names: tuple[str, ...] | None = None) 
     return struct.Struct("".join(codes))
 
 
-class Unsupported(Exception):
-    """A file this reader does not handle; libpcap will."""
-
-
-class Truncated(Exception):
-    """The file ends inside a record, or a record or block is damaged."""
 
 
 # What filtering and decoding a packet depend on: its link type, and whether its
@@ -311,25 +296,6 @@ def _lane_major(ends: np.ndarray, at: np.ndarray, hdr: np.ndarray):
     return at.ravel()[flat], hdr.view(np.complex128).ravel()[flat].view(hdr.dtype), tail
 
 
-def _spans(max_bytes: int, ramp: bool) -> Iterator[int]:
-    """The byte span of each batch: ``max_bytes``, or (``ramp``) FIRST_BYTES doubling
-    up to it."""
-    span = min(FIRST_BYTES, max_bytes) if ramp else max_bytes
-    while True:
-        yield span
-        span = min(2 * span, max_bytes)
-
-
-def _left_over(length: int) -> Truncated:
-    """A last record that the file ends inside of."""
-    return Truncated(f"file ends inside a record ({length} bytes left over)")
-
-
-def _bogus(length: int) -> Truncated:
-    """A record longer than libpcap accepts, first in its batch."""
-    return Truncated(f"bogus record length {length}")
-
-
 def _trailer_differs(pos: int, blen: int, trailer: int) -> str:
     return f"block at byte {pos}: total length {blen} in its header, {trailer} in its trailer"
 
@@ -353,24 +319,16 @@ class Reader:
         self.fast = fastread.enabled()     # classic pcap records walked in C
         self.populate = hasattr(self.mm, "madvise")
         head = self.mm[:PCAP_FILE_HEADER.itemsize]
-        magic = head[:PCAP_FILE_HEADER["magic"].itemsize]
-        if magic in PCAP_MAGICS:
-            if len(head) < PCAP_FILE_HEADER.itemsize:
-                raise Truncated("truncated file header")
-            self.endian, self.per_sec = PCAP_MAGICS[magic]
-            fields = layout(PCAP_FILE_HEADER, self.endian).unpack(head)
-            _, *version, _, _, snaplen, linktype = fields
-            if tuple(version) != PCAP_VERSION:
-                raise Unsupported("pcap version %d.%d" % tuple(version))
-            self.linktype = linktype & LINKTYPE_MASK
-            if check_link is not None:
-                check_link(self.linktype)
-            self.links = ((self.linktype, self.endian != NATIVE),)
-            self.snaplen = snaplen if 0 < snaplen <= MAX_RECORD else MAX_RECORD
+        classic = pcapread.classic_header(head, check_link)
+        if classic is not None:
+            self.classic = classic
+            self.endian, self.per_sec = classic.endian, classic.per_sec
+            self.linktype, self.snaplen = classic.linktype, classic.snaplen
+            self.links = ((self.linktype, classic.swapped),)
             self.kind = "pcap"
             self.start = PCAP_FILE_HEADER.itemsize
             self.chain = Chain(self.g, self.endian, self.snaplen, US_PER_SEC * self.per_sec)
-        elif magic == PCAPNG_SHB:
+        elif head[:len(PCAPNG_SHB)] == PCAPNG_SHB:
             self.kind = "pcapng"
             self.start = 0
             self.linktype = None
@@ -503,7 +461,7 @@ class Reader:
         """
         max_packets = max_packets or MAX_PACKETS
         max_bytes = max_bytes or MAX_BYTES
-        spans = _spans(max_bytes, ramp)
+        spans = pcapread.spans(max_bytes, ramp)
         if reuse and self.kind == "pcap" and self.fast:
             yield from self._read_pcap(max_packets, max_bytes, spans)
             return
@@ -517,32 +475,18 @@ class Reader:
                 yield batch
                 self._release(pos, nxt)
             elif nxt == pos:
-                raise _left_over(end - pos)
+                raise pcapread.left_over(end - pos)
             pos = nxt
 
     def _read_pcap(self, limit: int, max_bytes: int, spans: Iterator[int]) -> Iterator[Batch]:
-        """``batches`` of a classic pcap file read (pread) into one reused buffer: the
-        kernel copies the bytes, where the map costs a page-table entry per page
-        mapped and dropped again, and holds the GIL while it does (a replay's reading
-        thread runs beside the tracker).  The buffer holds any record that starts in
-        the first ``max_bytes``, so a record is cut only at the end of the file, as
-        in the map: the same batches, the same errors."""
-        buf = bytearray(max_bytes + RECORD + MAX_RECORD)
-        view, u8 = memoryview(buf), np.frombuffer(buf, np.uint8)
-        fd, pos, end = self.fh.fileno(), self.start, len(self.mm)
-        while pos < end:
-            span = next(spans)
-            want = min(span + RECORD + MAX_RECORD, end - pos)
-            got = os.preadv(fd, [view[:want]], pos)
-            if got < want:
-                raise Truncated(f"file shrank while read ({pos + got} of {end} bytes)")
-            batch, nxt = self._fast_walk(0, limit, min(span, got - RECORD + 1),
-                                         view[:got], u8[:got], pos)
-            if batch is not None:
-                yield batch
-            elif nxt == 0:
-                raise _left_over(end - pos)
-            pos += nxt
+        """``batches`` of a classic pcap file read into one reused buffer
+        (``pcapread.read``): the same batches, the same errors as in the map."""
+        columns = [np.empty(limit, np.int64) for _ in range(pcapread.COLUMNS)]
+        offs, caplen, wirelen, sec, usec = columns
+        for view, n, at in pcapread.read(self.fh.fileno(), self.start, len(self.mm),
+                                         self.classic, limit, max_bytes, spans, columns):
+            yield Batch(view, np.frombuffer(view, np.uint8), offs[:n], caplen[:n], wirelen[:n],
+                        sec[:n], self.links, usec=usec[:n], at=at)
 
     def _populate(self, start: int, length: int) -> None:
         """Map the pages of the next batch in one call (MADV_POPULATE_READ): a fault
@@ -579,18 +523,15 @@ class Reader:
             walked = starts, self.g.block(starts, RECORD), nxt
         return self._pcap_batch(*walked, limit)
 
-    def _fast_walk(self, pos: int, limit: int, stop: int, buf=None, u8=None, at: int = 0):
-        """``_walk_pcap`` by ``fastread.walk``: the same records, the same stop; in
-        the map, or in ``buf`` (``u8`` its bytes) holding the file from offset ``at``."""
-        buf, u8 = (self.mm, self.u8) if buf is None else (buf, u8)
-        w = fastread.walk(buf, pos, stop, limit, self.endian != NATIVE, self.snaplen,
-                          self.per_sec)
-        if w.bogus >= 0:
-            raise _bogus(w.bogus)
-        if not len(w.offs):
-            return None, w.next
-        return Batch(buf, u8, w.offs, w.caplen, w.wirelen, w.sec, self.links, usec=w.usec,
-                     at=at), w.next
+    def _fast_walk(self, pos: int, limit: int, stop: int):
+        """``_walk_pcap`` by the C walk (``pcapread.walk``): the same records, the
+        same stop."""
+        columns = [np.empty(limit, np.int64) for _ in range(pcapread.COLUMNS)]
+        n, nxt = pcapread.walk(self.mm, pos, stop, limit, self.classic, columns)
+        if not n:
+            return None, nxt
+        offs, caplen, wirelen, sec, usec = (c[:n] for c in columns)
+        return Batch(self.mm, self.u8, offs, caplen, wirelen, sec, self.links, usec=usec), nxt
 
     def _plain_walk(self, pos: int, stop: int, limit: int) -> tuple[np.ndarray, int]:
         """The plain walk: one unpack per record; lengths are checked afterwards, in bulk."""
@@ -616,7 +557,7 @@ class Reader:
             j = int(bad[0])
             if j == 0:
                 if incl[0] > MAX_RECORD:
-                    raise _bogus(int(incl[0]))
+                    raise pcapread.bogus(int(incl[0]))
                 return None, int(at[0])
             at, f, incl, nxt = at[:j], f[:j], incl[:j], int(at[j])
         sec, wirelen = f[:, SEC].astype(np.int64), f[:, ORIG].astype(np.int64)

@@ -19,7 +19,7 @@ import dpkt
 import numpy as np
 
 from ncsniffer import linktypes
-from ncsniffer.linktypes import pcap_header
+from ncsniffer.pcapread import pcap_header
 from ncsniffer.pcapfile import PCAP_RECORD, layout
 
 MAC_DST, MAC_SRC = bytes.fromhex("001122334455"), bytes.fromhex("66778899aabb")

@@ -19,6 +19,7 @@ import pcapy
 
 from ncsniffer import linktypes
 from ncsniffer.errors import CaptureError
+from ncsniffer.pcapread import pcap_header
 
 FILTER_SNAPLEN = 262144       # the program's accept value; any non-zero one accepts
 ERRBUF_SIZE = 256             # PCAP_ERRBUF_SIZE
@@ -99,7 +100,7 @@ def _savefile(linktype: int, swapped: bool) -> Iterator[int]:
     native = "<" if sys.byteorder == "little" else ">"
     order = {"<": ">", ">": "<"}[native] if swapped else native
     with tempfile.NamedTemporaryFile(prefix="ncsniffer-", suffix=".pcap") as fh:
-        fh.write(linktypes.pcap_header(linktypes.file_value(linktype), FILTER_SNAPLEN, order))
+        fh.write(pcap_header(linktypes.file_value(linktype), FILTER_SNAPLEN, order))
         fh.flush()
         err = ctypes.create_string_buffer(ERRBUF_SIZE)
         handle = _LIB.pcap_open_offline(fh.name.encode(), err)

@@ -8,7 +8,6 @@ forked process reads and prepares the batches while this one accounts them.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import os
 import pickle
@@ -19,6 +18,7 @@ import traceback
 from typing import IO, Iterator
 
 from ncsniffer import batch, bpfvm, capture, pcapfile, pcaplib
+from ncsniffer.headstart import Early, fork_reader, pipeline
 from ncsniffer.clock import PacketClock
 from ncsniffer.config import Settings
 from ncsniffer.errors import CaptureError, NcSnifferError
@@ -28,9 +28,7 @@ from ncsniffer.sniffer import Sniffer
 BATCH = 20000
 PROGRESS_AFTER = 2.0   # seconds of wall time before progress lines appear
 PIPE_BUFFER = 1 << 20  # bytes buffered on each side of the pipe between the processes
-PIPE_SIZE = 1 << 20    # the pipe itself: a prepared batch is 1-2 MB
 EXPORT_WAIT = 30.0     # seconds the end of a replay waits for its export to be sent or spooled
-FREE_CPU = 1.0         # CPUs the load average must leave idle for a second process (no tracker)
 READ_AHEAD = 4         # batches the tracking reading process's reader may run ahead
 
 
@@ -57,10 +55,16 @@ class Progress:
 
 
 def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
-           lookups=None, flows: batch.FlowConsumer | None = None) -> int:
+           lookups=None, flows: batch.FlowConsumer | None = None,
+           early: Early | None = None) -> int:
     """Replay ``path``; write the stats; return the exit code (0, or 2 on a bad file).
-    ``flows``: takes each batch's FLOW records (with ``connections`` set)."""
-    batches, linktype, prog, close = _open(path, settings)
+    ``flows``: takes each batch's FLOW records (with ``connections`` set); ``early``:
+    the reading process forked before numpy (``headstart.start``), if one was."""
+    if early is not None and early.ready():
+        batches, linktype, prog, close = None, early.linktype, None, early.close
+    else:
+        early = None
+        batches, linktype, prog, close = _open(path, settings)
     error: NcSnifferError | None = None
     clock = PacketClock()
     exporting = None
@@ -81,7 +85,9 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
     progress = Progress(None if quiet else log)
     counters = sniffer.counters
     ahead = sniffer.tracks_ahead()
-    if prog is not None and _pipeline(ahead):
+    if early is not None:
+        prepared = early.batches()
+    elif prog is not None and pipeline(ahead):
         prepared = _two_processes(batches, prog, sniffer.rules, sniffer if ahead else None)
     else:
         prepared = _one_process(batches, prog, sniffer.rules)
@@ -133,21 +139,6 @@ def _events_file(settings: Settings, exporting=None):
     return events.from_settings(settings, feed=False, export=ended)
 
 
-def _pipeline(tracking: bool) -> bool:
-    """Whether to prepare batches in a second process: with a second CPU, and
-    either the connection tracker to run there (its CPU is the larger part) or a
-    CPU free to run it (the 1-minute load average leaves one: on a busy machine
-    the second process's own cost, its copy of the batches through the pipe and
-    its page faults, outweighs the overlap).  ``NCSNIFFER_REPLAY=serial``: one
-    process; ``NCSNIFFER_REPLAY=batch``: two whenever there are two CPUs (the
-    tests compare the two)."""
-    mode = os.environ.get("NCSNIFFER_REPLAY")
-    cpus = len(os.sched_getaffinity(0))
-    if mode == "serial" or cpus < 2:
-        return False
-    return mode == "batch" or tracking or cpus - os.getloadavg()[0] >= FREE_CPU
-
-
 def _one_process(batches, prog, rules: batch.Rules) -> Iterator[batch.Prepared]:
     for got in batches:
         yield batch.prepare(got, prog, rules)
@@ -164,16 +155,7 @@ def _two_processes(batches, prog, rules: batch.Rules,
     connections at the end (``Sniffer.track_ahead``): the two processes' CPU
     evens out; there a thread reads and prepares (``_read_ahead``) while the
     tracker runs."""
-    rfd, wfd = os.pipe()
-    try:
-        fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass
-    pid = os.fork()
-    if pid == 0:                                    # the child: never returns
-        os.close(rfd)
-        _prepare_into(wfd, batches, prog, rules, tracking)
-    os.close(wfd)
+    pid, rfd = fork_reader(lambda wfd: _prepare_into(wfd, batches, prog, rules, tracking))
     try:
         with os.fdopen(rfd, "rb", PIPE_BUFFER) as inp:
             while True:

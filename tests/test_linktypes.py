@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ncsniffer import batch, capture, decode, linktypes, pcapgen
+from ncsniffer import batch, capture, decode, linktypes, pcapgen, pcapread
 from ncsniffer.gather import Gather, Heads
 
 ROWS = {link.name: link for link in linktypes.LINKS}
@@ -37,7 +37,7 @@ def test_every_value_names_one_row_and_libpcap_knows_its_name():
     assert linktypes.file_value(105) == 105 and linktypes.lookup(105) is None
 
 
-LAYOUTS = {name: value for name, value in vars(linktypes).items()
+LAYOUTS = {name: value for module in (linktypes, pcapread) for name, value in vars(module).items()
            if isinstance(value, linktypes.Layout)}
 
 
@@ -61,7 +61,7 @@ def test_layouts_are_the_headers_they_were():
         "VLAN_TAG": 4, "ETHERNET_HEADER": 14, "SLL_HEADER": 16, "SLL2_HEADER": 20,
         "NULL_HEADER": 4, "LOOP_HEADER": 4, "NO_HEADER": 0, "PCAP_FILE_HEADER": 24}
     assert linktypes.VLAN_TAG.offset("type") == 2
-    assert linktypes.PCAP_FILE_HEADER.struct("<").format == "<IHHiIII"
+    assert pcapread.PCAP_FILE_HEADER.struct("<").format == "<IHHiIII"
     assert linktypes.ETHERNET_HEADER.struct(">").format == ">6s6sH"
     with pytest.raises(ValueError):
         linktypes.ETHERNET_HEADER.struct("<")      # its type field is big-endian

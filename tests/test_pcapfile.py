@@ -15,7 +15,7 @@ import pcapy
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ncsniffer import fastread, pcapfile
+from ncsniffer import fastread, pcapfile, pcapread
 
 T0 = 1_700_000_000
 SMALL = pcapfile.Lanes(spacing=1024, windows=(256, 512), minimum=2)
@@ -264,7 +264,7 @@ def test_a_ramp_starts_small_and_reads_the_same(tmp_path, monkeypatch, fast, reu
     and the last error are those of any other read."""
     if fast and not fastread.enabled():
         pytest.skip("no C walk")
-    monkeypatch.setattr(pcapfile, "FIRST_BYTES", 1024)
+    monkeypatch.setattr(pcapread, "FIRST_BYTES", 1024)
     rnd = random.Random(13)
     data = pcap_file(clean_records(rnd, 300, (0, 300)))[:-7]
     path = tmp_path / "r.pcap"

@@ -645,10 +645,10 @@ def test_second_process_when_a_cpu_is_free_or_the_tracker_runs(monkeypatch, repl
                                                                cpus, load, tracking, two):
     if replay_path != "batch":
         pytest.skip("the choice, once")
-    from ncsniffer import replay as replay_mod
+    from ncsniffer import headstart
     monkeypatch.delenv("NCSNIFFER_REPLAY", raising=False)
     if mode:
         monkeypatch.setenv("NCSNIFFER_REPLAY", mode)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
-    assert replay_mod._pipeline(tracking) is two
+    assert headstart.pipeline(tracking) is two

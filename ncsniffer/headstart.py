@@ -1,0 +1,321 @@
+"""A replay's reading process, forked before numpy is imported.
+
+Importing numpy is a third of the wall time of a replay (issue 16), and the
+counting process cannot count before it.  The reading process of the default
+rules needs no numpy: it reads a classic pcap file, walks its records, filters
+and decodes them in C (``ncsniffer.pcapread``).  So ``start`` forks it first,
+and it reads and prepares the first batches while the counting process imports
+numpy and sets up; up to AHEAD batches wait for it.
+
+The batches cross the pipe as the C pass filled them: a fixed header, then the
+arrays' bytes, read straight into numpy arrays on the other side.  Where the C
+pass does not apply (match / nomatch, connection tracking, pcapng, a filter
+only libpcap or numpy runs), ``start`` or the first message says so and the
+replay takes its usual path (``replay._two_processes`` forks after numpy; the
+two give the same batches, which tests/test_headstart.py checks).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import stat
+import struct
+import traceback
+from typing import Callable, Iterator
+
+from ncsniffer import linktypes, pcaplib, pcapread
+from ncsniffer.config import Settings
+from ncsniffer.errors import CaptureError
+
+PIPE_SIZE = 1 << 20    # the pipe between a replay's two processes: a prepared batch is 1-2 MB
+FREE_CPU = 1.0         # CPUs the load average must leave idle for a second process (no tracker)
+AHEAD = 16             # prepared batches the reading process holds for a busy counting
+#                        process (each at most MAX_PACKETS * 45 bytes: 47 MB in all)
+ENV = "NCSNIFFER_HEADSTART"   # "0": fork after numpy as before (tests compare the two)
+# A message: its kind, then per batch the counts of the C pass (passed, counted, IPv4,
+# IPv6, truncated, non-IP, invalid) and of the distinct targets (IPv4, IPv6);
+# CAPTURE and CRASH: a text of the first count's length follows.
+COUNTS = 9
+HEAD = struct.Struct(f"=B{COUNTS}q")
+READY, FALLBACK, BATCH, END, CAPTURE, CRASH = range(6)
+# What the C pass fills, in its order: (item size, the count that sizes it).
+FILLED = ((8, 0), (8, 1), (8, 1), (1, 1), (4, 2), (8, 3), (8, 3))
+SEC, GOOD, LENGTHS, IS6, V4, HI, LO = range(len(FILLED))
+# What finding the distinct targets fills: each packet's index among them, the IPv4
+# ones, the IPv6 ones' two words: (item size, the count that bounds it, the count
+# that sizes it).
+DISTINCT = ((8, 1, 1), (4, 2, 7), (8, 3, 8), (8, 3, 8))
+# What crosses the pipe: the seconds, ``good`` (only when some passed packet is not
+# counted, else it is every index), the lengths, then the distinct targets.
+SENT = (SEC, GOOD, LENGTHS)
+
+
+def pipeline(tracking: bool) -> bool:
+    """Whether to prepare batches in a second process: with a second CPU, and
+    either the connection tracker to run there (its CPU is the larger part) or a
+    CPU free to run it (the 1-minute load average leaves one: on a busy machine
+    the second process's own cost, its copy of the batches through the pipe and
+    its page faults, outweighs the overlap).  ``NCSNIFFER_REPLAY=serial``: one
+    process; ``NCSNIFFER_REPLAY=batch``: two whenever there are two CPUs (the
+    tests compare the two)."""
+    mode = os.environ.get("NCSNIFFER_REPLAY")
+    cpus = len(os.sched_getaffinity(0))
+    if mode == "serial" or cpus < 2:
+        return False
+    return mode == "batch" or tracking or cpus - os.getloadavg()[0] >= FREE_CPU
+
+
+def applies(settings: Settings) -> bool:
+    """The settings whose batches the C pass prepares with nothing of numpy."""
+    return (settings.payload is None and not settings.connections
+            and pcapread.fast_enabled() and os.environ.get(ENV) != "0"
+            and os.environ.get("NCSNIFFER_REPLAY") != "libpcap" and pipeline(False))
+
+
+class Early:
+    """The counting process's end of a reading process started by ``start``."""
+
+    def __init__(self, pid: int, rfd: int, linktype: int):
+        self.pid = pid
+        self.pipe = os.fdopen(rfd, "rb", buffering=0)
+        self.linktype = linktype
+
+    def ready(self) -> bool:
+        """Whether the reading process prepares the batches (it compiled the filter,
+        and the C pass runs it); if not, it has ended."""
+        try:
+            kind = self._head()[0]
+        except CaptureError:           # it died: the usual path reads the file
+            kind = FALLBACK
+        if kind != READY:
+            self.close()
+        return kind == READY
+
+    def batches(self) -> Iterator:
+        """The prepared batches (``batch.Prepared``), in file order; a reading error
+        ends them as the usual path's does."""
+        import numpy as np             # the counting process has it by now
+
+        from ncsniffer import batch
+        from ncsniffer.table import Addresses
+        dtypes = (np.int64, np.uint32, np.uint64, np.uint64)       # DISTINCT's
+        try:
+            while True:
+                kind, *counts = self._head()
+                if kind == BATCH:
+                    seen, counted = counts[:2]
+                    sec = self._fill(np.empty(seen, np.int64))
+                    good = self._fill(np.empty(counted, np.int64)) if counted != seen else \
+                        np.arange(seen, dtype=np.int64)
+                    lengths = self._fill(np.empty(counted, np.int64))
+                    which, u4, uhi, ulo = (self._fill(np.empty(counts[at], dtype))
+                                           for dtype, (_, _, at) in zip(dtypes, DISTINCT))
+                    undecoded = dict(zip(batch.C_REASONS, counts[4:7]))
+                    yield batch.Prepared(seen, undecoded, 0, None, sec, good, lengths,
+                                         found=(Addresses(u4, batch.packed_v6(uhi, ulo)), which))
+                elif kind == END:
+                    return
+                elif kind == CAPTURE:
+                    raise CaptureError(self._text(counts[0]))
+                else:
+                    raise RuntimeError(f"the reading process failed:\n{self._text(counts[0])}")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the reading process (gone already unless the replay stopped early)."""
+        if not self.pid:
+            return
+        self.pipe.close()
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+        self.pid = 0
+
+    def _head(self) -> tuple:
+        return HEAD.unpack(self._fill(bytearray(HEAD.size)))
+
+    def _text(self, size: int) -> str:
+        return bytes(self._fill(bytearray(size))).decode("utf-8", errors="replace")
+
+    def _fill(self, into):
+        """``into`` filled from the pipe; the reading process's end is an error here."""
+        view = memoryview(into).cast("B")
+        got = 0
+        while got < len(view):
+            n = self.pipe.readinto(view[got:])
+            if not n:
+                raise CaptureError("the reading process ended unexpectedly")
+            got += n
+        return into
+
+
+def start(settings: Settings, path: str) -> Early | None:
+    """Fork the reading process of ``path`` if it applies (the settings, two CPUs,
+    a classic pcap file); None where the replay takes its usual path."""
+    if not applies(settings):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None                     # the usual path says what is wrong
+    try:
+        header = _classic(fd)
+        if header is None:
+            return None
+        pid, rfd = fork_reader(lambda wfd: _child(wfd, fd, path, header, settings))
+        return Early(pid, rfd, header.linktype)
+    finally:
+        os.close(fd)
+
+
+def fork_reader(child: Callable[[int], None]) -> tuple[int, int]:
+    """(pid, read end of its pipe) of a replay's reading process, which runs
+    ``child`` on the pipe's write end and never returns."""
+    rfd, wfd = os.pipe()
+    try:
+        fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        child(wfd)
+    os.close(wfd)
+    return pid, rfd
+
+
+def _classic(fd: int) -> pcapread.Classic | None:
+    """The header of a regular file that is a classic pcap, else None."""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return pcapread.classic_header(os.pread(fd, pcapread.FILE_HEADER_SIZE, 0))
+    except (OSError, pcapread.Truncated, pcapread.Unsupported):
+        return None
+
+
+def _child(wfd: int, fd: int, path: str, header: pcapread.Classic, settings: Settings) -> None:
+    """The reading process: READY (or FALLBACK), the batches, then END, CAPTURE or
+    CRASH; then exit without Python's clean-up (the parent's buffers and atexit
+    handlers are not ours)."""
+    code = 0
+    try:
+        with _Sender(wfd) as send:
+            try:
+                args = _pass_arguments(header, settings)
+                send([_head(READY if args else FALLBACK)])
+                if args:
+                    _prepare_all(send, fd, header, args)
+                    send([_head(END)])
+            except pcapread.Truncated as exc:
+                send(_text(CAPTURE, f"{path}: {exc}"))
+            except Exception:
+                send(_text(CRASH, traceback.format_exc()))
+    except BaseException:          # the parent went away, or an interrupt
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _pass_arguments(header: pcapread.Classic, settings: Settings) -> tuple | None:
+    """The C pass's arguments after the packets' (program, link, "me" and its two
+    words), or None where it does not run them (the usual path then does)."""
+    link = linktypes.c_decoding(header.linktype)
+    if link is None:
+        return None
+    try:
+        prog = pcapread.program(pcaplib.compile_filter(header.linktype, settings.bpf,
+                                                     header.swapped))
+    except CaptureError:
+        return None                               # the usual path reports it
+    me = settings.me_packed
+    args = (prog, link, me, int.from_bytes(me[:-8], "big"), int.from_bytes(me[-8:], "big"))
+    empty = bytearray(0)
+    if pcapread.prepare(b"", [empty] * pcapread.COLUMNS, 0, args, [empty] * len(FILLED)) is None:
+        return None                               # a program the C pass does not run
+    return args
+
+
+def _prepare_all(send, fd: int, header: pcapread.Classic, args: tuple) -> None:
+    """Every batch of the file, prepared, its distinct targets found, to ``send``: the
+    buffers sent are new for each batch (they wait to be sent), the read buffer and
+    the walk's are not."""
+    limit = pcapread.MAX_PACKETS
+    columns = [bytearray(8 * limit) for _ in range(pcapread.COLUMNS)]
+    end = os.fstat(fd).st_size
+    for buf, n, _ in pcapread.read(fd, pcapread.FILE_HEADER_SIZE, end, header, limit,
+                                   pcapread.MAX_BYTES, pcapread.spans(pcapread.MAX_BYTES, False),
+                                   columns):
+        filled = [bytearray(size * n) for size, _ in FILLED]
+        counts = pcapread.prepare(buf, columns, n, args, filled)
+        views = [memoryview(out)[:size * counts[at]] for out, (size, at) in zip(filled, FILLED)]
+        found = [bytearray(size * counts[bound]) for size, bound, _ in DISTINCT]
+        counts += pcapread.distinct(views[IS6], views[V4], views[HI], views[LO], *found)
+        send([_head(BATCH, *counts)]
+             + [views[i] for i in SENT if i != GOOD or counts[1] != counts[0]]
+             + [memoryview(out)[:size * counts[at]] for out, (size, _, at) in zip(found, DISTINCT)])
+
+
+def _head(kind: int, *counts: int) -> bytes:
+    return HEAD.pack(kind, *counts, *[0] * (COUNTS - len(counts)))
+
+
+def _text(kind: int, text: str) -> list:
+    data = text.encode("utf-8", errors="replace")
+    return [_head(kind, len(data)), data]
+
+
+class _Sender:
+    """Writes messages to the pipe from a thread of its own, at most AHEAD waiting,
+    so that the reading goes on while the counting process is busy (the pipe holds
+    less than a batch)."""
+
+    def __init__(self, fd: int):
+        import queue                 # stdlib: the reading process starts without numpy
+        import threading
+        self.fd = fd
+        self.waiting: queue.Queue = queue.Queue(AHEAD)
+        self.failed: OSError | None = None
+        self.thread = threading.Thread(target=self._run, name="headstart-send", daemon=True)
+        self.thread.start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.waiting.put(None)
+        self.thread.join()
+        if self.failed is not None:
+            raise self.failed
+
+    def __call__(self, pieces: list) -> None:
+        if self.failed is not None:
+            raise self.failed
+        self.waiting.put(pieces)
+
+    def _run(self) -> None:
+        while True:
+            pieces = self.waiting.get()
+            if pieces is None:
+                return
+            if self.failed is None:
+                try:
+                    _write_all(self.fd, pieces)
+                except OSError as exc:           # the counting process is gone
+                    self.failed = exc
+
+
+def _write_all(fd: int, pieces: list) -> None:
+    views = [memoryview(p).cast("B") for p in pieces]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if n:
+            views[0] = views[0][n:]
