@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import sys
-import tempfile
 from typing import Iterator
-
-import pcapy
 
 from ncsniffer import linktypes
 from ncsniffer.errors import CaptureError
@@ -34,10 +32,14 @@ class _Program(ctypes.Structure):
     _fields_ = [("len", ctypes.c_uint), ("insns", ctypes.POINTER(_Insn))]
 
 
-def _libpcap() -> ctypes.CDLL:
+@functools.cache
+def _lib() -> ctypes.CDLL:
     """The libpcap that pcapy uses (its wheel may bundle its own), for what pcapy
     does not expose: compiling against a savefile, and link type names.  Symbols
-    looked up through the extension resolve in the library it links."""
+    looked up through the extension resolve in the library it links.  Loaded when
+    first wanted: a replay's counting process checks link types with this module
+    and never needs libpcap."""
+    import pcapy
     lib = ctypes.CDLL(pcapy.__file__)
     lib.pcap_open_offline.restype = ctypes.c_void_p
     lib.pcap_open_offline.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
@@ -50,9 +52,6 @@ def _libpcap() -> ctypes.CDLL:
     lib.pcap_datalink_val_to_name.restype = ctypes.c_char_p
     lib.pcap_datalink_val_to_name.argtypes = [ctypes.c_int]
     return lib
-
-
-_LIB = _libpcap()
 
 
 def vlan_aware(bpf: str, depth: int = linktypes.VLAN_DEPTH) -> str:
@@ -80,7 +79,7 @@ def file_filters(linktype: int, bpf: str) -> list[str]:
 
 def link_type_name(linktype: int) -> str:
     """How messages name a link type: libpcap's name and the number."""
-    name = _LIB.pcap_datalink_val_to_name(linktype)
+    name = _lib().pcap_datalink_val_to_name(linktype)
     return f"{name.decode()} ({linktype})" if name else f"{linktype} (unknown to libpcap)"
 
 
@@ -97,36 +96,39 @@ def _savefile(linktype: int, swapped: bool) -> Iterator[int]:
     it, or the value files store) in the byte order ``swapped`` says: what libpcap
     compiles a filter for depends on both (DLT_NULL's family word is in the
     writer's byte order, and a savefile's IPv6 test takes every BSD AF_INET6 value)."""
+    import tempfile
     native = "<" if sys.byteorder == "little" else ">"
     order = {"<": ">", ">": "<"}[native] if swapped else native
     with tempfile.NamedTemporaryFile(prefix="ncsniffer-", suffix=".pcap") as fh:
         fh.write(pcap_header(linktypes.file_value(linktype), FILTER_SNAPLEN, order))
         fh.flush()
         err = ctypes.create_string_buffer(ERRBUF_SIZE)
-        handle = _LIB.pcap_open_offline(fh.name.encode(), err)
+        handle = _lib().pcap_open_offline(fh.name.encode(), err)
         if not handle:
             raise CaptureError(f"libpcap cannot compile for link type {linktype}: "
                                f"{err.value.decode(errors='replace')}")
         try:
             yield handle
         finally:
-            _LIB.pcap_close(handle)
+            _lib().pcap_close(handle)
 
 
 def _compile(handle: int, text: str) -> list[tuple[int, int, int, int]]:
     """The program of ``text``; pcapy.PcapError (as setfilter raises) if it does not compile."""
+    import pcapy
     prog = _Program()
-    if _LIB.pcap_compile(handle, ctypes.byref(prog), text.encode(), 1, 0) != 0:
-        raise pcapy.PcapError(_LIB.pcap_geterr(handle).decode(errors="replace"))
+    if _lib().pcap_compile(handle, ctypes.byref(prog), text.encode(), 1, 0) != 0:
+        raise pcapy.PcapError(_lib().pcap_geterr(handle).decode(errors="replace"))
     try:
         return [(i.code, i.jt, i.jf, i.k) for i in prog.insns[:prog.len]]
     finally:
-        _LIB.pcap_freecode(ctypes.byref(prog))
+        _lib().pcap_freecode(ctypes.byref(prog))
 
 
 def compile_filter(linktype: int, bpf: str, swapped: bool = False) -> list[tuple[int, int, int, int]]:
     """libpcap's compiled program for a file of ``linktype`` whose byte order is
     the other one than this machine's if ``swapped`` (as open_offline applies it)."""
+    import pcapy
     *better, own = file_filters(linktype, bpf)
     with _savefile(linktype, swapped) as handle:
         for text in better:

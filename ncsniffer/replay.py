@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import IO, Iterator
 
-from ncsniffer import batch, bpfvm, capture, pcapfile, pcaplib
+from ncsniffer import batch, bpfvm, pcapfile, pcaplib
 from ncsniffer.headstart import Early, fork_reader, pipeline
 from ncsniffer.clock import PacketClock
 from ncsniffer.config import Settings
@@ -332,6 +332,7 @@ def _reader(path: str) -> pcapfile.Reader | None:
 def _open_libpcap(path: str, settings: Settings):
     """(batches, link type, None, close): libpcap reads and filters (the program is
     applied already); the rest is the live daemon's own path."""
+    from ncsniffer import capture      # only then: the batch path needs no pcapy
     cap = capture.open_offline(path, settings.bpf, lambda linktype: check_link_type(linktype, path))
     return iter(lambda: cap.read_batch(BATCH), None), cap.linktype, None, cap.close
 

@@ -108,7 +108,7 @@ def test_its_batches_are_the_usual_paths(tmp_path, specs, link, bpf):
 
 
 FORK_WATCH = """
-import os, sys
+import atexit, os, sys
 real_fork, parent = os.fork, os.getpid()
 
 def fork():
@@ -116,6 +116,8 @@ def fork():
         sys.stderr.write(f"FORK numpy={'numpy' in sys.modules}\\n")
     return real_fork()
 os.fork = fork
+atexit.register(lambda: os.getpid() == parent and
+                sys.stderr.write(f"EXIT pcapy={'pcapy' in sys.modules}\\n"))
 sys.argv = ['nc.sniffer'] + sys.argv[1:]
 from ncsniffer.cli import main
 sys.exit(main())
@@ -126,7 +128,8 @@ sys.exit(main())
 @pytest.mark.parametrize("mode, numpy_first", [("1", False), ("0", True)])
 def test_the_command_forks_its_reader_before_numpy(workdir, mode, numpy_first):
     """``nc.sniffer -r``: the reading process is forked before numpy is imported
-    (with NCSNIFFER_HEADSTART=0, after), and what it runs needs none."""
+    (with NCSNIFFER_HEADSTART=0, after), and what it runs needs none; the counting
+    process then compiles no filter, and never imports libpcap's binding."""
     path = os.path.join(workdir, "n.pcap")
     capture(path, decode.DLT_EN10MB, [(ME, PEERS[0], True, "udp", 10, None, 1)] * 30)
     conf = write_config(workdir, bpf=f"host {ME}")
@@ -136,6 +139,7 @@ def test_the_command_forks_its_reader_before_numpy(workdir, mode, numpy_first):
     assert done.returncode == 0, done.stderr
     forks = [line for line in done.stderr.splitlines() if line.startswith("FORK ")]
     assert forks and forks[0] == f"FORK numpy={numpy_first}"
+    assert f"EXIT pcapy={numpy_first}" in done.stderr.splitlines()
     assert "30 packets, 30 counted" in done.stderr
 
 
