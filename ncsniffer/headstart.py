@@ -30,7 +30,7 @@ from ncsniffer.config import Settings
 from ncsniffer.errors import CaptureError
 
 PIPE_SIZE = 1 << 20    # the pipe between a replay's two processes: a prepared batch is 1-2 MB
-FREE_CPU = 1.0         # CPUs the load average must leave idle for a second process (no tracker)
+FREE_CPU = 1.0         # CPUs other tasks must leave idle for a second process (no tracker)
 AHEAD = 16             # prepared batches the reading process holds for a busy counting
 #                        process (each at most MAX_PACKETS * 45 bytes: 47 MB in all)
 ENV = "NCSNIFFER_HEADSTART"   # "0": fork after numpy as before (tests compare the two)
@@ -55,16 +55,34 @@ SENT = (SEC, GOOD, LENGTHS)
 def pipeline(tracking: bool) -> bool:
     """Whether to prepare batches in a second process: with a second CPU, and
     either the connection tracker to run there (its CPU is the larger part) or a
-    CPU free to run it (the 1-minute load average leaves one: on a busy machine
-    the second process's own cost, its copy of the batches through the pipe and
-    its page faults, outweighs the overlap).  ``NCSNIFFER_REPLAY=serial``: one
-    process; ``NCSNIFFER_REPLAY=batch``: two whenever there are two CPUs (the
-    tests compare the two)."""
+    CPU free to run it (``busy_cpus`` leaves one: on a busy machine the second
+    process's own cost, its copy of the batches through the pipe and its page
+    faults, outweighs the overlap).  ``NCSNIFFER_REPLAY=serial``: one process;
+    ``NCSNIFFER_REPLAY=batch``: two whenever there are two CPUs (the tests
+    compare the two)."""
     mode = os.environ.get("NCSNIFFER_REPLAY")
     cpus = len(os.sched_getaffinity(0))
     if mode == "serial" or cpus < 2:
         return False
-    return mode == "batch" or tracking or cpus - os.getloadavg()[0] >= FREE_CPU
+    return mode == "batch" or tracking or cpus - busy_cpus() >= FREE_CPU
+
+
+def busy_cpus() -> float:
+    """The CPUs other tasks keep busy now: the runnable ones besides this process
+    (``/proc/loadavg``), else the 1-minute load average.  Not the load average
+    first: it lags by a minute, so each of the replays of a batch of files run
+    one after another would count the one before it as load."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return runnable_others(fh.read())
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+
+
+def runnable_others(loadavg: str) -> int:
+    """The runnable tasks besides the reader of ``loadavg`` (the text of
+    /proc/loadavg: its fourth field is "runnable/all")."""
+    return max(int(loadavg.split()[3].split("/")[0]) - 1, 0)
 
 
 def applies(settings: Settings) -> bool:

@@ -93,6 +93,7 @@ def capture(path, link, specs) -> None:
     pcapgen.write_pcap(str(path), link, records)
 
 
+@pytest.mark.slow                     # a reading process forked per example
 @hsettings(max_examples=40, deadline=None,
            suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(specs=st.lists(frames, max_size=60),

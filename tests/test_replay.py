@@ -634,11 +634,11 @@ def test_connections_change_no_byte_of_the_stats_file(workdir):
 
 
 @pytest.mark.parametrize("mode, cpus, load, tracking, two", [
-    (None, 2, 0.3, False, True),        # a CPU idle: the second process overlaps
-    (None, 2, 1.5, False, False),       # a busy machine: one process
-    (None, 2, 1.5, True, True),         # the tracker's CPU: always worth a second process
+    (None, 2, 0, False, True),          # a CPU idle: the second process overlaps
+    (None, 2, 2, False, False),         # a busy machine: one process
+    (None, 2, 2, True, True),           # the tracker's CPU: always worth a second process
     (None, 1, 0.0, True, False),        # one CPU: one process
-    ("batch", 2, 1.9, False, True),     # forced (the tests of the two-process path)
+    ("batch", 2, 2, False, True),       # forced (the tests of the two-process path)
     ("serial", 2, 0.0, True, False),
 ])
 def test_second_process_when_a_cpu_is_free_or_the_tracker_runs(monkeypatch, replay_path, mode,
@@ -650,5 +650,17 @@ def test_second_process_when_a_cpu_is_free_or_the_tracker_runs(monkeypatch, repl
     if mode:
         monkeypatch.setenv("NCSNIFFER_REPLAY", mode)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(headstart, "busy_cpus", lambda: load)
     assert headstart.pipeline(tracking) is two
+
+
+def test_busy_cpus_are_the_other_runnable_tasks(replay_path):
+    """Now, not the last minute's average: a replay right after another one still
+    finds the CPU that one used free."""
+    if replay_path != "batch":
+        pytest.skip("pure logic, once")
+    from ncsniffer import headstart
+    assert headstart.runnable_others("1.98 1.02 0.40 1/123 4567\n") == 0
+    assert headstart.runnable_others("0.10 0.02 0.00 3/123 4567\n") == 2
+    assert headstart.runnable_others("0.10 0.02 0.00 0/12 4567\n") == 0
+    assert 0 <= headstart.busy_cpus() < 1000
