@@ -6,7 +6,9 @@ decodes and finds the targets (and the FLOW records) in one pass, where the
 numpy path (``pcapfile.Chain``, ``batch.prepare_numpy``) takes a dozen array
 steps.  The numpy path is the plain twin: ``NCSNIFFER_FASTREAD=0`` selects
 it, and so does a missing extension; tests/test_fastread.py holds the two
-equal.  This module knows the C calls' argument order and nothing of batches.
+equal.  This module knows the C calls' argument order (into numpy arrays; into
+plain buffers, without numpy: ``ncsniffer.pcapread``, which also has the walk)
+and nothing of batches.
 """
 
 from __future__ import annotations

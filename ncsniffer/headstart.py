@@ -32,7 +32,7 @@ from ncsniffer.errors import CaptureError
 PIPE_SIZE = 1 << 20    # the pipe between a replay's two processes: a prepared batch is 1-2 MB
 FREE_CPU = 1.0         # CPUs other tasks must leave idle for a second process (no tracker)
 AHEAD = 16             # prepared batches the reading process holds for a busy counting
-#                        process (each at most MAX_PACKETS * 45 bytes: 47 MB in all)
+#                        process (each at most MAX_PACKETS * 48 bytes: 50 MB in all)
 ENV = "NCSNIFFER_HEADSTART"   # "0": fork after numpy as before (tests compare the two)
 # A message: its kind, then per batch the counts of the C pass (passed, counted, IPv4,
 # IPv6, truncated, non-IP, invalid) and of the distinct targets (IPv4, IPv6);

@@ -102,8 +102,6 @@ def layout(header: np.dtype, endian: str, names: tuple[str, ...] | None = None) 
     return struct.Struct("".join(codes))
 
 
-
-
 # What filtering and decoding a packet depend on: its link type, and whether its
 # section is in the other byte order than this machine's (DLT_NULL's family word
 # is in the writer's byte order, so libpcap compiles the filter accordingly).
