@@ -834,6 +834,36 @@ done:
     return result;
 }
 
+/* Per packet i in order, its record's number becomes base + i where that is more:
+ * np.maximum.at(q, slots, base + arange(n)), without its per-element dispatch. */
+static PyObject *py_number_last(PyObject *self, PyObject *args)
+{
+    PyObject *o_slots, *o_q;
+    long long base;
+    Views v = {.held = 0};
+    PyObject *result = NULL;
+    const int64_t *slots;
+    int64_t *q;
+    if (!PyArg_ParseTuple(args, "OOL", &o_slots, &o_q, &base))
+        return NULL;
+    if (!(slots = view(&v, o_slots, 0, 8, 0)) || !(q = view(&v, o_q, 1, 8, 0)))
+        goto done;
+    Py_ssize_t n = v.views[0].len / 8, size = v.views[1].len / 8;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (slots[i] < 0 || slots[i] >= size) {
+            PyErr_Format(PyExc_IndexError, "slot %lld of packet %zd: no such record",
+                         (long long)slots[i], i);
+            goto done;
+        }
+        if (q[slots[i]] < base + i)
+            q[slots[i]] = base + i;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    release(&v);
+    return result;
+}
+
 /* ------------------------------------------------------------- distinct */
 
 #define RADIX_BITS 11              /* three passes over 32 bits: small tables for small batches */
@@ -1032,6 +1062,8 @@ static PyMethodDef methods[] = {
      " SPEC 4.2 for each packet in order, on the record columns in place."},
     {"first_packets", py_first_packets, METH_VARARGS,
      "first_packets(which, first): per address, its first packet's index (-1: none)."},
+    {"number_last", py_number_last, METH_VARARGS,
+     "number_last(slots, q, base): q[slots[i]] = max(q[slots[i]], base + i), in order."},
     {"distinct", py_distinct, METH_VARARGS,
      "distinct(is6, v4, hi, lo, which, unique_v4, unique_hi, unique_lo) -> (v4 count, v6"
      " count): batch.distinct's sorted distinct targets and each packet's index."},

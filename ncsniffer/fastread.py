@@ -91,6 +91,12 @@ def first_packets(which: np.ndarray, keys: int) -> np.ndarray:
     return first
 
 
+def number_last(slots: np.ndarray, q: np.ndarray, base: int) -> None:
+    """``np.maximum.at(q, slots, base + np.arange(len(slots)))`` in place: each
+    record numbered by its last packet."""
+    _fastread.number_last(np.ascontiguousarray(slots, np.int64), q, base)
+
+
 RULE_COLUMNS = ("B", "C", "E", "S", "R", "W")
 
 

@@ -321,3 +321,17 @@ def test_distinct_refuses_families_that_do_not_match():
     with pytest.raises(ValueError):
         fastread.distinct(np.array([True, False]), np.zeros(2, np.uint32), np.zeros(0, np.uint64),
                           np.zeros(0, np.uint64))
+
+
+@given(st.lists(st.integers(0, 40), max_size=300), st.integers(0, 1000),
+       st.lists(st.integers(-5, 1100), min_size=41, max_size=41))
+def test_number_last_equals_maximum_at(slots, base, q):
+    """Each record numbered by its last packet: the C loop and np.maximum.at, its
+    plain twin (accounting's Q for max_hosts), even where a number is already higher."""
+    slots = np.array(slots, np.int64)
+    want, got = np.array(q, np.int64), np.array(q, np.int64)
+    np.maximum.at(want, slots, np.arange(base, base + len(slots)))
+    fastread.number_last(slots, got, base)
+    assert got.tolist() == want.tolist()
+    with pytest.raises(IndexError, match="no such record"):
+        fastread.number_last(np.array([41], np.int64), got, base)
