@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ncsniffer import linktypes
+from ncsniffer.pcapread import address_words  # noqa: F401 (decode.address_words, as before)
 
 # Why a frame was not decoded; the caller counts them.
 TRUNCATED = "truncated"
@@ -212,11 +213,6 @@ def transport(data: bytes, off: int, version: int) -> tuple[int, int]:
     if proto not in TRACKED[version] or len(data) < l4 + KEY_BYTES[proto]:
         return NOT_TRACKED, 0
     return proto, l4
-
-
-def address_words(address: bytes) -> tuple[int, int]:
-    """An address as ``ncsniffer.table`` keeps it: (high, low) 64-bit words."""
-    return int.from_bytes(address[:-8], "big"), int.from_bytes(address[-8:], "big")
 
 
 def flow_fields(data: bytes, linktype: int, me: bytes, sec: int, usec: int,

@@ -72,10 +72,10 @@ def prepare(buf, offs: np.ndarray, caplen: np.ndarray, wirelen: np.ndarray, sec:
     out += [np.empty(n, np.bool_), np.empty(n, np.uint32), np.empty(n, np.uint64),
             np.empty(n, np.uint64)]
     records = np.empty(n, decode.FLOW) if flows else None
-    me_hi, me_lo = decode.address_words(me)
     arrays = [np.ascontiguousarray(a, np.int64) for a in (offs, caplen, wirelen, sec)]
     micros = None if usec is None else np.ascontiguousarray(usec, np.int64)
-    got = _fastread.prepare(buf, *arrays, micros, prog, link, me, me_hi, me_lo, *out, records)
+    got = _fastread.prepare(buf, *arrays, micros, *pcapread.pass_arguments(prog, link, me), *out,
+                            records)
     if got is None:
         return None
     seen, counted, n4, n6, *undecoded = got

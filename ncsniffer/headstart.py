@@ -251,8 +251,7 @@ def _pass_arguments(header: pcapread.Classic, settings: Settings) -> tuple | Non
                                                      header.swapped))
     except CaptureError:
         return None                               # the usual path reports it
-    me = settings.me_packed
-    args = (prog, link, me, int.from_bytes(me[:-8], "big"), int.from_bytes(me[-8:], "big"))
+    args = pcapread.pass_arguments(prog, link, settings.me_packed)
     empty = bytearray(0)
     if pcapread.prepare(b"", [empty] * pcapread.COLUMNS, 0, args, [empty] * len(FILLED)) is None:
         return None                               # a program the C pass does not run

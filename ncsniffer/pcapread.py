@@ -155,6 +155,17 @@ def read(fd: int, start: int, end: int, header: Classic, limit: int, max_bytes: 
         pos += nxt
 
 
+def address_words(address: bytes) -> tuple[int, int]:
+    """An address as ``ncsniffer.table`` keeps it: (high, low) 64-bit words."""
+    return int.from_bytes(address[:-8], "big"), int.from_bytes(address[-8:], "big")
+
+
+def pass_arguments(prog: bytes | None, link: tuple, me: bytes) -> tuple:
+    """The C pass's arguments after the packets' (``prepare``'s ``args``): the packed
+    program, the link's decoding, "me" and its two words."""
+    return (prog, link, me, *address_words(me))
+
+
 def prepare(buf, columns, n: int, args: tuple, outputs) -> tuple | None:
     """The C pass (``fastread.prepare``'s, into plain buffers) over the ``n`` records
     walked into ``columns``: ``args`` the program, link and "me" arguments; None
