@@ -3,6 +3,7 @@
 
     python3 bench/live.py [--rates 50000 ... 1000000 0] [--seconds 5]
     python3 bench/live.py --connections [--stalled-subscriber] [--rates 200000]
+    python3 bench/live.py --code COMMIT [--connections] [--rates 400000]
     bench/run --live
 
 Two network namespaces created here (and deleted afterwards, also on failure) are
@@ -20,6 +21,9 @@ target rate, the daemon when the veth received packets it did not count.
 live-connections-*.md.  ``--stalled-subscriber`` (with it): an ``nc.sniffer events``
 subscriber is stopped (SIGSTOP) after its first line, so it never reads again; the
 daemon must cut it off (logged, counted) and lose no packet (live-slow-subscriber-*.md).
+``--code COMMIT``: the daemon of that commit instead (unpacked as ``bench/old_new.py``
+does, run as ``python -m ncsniffer`` with PYTHONPATH its tree): whether a rate this
+machine loses today was lost by the older code too (results ``KIND-at-COMMIT-*.md``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import benchlib  # noqa: E402
 import livecap  # noqa: E402
+import old_new  # noqa: E402
 from benchlib import NC, BenchError, fmt_int, log  # noqa: E402
 
 ME = "10.213.77.1"
@@ -53,6 +58,7 @@ ZIPF_CAPTURE = os.path.join(benchlib.WORK, "live-zipf-400k.pcap")
 COUNTERS = re.compile(r"(\w+): (\d+) packets, (\d+) counted.*?pcap received (\d+), "
                       r"dropped (\d+), interface dropped (\d+)")
 FEED = re.compile(r"events feed (\d+) subscribers, (\d+) cut off")
+PROGRAM = [NC]                 # the daemon's command; ``--code``: another tree's
 
 
 def sh(*cmd: str, timeout: float = 30, check: bool = True) -> str:
@@ -149,7 +155,7 @@ class Daemon:
                            "resolve": False, "connections": connections}) + "\n")
 
     def command(self, what: str, timeout: float = 30) -> str:
-        return sh("ip", "netns", "exec", self.bed.sniff_ns, NC, "-c", self.conf, what,
+        return sh("ip", "netns", "exec", self.bed.sniff_ns, *PROGRAM, "-c", self.conf, what,
                   timeout=timeout)
 
     def start(self) -> None:
@@ -218,7 +224,7 @@ class StalledSubscriber:
     line came: a subscriber that never reads again.  Killed by its pid at the end."""
 
     def __init__(self, daemon: Daemon) -> None:
-        self.proc = subprocess.Popen(["ip", "netns", "exec", daemon.bed.sniff_ns, NC, "-c",
+        self.proc = subprocess.Popen(["ip", "netns", "exec", daemon.bed.sniff_ns, *PROGRAM, "-c",
                                       daemon.conf, "events"], stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL)
 
@@ -341,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", action="store_true", help="the daemon tracks connections")
     p.add_argument("--stalled-subscriber", action="store_true",
                    help="with --connections: a feed subscriber that stops reading")
+    p.add_argument("--code", metavar="COMMIT", help="run that commit's daemon instead")
     args = p.parse_args(argv)
     if args.stalled_subscriber and not args.connections:
         p.error("--stalled-subscriber needs --connections (the feed)")
@@ -349,10 +356,19 @@ def main(argv: list[str] | None = None) -> int:
         raise BenchError("the live benchmark creates network namespaces: run as root")
     benchlib.ensure_nc()
     benchlib.ensure_commands("tcpreplay", "ip", "tcpdump")
-    lines = measure(args.rates, args.seconds, args.drain, args.connections,
-                    args.stalled_subscriber)
     kind = ("live-slow-subscriber" if args.stalled_subscriber else
             "live-connections" if args.connections else "live")
+    if args.code is None:
+        lines = measure(args.rates, args.seconds, args.drain, args.connections,
+                        args.stalled_subscriber)
+    else:
+        with old_new.old_code(args.code, "ncsniffer-live-code.") as (_, tree, short):
+            PROGRAM[:] = ["env", f"PYTHONPATH={tree}", benchlib.PYTHON, "-m", "ncsniffer"]
+            lines = measure(args.rates, args.seconds, args.drain, args.connections,
+                            args.stalled_subscriber)
+        lines = [f"- measured code: commit {short} (unpacked; `python -m ncsniffer`)"
+                 if line.startswith("- measured code:") else line for line in lines]
+        kind += f"-at-{short}"
     benchlib.write_results(kind, lines)
     return 0
 
