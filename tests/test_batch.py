@@ -563,6 +563,7 @@ def test_flow_fields_only_with_connections():
     assert p.flows["usec"].tolist() == [0, 0, 0] and p.flows["from_me"].all()
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 40), st.data())
 def test_prepared_pickles_back_exactly(seen, data):

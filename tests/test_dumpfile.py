@@ -623,6 +623,7 @@ def column_chunks(draw):
     return (packed, *cols, names, *rest, *k)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(column_chunks())
 def test_compiled_lines_equal_the_plain_twin(chunk):

@@ -201,6 +201,7 @@ _k_row = st.lists(st.one_of(st.integers(-3, 5), st.integers(-2 ** 40, 2 ** 40)),
                   min_size=len(conncounts.K_FIELDS), max_size=len(conncounts.K_FIELDS))
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 6), min_size=len(table_mod.CONN_STORED),
                          max_size=len(table_mod.CONN_STORED)), min_size=1, max_size=6),
