@@ -29,6 +29,7 @@ machine loses today was lost by the older code too (results ``KIND-at-COMMIT-*.m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -358,14 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     benchlib.ensure_commands("tcpreplay", "ip", "tcpdump")
     kind = ("live-slow-subscriber" if args.stalled_subscriber else
             "live-connections" if args.connections else "live")
-    if args.code is None:
+    short = None
+    with contextlib.ExitStack() as stack:
+        if args.code is not None:
+            _, tree, short = stack.enter_context(old_new.old_code(args.code,
+                                                                  "ncsniffer-live-code."))
+            PROGRAM[:] = ["env", f"PYTHONPATH={tree}", benchlib.PYTHON, "-m", "ncsniffer"]
         lines = measure(args.rates, args.seconds, args.drain, args.connections,
                         args.stalled_subscriber)
-    else:
-        with old_new.old_code(args.code, "ncsniffer-live-code.") as (_, tree, short):
-            PROGRAM[:] = ["env", f"PYTHONPATH={tree}", benchlib.PYTHON, "-m", "ncsniffer"]
-            lines = measure(args.rates, args.seconds, args.drain, args.connections,
-                            args.stalled_subscriber)
+    if short is not None:
         lines = [f"- measured code: commit {short} (unpacked; `python -m ncsniffer`)"
                  if line.startswith("- measured code:") else line for line in lines]
         kind += f"-at-{short}"
