@@ -23,8 +23,8 @@ Then ``counting busy`` is the untraced wall time less the counting process's
 waits for the reading one (the first batch, and its blocked reads of the pipe
 after it): the lowest wall time the two-process replay can reach while the
 counting process's own work stays what it is, however fast the reading.  Beside
-it, the untraced wall time of tcpdump -r -w /dev/null and darkstat in the same run,
-and of the interpreter alone and importing numpy (the start-up's share that is not
+it, the untraced wall time of tcpdump -r -w /dev/null and darkstat, each run once
+before each of ours (in turn: the machine's speed drifts within minutes), and of the interpreter alone and importing numpy (the start-up's share that is not
 ncsniffer's).  Default settings and ``connections: True``; every nc.sniffer run in
 the two-process mode (``NCSNIFFER_REPLAY=batch``, whatever the load).  Results:
 bench/results/phases-*.md.
@@ -115,15 +115,22 @@ def phases(calls: list[tuple[int, float, float, str]]) -> tuple[dict[str, float]
     return {name: b - a for name, (a, b) in cut.items()}, blocked
 
 
-def measure(config: str, extra: dict, capture: str, scratch: str, runs: int) -> dict:
+def measure(config: str, extra: dict, capture: str, scratch: str, runs: int,
+            refs: dict) -> dict:
+    """The phases of ``runs`` replays with ``extra`` settings; before each, every tool of
+    ``refs`` runs once (their medians under "refs"): in turn, so that the ratios see the
+    same minutes of a machine whose speed drifts."""
     conf = os.path.join(scratch, "nc.conf")
     base = {"piddir": scratch, "sniffer": scratch, "bpf": FILTER, "resolve": False}
     with open(conf, "w") as fh:
         fh.write(repr(dict(base, **extra)) + "\n")
     per: dict[str, list[float]] = {name: [] for name in PHASES}
     totals, busy, walls = [], [], []
+    ref_walls: dict[str, list[float]] = {name: [] for name in refs}
     for i in range(runs):
         log(f"{config}: run {i + 1}/{runs}")
+        for name, tool in refs.items():
+            ref_walls[name].append(benchlib.run_measured(tool.cmd).wall)
         untraced = benchlib.run_measured([NC, "-q", "-c", conf, "-r", capture, "start"],
                                          env=_env())
         walls.append(untraced.wall)
@@ -139,7 +146,8 @@ def measure(config: str, extra: dict, capture: str, scratch: str, runs: int) -> 
     rest = statistics.median(t - s for t, s in zip(totals, per["start-up"]))
     med["start-up"] = wall - rest
     return {"phases": med, "traced": statistics.median(totals),
-            "busy": wall - statistics.median(t - b for t, b in zip(totals, busy)), "wall": wall}
+            "busy": wall - statistics.median(t - b for t, b in zip(totals, busy)), "wall": wall,
+            "refs": {name: statistics.median(w) for name, w in ref_walls.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,13 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ncs-phases-") as scratch:
         refs = {t.name: t for t in replaybench.tools(args.capture, scratch)
                 if t.name in ("tcpdump -r -w /dev/null", "darkstat -r")}
-        ref_walls = {name: statistics.median(benchlib.run_measured(t.cmd).wall
-                                             for _ in range(args.runs))
-                     for name, t in refs.items()}
         python = {what: statistics.median(benchlib.run_measured(
                       [benchlib.PYTHON, "-c", code], env=_env()).wall for _ in range(args.runs))
                   for what, code in PYTHON_ALONE.items()}
-        results = {c: measure(c, extra, args.capture, scratch, args.runs)
+        results = {c: measure(c, extra, args.capture, scratch, args.runs, refs)
                    for c, extra in CONFIGS.items()}
     header = ["phase (s)", *results]
     rows = [[name, *(f"{r['phases'][name]:.3f}" for r in results.values())] for name in PHASES]
@@ -170,11 +175,11 @@ def main(argv: list[str] | None = None) -> int:
              ["counting busy (the floor)", *(f"{r['busy']:.3f}" for r in results.values())],
              ["wall, untraced", *(f"{r['wall']:.3f}" for r in results.values())]]
     lines += benchlib.table(header, rows, right=set(range(1, len(header))))
-    lines += ["", "Untraced, same run: " + ", ".join(f"{name} {w:.3f} s"
-                                                     for name, w in ref_walls.items())
-              + "; " + ", ".join(f"{what} {w:.3f} s" for what, w in python.items()), ""]
+    lines += [""] + [f"Untraced, in turn with {config}: " + ", ".join(
+        f"{name} {w:.3f} s" for name, w in r["refs"].items()) for config, r in results.items()]
+    lines += ["Untraced: " + ", ".join(f"{what} {w:.3f} s" for what, w in python.items()), ""]
     for config, r in results.items():
-        for name, w in ref_walls.items():
+        for name, w in r["refs"].items():
             lines.append(f"- {config}: {name} / nc.sniffer wall = {w / r['wall']:.2f}; "
                          f"at the floor it would be {w / r['busy']:.2f}")
     lines += ["", f"- load average at end: {benchlib.load_text()}"]
