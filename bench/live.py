@@ -22,7 +22,7 @@ live-connections-*.md.  ``--stalled-subscriber`` (with it): an ``nc.sniffer even
 subscriber is stopped (SIGSTOP) after its first line, so it never reads again; the
 daemon must cut it off (logged, counted) and lose no packet (live-slow-subscriber-*.md).
 ``--code COMMIT``: the daemon of that commit instead (unpacked as ``bench/old_new.py``
-does, run as ``python -m ncsniffer`` with PYTHONPATH its tree): whether a rate this
+does, run as ``python -P -m ncsniffer`` with PYTHONPATH its tree): whether a rate this
 machine loses today was lost by the older code too (results ``KIND-at-COMMIT-*.md``).
 """
 
@@ -364,11 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.code is not None:
             _, tree, short = stack.enter_context(old_new.old_code(args.code,
                                                                   "ncsniffer-live-code."))
-            PROGRAM[:] = ["env", f"PYTHONPATH={tree}", benchlib.PYTHON, "-m", "ncsniffer"]
+            # -P: the current directory's package must not come before PYTHONPATH's
+            PROGRAM[:] = ["env", f"PYTHONPATH={tree}", benchlib.PYTHON, "-P", "-m", "ncsniffer"]
         lines = measure(args.rates, args.seconds, args.drain, args.connections,
                         args.stalled_subscriber)
     if short is not None:
-        lines = [f"- measured code: commit {short} (unpacked; `python -m ncsniffer`)"
+        lines = [f"- measured code: commit {short} (unpacked; `python -P -m ncsniffer`)"
                  if line.startswith("- measured code:") else line for line in lines]
         kind += f"-at-{short}"
     benchlib.write_results(kind, lines)

@@ -24,7 +24,8 @@ waits for the reading one (the first batch, and its blocked reads of the pipe
 after it): the lowest wall time the two-process replay can reach while the
 counting process's own work stays what it is, however fast the reading.  Beside
 it, the untraced wall time of tcpdump -r -w /dev/null and darkstat, each run once
-before each of ours (in turn: the machine's speed drifts within minutes), and of the interpreter alone and importing numpy (the start-up's share that is not
+before each of ours (in turn: the machine's speed drifts within minutes), and of
+the interpreter alone and importing numpy (the start-up's share that is not
 ncsniffer's).  Default settings and ``connections: True``; every nc.sniffer run in
 the two-process mode (``NCSNIFFER_REPLAY=batch``, whatever the load).  Results:
 bench/results/phases-*.md.
