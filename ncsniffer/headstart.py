@@ -95,10 +95,11 @@ def applies(settings: Settings) -> bool:
 class Early:
     """The counting process's end of a reading process started by ``start``."""
 
-    def __init__(self, pid: int, rfd: int, linktype: int):
+    def __init__(self, pid: int, rfd: int, linktype: int, path: str):
         self.pid = pid
         self.pipe = os.fdopen(rfd, "rb", buffering=0)
         self.linktype = linktype
+        self.path = path
 
     def ready(self) -> bool:
         """Whether the reading process prepares the batches (it compiled the filter,
@@ -167,9 +168,20 @@ class Early:
         while got < len(view):
             n = self.pipe.readinto(view[got:])
             if not n:
-                raise CaptureError("the reading process ended unexpectedly")
+                raise self._ended()
             got += n
         return into
+
+    def _ended(self) -> CaptureError:
+        """How the reading process ended before its last message, reaped: a SIGBUS is
+        the file cut under its map (``pcapread.mapped``)."""
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = 0
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS:
+            return CaptureError(f"{self.path}: file shrank while read (SIGBUS)")
+        how = (signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status)
+               else f"exit status {os.WEXITSTATUS(status)}")
+        return CaptureError(f"the reading process ended unexpectedly ({how})")
 
 
 def start(settings: Settings, path: str) -> Early | None:
@@ -186,7 +198,7 @@ def start(settings: Settings, path: str) -> Early | None:
         if header is None:
             return None
         pid, rfd = fork_reader(lambda wfd: _child(wfd, fd, path, header, settings))
-        return Early(pid, rfd, header.linktype)
+        return Early(pid, rfd, header.linktype, path)
     finally:
         os.close(fd)
 
@@ -260,14 +272,14 @@ def _pass_arguments(header: pcapread.Classic, settings: Settings) -> tuple | Non
 
 def _prepare_all(send, fd: int, header: pcapread.Classic, args: tuple) -> None:
     """Every batch of the file, prepared, its distinct targets found, to ``send``: the
-    buffers sent are new for each batch (they wait to be sent), the read buffer and
-    the walk's are not."""
+    buffers sent are new for each batch (they wait to be sent), the walk's are not.
+    The file is mapped (a SIGBUS here if it is cut meanwhile: ``Early`` says so)."""
     limit = pcapread.MAX_PACKETS
     columns = [bytearray(8 * limit) for _ in range(pcapread.COLUMNS)]
     end = os.fstat(fd).st_size
-    for buf, n, _ in pcapread.read(fd, pcapread.FILE_HEADER_SIZE, end, header, limit,
-                                   pcapread.MAX_BYTES, pcapread.spans(pcapread.MAX_BYTES, False),
-                                   columns):
+    source = pcapread.mapped if pcapread.mappable(fd) else pcapread.read
+    for buf, n, _ in source(fd, pcapread.FILE_HEADER_SIZE, end, header, limit, pcapread.MAX_BYTES,
+                            pcapread.spans(pcapread.MAX_BYTES, False), columns):
         filled = [bytearray(size * n) for size, _ in FILLED]
         counts = pcapread.prepare(buf, columns, n, args, filled)
         views = [memoryview(out)[:size * counts[at]] for out, (size, at) in zip(filled, FILLED)]

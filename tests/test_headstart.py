@@ -1,6 +1,7 @@
 """The reading process forked before numpy (``ncsniffer.headstart``): the batches and
 errors of the usual path, and no numpy in it."""
 
+import faulthandler
 import filecmp
 import ipaddress
 import os
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from ncsniffer import batch, config, decode, headstart, pcapfile, pcapgen, pcapread, replay
+from ncsniffer.errors import CaptureError
 from tests.conftest import run_cli, write_config
 
 pytestmark = pytest.mark.skipif(not pcapread.fast_enabled(), reason="the C pass is not built")
@@ -174,6 +176,26 @@ def test_a_reading_process_that_dies_is_an_error_not_a_hang(workdir):
             pass
     assert not early.pid                      # waited for
 
+
+@pytest.mark.parametrize("ending, said", [
+    (signal.SIGBUS, "{path}: file shrank while read (SIGBUS)"),
+    (signal.SIGSEGV, "the reading process ended unexpectedly (SIGSEGV)"),
+])
+def test_how_the_reading_process_ended_is_said(ending, said):
+    """It maps the file: a file cut under a batch's map is a SIGBUS there, and the
+    replay says the file shrank (it counted what came before, as on any bad file);
+    any other end is named."""
+    path = "/some/capture.pcap"
+    def child(wfd):
+        faulthandler.disable()              # pytest's: it would print the signal
+        os.kill(os.getpid(), ending)
+    pid, rfd = headstart.fork_reader(child)
+    early = headstart.Early(pid, rfd, decode.DLT_EN10MB, path)
+    with pytest.raises(CaptureError) as caught:
+        for _ in early.batches():
+            pass
+    assert str(caught.value) == said.format(path=path)
+    assert not early.pid
 
 @pytest.mark.integration
 @pytest.mark.parametrize("cut", [0, 7])

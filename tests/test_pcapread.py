@@ -2,6 +2,8 @@
 pcapfile's."""
 
 
+import os
+
 import pytest
 
 from ncsniffer import pcapfile, pcapgen, pcapread
@@ -55,3 +57,50 @@ def test_a_file_shorter_than_it_was_is_an_error(tmp_path):
         with pytest.raises(pcapread.Truncated, match=f"file shrank while read .* of {size + 5}"):
             list(pcapread.read(fh.fileno(), pcapread.FILE_HEADER_SIZE, size + 5, header, 100,
                                1 << 16, pcapread.spans(1 << 16, False), columns))
+
+
+def _batches(source, path, spans_of, end=None, limit=100):
+    """Each batch of ``source`` over ``path``: its records, file offset, walked columns
+    and bytes."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        header = pcapread.classic_header(fh.read(pcapread.FILE_HEADER_SIZE))
+        columns = [bytearray(8 * limit) for _ in range(pcapread.COLUMNS)]
+        got = []
+        for view, n, at in source(fh.fileno(), pcapread.FILE_HEADER_SIZE, end or size, header,
+                                  limit, spans_of[0], pcapread.spans(*spans_of), columns):
+            offs, caplen, *rest = (memoryview(c).cast("q")[:n].tolist() for c in columns)
+            last = offs[-1] + pcapread.RECORD + caplen[-1]
+            got.append((n, at, offs, caplen, rest, bytes(view[:last])))
+        return got
+
+
+@pytest.mark.parametrize("spans_of", [(1 << 16, False), (300, False), (1 << 20, True)])
+@pytest.mark.parametrize("cut", [0, 7])
+def test_the_map_gives_the_reads_batches_and_errors(tmp_path, spans_of, cut):
+    """``mapped`` (the reading process's) and ``read``: the same batches, the same
+    last error, whether a batch ends at its byte span, its record limit or a
+    record cut by the file's end."""
+    path = tmp_path / "m.pcap"
+    pcapgen.write_pcap(str(path), 1, [(1.0 + i, bytes(60 + i % 200), 60 + i % 200)
+                                      for i in range(1000)])
+    if cut:
+        os.truncate(path, path.stat().st_size - cut)
+    results = []
+    for source in (pcapread.read, pcapread.mapped):
+        try:
+            results.append(_batches(source, str(path), spans_of))
+        except pcapread.Truncated as exc:
+            results.append(str(exc))
+    assert results[0] == results[1]
+    assert isinstance(results[0], str) == bool(cut)
+
+
+def test_a_file_cut_before_its_map_is_an_error(tmp_path):
+    """``mapped`` looks at the file's size before it maps the next bytes: a file cut
+    since the replay began is an error, as ``read`` says it, not a SIGBUS."""
+    path = tmp_path / "c.pcap"
+    pcapgen.write_pcap(str(path), 1, [(1.0, bytes(60), 60)] * 10)
+    size = path.stat().st_size
+    with pytest.raises(pcapread.Truncated, match=f"file shrank while read \\({size} of {size + 5}"):
+        _batches(pcapread.mapped, str(path), (1 << 16, False), end=size + 5)
