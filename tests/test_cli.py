@@ -184,3 +184,40 @@ def test_the_usual_command_lines_need_no_argparse(argv):
     quick = cli._quick_args(argv)
     assert quick is not None and vars(quick) == vars(cli._parser().parse_args(argv))
     assert vars(cli.parse_args(argv)) == vars(cli.parse_args(argv, quick=False))
+
+
+LEAVE = """
+import atexit, sys, threading, time
+from ncsniffer.cli import leave
+atexit.register(lambda: sys.stdout.write("atexit ran;"))
+sys.stdout.write("buffered;")
+sys.stderr.write("to stderr;")
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.3), sys.stdout.write("thread done;"))).start()
+leave(3)
+sys.stdout.write("never")
+"""
+
+
+@pytest.mark.parametrize("case, out", [("alone", "buffered;atexit ran;"),
+                                       ("thread", "buffered;thread done;atexit ran;")])
+def test_leave_flushes_runs_atexit_and_waits_for_threads(case, out):
+    """The program's exit: what is buffered is written and the atexit handlers run
+    (without the interpreter's clean-up, which nothing of ours needs); a thread
+    still running is waited for, as at any exit."""
+    done = subprocess.run([sys.executable, "-c", LEAVE, case], capture_output=True,
+                          text=True, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (3, out, "to stderr;")
+
+
+def test_leave_on_a_closed_stdout_is_the_usual_exit():
+    """A reader gone from the pipe: Python's own message and exit code, as before."""
+    said = []
+    for ending in ("leave(0)", "sys.exit(0)"):
+        code = f"import sys; from ncsniffer.cli import leave; sys.stdout.write('x'); {ending}"
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        proc.stdout.close()
+        _, err = proc.communicate(timeout=30)
+        said.append((proc.returncode, err))
+    assert said[0] == said[1] and said[0][0] != 0 and b"BrokenPipeError" in said[0][1]
