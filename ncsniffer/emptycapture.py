@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 import struct
 import sys
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from ncsniffer import dumpfile
 from ncsniffer.config import Settings
+
+if TYPE_CHECKING:
+    from ncsniffer import dumpfile
 
 PCAP_HEADER = 24                       # a classic pcap's global header
 CLASSIC_MAGICS = {0xA1B2C3D4, 0xA1B23C4D}   # µs and ns, read in either byte order
@@ -64,6 +66,7 @@ def libpcap_accepts(path: str, bpf: str) -> bool:
 
 def header(settings: Settings, path: str) -> dumpfile.Header:
     """The header ``Sniffer.header`` writes before the first packet (no clock started)."""
+    from ncsniffer import dumpfile
     s = settings
     return dumpfile.Header(start=0, current=0, hits=0.0, bytes=0.0, users=0, device=path,
                            promiscuous=False, bpf=s.bpf, payload=s.payload, snaplen=s.snaplen,
@@ -76,6 +79,7 @@ def replay(settings: Settings, path: str, log: IO[str]) -> int | None:
     replay is to read ``path``."""
     if not (applies(settings) and empty_pcap(path) and libpcap_accepts(path, settings.bpf)):
         return None
+    from ncsniffer import dumpfile     # only then: a replay's reading process starts sooner
     if settings.stats_file is None:
         dumpfile.write_stream(sys.stderr, header(settings, path), [], settings.dump_format)
     else:

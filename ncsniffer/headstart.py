@@ -22,7 +22,6 @@ import os
 import signal
 import stat
 import struct
-import traceback
 from typing import Callable, Iterator
 
 from ncsniffer import linktypes, pcaplib, pcapread
@@ -245,6 +244,7 @@ def _child(wfd: int, fd: int, path: str, header: pcapread.Classic, settings: Set
             except pcapread.Truncated as exc:
                 send(_text(CAPTURE, f"{path}: {exc}"))
             except Exception:
+                import traceback
                 send(_text(CRASH, traceback.format_exc()))
     except BaseException:          # the parent went away, or an interrupt
         code = 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import sys
 from typing import Iterator
 
@@ -96,14 +97,11 @@ def _savefile(linktype: int, swapped: bool) -> Iterator[int]:
     it, or the value files store) in the byte order ``swapped`` says: what libpcap
     compiles a filter for depends on both (DLT_NULL's family word is in the
     writer's byte order, and a savefile's IPv6 test takes every BSD AF_INET6 value)."""
-    import tempfile
     native = "<" if sys.byteorder == "little" else ">"
     order = {"<": ">", ">": "<"}[native] if swapped else native
-    with tempfile.NamedTemporaryFile(prefix="ncsniffer-", suffix=".pcap") as fh:
-        fh.write(pcap_header(linktypes.file_value(linktype), FILTER_SNAPLEN, order))
-        fh.flush()
+    with _file_of(pcap_header(linktypes.file_value(linktype), FILTER_SNAPLEN, order)) as path:
         err = ctypes.create_string_buffer(ERRBUF_SIZE)
-        handle = _lib().pcap_open_offline(fh.name.encode(), err)
+        handle = _lib().pcap_open_offline(path.encode(), err)
         if not handle:
             raise CaptureError(f"libpcap cannot compile for link type {linktype}: "
                                f"{err.value.decode(errors='replace')}")
@@ -111,6 +109,26 @@ def _savefile(linktype: int, swapped: bool) -> Iterator[int]:
             yield handle
         finally:
             _lib().pcap_close(handle)
+
+
+@contextlib.contextmanager
+def _file_of(data: bytes) -> Iterator[str]:
+    """The path of a file of ``data``: one in memory (memfd) where /proc names it,
+    else a temporary one (importing tempfile alone is 5 ms of a replay's reading
+    process, which waits for the filter; issue 16)."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create("ncsniffer-filter", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    import tempfile
+    with tempfile.NamedTemporaryFile(prefix="ncsniffer-", suffix=".pcap") as fh:
+        fh.write(data)
+        fh.flush()
+        yield fh.name
 
 
 def _compile(handle: int, text: str) -> list[tuple[int, int, int, int]]:

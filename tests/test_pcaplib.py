@@ -48,6 +48,16 @@ def test_the_program_is_libpcaps_own():
         pcaplib.compile_filter(linktypes.DLT_EN10MB, "nonsense")
 
 
+@pytest.mark.parametrize("swapped", [False, True])
+def test_without_memfd_a_temporary_file_gives_the_same_programs(monkeypatch, swapped):
+    """The header file libpcap compiles against: in memory, or (no memfd_create) a
+    temporary file; the same programs either way."""
+    links = (linktypes.DLT_EN10MB, linktypes.DLT_RAW, linktypes.DLT_NULL)
+    in_memory = [pcaplib.compile_filter(link, HOST, swapped) for link in links]
+    monkeypatch.delattr(os, "memfd_create")
+    assert [pcaplib.compile_filter(link, HOST, swapped) for link in links] == in_memory
+
+
 def test_an_unsupported_link_type_is_named():
     with pytest.raises(CaptureError, match=r"^x: link type IEEE802_11 \(105\) is not supported$"):
         pcaplib.check_link_type(105, "x")
