@@ -5,10 +5,10 @@ counting process cannot count before it.  The reading process of the default
 rules needs no numpy: it reads a classic pcap file, walks its records, filters
 and decodes them in C (``ncsniffer.pcapread``).  So ``start`` forks it first,
 and it reads and prepares the first batches while the counting process imports
-numpy and sets up; up to AHEAD batches wait for it.
+numpy and sets up; up to SLOTS batches wait for it.
 
-The batches cross the pipe as the C pass filled them: a fixed header, then the
-arrays' bytes, read straight into numpy arrays on the other side.  Where the C
+The batches cross in memory both processes map (``Ring``), as the C pass filled
+them; the pipe carries a fixed header per batch, which names its slot.  Where the C
 pass does not apply (match / nomatch, connection tracking, pcapng, a filter
 only libpcap or numpy runs), ``start`` or the first message says so and the
 replay takes its usual path (``replay._two_processes`` forks after numpy; the
@@ -18,6 +18,7 @@ two give the same batches, which tests/test_headstart.py checks).
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import signal
 import stat
@@ -30,13 +31,13 @@ from ncsniffer.errors import CaptureError
 
 PIPE_SIZE = 1 << 20    # the pipe between a replay's two processes: a prepared batch is 1-2 MB
 FREE_CPU = 1.0         # CPUs other tasks must leave idle for a second process (no tracker)
-AHEAD = 16             # prepared batches the reading process holds for a busy counting
-#                        process (each at most MAX_PACKETS * 48 bytes: 50 MB in all)
+SLOTS = 16             # prepared batches the reading process holds for a busy counting
+#                        process (each at most MAX_PACKETS * 52 bytes: 54 MB in all)
 ENV = "NCSNIFFER_HEADSTART"   # "0": fork after numpy as before (tests compare the two)
 # A message: its kind, then per batch the counts of the C pass (passed, counted, IPv4,
-# IPv6, truncated, non-IP, invalid) and of the distinct targets (IPv4, IPv6);
-# CAPTURE and CRASH: a text of the first count's length follows.
-COUNTS = 9
+# IPv6, truncated, non-IP, invalid), of the distinct targets (IPv4, IPv6), and its
+# slot in the ring; CAPTURE and CRASH: a text of the first count's length follows.
+COUNTS = 10
 HEAD = struct.Struct(f"=B{COUNTS}q")
 READY, FALLBACK, BATCH, END, CAPTURE, CRASH = range(6)
 # What the C pass fills, in its order: (item size, the count that sizes it).
@@ -46,9 +47,11 @@ SEC, GOOD, LENGTHS, IS6, V4, HI, LO = range(len(FILLED))
 # ones, the IPv6 ones' two words: (item size, the count that bounds it, the count
 # that sizes it).
 DISTINCT = ((8, 1, 1), (4, 2, 7), (8, 3, 8), (8, 3, 8))
-# What crosses the pipe: the seconds, ``good`` (only when some passed packet is not
-# counted, else it is every index), the lengths, then the distinct targets.
+# What a batch leaves in its slot of the ring: the seconds, ``good`` (read only when
+# some passed packet is not counted, else it is every index), the lengths, then the
+# distinct targets: (item size, the count that bounds it, the count that sizes it).
 SENT = (SEC, GOOD, LENGTHS)
+IN_SLOT = tuple((FILLED[i][0], 0, FILLED[i][1]) for i in SENT) + DISTINCT
 
 
 def pipeline(tracking: bool) -> bool:
@@ -94,11 +97,12 @@ def applies(settings: Settings) -> bool:
 class Early:
     """The counting process's end of a reading process started by ``start``."""
 
-    def __init__(self, pid: int, rfd: int, linktype: int, path: str):
+    def __init__(self, pid: int, rfd: int, linktype: int, path: str, ring: Ring | None = None):
         self.pid = pid
         self.pipe = os.fdopen(rfd, "rb", buffering=0)
         self.linktype = linktype
         self.path = path
+        self.ring = ring
 
     def ready(self) -> bool:
         """Whether the reading process prepares the batches (it compiled the filter,
@@ -118,18 +122,17 @@ class Early:
 
         from ncsniffer import batch
         from ncsniffer.table import Addresses
-        dtypes = (np.int64, np.uint32, np.uint64, np.uint64)       # DISTINCT's
+        dtypes = (np.int64, np.int64, np.int64, np.int64, np.uint32, np.uint64, np.uint64)
         try:
             while True:
                 kind, *counts = self._head()
                 if kind == BATCH:
-                    seen, counted = counts[:2]
-                    sec = self._fill(np.empty(seen, np.int64))
-                    good = self._fill(np.empty(counted, np.int64)) if counted != seen else \
-                        np.arange(seen, dtype=np.int64)
-                    lengths = self._fill(np.empty(counted, np.int64))
-                    which, u4, uhi, ulo = (self._fill(np.empty(counts[at], dtype))
-                                           for dtype, (_, _, at) in zip(dtypes, DISTINCT))
+                    seen, counted, slot = counts[0], counts[1], counts[-1]
+                    sec, good, lengths, which, u4, uhi, ulo = (
+                        self.ring.copied(slot, field, dtype, counts[at])
+                        if field != GOOD or counted != seen else np.arange(seen, dtype=np.int64)
+                        for field, (dtype, (_, _, at)) in enumerate(zip(dtypes, IN_SLOT)))
+                    self.ring.give_back(slot)
                     undecoded = dict(zip(batch.C_REASONS, counts[4:7]))
                     yield batch.Prepared(seen, undecoded, 0, None, sec, good, lengths,
                                          found=(Addresses(u4, batch.packed_v6(uhi, ulo)), which))
@@ -144,9 +147,11 @@ class Early:
 
     def close(self) -> None:
         """End the reading process (gone already unless the replay stopped early)."""
+        self.pipe.close()
+        if self.ring is not None:
+            self.ring.close()
         if not self.pid:
             return
-        self.pipe.close()
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -196,8 +201,10 @@ def start(settings: Settings, path: str) -> Early | None:
         header = _classic(fd)
         if header is None:
             return None
-        pid, rfd = fork_reader(lambda wfd: _child(wfd, fd, path, header, settings))
-        return Early(pid, rfd, header.linktype, path)
+        ring = Ring(SLOTS, pcapread.MAX_PACKETS)
+        pid, rfd = fork_reader(lambda wfd: _child(wfd, fd, path, header, settings, ring))
+        ring.counting_side()
+        return Early(pid, rfd, header.linktype, path, ring)
     finally:
         os.close(fd)
 
@@ -228,24 +235,29 @@ def _classic(fd: int) -> pcapread.Classic | None:
         return None
 
 
-def _child(wfd: int, fd: int, path: str, header: pcapread.Classic, settings: Settings) -> None:
+def _child(wfd: int, fd: int, path: str, header: pcapread.Classic, settings: Settings,
+           ring: Ring) -> None:
     """The reading process: READY (or FALLBACK), the batches, then END, CAPTURE or
     CRASH; then exit without Python's clean-up (the parent's buffers and atexit
     handlers are not ours)."""
     code = 0
+    ring.reading_side()
+
+    def send(pieces: list) -> None:
+        _write_all(wfd, pieces)
+
     try:
-        with _Sender(wfd) as send:
-            try:
-                args = _pass_arguments(header, settings)
-                send([_head(READY if args else FALLBACK)])
-                if args:
-                    _prepare_all(send, fd, header, args)
-                    send([_head(END)])
-            except pcapread.Truncated as exc:
-                send(_text(CAPTURE, f"{path}: {exc}"))
-            except Exception:
-                import traceback
-                send(_text(CRASH, traceback.format_exc()))
+        try:
+            args = _pass_arguments(header, settings)
+            send([_head(READY if args else FALLBACK)])
+            if args:
+                _prepare_all(send, fd, header, args, ring)
+                send([_head(END)])
+        except pcapread.Truncated as exc:
+            send(_text(CAPTURE, f"{path}: {exc}"))
+        except Exception:
+            import traceback
+            send(_text(CRASH, traceback.format_exc()))
     except BaseException:          # the parent went away, or an interrupt
         code = 1
     finally:
@@ -270,24 +282,82 @@ def _pass_arguments(header: pcapread.Classic, settings: Settings) -> tuple | Non
     return args
 
 
-def _prepare_all(send, fd: int, header: pcapread.Classic, args: tuple) -> None:
-    """Every batch of the file, prepared, its distinct targets found, to ``send``: the
-    buffers sent are new for each batch (they wait to be sent), the walk's are not.
-    The file is mapped (a SIGBUS here if it is cut meanwhile: ``Early`` says so)."""
+def _prepare_all(send, fd: int, header: pcapread.Classic, args: tuple, ring: Ring) -> None:
+    """Every batch of the file, prepared into a free slot of the ring, its distinct
+    targets found; each message to ``send`` names its slot.  The file is mapped (a
+    SIGBUS here if it is cut meanwhile: ``Early`` says so)."""
     limit = pcapread.MAX_PACKETS
     columns = [bytearray(8 * limit) for _ in range(pcapread.COLUMNS)]
+    kept = {i: bytearray(size * limit) for i, (size, _) in enumerate(FILLED) if i not in SENT}
     end = os.fstat(fd).st_size
     source = pcapread.mapped if pcapread.mappable(fd) else pcapread.read
     for buf, n, _ in source(fd, pcapread.FILE_HEADER_SIZE, end, header, limit, pcapread.MAX_BYTES,
                             pcapread.spans(pcapread.MAX_BYTES, False), columns):
-        filled = [bytearray(size * n) for size, _ in FILLED]
+        slot = ring.take()
+        out = [ring.field(slot, field) for field in range(len(IN_SLOT))]
+        filled = [out[SENT.index(i)] if i in SENT else kept[i] for i in range(len(FILLED))]
         counts = pcapread.prepare(buf, columns, n, args, filled)
-        views = [memoryview(out)[:size * counts[at]] for out, (size, at) in zip(filled, FILLED)]
-        found = [bytearray(size * counts[bound]) for size, bound, _ in DISTINCT]
-        counts += pcapread.distinct(views[IS6], views[V4], views[HI], views[LO], *found)
-        send([_head(BATCH, *counts)]
-             + [views[i] for i in SENT if i != GOOD or counts[1] != counts[0]]
-             + [memoryview(out)[:size * counts[at]] for out, (size, _, at) in zip(found, DISTINCT)])
+        views = [memoryview(f)[:size * counts[at]] for f, (size, at) in zip(filled, FILLED)]
+        counts += pcapread.distinct(views[IS6], views[V4], views[HI], views[LO],
+                                    *out[len(SENT):])
+        send([_head(BATCH, *counts, slot)])
+
+
+class Ring:
+    """The slots that prepared batches cross in: memory both processes map (a page
+    takes memory once written).  The reading process fills a free slot and names it
+    in the batch's message; the counting process copies the batch out and hands the
+    slot back through a pipe of its own.  The pipe that carried the batches copied
+    each in and out, into new memory each time: about 10 ms of the 0.27 s of CPU
+    of a replay of the bench capture (issue 16)."""
+
+    def __init__(self, slots: int, limit: int):
+        if not 0 < slots <= 256:
+            raise ValueError("a slot is handed back as one byte")
+        self.offsets = [0]
+        for size, _, _ in IN_SLOT:
+            self.offsets.append(self.offsets[-1] + size * limit)
+        self.size = self.offsets[-1]
+        self.mm = mmap.mmap(-1, slots * self.size)       # shared, anonymous
+        self.spare = list(range(slots))                  # the reading side's free slots
+        self.back_r, self.back_w = os.pipe()             # slots handed back, a byte each
+
+    def reading_side(self) -> None:
+        os.close(self.back_w)
+
+    def counting_side(self) -> None:
+        os.close(self.back_r)
+
+    def field(self, slot: int, field: int) -> memoryview:
+        """The slot's room for ``IN_SLOT[field]``: ``limit`` items."""
+        at = slot * self.size + self.offsets[field]
+        return memoryview(self.mm)[at:at + self.offsets[field + 1] - self.offsets[field]]
+
+    def take(self) -> int:
+        """A free slot; waits for the counting process to hand one back."""
+        if not self.spare:
+            back = os.read(self.back_r, 256)
+            if not back:
+                raise BrokenPipeError("the counting process is gone")
+            self.spare.extend(back)
+        return self.spare.pop()
+
+    def copied(self, slot: int, field: int, dtype, count: int):
+        """A copy of the first ``count`` items of a slot's field."""
+        import numpy as np             # the counting process has it by now
+        return np.frombuffer(self.mm, dtype, count,
+                             slot * self.size + self.offsets[field]).copy()
+
+    def give_back(self, slot: int) -> None:
+        try:
+            os.write(self.back_w, bytes([slot]))
+        except BrokenPipeError:        # the reading process is done: it needs no more
+            pass
+
+    def close(self) -> None:
+        if not self.mm.closed:
+            os.close(self.back_w)
+            self.mm.close()
 
 
 def _head(kind: int, *counts: int) -> bytes:
@@ -297,46 +367,6 @@ def _head(kind: int, *counts: int) -> bytes:
 def _text(kind: int, text: str) -> list:
     data = text.encode("utf-8", errors="replace")
     return [_head(kind, len(data)), data]
-
-
-class _Sender:
-    """Writes messages to the pipe from a thread of its own, at most AHEAD waiting,
-    so that the reading goes on while the counting process is busy (the pipe holds
-    less than a batch)."""
-
-    def __init__(self, fd: int):
-        import queue                 # stdlib: the reading process starts without numpy
-        import threading
-        self.fd = fd
-        self.waiting: queue.Queue = queue.Queue(AHEAD)
-        self.failed: OSError | None = None
-        self.thread = threading.Thread(target=self._run, name="headstart-send", daemon=True)
-        self.thread.start()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.waiting.put(None)
-        self.thread.join()
-        if self.failed is not None:
-            raise self.failed
-
-    def __call__(self, pieces: list) -> None:
-        if self.failed is not None:
-            raise self.failed
-        self.waiting.put(pieces)
-
-    def _run(self) -> None:
-        while True:
-            pieces = self.waiting.get()
-            if pieces is None:
-                return
-            if self.failed is None:
-                try:
-                    _write_all(self.fd, pieces)
-                except OSError as exc:           # the counting process is gone
-                    self.failed = exc
 
 
 def _write_all(fd: int, pieces: list) -> None:

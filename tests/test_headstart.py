@@ -26,9 +26,11 @@ FIELDS = ("sec", "good", "lengths")
 
 @pytest.fixture(autouse=True)
 def two_processes(monkeypatch):
-    """Two processes whatever the load; batches of a few records, so files are many."""
+    """Two processes whatever the load; batches of a few records, so files are many;
+    two slots in the ring, so they are handed back and filled again."""
     monkeypatch.setenv("NCSNIFFER_REPLAY", "batch")
     monkeypatch.delenv(headstart.ENV, raising=False)
+    monkeypatch.setattr(headstart, "SLOTS", 2)
     for module in (pcapread, pcapfile):
         monkeypatch.setattr(module, "MAX_BYTES", 2048)
         monkeypatch.setattr(module, "MAX_PACKETS", 7)
@@ -128,6 +130,18 @@ sys.exit(main())
 
 
 @pytest.mark.integration
+def test_a_file_of_many_more_batches_than_slots_gives_the_usual_batches(tmp_path):
+    """The reading process waits for slots handed back, and refills them only then:
+    a batch is never overwritten before it is copied out."""
+    path = tmp_path / "m.pcap"
+    capture(path, decode.DLT_EN10MB, [(ME if i % 3 else "2001:db8::10", PEERS[i % 4], i % 2 == 0,
+                                       "udp", i % 300, None, i % 5) for i in range(500)])
+    settings = settings_of(str(tmp_path))
+    got = early_batches(settings, str(path))
+    assert len(got["distinct"]) > 20 * headstart.SLOTS
+    assert got == usual(settings, str(path))
+
+
 @pytest.mark.parametrize("mode, numpy_first", [("1", False), ("0", True)])
 def test_the_command_forks_its_reader_before_numpy(workdir, mode, numpy_first):
     """``nc.sniffer -r``: the reading process is forked before numpy is imported
