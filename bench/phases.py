@@ -12,8 +12,9 @@ system calls; nothing in the package is changed or imported) and cut at:
   (``ncsniffer.headstart``) at its beginning, before numpy); tracing slows it
   most (every import's reads), so the table gives the untraced wall time less
   the other phases;
-- first batch: from there to the end of the first read that returns more than a
-  message header: the wait for the first batch;
+- first batch: from there to the end of the first batch's read (with the head
+  start the read after READY's, its header: the batch is in memory both map):
+  the wait for the first batch;
 - batches: from there to the creation of the stats file's temporary file (every
   batch counted; the end of the capture);
 - dump: from there to its rename over the stats file (formatting, write, fsync);
@@ -55,7 +56,9 @@ PYTHON_ALONE = {"the interpreter alone": "pass", "importing numpy": "import nump
 LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(.*)$")
 DURATION = re.compile(r"<(\d+\.\d+)>$")
 RETURNED = re.compile(r"\) = (\d+) <")
-SMALL_READ = 64      # a message header alone (the head start's READY and batch headers)
+# the head start's messages (READY, then each batch's header; the batches cross in
+# shared memory): ncsniffer.headstart.HEAD's size, a byte and ten 8-byte counts
+HEADSTART_MESSAGE = 81
 
 
 def _env() -> dict[str, str]:
@@ -95,17 +98,24 @@ def trace(conf: str, capture: str, scratch: str) -> list[tuple[int, float, float
     return calls
 
 
+def _reads_of(mine: list, opened: float, pipe: str) -> list[tuple[float, float, int]]:
+    """(entry time, seconds inside, bytes) of the counting process's reads of the read
+    end of the pipe ``pipe`` made at ``opened`` (none: not the reading process's pipe,
+    e.g. the head start's ring's, through which slots go back)."""
+    rfd = int(re.match(r"pipe2\(\[(\d+),", pipe).group(1))
+    return [(t, d, int(RETURNED.search(text).group(1))) for t, d, text in mine
+            if t > opened and text.startswith(f"read({rfd},") and RETURNED.search(text)]
+
+
 def phases(calls: list[tuple[int, float, float, str]]) -> tuple[dict[str, float], float]:
     """Seconds per phase, and the counting process's time blocked on the pipe after
     its first batch."""
     parent, t0 = calls[0][0], calls[0][1]
     mine = [(t, d, text) for pid, t, d, text in calls if pid == parent]
-    opened, pipe = next((t, text) for t, d, text in mine if text.startswith("pipe2("))
-    rfd = int(re.match(r"pipe2\(\[(\d+),", pipe).group(1))
-    reads = [(t, d, int(RETURNED.search(text).group(1))) for t, d, text in mine
-             if t > opened and text.startswith(f"read({rfd},") and RETURNED.search(text)]
+    reads = next(filter(None, (_reads_of(mine, t, text) for t, d, text in mine
+                               if text.startswith("pipe2("))))
     ready = reads[0][0]
-    at = next(i for i, (t, d, n) in enumerate(reads) if n > SMALL_READ)
+    at = 1 if reads[0][2] == HEADSTART_MESSAGE else 0     # after the head start's READY
     first = reads[at][0] + reads[at][1]
     tmp = next(t for t, d, text in mine if text.startswith("openat(") and '.tmp"' in text)
     rename = next(t + d for t, d, text in mine if text.startswith("rename("))
