@@ -201,7 +201,10 @@ def start(settings: Settings, path: str) -> Early | None:
         header = _classic(fd)
         if header is None:
             return None
-        ring = Ring(SLOTS, pcapread.MAX_PACKETS)
+        try:
+            ring = Ring(SLOTS, pcapread.MAX_PACKETS)
+        except OSError:
+            return None                 # no memory or descriptors to spare: the usual path
         pid, rfd = fork_reader(lambda wfd: _child(wfd, fd, path, header, settings, ring))
         ring.counting_side()
         return Early(pid, rfd, header.linktype, path, ring)

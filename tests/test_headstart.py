@@ -1,6 +1,7 @@
 """The reading process forked before numpy (``ncsniffer.headstart``): the batches and
 errors of the usual path, and no numpy in it."""
 
+import errno
 import faulthandler
 import filecmp
 import ipaddress
@@ -177,6 +178,12 @@ def test_settings_and_files_it_does_not_take_go_the_usual_way(workdir, monkeypat
     # a filter libpcap refuses: the reading process says so, and the usual path reports it
     early = headstart.start(settings_of(workdir, bpf=f"host {ME} and nosuchword"), path)
     assert early is not None and not early.ready() and not early.pid
+    # no memory for the ring: nothing forked, the usual path reads the file
+    def no_memory(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+    with monkeypatch.context() as m:
+        m.setattr(headstart.mmap, "mmap", no_memory)
+        assert headstart.start(settings_of(workdir), path) is None
 
 
 def test_a_reading_process_that_dies_is_an_error_not_a_hang(workdir):
