@@ -178,11 +178,12 @@ class Early:
 
     def _ended(self) -> CaptureError:
         """How the reading process ended before its last message, reaped: a SIGBUS is
-        the file cut under its map (``pcapread.mapped``)."""
+        the file cut under its map (``pcapread.mapped``), or a read error of the disk."""
         _, status = os.waitpid(self.pid, 0)
         self.pid = 0
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS:
-            return CaptureError(f"{self.path}: file shrank while read (SIGBUS)")
+            return CaptureError(f"{self.path}: file shrank or could not be read while mapped "
+                                "(SIGBUS)")
         how = (signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status)
                else f"exit status {os.WEXITSTATUS(status)}")
         return CaptureError(f"the reading process ended unexpectedly ({how})")

@@ -199,7 +199,7 @@ def test_a_reading_process_that_dies_is_an_error_not_a_hang(workdir):
 
 
 @pytest.mark.parametrize("ending, said", [
-    (signal.SIGBUS, "{path}: file shrank while read (SIGBUS)"),
+    (signal.SIGBUS, "{path}: file shrank or could not be read while mapped (SIGBUS)"),
     (signal.SIGSEGV, "the reading process ended unexpectedly (SIGSEGV)"),
 ])
 def test_how_the_reading_process_ended_is_said(ending, said):
