@@ -2,7 +2,9 @@
 pcapfile's."""
 
 
+import faulthandler
 import os
+import signal
 
 import pytest
 
@@ -104,3 +106,31 @@ def test_a_file_cut_before_its_map_is_an_error(tmp_path):
     size = path.stat().st_size
     with pytest.raises(pcapread.Truncated, match=f"file shrank while read \\({size} of {size + 5}"):
         _batches(pcapread.mapped, str(path), (1 << 16, False), end=size + 5)
+
+
+def test_a_file_cut_under_its_map_is_a_sigbus_in_the_reading_process(tmp_path):
+    """Why only a reading process maps (``ncsniffer.headstart`` reports its end): the
+    file cut after its batch was mapped, the next touch of its bytes is a SIGBUS."""
+    path = tmp_path / "s.pcap"
+    pcapgen.write_pcap(str(path), 1, [(1.0, bytes(1000), 1000)] * 100)
+    pid = os.fork()
+    if pid == 0:                                   # the process that maps
+        code = 0
+        try:
+            faulthandler.disable()
+            _batches(_touching_after_cut(str(path)), str(path), (1 << 16, False))
+        except BaseException:
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS, status
+
+
+def _touching_after_cut(path: str):
+    """``mapped``, but each batch's bytes read after the file is cut to nothing."""
+    def source(*args):
+        for view, n, at in pcapread.mapped(*args):
+            os.truncate(path, 0)
+            bytes(view)
+            yield view, n, at
+    return source
