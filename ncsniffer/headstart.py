@@ -177,16 +177,21 @@ class Early:
         return into
 
     def _ended(self) -> CaptureError:
-        """How the reading process ended before its last message, reaped: a SIGBUS is
-        the file cut under its map (``pcapread.mapped``), or a read error of the disk."""
-        _, status = os.waitpid(self.pid, 0)
-        self.pid = 0
-        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS:
-            return CaptureError(f"{self.path}: file shrank or could not be read while mapped "
-                                "(SIGBUS)")
-        how = (signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status)
-               else f"exit status {os.WEXITSTATUS(status)}")
-        return CaptureError(f"the reading process ended unexpectedly ({how})")
+        """The error of a reading process gone before its last message (reaped)."""
+        pid, self.pid = self.pid, 0
+        return reader_ended(pid, self.path)
+
+
+def reader_ended(pid: int, path: str) -> CaptureError:
+    """How a replay's reading process ended before its last message, reaped here: a
+    SIGBUS is the file cut under its map (``pcapread.mapped``, pcapfile's), or a read
+    error of the disk; any other end is named."""
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS:
+        return CaptureError(f"{path}: file shrank or could not be read while mapped (SIGBUS)")
+    how = (signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status)
+           else f"exit status {os.WEXITSTATUS(status)}")
+    return CaptureError(f"the reading process ended unexpectedly ({how})")
 
 
 def start(settings: Settings, path: str) -> Early | None:

@@ -18,7 +18,7 @@ import traceback
 from typing import IO, Iterator
 
 from ncsniffer import batch, bpfvm, pcapfile, pcaplib
-from ncsniffer.headstart import Early, fork_reader, pipeline
+from ncsniffer.headstart import Early, fork_reader, pipeline, reader_ended
 from ncsniffer.clock import PacketClock
 from ncsniffer.config import Settings
 from ncsniffer.errors import CaptureError, NcSnifferError
@@ -88,7 +88,8 @@ def replay(settings: Settings, path: str, log: IO[str], quiet: bool = False,
     if early is not None:
         prepared = early.batches()
     elif prog is not None and pipeline(ahead):
-        prepared = _two_processes(batches, prog, sniffer.rules, sniffer if ahead else None)
+        prepared = _two_processes(batches, prog, sniffer.rules, path,
+                                  sniffer if ahead else None)
     else:
         prepared = _one_process(batches, prog, sniffer.rules)
     try:
@@ -144,12 +145,13 @@ def _one_process(batches, prog, rules: batch.Rules) -> Iterator[batch.Prepared]:
         yield batch.prepare(got, prog, rules)
 
 
-def _two_processes(batches, prog, rules: batch.Rules,
+def _two_processes(batches, prog, rules: batch.Rules, path: str,
                    tracking: Sniffer | None = None) -> Iterator[batch.Prepared]:
     """Prepared batches from a forked child: it reads, filters, decodes and finds
     the targets of batch n + 1 while this process accounts batch n (the
     accounting stays in one process, in file order).  A reading error ends the
-    stream as it would in one process; a child that dies is an error too.
+    stream as it would in one process; a child that dies is an error too, which
+    says how it ended (``headstart.reader_ended``).
     ``tracking``: the child runs this sniffer's connection tracker too (its copy,
     on packet time only), and sends the events with each batch and the drained
     connections at the end (``Sniffer.track_ahead``): the two processes' CPU
@@ -162,7 +164,8 @@ def _two_processes(batches, prog, rules: batch.Rules,
                 try:
                     item = pickle.load(inp)
                 except EOFError:
-                    raise CaptureError("the reading process ended unexpectedly") from None
+                    pid, ended = 0, pid
+                    raise reader_ended(ended, path) from None
                 if isinstance(item, batch.Prepared):
                     yield item
                     continue
@@ -175,11 +178,12 @@ def _two_processes(batches, prog, rules: batch.Rules,
                     raise RuntimeError(f"the reading process failed:\n{text}")
                 return
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)        # gone already unless we stopped early
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)    # gone already unless we stopped early
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
 
 
 def _read_ahead(items: Iterator, depth: int = READ_AHEAD) -> Iterator:

@@ -1,5 +1,6 @@
 """SPEC 6.4: ``nc.sniffer -r FILE start`` end to end, checked against the plain model."""
 
+import faulthandler
 import importlib.util
 import io
 import ipaddress
@@ -386,6 +387,42 @@ def test_a_failing_reading_process_is_an_error_not_a_hang(workdir, replay_path, 
     else:
         assert replay_mod.replay(settings, cap, log, quiet=True) == 2
         assert message in log.getvalue()
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("pcapng", "{cap}: file shrank or could not be read while mapped (SIGBUS)"),
+    ("pcap", "{cap}: file shrank while read"),
+])
+def test_a_file_cut_while_replayed_is_named_and_what_came_before_counted(
+        workdir, replay_path, monkeypatch, kind, message):
+    """Another process cuts the file in the middle of a replay: the reading process
+    maps a pcapng file (a SIGBUS there) and reads a classic one; either way the
+    replay says the file shrank, exits 2 and writes the stats of what it read."""
+    if replay_path != "batch":
+        pytest.skip("only the two-process path has a reading process")
+    from ncsniffer import batch, config, pcapfile, replay as replay_mod
+    cap = os.path.join(workdir, f"in.{kind}")
+    calls = []
+    real = batch.prepare
+
+    def cutting(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            faulthandler.disable()        # pytest's, inherited: it would print the SIGBUS
+            os.truncate(cap, 0)
+        return real(*args)
+    monkeypatch.setattr(batch, "prepare", cutting)
+    records, _ = build([(T0 + i, "198.51.100.1", ME, b"x") for i in range(2000)])
+    write = pcapgen.write_pcapng if kind == "pcapng" else pcapgen.write_pcap
+    write(cap, decode.DLT_EN10MB, records)
+    monkeypatch.setattr(pcapfile, "MAX_BYTES", 4096)
+    settings = config.validate(config.load_file(write_config(workdir, bpf=f"host {ME}")),
+                               "nc.sniffer", offline=True)
+    log = io.StringIO()
+    assert replay_mod.replay(settings, cap, log, quiet=True) == 2
+    assert message.format(cap=cap) in log.getvalue()
+    assert "stats of the packets read so far were written" in log.getvalue()
+    assert plain_read(os.path.join(workdir, "nc.sniffer.stats"))[1]
 
 
 # ---------------------------------------------------------------- the capture corpus
