@@ -162,9 +162,11 @@ def leave(code: int) -> NoReturn:
     nothing here needs it (every file is closed where it is written).  Otherwise,
     or where a flush fails, the usual exit (it waits for the threads, says what
     failed)."""
-    if "threading" in sys.modules and sys.modules["threading"].active_count() > 1:
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)     # CPython's
+    if run_exitfuncs is None or ("threading" in sys.modules
+                                 and sys.modules["threading"].active_count() > 1):
         sys.exit(code)
-    atexit._run_exitfuncs()         # and forgets them: the usual exit does not run them again
+    run_exitfuncs()                 # and forgets them: the usual exit does not run them again
     try:
         sys.stdout.flush()
         sys.stderr.flush()
