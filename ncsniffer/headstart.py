@@ -31,8 +31,10 @@ from ncsniffer.errors import CaptureError
 
 PIPE_SIZE = 1 << 20    # the pipe between a replay's two processes: a prepared batch is 1-2 MB
 FREE_CPU = 1.0         # CPUs other tasks must leave idle for a second process (no tracker)
-SLOTS = 16             # prepared batches the reading process holds for a busy counting
-#                        process (each at most MAX_PACKETS * 52 bytes: 54 MB in all)
+SLOTS = 8              # prepared batches the reading process holds for a busy counting
+#                        process (each at most MAX_PACKETS * 52 bytes: 27 MB in all; 8
+#                        were 5 ms faster than 16 on the bench capture and 10 MB less at
+#                        the peak: the slots' pages fault in once, in both processes)
 ENV = "NCSNIFFER_HEADSTART"   # "0": fork after numpy as before (tests compare the two)
 # A message: its kind, then per batch the counts of the C pass (passed, counted, IPv4,
 # IPv6, truncated, non-IP, invalid), of the distinct targets (IPv4, IPv6), and its
