@@ -51,9 +51,9 @@ SEC, GOOD, LENGTHS, IS6, V4, HI, LO = range(len(FILLED))
 DISTINCT = ((8, 1, 1), (4, 2, 7), (8, 3, 8), (8, 3, 8))
 # What a batch leaves in its slot of the ring: the seconds, ``good`` (read only when
 # some passed packet is not counted, else it is every index), the lengths, then the
-# distinct targets: (item size, the count that bounds it, the count that sizes it).
+# distinct targets: (item size, the count that sizes it).
 SENT = (SEC, GOOD, LENGTHS)
-IN_SLOT = tuple((FILLED[i][0], 0, FILLED[i][1]) for i in SENT) + DISTINCT
+IN_SLOT = tuple(FILLED[i] for i in SENT) + tuple((size, at) for size, _, at in DISTINCT)
 
 
 def pipeline(tracking: bool) -> bool:
@@ -133,7 +133,7 @@ class Early:
                     sec, good, lengths, which, u4, uhi, ulo = (
                         self.ring.copied(slot, field, dtype, counts[at])
                         if field != GOOD or counted != seen else np.arange(seen, dtype=np.int64)
-                        for field, (dtype, (_, _, at)) in enumerate(zip(dtypes, IN_SLOT)))
+                        for field, (dtype, (_, at)) in enumerate(zip(dtypes, IN_SLOT)))
                     self.ring.give_back(slot)
                     undecoded = dict(zip(batch.C_REASONS, counts[4:7]))
                     yield batch.Prepared(seen, undecoded, 0, None, sec, good, lengths,
@@ -152,14 +152,9 @@ class Early:
         self.pipe.close()
         if self.ring is not None:
             self.ring.close()
-        if not self.pid:
-            return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(self.pid, 0)
-        self.pid = 0
+        if self.pid:
+            stop_reader(self.pid)
+            self.pid = 0
 
     def _head(self) -> tuple:
         return HEAD.unpack(self._fill(bytearray(HEAD.size)))
@@ -182,6 +177,16 @@ class Early:
         """The error of a reading process gone before its last message (reaped)."""
         pid, self.pid = self.pid, 0
         return reader_ended(pid, self.path)
+
+
+def stop_reader(pid: int) -> None:
+    """End a replay's reading process (gone already unless the replay stopped early)
+    and reap it."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
 
 
 def reader_ended(pid: int, path: str) -> CaptureError:
@@ -326,7 +331,7 @@ class Ring:
         if not 0 < slots <= 256:
             raise ValueError("a slot is handed back as one byte")
         self.offsets = [0]
-        for size, _, _ in IN_SLOT:
+        for size, _ in IN_SLOT:
             self.offsets.append(self.offsets[-1] + size * limit)
         self.size = self.offsets[-1]
         self.mm = mmap.mmap(-1, slots * self.size)       # shared, anonymous

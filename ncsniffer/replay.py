@@ -11,14 +11,13 @@ from __future__ import annotations
 import gc
 import os
 import pickle
-import signal
 import struct
 import time
 import traceback
 from typing import IO, Iterator
 
 from ncsniffer import batch, bpfvm, pcapfile, pcaplib
-from ncsniffer.headstart import Early, fork_reader, pipeline, reader_ended
+from ncsniffer.headstart import Early, fork_reader, pipeline, reader_ended, stop_reader
 from ncsniffer.clock import PacketClock
 from ncsniffer.config import Settings
 from ncsniffer.errors import CaptureError, NcSnifferError
@@ -179,11 +178,7 @@ def _two_processes(batches, prog, rules: batch.Rules, path: str,
                 return
     finally:
         if pid:
-            try:
-                os.kill(pid, signal.SIGKILL)    # gone already unless we stopped early
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
+            stop_reader(pid)
 
 
 def _read_ahead(items: Iterator, depth: int = READ_AHEAD) -> Iterator:
